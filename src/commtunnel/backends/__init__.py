@@ -1,0 +1,1 @@
+"""Storage and queue implementations (SQLite, embedded default)."""

@@ -1,0 +1,175 @@
+"""SQLite schema, versioned: each migration runs once, in order, in a transaction.
+
+A newer library opens an older file by applying the migrations it lacks; a
+file written by a *newer* library than this one is refused rather than
+guessed at. Timestamps are stored as ISO 8601 UTC text with microseconds
+(``2026-01-01T12:00:00.000000Z``): one fixed width, so text order is time order.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from commtunnel.domain.errors import CommtunnelError
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE orgs (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            created_at TEXT NOT NULL
+        );
+        CREATE TABLE api_keys (
+            id TEXT PRIMARY KEY,
+            org_id TEXT NOT NULL REFERENCES orgs(id),
+            name TEXT NOT NULL,
+            key_hash TEXT NOT NULL UNIQUE,
+            display TEXT NOT NULL,
+            scopes TEXT NOT NULL,
+            test INTEGER NOT NULL,
+            created_at TEXT NOT NULL,
+            revoked_at TEXT
+        );
+        CREATE INDEX api_keys_org ON api_keys(org_id);
+        CREATE TABLE senders (
+            id TEXT PRIMARY KEY,
+            org_id TEXT NOT NULL REFERENCES orgs(id),
+            value TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            UNIQUE (org_id, value)
+        );
+        CREATE TABLE templates (
+            id TEXT PRIMARY KEY,
+            org_id TEXT NOT NULL REFERENCES orgs(id),
+            name TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            html TEXT,
+            text TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            UNIQUE (org_id, name)
+        );
+        CREATE TABLE messages (
+            id TEXT PRIMARY KEY,
+            org_id TEXT NOT NULL,
+            channel TEXT NOT NULL,
+            status TEXT NOT NULL,
+            sandbox INTEGER NOT NULL,
+            api_key_id TEXT,
+            recipient TEXT NOT NULL,
+            content TEXT NOT NULL,
+            provider_message_id TEXT,
+            attempt_count INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE INDEX messages_org_created ON messages(org_id, channel, created_at);
+        CREATE TABLE events (
+            id TEXT PRIMARY KEY,
+            org_id TEXT NOT NULL,
+            message_id TEXT NOT NULL,
+            type TEXT NOT NULL,
+            status TEXT,
+            created_at TEXT NOT NULL,
+            details TEXT NOT NULL
+        );
+        CREATE INDEX events_message ON events(message_id, created_at);
+        CREATE INDEX events_org_created ON events(org_id, created_at);
+        CREATE TABLE attempts (
+            message_id TEXT NOT NULL,
+            number INTEGER NOT NULL,
+            provider TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            error_category TEXT,
+            error_message TEXT,
+            duration_ms REAL NOT NULL,
+            started_at TEXT NOT NULL,
+            PRIMARY KEY (message_id, number)
+        );
+        CREATE TABLE jobs (
+            id TEXT PRIMARY KEY,
+            message_id TEXT NOT NULL UNIQUE,
+            run_at TEXT NOT NULL,
+            lease_owner TEXT,
+            lease_token TEXT,
+            lease_until TEXT,
+            created_at TEXT NOT NULL
+        );
+        CREATE INDEX jobs_due ON jobs(run_at);
+        CREATE TABLE idempotency_keys (
+            org_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            endpoint TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            message_id TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            PRIMARY KEY (org_id, key)
+        );
+        CREATE INDEX idempotency_expiry ON idempotency_keys(expires_at);
+        """,
+    ),
+]
+
+LATEST_VERSION = MIGRATIONS[-1][0]
+
+
+class SchemaTooNewError(CommtunnelError):
+    """The database file was written by a newer Commtunnel than this one."""
+
+
+def current_version(conn: sqlite3.Connection) -> int:
+    """The schema version recorded in the file (0 for an empty file)."""
+    exists = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type='table' AND name='schema_version'"
+    ).fetchone()
+    if not exists:
+        return 0
+    row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    return int(row[0] or 0)
+
+
+def migrate(conn: sqlite3.Connection, applied_at: str, *, target: int = LATEST_VERSION) -> int:
+    """Apply every migration above the file's version up to ``target``.
+
+    Args:
+        conn: a connection in autocommit mode (``isolation_level=None``).
+        applied_at: timestamp text recorded with each migration.
+        target: stop after this version (tests build old files with it).
+
+    Returns:
+        The version the file is at afterwards.
+
+    Raises:
+        SchemaTooNewError: the file's version is above :data:`LATEST_VERSION`.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version "
+            "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
+        )
+        version = current_version(conn)
+        if version > LATEST_VERSION:
+            raise SchemaTooNewError(
+                f"Database schema version {version} is newer than this Commtunnel "
+                f"supports ({LATEST_VERSION}); upgrade Commtunnel."
+            )
+        for number, script in MIGRATIONS:
+            if version < number <= target:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
+                    (number, applied_at),
+                )
+                version = number
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return version

@@ -1,0 +1,365 @@
+"""The facades: :class:`Commtunnel` (async) and :class:`SyncCommtunnel` (plain synchronous code).
+
+``Commtunnel`` is the composition root: it receives storage, provider and
+clock (or builds them from :class:`~commtunnel.config.Settings`), wires the
+services, and exposes ``ct.email`` bound to one organization for in-process
+use. The HTTP adapter uses the same object, with a principal per request.
+
+    async with Commtunnel.open(db="app.db", org="acme") as ct:
+        await ct.admin.add_sender(ct.org.id, "example.com")
+        result = await ct.email.send(from_="hi@example.com", to="a@b.com",
+                                     subject="Hi", text="Hello")
+        await ct.run_worker_until_idle()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, Coroutine
+from contextlib import AbstractContextManager
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from commtunnel.backends.sqlite import SqliteBackend
+from commtunnel.clock import SystemClock
+from commtunnel.config import Settings
+from commtunnel.domain.events import TimelineEvent
+from commtunnel.domain.keys import ALL_SCOPES, Organization, Principal
+from commtunnel.ports import Clock, EmailProvider
+from commtunnel.providers import load_provider
+from commtunnel.services.admin import AdminService
+from commtunnel.services.auth import KeyService
+from commtunnel.services.dispatch import Dispatcher
+from commtunnel.services.email import (
+    EmailSendRequest,
+    EmailService,
+    EmailStats,
+    EmailStatus,
+    Rendered,
+    SendResult,
+)
+from commtunnel.services.templates import TemplateRenderer
+
+T = TypeVar("T")
+
+
+class EmailClient:
+    """The email channel for one principal (in process: the facade's organization).
+
+    Every method has the HTTP route's meaning and raises the same errors
+    (see :class:`~commtunnel.services.email.EmailService`).
+    """
+
+    def __init__(self, service: EmailService, principal: Principal) -> None:
+        self._service = service
+        self.principal = principal
+
+    async def send(
+        self,
+        *,
+        from_: str,
+        to: str,
+        subject: str | None = None,
+        html: str | None = None,
+        text: str | None = None,
+        template_id: str | None = None,
+        variables: dict[str, Any] | None = None,
+        tracking: bool = False,
+        sandbox_mode: bool = False,
+        idempotency_key: str | None = None,
+    ) -> SendResult:
+        """Queue an email (``from_`` because ``from`` is a Python keyword).
+
+        Returns:
+            :class:`SendResult` with the message (status QUEUED) and ``duplicate``.
+        """
+        request = EmailSendRequest(
+            from_addr=from_,
+            to=to,
+            subject=subject,
+            html=html,
+            text=text,
+            template_id=template_id,
+            variables=variables,
+            tracking=tracking,
+            sandbox_mode=sandbox_mode,
+            idempotency_key=idempotency_key,
+        )
+        return await self._service.send(self.principal, request)
+
+    async def preview(
+        self,
+        *,
+        subject: str | None = None,
+        html: str | None = None,
+        text: str | None = None,
+        template_id: str | None = None,
+        variables: dict[str, Any] | None = None,
+    ) -> Rendered:
+        """Render without queuing."""
+        return await self._service.preview(
+            self.principal,
+            subject=subject,
+            html=html,
+            text=text,
+            template_id=template_id,
+            variables=variables,
+        )
+
+    async def get(self, message_id: str) -> EmailStatus:
+        """Status, content and attempts of one email."""
+        return await self._service.get(self.principal, message_id)
+
+    async def timeline(self, message_id: str, *, limit: int = 100) -> list[TimelineEvent]:
+        """Events of one email, oldest first."""
+        return await self._service.timeline(self.principal, message_id, limit=limit)
+
+    async def stats(self, *, start: datetime, end: datetime) -> EmailStats:
+        """Counts for a time window ``[start, end)``."""
+        return await self._service.stats(self.principal, start=start, end=end)
+
+
+class Commtunnel:
+    """The async facade and composition root.
+
+    Args:
+        backend: storage + queue (the SQLite backend by default).
+        email_provider: the email channel's provider.
+        clock: every "now" (``SystemClock`` by default; ``ManualClock`` in tests).
+        settings: limits, retry policy, worker tuning.
+        org: the organization ``ct.email`` acts for in process (created if missing).
+        rng: jitter source for the worker's backoff (seed it in tests).
+
+    Use :meth:`open` to build one from settings; ``async with`` starts and
+    closes it.
+    """
+
+    def __init__(
+        self,
+        *,
+        backend: SqliteBackend,
+        email_provider: EmailProvider,
+        clock: Clock,
+        settings: Settings,
+        org: str = "default",
+        rng: random.Random | None = None,
+    ) -> None:
+        self.backend = backend
+        self.email_provider = email_provider
+        self.clock = clock
+        self.settings = settings
+        self._org_name = org
+        self._rng = rng
+        self.renderer = TemplateRenderer()
+        self.keys = KeyService(backend, clock)
+        self.admin = AdminService(backend, clock, self.renderer)
+        self.emails = EmailService(
+            backend, clock, self.renderer, idempotency_retention=settings.idempotency_retention
+        )
+        self._org: Organization | None = None
+        self._dispatcher: Dispatcher | None = None
+
+    @classmethod
+    def open(
+        cls,
+        *,
+        db: str | Path | None = None,
+        email_provider: str | EmailProvider | None = None,
+        clock: Clock | None = None,
+        settings: Settings | None = None,
+        org: str = "default",
+        rng: random.Random | None = None,
+    ) -> Commtunnel:
+        """Build a facade from settings (environment by default), not yet started.
+
+        Args:
+            db: SQLite path; overrides ``settings.db``.
+            email_provider: a provider URL or an instance; overrides the setting.
+            clock: defaults to the system clock.
+            settings: defaults to ``Settings.from_env()``.
+            org: the in-process organization name.
+            rng: backoff jitter source.
+
+        Raises:
+            ProviderConfigError: the provider URL names no installed provider.
+        """
+        settings = settings or Settings.from_env()
+        clock = clock or SystemClock()
+        path = str(db) if db is not None else settings.db_path
+        provider = email_provider if email_provider is not None else settings.email_provider
+        if isinstance(provider, str):
+            provider = load_provider(provider, clock=clock)
+        return cls(
+            backend=SqliteBackend(path, clock=clock),
+            email_provider=provider,
+            clock=clock,
+            settings=settings,
+            org=org,
+            rng=rng,
+        )
+
+    async def start(self) -> Self:
+        """Open storage (migrating it) and ensure the in-process organization exists."""
+        await self.backend.open()
+        self._org = await self.admin.ensure_org(self._org_name)
+        return self
+
+    async def aclose(self) -> None:
+        """Close the provider and storage (pending writes are committed first)."""
+        try:
+            await self.email_provider.aclose()
+        finally:
+            await self.backend.aclose()
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    @property
+    def org(self) -> Organization:
+        """The organization ``ct.email`` acts for."""
+        if self._org is None:
+            raise RuntimeError("Commtunnel is not started; use 'async with' or await start()")
+        return self._org
+
+    @property
+    def email(self) -> EmailClient:
+        """The email channel, acting for :attr:`org` with every scope."""
+        return EmailClient(self.emails, Principal(org_id=self.org.id, scopes=ALL_SCOPES))
+
+    def email_for(self, principal: Principal) -> EmailClient:
+        """The email channel acting for ``principal`` (what the HTTP adapter uses)."""
+        return EmailClient(self.emails, principal)
+
+    async def authenticate(self, token: str | None) -> Principal:
+        """The principal for a bearer API key (raises ``UnauthorizedError``)."""
+        return await self.keys.authenticate(token)
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        """The dispatch worker for this facade (created on first use)."""
+        if self._dispatcher is None:
+            s = self.settings
+            self._dispatcher = Dispatcher(
+                self.backend,
+                self.email_provider,
+                self.clock,
+                policy=s.retry_policy,
+                lease_seconds=s.lease_seconds,
+                send_timeout=s.send_timeout,
+                concurrency=s.worker_concurrency,
+                rng=self._rng,
+            )
+        return self._dispatcher
+
+    async def run_worker_until_idle(self) -> int:
+        """Deliver everything due at the clock's current time; returns jobs processed."""
+        return await self.dispatcher.run_until_idle()
+
+    async def run_worker(self, stop: asyncio.Event) -> None:
+        """Run the dispatch worker until ``stop`` is set."""
+        await self.dispatcher.run(stop)
+
+
+class _SyncEmailClient:
+    """Blocking twin of :class:`EmailClient` (same methods, same arguments)."""
+
+    def __init__(self, portal: BlockingPortal, client: EmailClient) -> None:
+        self._portal = portal
+        self._client = client
+
+    def _call(self, fn: Callable[..., Coroutine[Any, Any, T]], **kwargs: Any) -> T:
+        return self._portal.call(lambda: fn(**kwargs))
+
+    def send(self, **kwargs: Any) -> SendResult:
+        """See :meth:`EmailClient.send`."""
+        return self._call(self._client.send, **kwargs)
+
+    def preview(self, **kwargs: Any) -> Rendered:
+        """See :meth:`EmailClient.preview`."""
+        return self._call(self._client.preview, **kwargs)
+
+    def get(self, message_id: str) -> EmailStatus:
+        """See :meth:`EmailClient.get`."""
+        return self._portal.call(self._client.get, message_id)
+
+    def timeline(self, message_id: str, *, limit: int = 100) -> list[TimelineEvent]:
+        """See :meth:`EmailClient.timeline`."""
+        return self._call(self._client.timeline, message_id=message_id, limit=limit)
+
+    def stats(self, *, start: datetime, end: datetime) -> EmailStats:
+        """See :meth:`EmailClient.stats`."""
+        return self._call(self._client.stats, start=start, end=end)
+
+
+class SyncCommtunnel(AbstractContextManager["SyncCommtunnel"]):
+    """The facade for synchronous code (a Flask view, a script).
+
+    It runs a :class:`Commtunnel` on an event loop in a background thread and
+    blocks on each call. With ``background_worker=True`` that loop also runs
+    the dispatch worker, so accepted mail is delivered while the app runs.
+
+    Args:
+        background_worker: deliver in the background thread.
+        **open_kwargs: passed to :meth:`Commtunnel.open`.
+    """
+
+    def __init__(self, *, background_worker: bool = False, **open_kwargs: Any) -> None:
+        self._portal_cm = start_blocking_portal("asyncio")
+        self._portal = self._portal_cm.__enter__()
+        try:
+            self.ct: Commtunnel = self._portal.call(self._start, open_kwargs)
+        except BaseException:
+            self._portal_cm.__exit__(None, None, None)
+            raise
+        self._stop: asyncio.Event | None = None
+        self._worker_future: Any = None
+        if background_worker:
+            self._stop = self._portal.call(self._make_event)
+            self._worker_future = self._portal.start_task_soon(self.ct.run_worker, self._stop)
+        self.email = _SyncEmailClient(self._portal, self.ct.email)
+
+    @staticmethod
+    async def _make_event() -> asyncio.Event:
+        return asyncio.Event()
+
+    @staticmethod
+    async def _start(open_kwargs: dict[str, Any]) -> Commtunnel:
+        return await Commtunnel.open(**open_kwargs).start()
+
+    def call(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
+        """Run any coroutine function of the async facade, blocking: ``sc.call(ct.admin.add_sender, org_id, "x.com")``."""
+        return self._portal.call(fn, *args)
+
+    def run_worker_until_idle(self) -> int:
+        """Deliver everything due now; returns jobs processed."""
+        return self._portal.call(self.ct.run_worker_until_idle)
+
+    def close(self) -> None:
+        """Stop the background worker (if any), close the facade and the loop thread."""
+        try:
+            if self._stop is not None:
+                self._portal.call(self._set_event, self._stop)
+                self._worker_future.result(timeout=30)
+            self._portal.call(self.ct.aclose)
+        finally:
+            self._portal_cm.__exit__(None, None, None)
+
+    @staticmethod
+    async def _set_event(event: asyncio.Event) -> None:
+        event.set()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,108 @@
+"""Settings: defaults, overridden by ``COMMTUNNEL_*`` environment variables, then CLI flags.
+
+Read only when asked (``Settings.from_env()``), never at import time.
+
+| variable | default | meaning |
+| --- | --- | --- |
+| COMMTUNNEL_DB | ./commtunnel.db | SQLite file path (or ``sqlite:///path``) |
+| COMMTUNNEL_EMAIL_PROVIDER | outbox://./outbox | provider URL for email |
+| COMMTUNNEL_HOST / COMMTUNNEL_PORT | 127.0.0.1 / 8025 | where ``serve`` listens |
+| COMMTUNNEL_EMBEDDED_WORKER | true | run the dispatch worker inside ``serve`` |
+| COMMTUNNEL_IDEMPOTENCY_RETENTION | 86400 | seconds an idempotency key is remembered |
+| COMMTUNNEL_MAX_BODY_BYTES | 10485760 | request body limit, bytes (413 above) |
+| COMMTUNNEL_MAX_ATTEMPTS | 8 | provider calls before a message is FAILED |
+| COMMTUNNEL_RETRY_BASE_DELAY | 10 | seconds before the first retry (doubles each time) |
+| COMMTUNNEL_RETRY_MAX_DELAY | 3600 | ceiling of one backoff wait, seconds |
+| COMMTUNNEL_LEASE_SECONDS | 60 | a claimed job's lease, seconds |
+| COMMTUNNEL_SEND_TIMEOUT | 30 | one provider call's limit, seconds |
+| COMMTUNNEL_WORKER_CONCURRENCY | 16 | provider calls in flight per worker |
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import attrs
+
+from commtunnel.domain.delivery import RetryPolicy
+
+DEFAULT_DB = "commtunnel.db"
+DEFAULT_EMAIL_PROVIDER = "outbox://./outbox"
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    """Everything configurable, with units in the names' docs (see module table)."""
+
+    db: str = DEFAULT_DB
+    email_provider: str = DEFAULT_EMAIL_PROVIDER
+    host: str = "127.0.0.1"
+    port: int = 8025
+    embedded_worker: bool = True
+    idempotency_retention: float = 86_400.0
+    max_body_bytes: int = 10 * 1024 * 1024
+    max_attempts: int = 8
+    retry_base_delay: float = 10.0
+    retry_max_delay: float = 3600.0
+    lease_seconds: float = 60.0
+    send_timeout: float = 30.0
+    worker_concurrency: int = 16
+
+    _ENV: ClassVar[dict[str, tuple[str, Any]]] = {
+        "COMMTUNNEL_DB": ("db", str),
+        "COMMTUNNEL_EMAIL_PROVIDER": ("email_provider", str),
+        "COMMTUNNEL_HOST": ("host", str),
+        "COMMTUNNEL_PORT": ("port", int),
+        "COMMTUNNEL_EMBEDDED_WORKER": ("embedded_worker", _bool),
+        "COMMTUNNEL_IDEMPOTENCY_RETENTION": ("idempotency_retention", float),
+        "COMMTUNNEL_MAX_BODY_BYTES": ("max_body_bytes", int),
+        "COMMTUNNEL_MAX_ATTEMPTS": ("max_attempts", int),
+        "COMMTUNNEL_RETRY_BASE_DELAY": ("retry_base_delay", float),
+        "COMMTUNNEL_RETRY_MAX_DELAY": ("retry_max_delay", float),
+        "COMMTUNNEL_LEASE_SECONDS": ("lease_seconds", float),
+        "COMMTUNNEL_SEND_TIMEOUT": ("send_timeout", float),
+        "COMMTUNNEL_WORKER_CONCURRENCY": ("worker_concurrency", int),
+    }
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults <- environment <- explicit ``overrides`` (None values are ignored).
+
+        Raises:
+            ValueError: a variable that does not parse (names the variable).
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for var, (field, parse) in cls._ENV.items():
+            if var in env and env[var] != "":
+                try:
+                    values[field] = parse(env[var])
+                except ValueError as exc:
+                    raise ValueError(f"{var}: {exc}") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    @property
+    def db_path(self) -> str:
+        """The SQLite path (accepts ``sqlite:///relative`` and ``sqlite:////absolute``)."""
+        return self.db.removeprefix("sqlite:///")
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """The retry policy these settings describe."""
+        return RetryPolicy(
+            max_attempts=self.max_attempts,
+            base_delay=self.retry_base_delay,
+            max_delay=self.retry_max_delay,
+        )

@@ -1,0 +1,186 @@
+"""The error tree: every failure Commtunnel reports carries a stable code.
+
+::
+
+    CommtunnelError                       code, http_status, details
+    ├── ValidationError                   400 VALIDATION_ERROR (details: field -> reason)
+    ├── InvalidJsonError                  400 INVALID_JSON
+    ├── UnauthorizedError                 401 UNAUTHORIZED
+    ├── InsufficientScopeError            403 INSUFFICIENT_SCOPE (details.requiredScope)
+    ├── SenderNotVerifiedError            403 SENDER_NOT_VERIFIED
+    ├── NotFoundError                     404 NOT_FOUND
+    ├── IdempotencyKeyInUseError          409 IDEMPOTENCY_KEY_IN_USE
+    ├── IdempotencyKeyReusedError         422 IDEMPOTENCY_KEY_REUSED
+    ├── InvalidTransitionError            409 INVALID_STATUS_TRANSITION
+    ├── ConflictError                     409 CONFLICT (a name already taken)
+    ├── PayloadTooLargeError              413 PAYLOAD_TOO_LARGE
+    ├── RateLimitedError                  429 RATE_LIMITED
+    ├── ProviderConfigError               500 PROVIDER_CONFIG_ERROR (bad provider URL)
+    └── InternalError                     500 INTERNAL_ERROR
+
+The codes are part of the public contract (``../shared/DESIGN.md``, "Errors"):
+they never change meaning once published.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+# Stable codes, importable as constants so callers never spell them by hand.
+VALIDATION_ERROR = "VALIDATION_ERROR"
+INVALID_JSON = "INVALID_JSON"
+UNAUTHORIZED = "UNAUTHORIZED"
+INSUFFICIENT_SCOPE = "INSUFFICIENT_SCOPE"
+IP_NOT_ALLOWED = "IP_NOT_ALLOWED"
+SENDER_NOT_VERIFIED = "SENDER_NOT_VERIFIED"
+NOT_FOUND = "NOT_FOUND"
+IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
+IDEMPOTENCY_KEY_IN_USE = "IDEMPOTENCY_KEY_IN_USE"
+INVALID_STATUS_TRANSITION = "INVALID_STATUS_TRANSITION"
+CONFLICT = "CONFLICT"
+RATE_LIMITED = "RATE_LIMITED"
+PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+PROVIDER_CONFIG_ERROR = "PROVIDER_CONFIG_ERROR"
+INTERNAL_ERROR = "INTERNAL_ERROR"
+
+
+class CommtunnelError(Exception):
+    """Base of every error Commtunnel raises on purpose.
+
+    Args:
+        message: a human-readable sentence, safe to show to the API caller.
+        details: machine-readable context (for validation: field name -> reason).
+
+    Attributes:
+        code: the stable error code (class constant).
+        http_status: the HTTP status the HTTP adapter answers with.
+    """
+
+    code: ClassVar[str] = INTERNAL_ERROR
+    http_status: ClassVar[int] = 500
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: dict[str, Any] = details or {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, code={self.code!r})"
+
+
+class ValidationError(CommtunnelError):
+    """A request field is missing or fails its rule; ``details`` maps field -> reason."""
+
+    code = VALIDATION_ERROR
+    http_status = 400
+
+    @classmethod
+    def from_fields(cls, problems: dict[str, str]) -> ValidationError:
+        """Build the error for several invalid fields at once.
+
+        Args:
+            problems: field name (wire spelling, e.g. ``templateId``) -> reason.
+        """
+        names = ", ".join(sorted(problems))
+        return cls(f"Validation failed: {names}", details=dict(problems))
+
+
+class InvalidJsonError(CommtunnelError):
+    """The request body is not a JSON object."""
+
+    code = INVALID_JSON
+    http_status = 400
+
+
+class UnauthorizedError(CommtunnelError):
+    """No API key, an unknown one, or a revoked one."""
+
+    code = UNAUTHORIZED
+    http_status = 401
+
+
+class InsufficientScopeError(CommtunnelError):
+    """The API key lacks the scope the operation needs (``details.requiredScope``)."""
+
+    code = INSUFFICIENT_SCOPE
+    http_status = 403
+
+    def __init__(self, scope: str) -> None:
+        super().__init__(
+            f"This API key lacks the '{scope}' scope", details={"requiredScope": scope}
+        )
+
+
+class SenderNotVerifiedError(CommtunnelError):
+    """The ``from`` address is not a verified sender (address or domain) of the organization."""
+
+    code = SENDER_NOT_VERIFIED
+    http_status = 403
+
+
+class NotFoundError(CommtunnelError):
+    """No such record in the caller's organization (another organization's record included)."""
+
+    code = NOT_FOUND
+    http_status = 404
+
+
+class IdempotencyKeyInUseError(CommtunnelError):
+    """A request with the same idempotency key is still being processed."""
+
+    code = IDEMPOTENCY_KEY_IN_USE
+    http_status = 409
+
+
+class IdempotencyKeyReusedError(CommtunnelError):
+    """The idempotency key was already used with a different payload or endpoint."""
+
+    code = IDEMPOTENCY_KEY_REUSED
+    http_status = 422
+
+
+class InvalidTransitionError(CommtunnelError):
+    """A status change the status machine does not allow."""
+
+    code = INVALID_STATUS_TRANSITION
+    http_status = 409
+
+
+class ConflictError(CommtunnelError):
+    """A unique name (organization, template name) is already taken."""
+
+    code = CONFLICT
+    http_status = 409
+
+
+class PayloadTooLargeError(CommtunnelError):
+    """The request body exceeds the configured limit (``details.limitBytes``)."""
+
+    code = PAYLOAD_TOO_LARGE
+    http_status = 413
+
+
+class RateLimitedError(CommtunnelError):
+    """Too many requests; ``retry_after`` is in seconds."""
+
+    code = RATE_LIMITED
+    http_status = 429
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message, details={"retryAfter": retry_after})
+        self.retry_after = retry_after
+
+
+class ProviderConfigError(CommtunnelError):
+    """A provider URL names an unknown scheme or has invalid options."""
+
+    code = PROVIDER_CONFIG_ERROR
+    http_status = 500
+
+
+class InternalError(CommtunnelError):
+    """An unexpected failure; the message shown never includes a traceback."""
+
+    code = INTERNAL_ERROR
+    http_status = 500

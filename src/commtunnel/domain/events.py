@@ -1,0 +1,60 @@
+"""Timeline events: one vocabulary for timelines, webhooks and stats.
+
+Event types are ``<channel>_<what happened>`` (``../shared/DESIGN.md``, "One
+event vocabulary"): ``email_queued``, ``email_processing``, ``email_sent`` ...
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import attrs
+
+from commtunnel.domain.messages import Channel, Status, _aware
+
+EMAIL_EVENT_TYPES: tuple[str, ...] = tuple(
+    f"email_{what}"
+    for what in (
+        "queued",
+        "scheduled",
+        "processing",
+        "retrying",
+        "sent",
+        "delivered",
+        "opened",
+        "clicked",
+        "bounced",
+        "complained",
+        "failed",
+    )
+)
+
+
+@attrs.frozen(kw_only=True)
+class TimelineEvent:
+    """One entry of a message's timeline.
+
+    Attributes:
+        id: UUIDv7 string, stable (used later as the webhook id).
+        message_id: the message it belongs to.
+        org_id: owning organization.
+        type: event type, e.g. ``email_sent``.
+        status: the message status as of this event (None for events that
+            do not change status, such as ``email_opened``).
+        created_at: UTC time the event happened.
+        details: event-specific data (attempt number, error category, ...).
+    """
+
+    id: str
+    message_id: str
+    org_id: str
+    type: str
+    status: Status | None
+    created_at: datetime = attrs.field(validator=_aware)
+    details: dict[str, Any] = attrs.field(factory=dict)
+
+    @property
+    def channel(self) -> Channel:
+        """The channel named by the event type prefix."""
+        return Channel(self.type.split("_", 1)[0])

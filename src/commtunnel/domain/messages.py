@@ -1,0 +1,187 @@
+"""Messages, their status machine and delivery attempts (pure rules, no I/O).
+
+The status machine follows ``../shared/DESIGN.md`` ("Status machine")::
+
+    SCHEDULED -> QUEUED -> PROCESSING -> SENT -> DELIVERED (-> READ, WhatsApp)
+                               |  ^
+                               v  |
+                            RETRYING            FAILED / BOUNCED are terminal
+
+Every transition is recorded as a timeline event (see ``events.py``); callers
+obtain the event type with :func:`event_for` so the status is never set
+without one.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+import attrs
+
+from commtunnel.domain.errors import InvalidTransitionError
+
+
+def _aware(_instance: object, attribute: attrs.Attribute[Any], value: datetime | None) -> None:
+    """attrs validator: datetimes must carry a timezone (UTC inside Commtunnel)."""
+    if value is not None and value.tzinfo is None:
+        raise ValueError(f"{attribute.name} must be timezone-aware, got naive {value!r}")
+
+
+class Channel(enum.StrEnum):
+    """A delivery channel; the value is the wire spelling and the event prefix."""
+
+    EMAIL = "email"
+    SMS = "sms"
+    WHATSAPP = "whatsapp"
+
+
+class Status(enum.StrEnum):
+    """Delivery status of a message (wire spelling: upper case)."""
+
+    SCHEDULED = "SCHEDULED"
+    QUEUED = "QUEUED"
+    PROCESSING = "PROCESSING"
+    RETRYING = "RETRYING"
+    SENT = "SENT"
+    DELIVERED = "DELIVERED"
+    READ = "READ"
+    FAILED = "FAILED"
+    BOUNCED = "BOUNCED"
+
+    @property
+    def is_final(self) -> bool:
+        """True for statuses after which the worker does nothing more."""
+        return self in _FINAL
+
+
+_FINAL = frozenset({Status.SENT, Status.DELIVERED, Status.READ, Status.FAILED, Status.BOUNCED})
+
+# from-status -> statuses it may move to. PROCESSING -> PROCESSING is a re-claim
+# after a lease expired (the worker that held it died); it is recorded too.
+TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.SCHEDULED: frozenset({Status.QUEUED}),
+    Status.QUEUED: frozenset({Status.PROCESSING}),
+    Status.PROCESSING: frozenset(
+        {Status.PROCESSING, Status.SENT, Status.RETRYING, Status.FAILED, Status.BOUNCED}
+    ),
+    Status.RETRYING: frozenset({Status.PROCESSING, Status.FAILED}),
+    Status.SENT: frozenset({Status.DELIVERED, Status.BOUNCED, Status.READ, Status.FAILED}),
+    Status.DELIVERED: frozenset({Status.READ, Status.BOUNCED}),
+    Status.READ: frozenset(),
+    Status.FAILED: frozenset({Status.QUEUED}),  # an explicit retry re-queues a failed message
+    Status.BOUNCED: frozenset(),
+}
+
+# The timeline event suffix recorded when a message enters a status.
+_EVENT_SUFFIX: dict[Status, str] = {
+    Status.SCHEDULED: "scheduled",
+    Status.QUEUED: "queued",
+    Status.PROCESSING: "processing",
+    Status.RETRYING: "retrying",
+    Status.SENT: "sent",
+    Status.DELIVERED: "delivered",
+    Status.READ: "read",
+    Status.FAILED: "failed",
+    Status.BOUNCED: "bounced",
+}
+
+
+def can_transition(current: Status, new: Status) -> bool:
+    """Whether the status machine allows ``current -> new``."""
+    return new in TRANSITIONS[current]
+
+
+def check_transition(current: Status, new: Status) -> None:
+    """Raise :class:`InvalidTransitionError` unless ``current -> new`` is allowed."""
+    if not can_transition(current, new):
+        raise InvalidTransitionError(
+            f"Status cannot move from {current} to {new}",
+            details={"from": str(current), "to": str(new)},
+        )
+
+
+def event_for(channel: Channel, status: Status) -> str:
+    """The event type recorded on entering ``status``, e.g. ``email_sent``."""
+    return f"{channel}_{_EVENT_SUFFIX[status]}"
+
+
+@attrs.frozen(kw_only=True)
+class EmailContent:
+    """The rendered content of one email, as accepted.
+
+    Attributes:
+        from_addr: the ``From`` header value (``addr`` or ``Name <addr>``), verified.
+        to: the recipient (``addr`` or ``Name <addr>``).
+        subject: at most 998 characters (RFC 5322 §2.1.1), no CR/LF.
+        html: HTML body or None.
+        text: plain-text body or None (at least one of html/text is set).
+        message_id_header: the stable RFC 5322 ``Message-ID`` including angle brackets.
+        template_id: the template rendered, if any.
+        tracking: whether open/click tracking was asked for.
+    """
+
+    from_addr: str
+    to: str
+    subject: str
+    html: str | None
+    text: str | None
+    message_id_header: str
+    template_id: str | None = None
+    tracking: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class Message:
+    """A message as stored: identity, ownership, state and content.
+
+    Attributes:
+        id: UUIDv7 string (time-ordered).
+        org_id: owning organization id.
+        channel: delivery channel.
+        status: current status.
+        sandbox: True for sandbox sends and ``ct_test_`` keys (never reaches a provider).
+        email: content for the email channel.
+        created_at / updated_at: UTC, timezone-aware.
+        provider_message_id: the provider's reference once accepted.
+        attempt_count: provider calls made so far.
+    """
+
+    id: str
+    org_id: str
+    channel: Channel
+    status: Status
+    sandbox: bool
+    email: EmailContent | None
+    created_at: datetime = attrs.field(validator=_aware)
+    updated_at: datetime = attrs.field(validator=_aware)
+    api_key_id: str | None = None
+    provider_message_id: str | None = None
+    attempt_count: int = 0
+    last_error: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Attempt:
+    """One provider call for a message.
+
+    Attributes:
+        message_id: the message the attempt belongs to.
+        number: 1 for the first attempt.
+        provider: provider name (e.g. ``smtp``, ``outbox``, ``sandbox``).
+        outcome: ``accepted``, ``transient`` or ``permanent``.
+        error_category: an :class:`ErrorCategory` value, None when accepted.
+        error_message: provider's explanation, truncated, no secrets.
+        duration_ms: wall time of the call, milliseconds.
+        started_at: UTC start time.
+    """
+
+    message_id: str
+    number: int
+    provider: str
+    outcome: str
+    error_category: str | None
+    error_message: str | None
+    duration_ms: float
+    started_at: datetime = attrs.field(validator=_aware)

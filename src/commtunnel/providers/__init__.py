@@ -1,0 +1,66 @@
+"""Provider discovery: a provider URL's scheme names an entry point.
+
+Plugins register under the ``commtunnel.providers`` entry-point group; the
+entry point's name is the URL scheme and its object is a class (or factory)
+with a ``from_url(url, *, clock)`` classmethod returning a provider::
+
+    [project.entry-points."commtunnel.providers"]
+    acme = "commtunnel_acme:AcmeProvider"     # acme://key@region
+
+Built in: ``outbox:`` (files on disk, the default), ``smtp:`` and ``smtps:``.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from commtunnel.domain.errors import ProviderConfigError
+from commtunnel.ports import Clock
+
+GROUP = "commtunnel.providers"
+
+
+def available_schemes() -> list[str]:
+    """URL schemes of every installed provider, sorted."""
+    return sorted(ep.name for ep in entry_points(group=GROUP))
+
+
+def load_provider(url: str, *, clock: Clock) -> Any:
+    """Build the provider a URL names.
+
+    Args:
+        url: e.g. ``smtp://user:pass@host:587?starttls=true`` or ``outbox:///var/mail/out``.
+        clock: the clock the provider measures with.
+
+    Returns:
+        The provider instance (an ``EmailProvider`` for the email channel).
+
+    Raises:
+        ProviderConfigError: unknown scheme, or options the provider refuses.
+    """
+    scheme = urlsplit(url).scheme.lower()
+    matches = [ep for ep in entry_points(group=GROUP) if ep.name == scheme]
+    if not matches:
+        raise ProviderConfigError(
+            f"No provider for scheme '{scheme}' in {redact_url(url)}",
+            details={"known": available_schemes()},
+        )
+    factory = matches[0].load()
+    try:
+        return factory.from_url(url, clock=clock)
+    except ProviderConfigError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise ProviderConfigError(f"Invalid provider URL {redact_url(url)}: {exc}") from None
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by ``***`` (safe to log)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))

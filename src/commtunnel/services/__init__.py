@@ -1,0 +1,1 @@
+"""Use cases over the ports: send, read, auth, admin, dispatch."""

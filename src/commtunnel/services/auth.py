@@ -1,0 +1,103 @@
+"""API keys: issue, authenticate, revoke, and scope checks."""
+
+from __future__ import annotations
+
+import secrets
+
+from commtunnel.domain import keys
+from commtunnel.domain.errors import (
+    InsufficientScopeError,
+    NotFoundError,
+    UnauthorizedError,
+    ValidationError,
+)
+from commtunnel.domain.keys import ApiKey, Principal
+from commtunnel.ids import new_id
+from commtunnel.ports import Clock, Storage
+
+
+def require(principal: Principal, scope: str) -> None:
+    """Raise :class:`InsufficientScopeError` naming ``scope`` unless the principal has it."""
+    if not principal.has(scope):
+        raise InsufficientScopeError(scope)
+
+
+class KeyService:
+    """Issues and checks API keys.
+
+    Args:
+        storage: where key hashes live.
+        clock: creation and revocation times.
+    """
+
+    def __init__(self, storage: Storage, clock: Clock) -> None:
+        self._storage = storage
+        self._clock = clock
+
+    async def create(
+        self, org_id: str, *, scopes: frozenset[str], test: bool = False, name: str = ""
+    ) -> tuple[ApiKey, str]:
+        """Issue a key for an organization.
+
+        Args:
+            org_id: the owning organization.
+            scopes: granted scopes (see :class:`commtunnel.domain.keys.Scope`).
+            test: True for a ``ct_test_`` sandbox key.
+            name: a label for people.
+
+        Returns:
+            (the stored record, the key itself). The key is not stored and
+            cannot be shown again.
+
+        Raises:
+            ValidationError: unknown or missing scopes.
+        """
+        try:
+            scopes = keys.parse_scopes(sorted(scopes))
+        except ValueError as exc:
+            raise ValidationError.from_fields({"scopes": str(exc)}) from None
+        secret = keys.format_key(secrets.token_urlsafe(32), test=test)
+        record = ApiKey(
+            id=new_id(),
+            org_id=org_id,
+            name=name,
+            key_hash=keys.hash_key(secret),
+            display=secret[: keys.DISPLAY_CHARS],
+            scopes=scopes,
+            test=test,
+            created_at=self._clock.now(),
+        )
+        await self._storage.create_api_key(record)
+        return record, secret
+
+    async def authenticate(self, token: str | None) -> Principal:
+        """The principal for a bearer token.
+
+        Raises:
+            UnauthorizedError: missing, malformed, unknown or revoked key.
+        """
+        if not token:
+            raise UnauthorizedError("Missing API key: send 'Authorization: Bearer <key>'")
+        if not keys.looks_like_key(token):
+            raise UnauthorizedError("Invalid API key")
+        record = await self._storage.get_api_key_by_hash(keys.hash_key(token))
+        if record is None:
+            raise UnauthorizedError("Invalid API key")
+        if record.revoked_at is not None:
+            raise UnauthorizedError("This API key has been revoked")
+        return Principal(
+            org_id=record.org_id, scopes=record.scopes, sandbox=record.test, api_key_id=record.id
+        )
+
+    async def revoke(self, org_id: str, key_id: str) -> None:
+        """Revoke a key at once (the next request with it answers 401).
+
+        Raises:
+            NotFoundError: no such key in the organization.
+        """
+        if not await self._storage.revoke_api_key(org_id, key_id, self._clock.now()):
+            raise NotFoundError("No such API key", details={"keyId": key_id})
+
+    async def list(self, org_id: str) -> list[ApiKey]:
+        """Keys of an organization (records only; keys are never stored)."""
+        return await self._storage.list_api_keys(org_id)

@@ -1,0 +1,276 @@
+"""The dispatch worker: claims due jobs with a lease, calls the provider, records the result.
+
+Each attempt moves the message along the status machine and appends an
+event in the same transaction as the attempt record:
+
+* claim: QUEUED/RETRYING -> PROCESSING (or PROCESSING again when an earlier
+  worker's lease expired: it died mid-send);
+* accepted -> SENT; permanent failure -> FAILED (BOUNCED for an invalid
+  recipient); transient failure -> RETRYING with exponential backoff and
+  jitter, or FAILED once the retry policy's attempts are used up.
+
+A provider that raises or hangs never kills the worker: exceptions are
+classified as transient ``UNKNOWN``, and each call is bounded by
+``send_timeout`` (shorter than the lease, so a slow call does not let
+another worker take the job while it is still running).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+from datetime import timedelta
+from typing import Any
+
+from commtunnel.domain.delivery import ErrorCategory, Outcome, ProviderResult, RetryPolicy
+from commtunnel.domain.events import TimelineEvent
+from commtunnel.domain.messages import Attempt, Message, Status, event_for
+from commtunnel.ids import new_id
+from commtunnel.ports import ClaimedJob, Clock, Completion, EmailProvider, OutgoingEmail, Queue
+
+log = logging.getLogger("commtunnel.worker")
+
+SANDBOX_PROVIDER = "sandbox"
+
+
+class Dispatcher:
+    """Delivers queued messages.
+
+    Args:
+        queue: where jobs are claimed and results recorded.
+        email_provider: the email channel's provider.
+        clock: every "now" and every duration.
+        policy: retry policy for transient failures.
+        lease_seconds: how long a claim is exclusive; a worker that dies
+            leaves a lease that expires after this many seconds.
+        send_timeout: seconds one provider call may take (< lease_seconds).
+        concurrency: provider calls in flight at once.
+        rng: jitter source (seed it in tests).
+        worker_id: recorded on leases; random by default.
+    """
+
+    def __init__(
+        self,
+        queue: Queue,
+        email_provider: EmailProvider,
+        clock: Clock,
+        *,
+        policy: RetryPolicy | None = None,
+        lease_seconds: float = 60.0,
+        send_timeout: float = 30.0,
+        concurrency: int = 16,
+        rng: random.Random | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        if send_timeout >= lease_seconds:
+            raise ValueError("send_timeout must be shorter than lease_seconds")
+        self._queue = queue
+        self._provider = email_provider
+        self._clock = clock
+        self._policy = policy or RetryPolicy()
+        self._lease_seconds = lease_seconds
+        self._send_timeout = send_timeout
+        self._concurrency = concurrency
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
+        self.worker_id = worker_id or f"worker-{secrets.token_hex(4)}"
+
+    # ------------------------------------------------------------------ claiming
+
+    def _processing_event(self, message: Message, attempt_number: int) -> TimelineEvent:
+        details: dict[str, Any] = {"attempt": attempt_number}
+        if message.status == Status.PROCESSING:
+            details["leaseExpired"] = True  # the previous worker died mid-send
+        return TimelineEvent(
+            id=new_id(),
+            message_id=message.id,
+            org_id=message.org_id,
+            type=event_for(message.channel, Status.PROCESSING),
+            status=Status.PROCESSING,
+            created_at=self._clock.now(),
+            details=details,
+        )
+
+    async def claim(self, limit: int) -> list[ClaimedJob]:
+        """Lease up to ``limit`` due jobs (moving them to PROCESSING)."""
+        return await self._queue.claim(
+            worker_id=self.worker_id,
+            now=self._clock.now(),
+            lease_seconds=self._lease_seconds,
+            limit=limit,
+            processing_event=self._processing_event,
+        )
+
+    # ------------------------------------------------------------------ one attempt
+
+    async def _call_provider(self, job: ClaimedJob) -> tuple[str, ProviderResult]:
+        message = job.message
+        if message.sandbox:
+            return SANDBOX_PROVIDER, ProviderResult.accepted(None)
+        assert message.email is not None
+        email = OutgoingEmail(
+            message_id=message.id,
+            org_id=message.org_id,
+            content=message.email,
+            created_at=message.created_at,
+            attempt_number=job.attempt_number,
+        )
+        try:
+            async with asyncio.timeout(self._send_timeout):
+                result = await self._provider.send_email(email)
+        except TimeoutError:
+            result = ProviderResult.transient(
+                ErrorCategory.TIMEOUT, f"provider call exceeded {self._send_timeout:g} s"
+            )
+        except Exception as exc:  # a provider bug must not kill the worker
+            log.exception("provider %s raised while sending %s", self._provider.name, message.id)
+            result = ProviderResult.transient(
+                ErrorCategory.UNKNOWN, f"{type(exc).__name__}: {exc}"
+            )
+        return self._provider.name, result
+
+    def _decide(
+        self, job: ClaimedJob, result: ProviderResult
+    ) -> tuple[Status, Any, dict[str, Any]]:
+        """(new status, retry time or None, event details) for a result."""
+        details: dict[str, Any] = {"attempt": job.attempt_number}
+        if result.outcome == Outcome.ACCEPTED:
+            if result.provider_message_id:
+                details["providerMessageId"] = result.provider_message_id
+            return Status.SENT, None, details
+        details["errorCategory"] = str(result.error_category)
+        details["error"] = result.error_message
+        if result.outcome == Outcome.PERMANENT:
+            bounced = result.error_category == ErrorCategory.INVALID_RECIPIENT
+            return (Status.BOUNCED if bounced else Status.FAILED), None, details
+        if not self._policy.should_retry(job.attempt_number):
+            details["reason"] = f"gave up after {job.attempt_number} attempts"
+            return Status.FAILED, None, details
+        delay = self._policy.delay(job.attempt_number, self._rng, result.retry_after)
+        retry_at = self._clock.now() + timedelta(seconds=delay)
+        details["retryAt"] = retry_at.isoformat()
+        details["retryInSeconds"] = round(delay, 3)
+        return Status.RETRYING, retry_at, details
+
+    async def process(self, job: ClaimedJob) -> bool:
+        """Make one attempt for a claimed job and record it.
+
+        Returns:
+            True when recorded; False when the lease had been lost meanwhile
+            (another worker re-claimed the job after it expired).
+        """
+        started_at = self._clock.now()
+        t0 = self._clock.monotonic()
+        provider_name, result = await self._call_provider(job)
+        duration_ms = round((self._clock.monotonic() - t0) * 1000, 3)
+        new_status, retry_at, details = self._decide(job, result)
+        details["provider"] = provider_name
+        message = job.message
+        attempt = Attempt(
+            message_id=message.id,
+            number=job.attempt_number,
+            provider=provider_name,
+            outcome=str(result.outcome),
+            error_category=None if result.error_category is None else str(result.error_category),
+            error_message=result.error_message,
+            duration_ms=duration_ms,
+            started_at=started_at,
+        )
+        event = TimelineEvent(
+            id=new_id(),
+            message_id=message.id,
+            org_id=message.org_id,
+            type=event_for(message.channel, new_status),
+            status=new_status,
+            created_at=self._clock.now(),
+            details=details,
+        )
+        recorded = await self._queue.complete(
+            Completion(
+                job=job,
+                attempt=attempt,
+                new_status=new_status,
+                event=event,
+                provider_message_id=result.provider_message_id,
+                retry_at=retry_at,
+            )
+        )
+        if not recorded:
+            log.warning("lease on %s was lost before its result was recorded", message.id)
+        return recorded
+
+    # ------------------------------------------------------------------ loops
+
+    async def run_once(self, limit: int | None = None) -> int:
+        """Claim one batch of due jobs and process it concurrently.
+
+        Returns:
+            The number of jobs processed (0 when nothing was due).
+        """
+        jobs = await self.claim(limit or self._concurrency)
+        if jobs:
+            await asyncio.gather(*(self.process(job) for job in jobs))
+        return len(jobs)
+
+    async def run_until_idle(self, *, max_batches: int = 10_000) -> int:
+        """Process batches until nothing is due at the clock's current time.
+
+        Returns:
+            The total number of jobs processed.
+        """
+        total = 0
+        for _ in range(max_batches):
+            done = await self.run_once()
+            if done == 0:
+                break
+            total += done
+        return total
+
+    async def run(self, stop: asyncio.Event, *, poll_interval: float = 1.0) -> None:
+        """Deliver until ``stop`` is set, keeping up to ``concurrency`` calls in flight.
+
+        New work accepted in this process wakes the loop at once; work written
+        by other processes and retries coming due are found by polling every
+        ``poll_interval`` seconds.
+        """
+        in_flight: set[asyncio.Task[bool]] = set()
+        slot_freed = asyncio.Event()
+
+        def finished(task: asyncio.Task[bool]) -> None:
+            in_flight.discard(task)
+            slot_freed.set()
+            if not task.cancelled() and task.exception() is not None:
+                log.error("attempt failed to record", exc_info=task.exception())
+
+        try:
+            while not stop.is_set():
+                free = self._concurrency - len(in_flight)
+                if free <= 0:
+                    slot_freed.clear()
+                    await slot_freed.wait()
+                    continue
+                try:
+                    jobs = await self.claim(free)
+                except Exception:  # the database may be briefly unavailable
+                    log.exception("claiming jobs failed; retrying")
+                    jobs = []
+                    await asyncio.sleep(poll_interval)
+                if not jobs:
+                    if in_flight:
+                        slot_freed.clear()
+                        waiter = asyncio.ensure_future(self._queue.wait_for_work(poll_interval))
+                        freed = asyncio.ensure_future(slot_freed.wait())
+                        await asyncio.wait({waiter, freed}, return_when=asyncio.FIRST_COMPLETED)
+                        waiter.cancel()
+                        freed.cancel()
+                    else:
+                        await self._queue.wait_for_work(poll_interval)
+                    continue
+                for job in jobs:
+                    task = asyncio.create_task(self.process(job))
+                    in_flight.add(task)
+                    task.add_done_callback(finished)
+        finally:
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)

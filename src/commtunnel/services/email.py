@@ -1,0 +1,478 @@
+"""The email channel's use cases: send, preview, status, timeline, stats.
+
+Contract: ``../shared/seeds/000_427ee8481191f61a.txt``, "Email (public API)".
+A send is accepted only after the message, its first timeline event and its
+dispatch job are committed together (``Storage.accept``); everything that
+can refuse a request (scope, fields, template, sender, idempotency key)
+runs before that, so a refused request stores nothing.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import attrs
+
+from commtunnel.domain import email as rules
+from commtunnel.domain.errors import (
+    IdempotencyKeyReusedError,
+    InternalError,
+    NotFoundError,
+    SenderNotVerifiedError,
+    ValidationError,
+)
+from commtunnel.domain.events import TimelineEvent
+from commtunnel.domain.keys import Principal, Scope
+from commtunnel.domain.messages import Attempt, Channel, EmailContent, Message, Status, event_for
+from commtunnel.ids import new_id
+from commtunnel.ports import Clock, IdempotencyRecord, Storage
+from commtunnel.services import idempotency
+from commtunnel.services.auth import require
+from commtunnel.services.templates import TemplateError, TemplateRenderer
+
+ENDPOINT_SEND = "emails.send"
+MAX_TIMELINE_LIMIT = 1000
+MAX_BODY_CHARS = 5_000_000  # per part; the HTTP body limit is usually lower
+MAX_STATS_WINDOW_DAYS = 366
+
+
+@attrs.frozen(kw_only=True)
+class EmailSendRequest:
+    """A send request as the caller gave it (wire names in ``details``).
+
+    Values are typed ``Any`` on purpose: this is untrusted input, checked by
+    :meth:`EmailService.send`, which reports every bad field at once.
+    """
+
+    from_addr: Any = None
+    to: Any = None
+    subject: Any = None
+    html: Any = None
+    text: Any = None
+    template_id: Any = None
+    variables: Any = None
+    tracking: Any = False
+    sandbox_mode: Any = False
+    idempotency_key: Any = None
+
+    def wire_payload(self) -> dict[str, Any]:
+        """The request in wire spelling, without the idempotency key (for fingerprints)."""
+        return {
+            "from": self.from_addr,
+            "to": self.to,
+            "subject": self.subject,
+            "html": self.html,
+            "text": self.text,
+            "templateId": self.template_id,
+            "variables": self.variables,
+            "tracking": self.tracking,
+            "sandboxMode": self.sandbox_mode,
+        }
+
+
+#: wire field name -> EmailSendRequest attribute
+WIRE_FIELDS: dict[str, str] = {
+    "from": "from_addr",
+    "to": "to",
+    "subject": "subject",
+    "html": "html",
+    "text": "text",
+    "templateId": "template_id",
+    "variables": "variables",
+    "tracking": "tracking",
+    "sandboxMode": "sandbox_mode",
+    "idempotencyKey": "idempotency_key",
+}
+
+
+def request_from_wire(payload: dict[str, Any], *, header_key: str | None) -> EmailSendRequest:
+    """Build a request from a JSON object, refusing unknown fields.
+
+    Args:
+        payload: the decoded JSON body.
+        header_key: the ``x-idempotency-key`` header, if sent.
+
+    Raises:
+        ValidationError: unknown fields, or a header key that differs from the body's.
+    """
+    unknown = sorted(set(payload) - set(WIRE_FIELDS))
+    if unknown:
+        raise ValidationError.from_fields({name: "unknown field" for name in unknown})
+    values = {WIRE_FIELDS[name]: value for name, value in payload.items()}
+    body_key = values.get("idempotency_key")
+    if header_key is not None:
+        if body_key is not None and body_key != header_key:
+            raise ValidationError.from_fields(
+                {"idempotencyKey": "differs from the x-idempotency-key header"}
+            )
+        values["idempotency_key"] = header_key
+    return EmailSendRequest(**values)
+
+
+@attrs.frozen(kw_only=True)
+class SendResult:
+    """What a send answers: the message and whether it was a replay of an earlier send."""
+
+    message: Message
+    duplicate: bool
+
+
+@attrs.frozen(kw_only=True)
+class Rendered:
+    """Subject and bodies after template rendering."""
+
+    subject: str
+    html: str | None
+    text: str | None
+    template_id: str | None
+
+
+@attrs.frozen(kw_only=True)
+class EmailStatus:
+    """A message with its attempts, as ``GET /v1/public/emails/{id}`` shows it."""
+
+    message: Message
+    attempts: list[Attempt]
+
+
+@attrs.frozen(kw_only=True)
+class EmailStats:
+    """Counts for a window: messages created in it by status, events in it by type."""
+
+    start: datetime
+    end: datetime
+    total: int
+    by_status: dict[str, int]
+    events: dict[str, int]
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+class EmailService:
+    """Send, preview and read transactional email.
+
+    Args:
+        storage: the durable records.
+        clock: every "now".
+        renderer: liquid templates.
+        idempotency_retention: seconds an idempotency key is remembered.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        clock: Clock,
+        renderer: TemplateRenderer,
+        *,
+        idempotency_retention: float = 86_400.0,
+    ) -> None:
+        self._storage = storage
+        self._clock = clock
+        self._renderer = renderer
+        self._retention = idempotency_retention
+        self._in_flight = idempotency.InFlight()
+
+    # ------------------------------------------------------------------ validation
+
+    @staticmethod
+    def _check_fields(req: EmailSendRequest) -> tuple[dict[str, str], tuple[str, str] | None]:
+        """Per-field problems, and the parsed ``from`` mailbox when valid."""
+        problems: dict[str, str] = {}
+        sender: tuple[str, str] | None = None
+        for wire, value in (("from", req.from_addr), ("to", req.to)):
+            if value is None or value == "":
+                problems[wire] = "is required"
+            elif not _is_str(value):
+                problems[wire] = "must be a string"
+            else:
+                try:
+                    parsed = rules.parse_mailbox(value)
+                except ValueError as exc:
+                    problems[wire] = str(exc)
+                else:
+                    if wire == "from":
+                        sender = parsed
+        for wire, value in (("html", req.html), ("text", req.text)):
+            if value is not None and not _is_str(value):
+                problems[wire] = "must be a string"
+            elif value is not None and len(value) > MAX_BODY_CHARS:
+                problems[wire] = f"must be at most {MAX_BODY_CHARS} characters"
+        if req.template_id is not None and not _is_str(req.template_id):
+            problems["templateId"] = "must be a string"
+        if req.variables is not None and not isinstance(req.variables, dict):
+            problems["variables"] = "must be an object"
+        for wire, value in (("tracking", req.tracking), ("sandboxMode", req.sandbox_mode)):
+            if not isinstance(value, bool):
+                problems[wire] = "must be a boolean"
+        if req.template_id is None:
+            if req.subject is None or req.subject == "":
+                problems["subject"] = "is required"
+            if req.html in (None, "") and req.text in (None, ""):
+                problems.setdefault("html", "provide html and/or text, or a templateId")
+        if req.subject is not None:
+            if not _is_str(req.subject):
+                problems["subject"] = "must be a string"
+            else:
+                reason = rules.validate_subject(req.subject)
+                if reason:
+                    problems["subject"] = reason
+        return problems, sender
+
+    async def _render(
+        self,
+        org_id: str,
+        *,
+        subject: str | None,
+        html: str | None,
+        text: str | None,
+        template_id: str | None,
+        variables: dict[str, Any] | None,
+    ) -> Rendered:
+        """Render a template (or the inline sources) with ``variables``.
+
+        Inline sources are not liquid-rendered: only templates are, so inline
+        bodies that contain ``{{`` are sent as written.
+        """
+        if template_id is None:
+            return Rendered(subject=subject or "", html=html, text=text, template_id=None)
+        template = await self._storage.get_template(org_id, template_id)
+        if template is None:
+            raise ValidationError.from_fields({"templateId": "unknown template"})
+        values = variables or {}
+        problems: dict[str, str] = {}
+        parts: dict[str, str | None] = {}
+        sources = {
+            "subject": subject if subject is not None else template.subject,
+            "html": template.html,
+            "text": template.text,
+        }
+        for part, source in sources.items():
+            if source is None:
+                parts[part] = None
+                continue
+            try:
+                parts[part] = self._renderer.render(source, values)
+            except TemplateError as exc:
+                problems["variables" if part != "subject" else "subject"] = (
+                    f"{part} failed to render: {exc}"
+                )
+        if problems:
+            raise ValidationError.from_fields(problems)
+        rendered_subject = parts["subject"] or ""
+        reason = rules.validate_subject(rendered_subject)
+        if reason:
+            raise ValidationError.from_fields({"subject": f"rendered subject {reason}"})
+        return Rendered(
+            subject=rendered_subject, html=parts["html"], text=parts["text"], template_id=template.id
+        )
+
+    async def _check_sender(self, org_id: str, address: str) -> None:
+        senders = await self._storage.list_senders(org_id)
+        if not any(rules.sender_matches(address, s.value) for s in senders):
+            raise SenderNotVerifiedError(
+                f"'{address}' is not a verified sender of this organization",
+                details={"from": address},
+            )
+
+    # ------------------------------------------------------------------ use cases
+
+    async def send(self, principal: Principal, req: EmailSendRequest) -> SendResult:
+        """Accept an email for delivery.
+
+        Returns:
+            The queued message (status QUEUED), or with ``duplicate=True`` the
+            message an earlier request with the same idempotency key created.
+
+        Raises:
+            InsufficientScopeError: the key lacks ``send:email``.
+            ValidationError: bad fields (``details`` per field), a malformed
+                idempotency key, or an unknown template.
+            SenderNotVerifiedError: ``from`` is not a verified address or domain.
+            IdempotencyKeyReusedError: the key was used with another payload or endpoint.
+            IdempotencyKeyInUseError: the key's first request is still in flight.
+        """
+        require(principal, Scope.SEND_EMAIL)
+        key = idempotency.validate_key(req.idempotency_key)
+        problems, sender = self._check_fields(req)
+        if problems:
+            raise ValidationError.from_fields(problems)
+        assert sender is not None  # no problems means "from" parsed
+        with self._in_flight.hold(principal.org_id, key):
+            rendered = await self._render(
+                principal.org_id,
+                subject=req.subject,
+                html=req.html,
+                text=req.text,
+                template_id=req.template_id,
+                variables=req.variables,
+            )
+            await self._check_sender(principal.org_id, sender[1])
+            now = self._clock.now()
+            message_id = new_id()
+            to_name, to_addr = rules.parse_mailbox(req.to)
+            content = EmailContent(
+                from_addr=rules.format_mailbox(*sender),
+                to=rules.format_mailbox(to_name, to_addr),
+                subject=rendered.subject,
+                html=rendered.html,
+                text=rendered.text,
+                message_id_header=f"<{message_id}@{rules.domain_of(sender[1])}>",
+                template_id=rendered.template_id,
+                tracking=bool(req.tracking),
+            )
+            message = Message(
+                id=message_id,
+                org_id=principal.org_id,
+                channel=Channel.EMAIL,
+                status=Status.QUEUED,
+                sandbox=principal.sandbox or bool(req.sandbox_mode),
+                api_key_id=principal.api_key_id,
+                email=content,
+                created_at=now,
+                updated_at=now,
+            )
+            event = TimelineEvent(
+                id=new_id(),
+                message_id=message_id,
+                org_id=principal.org_id,
+                type=event_for(Channel.EMAIL, Status.QUEUED),
+                status=Status.QUEUED,
+                created_at=now,
+                details={"sandbox": message.sandbox} if message.sandbox else {},
+            )
+            record = None
+            if key is not None:
+                record = IdempotencyRecord(
+                    org_id=principal.org_id,
+                    key=key,
+                    endpoint=ENDPOINT_SEND,
+                    fingerprint=idempotency.fingerprint(ENDPOINT_SEND, req.wire_payload()),
+                    message_id=message_id,
+                    created_at=now,
+                    expires_at=now + timedelta(seconds=self._retention),
+                )
+            result = await self._storage.accept(message, event, run_at=now, idempotency=record)
+        if result.conflict is not None:
+            same_endpoint = result.conflict.endpoint == ENDPOINT_SEND
+            raise IdempotencyKeyReusedError(
+                "This idempotency key was already used with a different "
+                + ("payload" if same_endpoint else "endpoint"),
+                details={"idempotencyKey": key, "originalEndpoint": result.conflict.endpoint},
+            )
+        if result.message is None:  # pragma: no cover - storage contract violation
+            raise InternalError("storage accepted nothing")
+        return SendResult(message=result.message, duplicate=result.duplicate)
+
+    async def preview(
+        self,
+        principal: Principal,
+        *,
+        subject: Any = None,
+        html: Any = None,
+        text: Any = None,
+        template_id: Any = None,
+        variables: Any = None,
+    ) -> Rendered:
+        """Render subject and bodies without queuing anything.
+
+        Raises:
+            InsufficientScopeError: the key lacks ``send:email``.
+            ValidationError: bad types, nothing to render, unknown template, render errors.
+        """
+        require(principal, Scope.SEND_EMAIL)
+        problems: dict[str, str] = {}
+        for wire, value in (("subject", subject), ("html", html), ("text", text)):
+            if value is not None and not _is_str(value):
+                problems[wire] = "must be a string"
+        if template_id is not None and not _is_str(template_id):
+            problems["templateId"] = "must be a string"
+        if variables is not None and not isinstance(variables, dict):
+            problems["variables"] = "must be an object"
+        if template_id is None and subject is None and html is None and text is None:
+            problems["html"] = "provide subject, html, text or a templateId"
+        if problems:
+            raise ValidationError.from_fields(problems)
+        if template_id is None:
+            # Inline sources are previewed through liquid too, for template QA.
+            rendered: dict[str, str | None] = {}
+            for part, source in (("subject", subject), ("html", html), ("text", text)):
+                try:
+                    rendered[part] = (
+                        None if source is None else self._renderer.render(source, variables or {})
+                    )
+                except TemplateError as exc:
+                    problems[part] = f"failed to render: {exc}"
+            if problems:
+                raise ValidationError.from_fields(problems)
+            return Rendered(
+                subject=rendered["subject"] or "",
+                html=rendered["html"],
+                text=rendered["text"],
+                template_id=None,
+            )
+        return await self._render(
+            principal.org_id,
+            subject=subject,
+            html=html,
+            text=text,
+            template_id=template_id,
+            variables=variables,
+        )
+
+    async def get(self, principal: Principal, message_id: str) -> EmailStatus:
+        """A message of the caller's organization with its attempts.
+
+        Raises:
+            InsufficientScopeError: the key lacks ``read:email``.
+            NotFoundError: no such email in the caller's organization.
+        """
+        require(principal, Scope.READ_EMAIL)
+        message = await self._storage.get_message(principal.org_id, message_id)
+        if message is None or message.channel != Channel.EMAIL:
+            raise NotFoundError("No email with this id", details={"id": message_id})
+        attempts = await self._storage.list_attempts(principal.org_id, message_id)
+        return EmailStatus(message=message, attempts=attempts)
+
+    async def timeline(
+        self, principal: Principal, message_id: str, *, limit: int = 100
+    ) -> list[TimelineEvent]:
+        """The message's events, oldest first, at most ``limit`` (1..1000).
+
+        Raises:
+            InsufficientScopeError: the key lacks ``read:email``.
+            ValidationError: ``limit`` out of range.
+            NotFoundError: no such email in the caller's organization.
+        """
+        require(principal, Scope.READ_EMAIL)
+        if not isinstance(limit, int) or not 1 <= limit <= MAX_TIMELINE_LIMIT:
+            raise ValidationError.from_fields(
+                {"limit": f"must be an integer from 1 to {MAX_TIMELINE_LIMIT}"}
+            )
+        message = await self._storage.get_message(principal.org_id, message_id)
+        if message is None or message.channel != Channel.EMAIL:
+            raise NotFoundError("No email with this id", details={"id": message_id})
+        return await self._storage.list_events(principal.org_id, message_id, limit)
+
+    async def stats(self, principal: Principal, *, start: datetime, end: datetime) -> EmailStats:
+        """Counts for emails created in ``[start, end)`` and events in that window.
+
+        Raises:
+            InsufficientScopeError: the key lacks ``read:email``.
+            ValidationError: naive datetimes, end not after start, or a window over 366 days.
+        """
+        require(principal, Scope.READ_EMAIL)
+        if start.tzinfo is None or end.tzinfo is None:
+            raise ValidationError.from_fields({"start": "must include a timezone (e.g. Z)"})
+        if end <= start:
+            raise ValidationError.from_fields({"end": "must be after start"})
+        if (end - start).days > MAX_STATS_WINDOW_DAYS:
+            raise ValidationError.from_fields(
+                {"end": f"window must be at most {MAX_STATS_WINDOW_DAYS} days"}
+            )
+        by_status, events = await self._storage.stats(principal.org_id, Channel.EMAIL, start, end)
+        return EmailStats(
+            start=start, end=end, total=sum(by_status.values()), by_status=by_status, events=events
+        )
