@@ -132,13 +132,13 @@ def current_version(conn: sqlite3.Connection) -> int:
     return int(row[0] or 0)
 
 
-def migrate(conn: sqlite3.Connection, applied_at: str, *, target: int = LATEST_VERSION) -> int:
+def migrate(conn: sqlite3.Connection, applied_at: str, *, target: int | None = None) -> int:
     """Apply every migration above the file's version up to ``target``.
 
     Args:
         conn: a connection in autocommit mode (``isolation_level=None``).
         applied_at: timestamp text recorded with each migration.
-        target: stop after this version (tests build old files with it).
+        target: stop after this version (default: the latest; tests build old files with it).
 
     Returns:
         The version the file is at afterwards.
@@ -146,6 +146,8 @@ def migrate(conn: sqlite3.Connection, applied_at: str, *, target: int = LATEST_V
     Raises:
         SchemaTooNewError: the file's version is above :data:`LATEST_VERSION`.
     """
+    latest = MIGRATIONS[-1][0]
+    target = latest if target is None else target
     conn.execute("BEGIN IMMEDIATE")
     try:
         conn.execute(
@@ -153,10 +155,10 @@ def migrate(conn: sqlite3.Connection, applied_at: str, *, target: int = LATEST_V
             "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
         )
         version = current_version(conn)
-        if version > LATEST_VERSION:
+        if version > latest:
             raise SchemaTooNewError(
                 f"Database schema version {version} is newer than this Commtunnel "
-                f"supports ({LATEST_VERSION}); upgrade Commtunnel."
+                f"supports ({latest}); upgrade Commtunnel."
             )
         for number, script in MIGRATIONS:
             if version < number <= target:

@@ -15,6 +15,7 @@ import email_validator
 MAX_SUBJECT_CHARS = 998
 MAX_ADDRESS_FIELD_CHARS = 998
 _FORBIDDEN = ("\r", "\n", "\x00")
+_SPECIALS = frozenset('()<>[]:;@\\,"')
 
 
 def has_line_break(value: str) -> bool:
@@ -57,6 +58,9 @@ def _split_mailbox(value: str) -> tuple[str, str]:
     name = name.strip()
     if len(name) >= 2 and name[0] == name[-1] == '"':
         name = name[1:-1].replace('\\"', '"')
+    elif any(ch in _SPECIALS for ch in name):
+        # RFC 5322 §3.2.3: specials in a display name must be quoted.
+        raise ValueError("display name with special characters must be quoted")
     addr = rest[:-1].strip()
     if not addr:
         raise ValueError("is not an email address")

@@ -1,0 +1,180 @@
+"""Pure domain rules: status machine, address rules, retry policy, keys."""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from commtunnel.domain import email as rules
+from commtunnel.domain import keys
+from commtunnel.domain.delivery import ErrorCategory, Outcome, ProviderResult, RetryPolicy
+from commtunnel.domain.errors import InvalidTransitionError, ValidationError
+from commtunnel.domain.messages import (
+    TRANSITIONS,
+    Channel,
+    Message,
+    Status,
+    can_transition,
+    check_transition,
+    event_for,
+)
+
+
+def test_happy_path_transitions_are_allowed() -> None:
+    """QUEUED -> PROCESSING -> SENT -> DELIVERED is a legal path."""
+    path = [Status.QUEUED, Status.PROCESSING, Status.SENT, Status.DELIVERED]
+    for a, b in zip(path, path[1:], strict=False):
+        check_transition(a, b)
+
+
+@pytest.mark.parametrize(
+    ("current", "new"),
+    [
+        (Status.SENT, Status.QUEUED),
+        (Status.BOUNCED, Status.SENT),
+        (Status.DELIVERED, Status.PROCESSING),
+        (Status.QUEUED, Status.SENT),
+        (Status.READ, Status.DELIVERED),
+    ],
+)
+def test_backward_or_skipping_transitions_are_refused(current: Status, new: Status) -> None:
+    """The machine refuses moves that go backwards or skip PROCESSING."""
+    with pytest.raises(InvalidTransitionError) as info:
+        check_transition(current, new)
+    assert info.value.details == {"from": str(current), "to": str(new)}
+
+
+@given(st.sampled_from(list(Status)), st.sampled_from(list(Status)))
+def test_can_transition_matches_table(a: Status, b: Status) -> None:
+    """can_transition agrees with the TRANSITIONS table for every pair."""
+    assert can_transition(a, b) == (b in TRANSITIONS[a])
+
+
+def test_terminal_statuses_lead_nowhere_but_retry() -> None:
+    """BOUNCED and READ are dead ends; FAILED only re-queues (explicit retry)."""
+    assert TRANSITIONS[Status.BOUNCED] == frozenset()
+    assert TRANSITIONS[Status.READ] == frozenset()
+    assert TRANSITIONS[Status.FAILED] == frozenset({Status.QUEUED})
+
+
+def test_event_names_follow_the_vocabulary() -> None:
+    """Events are <channel>_<what happened>."""
+    assert event_for(Channel.EMAIL, Status.SENT) == "email_sent"
+    assert event_for(Channel.SMS, Status.RETRYING) == "sms_retrying"
+    assert event_for(Channel.WHATSAPP, Status.READ) == "whatsapp_read"
+
+
+def test_naive_datetimes_are_rejected() -> None:
+    """Models refuse naive datetimes."""
+    with pytest.raises(ValueError, match="timezone-aware"):
+        Message(
+            id="x",
+            org_id="o",
+            channel=Channel.EMAIL,
+            status=Status.QUEUED,
+            sandbox=False,
+            email=None,
+            created_at=datetime(2026, 1, 1),
+            updated_at=datetime(2026, 1, 1),
+        )
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("a@example.com", ("", "a@example.com")),
+        ("Ann <a@example.com>", ("Ann", "a@example.com")),
+        ('"Doe, Ann" <a@EXAMPLE.com>', ("Doe, Ann", "a@example.com")),
+    ],
+)
+def test_parse_mailbox_accepts_plain_and_named(value: str, expected: tuple[str, str]) -> None:
+    """Plain and display-name forms parse; the domain is lower-cased."""
+    assert rules.parse_mailbox(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "not-an-address",
+        "a@example.com\r\nBcc: victim@example.org",
+        "a@example.com\nX: y",
+        "a@x.org)<b@y.org>",
+        "<>",
+        "Ann <a@example.com",
+        "a@",
+    ],
+)
+def test_parse_mailbox_refuses_bad_and_injected(value: str) -> None:
+    """Invalid addresses and CR/LF header injection are refused."""
+    with pytest.raises(ValueError):  # noqa: PT011 - the reason text varies by cause
+        rules.parse_mailbox(value)
+
+
+def test_subject_limits() -> None:
+    """Subjects over 998 characters or with line breaks are refused (RFC 5322 §2.1.1)."""
+    assert rules.validate_subject("x" * 998) is None
+    assert rules.validate_subject("x" * 999) is not None
+    assert rules.validate_subject("Hi\r\nBcc: x@y.z") is not None
+
+
+def test_sender_matches_address_and_domain() -> None:
+    """A domain entry covers its addresses but not subdomains; an address entry is exact."""
+    assert rules.sender_matches("a@example.com", "example.com")
+    assert not rules.sender_matches("a@mail.example.com", "example.com")
+    assert rules.sender_matches("A@Example.com", "a@example.com")
+    assert not rules.sender_matches("b@example.com", "a@example.com")
+
+
+def test_retry_policy_grows_exponentially_within_jitter() -> None:
+    """The n-th wait lies in [ceiling/2, ceiling] with ceiling = base * 2**(n-1), capped."""
+    policy = RetryPolicy(max_attempts=10, base_delay=10, max_delay=100)
+    rng = random.Random(1)
+    for n, ceiling in [(1, 10), (2, 20), (3, 40), (4, 80), (5, 100), (9, 100)]:
+        wait = policy.delay(n, rng)
+        assert ceiling / 2 <= wait <= ceiling
+
+
+def test_retry_policy_honours_retry_after_and_limit() -> None:
+    """A provider's retry-after is a floor; attempts stop at max_attempts."""
+    policy = RetryPolicy(max_attempts=3, base_delay=1, max_delay=2)
+    assert policy.delay(1, random.Random(0), retry_after=120) == 120
+    assert policy.should_retry(2)
+    assert not policy.should_retry(3)
+
+
+def test_provider_result_constructors_truncate() -> None:
+    """Error messages are cut to 500 characters."""
+    result = ProviderResult.transient(ErrorCategory.TIMEOUT, "x" * 900, retry_after=3)
+    assert result.outcome == Outcome.TRANSIENT
+    assert len(result.error_message or "") == 500
+    assert result.retry_after == 3
+
+
+def test_scopes_parse_and_refuse_unknown() -> None:
+    """Scopes parse from comma or space lists; unknown ones are named."""
+    assert keys.parse_scopes("send:email, read:email") == {"send:email", "read:email"}
+    with pytest.raises(ValueError, match="send:fax"):
+        keys.parse_scopes("send:email,send:fax")
+    with pytest.raises(ValueError, match="at least one"):
+        keys.parse_scopes("")
+
+
+def test_key_format_and_hash() -> None:
+    """Keys carry their environment prefix; the stored hash is not the key."""
+    live = keys.format_key("s" * 43, test=False)
+    test = keys.format_key("s" * 43, test=True)
+    assert live.startswith("ct_live_") and test.startswith("ct_test_")
+    assert keys.looks_like_key(live)
+    assert not keys.looks_like_key("Bearer nope")
+    assert keys.hash_key(live) != live and len(keys.hash_key(live)) == 64
+
+
+def test_validation_error_lists_fields() -> None:
+    """ValidationError.from_fields keeps every field's reason."""
+    err = ValidationError.from_fields({"to": "is required", "subject": "too long"})
+    assert err.details == {"to": "is required", "subject": "too long"}
+    assert err.code == "VALIDATION_ERROR" and err.http_status == 400
