@@ -24,7 +24,9 @@ async def _types(ct: Commtunnel, message_id: str) -> list[str]:
     return [e.type for e in await ct.email.timeline(message_id)]
 
 
-async def test_delivery_records_attempt_and_timeline(ct: Commtunnel, provider: MockProvider) -> None:
+async def test_delivery_records_attempt_and_timeline(
+    ct: Commtunnel, provider: MockProvider
+) -> None:
     """QUEUED -> PROCESSING -> SENT, one accepted attempt, provider id stored."""
     sent = await ct.email.send(**BASE)
     assert await ct.run_worker_until_idle() == 1
@@ -37,10 +39,14 @@ async def test_delivery_records_attempt_and_timeline(ct: Commtunnel, provider: M
     assert await ct.backend.pending_job_count() == 0
 
 
-async def test_transient_failure_backs_off_then_delivers(ct: Commtunnel, clock: ManualClock) -> None:
+async def test_transient_failure_backs_off_then_delivers(
+    ct: Commtunnel, clock: ManualClock
+) -> None:
     """A transient error moves to RETRYING; nothing happens before the backoff; then SENT."""
     outcomes = [ProviderResult.transient(ErrorCategory.PROVIDER_OUTAGE, "421 busy")]
-    ct.email_provider._handler = lambda e: outcomes.pop() if outcomes else ProviderResult.accepted("ok")  # type: ignore[attr-defined]
+    ct.email_provider._handler = lambda e: (
+        outcomes.pop() if outcomes else ProviderResult.accepted("ok")
+    )  # type: ignore[attr-defined]
     sent = await ct.email.send(**BASE)
     await ct.run_worker_until_idle()
     status = await ct.email.get(sent.message.id)
@@ -74,7 +80,11 @@ async def test_retries_stop_at_max_attempts(tmp_path, clock: ManualClock) -> Non
     failing = MockProvider(lambda e: ProviderResult.transient(ErrorCategory.TIMEOUT, "slow"))
     settings = Settings(max_attempts=3, retry_base_delay=1, retry_max_delay=4, send_timeout=5)
     async with Commtunnel.open(
-        db=tmp_path / "r.db", email_provider=failing, clock=clock, settings=settings, rng=random.Random(1)
+        db=tmp_path / "r.db",
+        email_provider=failing,
+        clock=clock,
+        settings=settings,
+        rng=random.Random(1),
     ) as ct:
         await ct.admin.add_sender(ct.org.id, "example.com")
         sent = await ct.email.send(**BASE)
@@ -145,7 +155,7 @@ async def test_hanging_provider_times_out(tmp_path, clock: ManualClock) -> None:
 
 
 async def test_sandbox_never_reaches_the_provider(ct: Commtunnel, provider: MockProvider) -> None:
-    """sandboxMode and ct_test_ keys are stored and walk the timeline, but no provider call happens."""
+    """sandboxMode and ct_test_ keys walk the timeline but never reach the provider."""
     by_flag = await ct.email.send(**BASE, sandbox_mode=True)
     test_key = ct.email_for(Principal(org_id=ct.org.id, scopes=ALL_SCOPES, sandbox=True))
     by_key = await test_key.send(**BASE)
@@ -169,7 +179,9 @@ async def test_lost_lease_result_is_discarded(ct: Commtunnel, clock: ManualClock
     got = await ct.email.get(sent.message.id)
     assert got.message.status == Status.SENT
     assert len(got.attempts) == 1
-    processing = [e for e in await ct.email.timeline(sent.message.id) if e.type == "email_processing"]
+    processing = [
+        e for e in await ct.email.timeline(sent.message.id) if e.type == "email_processing"
+    ]
     assert [e.details.get("leaseExpired", False) for e in processing] == [False, True]
 
 
@@ -199,6 +211,6 @@ def test_retry_policy_from_settings() -> None:
     """Settings build the worker's retry policy."""
     from commtunnel import Settings
 
-    assert Settings(max_attempts=2, retry_base_delay=3, retry_max_delay=9).retry_policy == RetryPolicy(
-        max_attempts=2, base_delay=3, max_delay=9
-    )
+    assert Settings(
+        max_attempts=2, retry_base_delay=3, retry_max_delay=9
+    ).retry_policy == RetryPolicy(max_attempts=2, base_delay=3, max_delay=9)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from datetime import datetime
 
@@ -27,7 +28,7 @@ from commtunnel.domain.messages import (
 def test_happy_path_transitions_are_allowed() -> None:
     """QUEUED -> PROCESSING -> SENT -> DELIVERED is a legal path."""
     path = [Status.QUEUED, Status.PROCESSING, Status.SENT, Status.DELIVERED]
-    for a, b in zip(path, path[1:], strict=False):
+    for a, b in itertools.pairwise(path):
         check_transition(a, b)
 
 

@@ -21,7 +21,12 @@ from commtunnel.testing import ManualClock, MockProvider
 
 pytestmark = pytest.mark.anyio
 
-BASE = {"from_": "Shop <shop@example.com>", "to": "ann@example.org", "subject": "Hi", "text": "Hello"}
+BASE = {
+    "from_": "Shop <shop@example.com>",
+    "to": "ann@example.org",
+    "subject": "Hi",
+    "text": "Hello",
+}
 
 
 async def test_send_queues_with_stable_message_id(ct: Commtunnel) -> None:
@@ -69,10 +74,17 @@ async def test_unverified_sender_is_refused(ct: Commtunnel) -> None:
 async def test_template_send_renders_variables(ct: Commtunnel) -> None:
     """A templateId renders subject, html and text with liquid variables."""
     template = await ct.admin.add_template(
-        ct.org.id, name="welcome", subject="Hi {{ name }}", html="<p>{{ name }}</p>", text="Yo {{ name }}"
+        ct.org.id,
+        name="welcome",
+        subject="Hi {{ name }}",
+        html="<p>{{ name }}</p>",
+        text="Yo {{ name }}",
     )
     result = await ct.email.send(
-        from_="shop@example.com", to="ann@example.org", template_id=template.id, variables={"name": "Ann"}
+        from_="shop@example.com",
+        to="ann@example.org",
+        template_id=template.id,
+        variables={"name": "Ann"},
     )
     email = result.message.email
     assert email is not None
@@ -153,9 +165,11 @@ async def test_refused_request_does_not_burn_the_key(ct: Commtunnel) -> None:
 
 async def test_key_in_flight_answers_409(ct: Commtunnel) -> None:
     """While a key's first request is in flight, a second one is refused with 409."""
-    with ct.emails._in_flight.hold(ct.org.id, "busy"):
-        with pytest.raises(IdempotencyKeyInUseError) as info:
-            await ct.email.send(**BASE, idempotency_key="busy")
+    with (
+        ct.emails._in_flight.hold(ct.org.id, "busy"),
+        pytest.raises(IdempotencyKeyInUseError) as info,
+    ):
+        await ct.email.send(**BASE, idempotency_key="busy")
     assert info.value.http_status == 409
     assert not (await ct.email.send(**BASE, idempotency_key="busy")).duplicate
 
@@ -178,7 +192,9 @@ async def test_malformed_keys_are_refused(ct: Commtunnel, key: str) -> None:
 
 async def test_preview_renders_without_queueing(ct: Commtunnel) -> None:
     """Preview renders liquid and stores nothing."""
-    rendered = await ct.email.preview(subject="Hi {{ n }}", html="<b>{{ n }}</b>", variables={"n": 3})
+    rendered = await ct.email.preview(
+        subject="Hi {{ n }}", html="<b>{{ n }}</b>", variables={"n": 3}
+    )
     assert (rendered.subject, rendered.html, rendered.text) == ("Hi 3", "<b>3</b>", None)
     assert await ct.backend.pending_job_count() == 0
     with pytest.raises(ValidationError):

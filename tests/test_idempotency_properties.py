@@ -34,7 +34,10 @@ async def _run(batch: list[tuple[str, str]], seed: int) -> None:
                 await asyncio.sleep(0)
             try:
                 result = await ct.email.send(
-                    from_="a@example.com", to="b@example.org", subject=subject, text="t",
+                    from_="a@example.com",
+                    to="b@example.org",
+                    subject=subject,
+                    text="t",
                     idempotency_key=key,
                 )
             except (IdempotencyKeyInUseError, IdempotencyKeyReusedError) as exc:
@@ -43,9 +46,7 @@ async def _run(batch: list[tuple[str, str]], seed: int) -> None:
 
         outcomes = await asyncio.gather(*(one(k, s) for k, s in batch))
         await ct.run_worker_until_idle()
-        stored = ct.backend.conn.execute(
-            "SELECT key, message_id FROM idempotency_keys"
-        ).fetchall()
+        stored = ct.backend.conn.execute("SELECT key, message_id FROM idempotency_keys").fetchall()
         winners = dict(stored)
         messages = ct.backend.conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
         assert messages == len({k for k, _ in batch}) == len(winners)
@@ -66,8 +67,10 @@ async def _run(batch: list[tuple[str, str]], seed: int) -> None:
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(requests, st.integers(0, 2**16))
-def test_one_message_per_key_under_any_interleaving(batch: list[tuple[str, str]], seed: int) -> None:
-    """However concurrent requests interleave, each key produces exactly one message and delivery."""
+def test_one_message_per_key_under_any_interleaving(
+    batch: list[tuple[str, str]], seed: int
+) -> None:
+    """However requests interleave, each key yields exactly one message and delivery."""
     asyncio.run(_run(batch, seed))
 
 
@@ -78,14 +81,19 @@ def test_sequential_replays_are_duplicates(keys: list[str]) -> None:
 
     async def run() -> None:
         async with Commtunnel.open(
-            db=":memory:", email_provider=MockProvider(), clock=ManualClock(),
+            db=":memory:",
+            email_provider=MockProvider(),
+            clock=ManualClock(),
             settings=Settings(embedded_worker=False),
         ) as ct:
             await ct.admin.add_sender(ct.org.id, "example.com")
             first: dict[str, str] = {}
             for key in keys:
                 r = await ct.email.send(
-                    from_="a@example.com", to="b@example.org", subject="s", text="t",
+                    from_="a@example.com",
+                    to="b@example.org",
+                    subject="s",
+                    text="t",
                     idempotency_key=key,
                 )
                 assert r.duplicate == (key in first)

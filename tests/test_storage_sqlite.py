@@ -98,7 +98,9 @@ async def test_older_file_is_upgraded(
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path, isolation_level=None)
     sqlite_schema.migrate(conn, ts(clock.now()), target=1)
-    conn.execute("INSERT INTO orgs (id, name, created_at) VALUES ('o1', 'old', ?)", (ts(clock.now()),))
+    conn.execute(
+        "INSERT INTO orgs (id, name, created_at) VALUES ('o1', 'old', ?)", (ts(clock.now()),)
+    )
     conn.close()
     newer = [
         *sqlite_schema.MIGRATIONS,
@@ -161,7 +163,7 @@ async def test_group_commit_isolates_a_failing_write(
 ) -> None:
     """In one batch, a write that violates a constraint fails alone; the others commit."""
     m1, e1 = _message(clock)
-    m2, e2 = _message(clock)
+    m2, _e2 = _message(clock)
     bad_event = TimelineEvent(
         id=e1.id,  # duplicate primary key -> IntegrityError inside the batch
         message_id=m2.id,
@@ -251,9 +253,14 @@ async def test_claim_leases_and_expired_lease_is_reclaimed(
 async def test_jobs_not_due_are_not_claimed(backend: SqliteBackend, clock: ManualClock) -> None:
     """A job whose run_at is in the future waits."""
     message, event = _message(clock)
-    await backend.accept(message, event, run_at=clock.now() + timedelta(seconds=60), idempotency=None)
+    await backend.accept(
+        message, event, run_at=clock.now() + timedelta(seconds=60), idempotency=None
+    )
     claim = await backend.claim(
-        worker_id="w", now=clock.now(), lease_seconds=30, limit=5,
+        worker_id="w",
+        now=clock.now(),
+        lease_seconds=30,
+        limit=5,
         processing_event=lambda m, n: pytest.fail("nothing is due"),  # type: ignore[arg-type,return-value]
     )
     assert claim == []

@@ -276,7 +276,10 @@ class _SyncEmailClient:
         self._client = client
 
     def _call(self, fn: Callable[..., Coroutine[Any, Any, T]], **kwargs: Any) -> T:
-        return self._portal.call(lambda: fn(**kwargs))
+        async def bound() -> T:
+            return await fn(**kwargs)
+
+        return self._portal.call(bound)
 
     def send(self, **kwargs: Any) -> SendResult:
         """See :meth:`EmailClient.send`."""
@@ -335,8 +338,15 @@ class SyncCommtunnel(AbstractContextManager["SyncCommtunnel"]):
         return await Commtunnel.open(**open_kwargs).start()
 
     def call(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
-        """Run any coroutine function of the async facade, blocking: ``sc.call(ct.admin.add_sender, org_id, "x.com")``."""
-        return self._portal.call(fn, *args)
+        """Run a coroutine function of the async facade and block for its result.
+
+        Example: ``sc.call(sc.ct.admin.add_sender, sc.ct.org.id, "example.com")``.
+        """
+
+        async def bound() -> T:
+            return await fn(*args)
+
+        return self._portal.call(bound)
 
     def run_worker_until_idle(self) -> int:
         """Deliver everything due now; returns jobs processed."""

@@ -183,7 +183,9 @@ class Storage(Protocol):
         """Store ``org``. Raises ConflictError when the name is taken."""
         ...
 
-    async def get_org(self, *, org_id: str | None = None, name: str | None = None) -> Organization | None:
+    async def get_org(
+        self, *, org_id: str | None = None, name: str | None = None
+    ) -> Organization | None:
         """Look an organization up by id or by name."""
         ...
 
@@ -293,8 +295,8 @@ class Queue(Protocol):
         """
         ...
 
-    async def wait_for_work(self, timeout: float) -> None:
-        """Return when new work may be due, or after ``timeout`` seconds."""
+    async def wait_for_work(self, max_wait: float) -> None:
+        """Return when new work may be due, or after ``max_wait`` seconds."""
         ...
 
     async def leased_job_count(self) -> int:

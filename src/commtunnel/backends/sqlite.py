@@ -15,6 +15,7 @@ the same file; SQLite's locking and ``busy_timeout`` serialize their writes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import sqlite3
@@ -163,7 +164,9 @@ class SqliteBackend:
         if self.path != ":memory:":
             db.enable_wal()
         conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout)}")
-        conn.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoint; WAL keeps commits atomic
+        conn.execute(
+            "PRAGMA synchronous = NORMAL"
+        )  # durable at checkpoint; WAL keeps commits atomic
         conn.execute("PRAGMA foreign_keys = ON")
         sqlite_schema.migrate(conn, ts(self._clock.now()))
         self._db = db
@@ -276,7 +279,11 @@ class SqliteBackend:
             f"SELECT id, name, created_at FROM orgs WHERE {column} = ?",  # noqa: S608 - fixed names
             (value,),
         ).fetchone()
-        return None if row is None else Organization(id=row[0], name=row[1], created_at=parse_ts(row[2]))
+        return (
+            None
+            if row is None
+            else Organization(id=row[0], name=row[1], created_at=parse_ts(row[2]))
+        )
 
     async def list_orgs(self) -> list[Organization]:
         """All organizations, oldest first."""
@@ -621,7 +628,8 @@ class SqliteBackend:
             for job_id, message_id in rows:
                 token = secrets.token_hex(8)
                 conn.execute(
-                    "UPDATE jobs SET lease_owner = ?, lease_token = ?, lease_until = ? WHERE id = ?",
+                    "UPDATE jobs SET lease_owner = ?, lease_token = ?, lease_until = ? "
+                    "WHERE id = ?",
                     (worker_id, token, ts(lease_until), job_id),
                 )
                 row = conn.execute(
@@ -702,18 +710,18 @@ class SqliteBackend:
 
         return await self._submit(op)
 
-    async def wait_for_work(self, timeout: float) -> None:
-        """Wait until a message is accepted in this process, or ``timeout`` seconds."""
-        try:
-            await asyncio.wait_for(self._work.wait(), timeout)
-        except TimeoutError:
-            pass
+    async def wait_for_work(self, max_wait: float) -> None:
+        """Wait until a message is accepted in this process, or ``max_wait`` seconds."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._work.wait(), max_wait)
         self._work.clear()
 
     async def leased_job_count(self) -> int:
         """Jobs holding a lease right now."""
         return int(
-            self.conn.execute("SELECT COUNT(*) FROM jobs WHERE lease_token IS NOT NULL").fetchone()[0]
+            self.conn.execute("SELECT COUNT(*) FROM jobs WHERE lease_token IS NOT NULL").fetchone()[
+                0
+            ]
         )
 
     async def pending_job_count(self) -> int:

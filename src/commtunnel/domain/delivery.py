@@ -108,8 +108,8 @@ class RetryPolicy:
             rng: the random source for jitter (seeded in tests).
             retry_after: the provider's requested wait in seconds, used as a floor.
         """
-        ceiling = min(self.max_delay, self.base_delay * 2 ** max(0, attempts_made - 1))
-        wait = ceiling / 2 + rng.uniform(0, ceiling / 2)
+        ceiling = min(self.max_delay, self.base_delay * 2.0 ** max(0, attempts_made - 1))
+        wait: float = ceiling / 2 + rng.uniform(0, ceiling / 2)
         if retry_after is not None:
             wait = max(wait, retry_after)
         return wait

@@ -83,7 +83,8 @@ class AdminService:
         """Store a liquid template after checking that it parses.
 
         Raises:
-            ValidationError: no name, no body, or a liquid syntax error (``details`` names the part).
+            ValidationError: no name, no body, or a liquid syntax error
+                (``details`` names the part).
             ConflictError: the name is taken in the organization.
         """
         problems: dict[str, str] = {}

@@ -73,7 +73,7 @@ class Dispatcher:
         self._lease_seconds = lease_seconds
         self._send_timeout = send_timeout
         self._concurrency = concurrency
-        self._rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
+        self._rng = rng or random.Random()
         self.worker_id = worker_id or f"worker-{secrets.token_hex(4)}"
 
     # ------------------------------------------------------------------ claiming
@@ -125,9 +125,7 @@ class Dispatcher:
             )
         except Exception as exc:  # a provider bug must not kill the worker
             log.exception("provider %s raised while sending %s", self._provider.name, message.id)
-            result = ProviderResult.transient(
-                ErrorCategory.UNKNOWN, f"{type(exc).__name__}: {exc}"
-            )
+            result = ProviderResult.transient(ErrorCategory.UNKNOWN, f"{type(exc).__name__}: {exc}")
         return self._provider.name, result
 
     def _decide(

@@ -98,7 +98,7 @@ def request_from_wire(payload: dict[str, Any], *, header_key: str | None) -> Ema
     """
     unknown = sorted(set(payload) - set(WIRE_FIELDS))
     if unknown:
-        raise ValidationError.from_fields({name: "unknown field" for name in unknown})
+        raise ValidationError.from_fields(dict.fromkeys(unknown, "unknown field"))
     values = {WIRE_FIELDS[name]: value for name, value in payload.items()}
     body_key = values.get("idempotency_key")
     if header_key is not None:
@@ -266,7 +266,10 @@ class EmailService:
         if reason:
             raise ValidationError.from_fields({"subject": f"rendered subject {reason}"})
         return Rendered(
-            subject=rendered_subject, html=parts["html"], text=parts["text"], template_id=template.id
+            subject=rendered_subject,
+            html=parts["html"],
+            text=parts["text"],
+            template_id=template.id,
         )
 
     async def _check_sender(self, org_id: str, address: str) -> None:
