@@ -217,3 +217,17 @@ async def test_stats_count_statuses_and_events(
     assert empty.total == 0
     with pytest.raises(ValidationError):
         await ct.email.stats(start=start, end=start)
+
+
+async def test_runaway_template_is_stopped(ct: Commtunnel) -> None:
+    """A template that loops without bound fails to render instead of hanging the server."""
+    template = await ct.admin.add_template(
+        ct.org.id,
+        name="loop",
+        subject="s",
+        html="{% for i in (1..100000000) %}x{% endfor %}",
+        text=None,
+    )
+    with pytest.raises(ValidationError) as info:
+        await ct.email.send(from_="shop@example.com", to="a@example.org", template_id=template.id)
+    assert "variables" in info.value.details

@@ -13,6 +13,15 @@ import liquid
 from liquid.exceptions import LiquidError
 
 
+class _BoundedEnvironment(liquid.Environment):
+    """Liquid with resource limits, so an untrusted template cannot loop or grow forever."""
+
+    loop_iteration_limit = 10_000
+    output_stream_limit = 5_000_000  # characters of rendered output
+    local_namespace_limit = 100_000  # bytes of assigned variables
+    context_depth_limit = 30
+
+
 class TemplateError(Exception):
     """A template failed to parse or render; the message is safe to show."""
 
@@ -25,7 +34,7 @@ class TemplateRenderer:
     """
 
     def __init__(self, cache_size: int = 512) -> None:
-        self._env = liquid.Environment(autoescape=False)
+        self._env = _BoundedEnvironment(autoescape=False)
         self._cache: OrderedDict[str, Any] = OrderedDict()
         self._cache_size = cache_size
 
