@@ -122,14 +122,6 @@ def test_subject_limits() -> None:
     assert rules.validate_subject("Hi\r\nBcc: x@y.z") is not None
 
 
-def test_sender_matches_address_and_domain() -> None:
-    """A domain entry covers its addresses but not subdomains; an address entry is exact."""
-    assert rules.sender_matches("a@example.com", "example.com")
-    assert not rules.sender_matches("a@mail.example.com", "example.com")
-    assert rules.sender_matches("A@Example.com", "a@example.com")
-    assert not rules.sender_matches("b@example.com", "a@example.com")
-
-
 def test_retry_policy_grows_exponentially_within_jitter() -> None:
     """The n-th wait lies in [ceiling/2, ceiling] with ceiling = base * 2**(n-1), capped."""
     policy = RetryPolicy(max_attempts=10, base_delay=10, max_delay=100)

@@ -231,3 +231,14 @@ async def test_runaway_template_is_stopped(ct: Commtunnel) -> None:
     with pytest.raises(ValidationError) as info:
         await ct.email.send(from_="shop@example.com", to="a@example.org", template_id=template.id)
     assert "variables" in info.value.details
+
+
+async def test_verified_domain_covers_addresses_not_subdomains(ct: Commtunnel) -> None:
+    """A verified domain covers its addresses (any case) but not its subdomains."""
+    assert not (await ct.email.send(**{**BASE, "from_": "Sales@EXAMPLE.com"})).duplicate
+    with pytest.raises(SenderNotVerifiedError):
+        await ct.email.send(**{**BASE, "from_": "a@mail.example.com"})
+    await ct.admin.add_sender(ct.org.id, "Boss@Elsewhere.com")
+    assert not (await ct.email.send(**{**BASE, "from_": "boss@elsewhere.com"})).duplicate
+    with pytest.raises(SenderNotVerifiedError):
+        await ct.email.send(**{**BASE, "from_": "other@elsewhere.com"})

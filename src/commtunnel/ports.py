@@ -219,6 +219,10 @@ class Storage(Protocol):
         """Verified senders of one organization."""
         ...
 
+    async def is_sender_verified(self, org_id: str, address: str, domain: str) -> bool:
+        """Whether the organization verified ``address`` itself or its whole ``domain``."""
+        ...
+
     async def create_template(self, template: Template) -> None:
         """Store a template. Raises ConflictError when the name is taken in the organization."""
         ...

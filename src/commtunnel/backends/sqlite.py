@@ -53,7 +53,8 @@ def ts(value: datetime) -> str:
 
 def parse_ts(value: str) -> datetime:
     """The datetime for storage text written by :func:`ts`."""
-    return datetime.strptime(value, _TS_FORMAT).replace(tzinfo=UTC)
+    # fromisoformat reads the trailing Z (Python 3.11+) and is ~10x faster than strptime.
+    return datetime.fromisoformat(value)
 
 
 def _opt_ts(value: str | None) -> datetime | None:
@@ -378,6 +379,14 @@ class SqliteBackend:
             (org_id,),
         )
         return [Sender(id=r[0], org_id=r[1], value=r[2], created_at=parse_ts(r[3])) for r in rows]
+
+    async def is_sender_verified(self, org_id: str, address: str, domain: str) -> bool:
+        """Whether ``address`` or its ``domain`` is a verified sender (values are lower case)."""
+        row = self.conn.execute(
+            "SELECT 1 FROM senders WHERE org_id = ? AND value IN (?, ?) LIMIT 1",
+            (org_id, address.lower(), domain.lower()),
+        ).fetchone()
+        return row is not None
 
     async def create_template(self, template: Template) -> None:
         """Store a template; raises ConflictError when the name is taken."""

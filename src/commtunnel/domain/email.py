@@ -8,7 +8,8 @@ email-validator for the address syntax (no DNS look-ups here: that is I/O).
 
 from __future__ import annotations
 
-import email.utils
+import functools
+from email.utils import formataddr as _formataddr
 
 import email_validator
 
@@ -23,6 +24,7 @@ def has_line_break(value: str) -> bool:
     return any(ch in value for ch in _FORBIDDEN)
 
 
+@functools.lru_cache(maxsize=4096)  # pure and hot (every send); errors are not cached
 def parse_mailbox(value: str) -> tuple[str, str]:
     """Parse ``addr`` or ``Display Name <addr>`` into (display name, normalized address).
 
@@ -69,24 +71,12 @@ def _split_mailbox(value: str) -> tuple[str, str]:
 
 def format_mailbox(name: str, addr: str) -> str:
     """The header form of a mailbox (quotes the display name when needed)."""
-    return email.utils.formataddr((name, addr)) if name else addr
+    return _formataddr((name, addr)) if name else addr
 
 
 def domain_of(addr: str) -> str:
     """The lower-cased domain part of a normalized address."""
     return addr.rsplit("@", 1)[1].lower()
-
-
-def sender_matches(addr: str, verified: str) -> bool:
-    """Whether ``addr`` is covered by a verified sender entry.
-
-    A verified entry is either a full address (exact, case-insensitive match)
-    or a domain (every address at that domain, not its subdomains).
-    """
-    verified = verified.lower()
-    if "@" in verified:
-        return addr.lower() == verified
-    return domain_of(addr) == verified
 
 
 def validate_subject(subject: str) -> str | None:

@@ -178,10 +178,12 @@ class EmailService:
     # ------------------------------------------------------------------ validation
 
     @staticmethod
-    def _check_fields(req: EmailSendRequest) -> tuple[dict[str, str], tuple[str, str] | None]:
-        """Per-field problems, and the parsed ``from`` mailbox when valid."""
+    def _check_fields(
+        req: EmailSendRequest,
+    ) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
+        """Per-field problems, and the parsed ``from`` / ``to`` mailboxes that are valid."""
         problems: dict[str, str] = {}
-        sender: tuple[str, str] | None = None
+        mailboxes: dict[str, tuple[str, str]] = {}
         for wire, value in (("from", req.from_addr), ("to", req.to)):
             if value is None or value == "":
                 problems[wire] = "is required"
@@ -189,12 +191,9 @@ class EmailService:
                 problems[wire] = "must be a string"
             else:
                 try:
-                    parsed = rules.parse_mailbox(value)
+                    mailboxes[wire] = rules.parse_mailbox(value)
                 except ValueError as exc:
                     problems[wire] = str(exc)
-                else:
-                    if wire == "from":
-                        sender = parsed
         for wire, value in (("html", req.html), ("text", req.text)):
             if value is not None and not _is_str(value):
                 problems[wire] = "must be a string"
@@ -219,7 +218,7 @@ class EmailService:
                 reason = rules.validate_subject(req.subject)
                 if reason:
                     problems["subject"] = reason
-        return problems, sender
+        return problems, mailboxes
 
     async def _render(
         self,
@@ -273,8 +272,7 @@ class EmailService:
         )
 
     async def _check_sender(self, org_id: str, address: str) -> None:
-        senders = await self._storage.list_senders(org_id)
-        if not any(rules.sender_matches(address, s.value) for s in senders):
+        if not await self._storage.is_sender_verified(org_id, address, rules.domain_of(address)):
             raise SenderNotVerifiedError(
                 f"'{address}' is not a verified sender of this organization",
                 details={"from": address},
@@ -299,10 +297,10 @@ class EmailService:
         """
         require(principal, Scope.SEND_EMAIL)
         key = idempotency.validate_key(req.idempotency_key)
-        problems, sender = self._check_fields(req)
+        problems, mailboxes = self._check_fields(req)
         if problems:
             raise ValidationError.from_fields(problems)
-        assert sender is not None  # no problems means "from" parsed
+        sender, (to_name, to_addr) = mailboxes["from"], mailboxes["to"]
         with self._in_flight.hold(principal.org_id, key):
             rendered = await self._render(
                 principal.org_id,
@@ -315,7 +313,6 @@ class EmailService:
             await self._check_sender(principal.org_id, sender[1])
             now = self._clock.now()
             message_id = new_id()
-            to_name, to_addr = rules.parse_mailbox(req.to)
             content = EmailContent(
                 from_addr=rules.format_mailbox(*sender),
                 to=rules.format_mailbox(to_name, to_addr),
