@@ -1,0 +1,73 @@
+"""The app factory: a Starlette app over a :class:`~commtunnel.client.Commtunnel`.
+
+    ct = Commtunnel.open(settings=Settings.from_env())
+    app = create_app(ct)            # uvicorn runs it; the lifespan starts ct
+
+The caller builds the facade; the app's lifespan starts it (storage open,
+migrated) and closes it, and runs the dispatch worker in the same event
+loop when asked to (``settings.embedded_worker`` by default).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+
+from commtunnel.client import Commtunnel
+from commtunnel.domain.errors import CommtunnelError
+from commtunnel_http.errors import RequestIdMiddleware, handle_exception
+from commtunnel_http.routes import EmailRoutes
+
+log = logging.getLogger("commtunnel.http")
+
+
+def _log_worker_exit(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the embedded worker stopped", exc_info=task.exception())
+
+
+def create_app(ct: Commtunnel, *, run_worker: bool | None = None) -> Starlette:
+    """Build the HTTP app serving the public API over ``ct``.
+
+    Args:
+        ct: the facade, not necessarily started (the lifespan starts it).
+        run_worker: run the dispatch worker inside the server process;
+            defaults to ``ct.settings.embedded_worker``.
+
+    Returns:
+        The Starlette app: routes of :class:`~commtunnel_http.routes.EmailRoutes`,
+        ``X-Request-Id`` on every response, one error envelope for every failure.
+    """
+    embedded = ct.settings.embedded_worker if run_worker is None else run_worker
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        await ct.start()
+        stop = asyncio.Event()
+        worker: asyncio.Task[None] | None = None
+        try:
+            if embedded:
+                worker = asyncio.create_task(ct.run_worker(stop), name="commtunnel-worker")
+                worker.add_done_callback(_log_worker_exit)
+            yield
+        finally:
+            stop.set()
+            if worker is not None:
+                await asyncio.gather(worker, return_exceptions=True)  # logged by the callback
+            await ct.aclose()
+
+    app = Starlette(
+        routes=EmailRoutes(ct).routes(),
+        middleware=[Middleware(RequestIdMiddleware)],
+        exception_handlers={HTTPException: handle_exception, CommtunnelError: handle_exception},
+        lifespan=lifespan,
+    )
+    # An API answers a stray trailing slash with a 404 envelope, not a redirect.
+    app.router.redirect_slashes = False
+    return app

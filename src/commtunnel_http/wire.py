@@ -1,0 +1,169 @@
+"""Domain objects -> JSON-ready dicts in the wire format of the public API.
+
+Wire rules (``../shared/DESIGN.md``, "Time" and "Wire format"): camelCase
+field names; timestamps UTC ISO 8601 with milliseconds and ``Z``
+(``2026-06-03T12:00:00.000Z``); enums as their value.
+
+One configured cattrs converter (:func:`make_converter`) unstructures the
+flat records (attempts, timeline events, stats) and every leaf value. The
+composed answers (send result, email status, preview) are plain functions:
+they flatten several records into one object, which is clearer written out
+than expressed as cattrs overrides.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+import attrs
+import cattrs
+from cattrs.gen import make_dict_unstructure_fn, override
+
+from commtunnel.domain.events import TimelineEvent
+from commtunnel.domain.messages import Attempt
+from commtunnel.services.email import EmailStats, EmailStatus, Rendered, SendResult
+
+#: Bytes added to a preview's content size for the headers a real send carries
+#: (From, To, Subject, Date, Message-ID, MIME-Version, Content-Type and the
+#: multipart boundaries). An estimate: the exact figure depends on addresses.
+HEADER_OVERHEAD_BYTES = 300
+
+
+def format_timestamp(value: datetime) -> str:
+    """``2026-06-03T12:00:00.000Z``: UTC, milliseconds, ``Z``.
+
+    Raises:
+        ValueError: ``value`` is naive (every datetime inside Commtunnel is aware).
+    """
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime on the wire: {value!r}")
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.capitalize() for part in rest)
+
+
+def _enum_value(member: enum.Enum) -> Any:
+    return member.value
+
+
+def make_converter() -> cattrs.Converter:
+    """The converter for the wire: camelCase attrs classes, ms-Z datetimes, enum values.
+
+    Attempts and timeline events get their public shapes here (renamed and
+    without internal fields such as ``org_id``).
+    """
+    conv = cattrs.Converter()
+    conv.register_unstructure_hook(datetime, format_timestamp)
+    # StrEnum too: it subclasses str, which cattrs passes through before Enum.
+    for base in (enum.Enum, enum.StrEnum):
+        conv.register_unstructure_hook(base, _enum_value)
+
+    def camel_case(cls: type[Any]) -> Any:
+        names: dict[str, Any] = {a.name: override(rename=_camel(a.name)) for a in attrs.fields(cls)}
+        return make_dict_unstructure_fn(cls, conv, **names)
+
+    conv.register_unstructure_hook_factory(attrs.has, camel_case)
+    conv.register_unstructure_hook(
+        Attempt,
+        make_dict_unstructure_fn(
+            Attempt,
+            conv,
+            message_id=override(omit=True),
+            outcome=override(rename="status"),
+            error_category=override(rename="errorCategory"),
+            error_message=override(rename="errorMessage"),
+            duration_ms=override(rename="durationMs"),
+            started_at=override(rename="timestamp"),
+        ),
+    )
+    conv.register_unstructure_hook(
+        TimelineEvent,
+        make_dict_unstructure_fn(
+            TimelineEvent,
+            conv,
+            message_id=override(omit=True),
+            org_id=override(omit=True),
+            created_at=override(rename="createdAt"),
+        ),
+    )
+    return conv
+
+
+class Wire:
+    """The answers of the email routes, built with one converter.
+
+    Args:
+        converter: defaults to :func:`make_converter`.
+    """
+
+    def __init__(self, converter: cattrs.Converter | None = None) -> None:
+        self.conv = converter or make_converter()
+
+    def send_result(self, result: SendResult) -> dict[str, Any]:
+        """``POST /emails/send``: id, status, createdAt, duplicate."""
+        m = result.message
+        return {
+            "id": m.id,
+            "status": self.conv.unstructure(m.status),
+            "createdAt": format_timestamp(m.created_at),
+            "duplicate": result.duplicate,
+        }
+
+    def email_status(self, status: EmailStatus) -> dict[str, Any]:
+        """``GET /emails/{id}``: the message, its content and its attempts."""
+        m = status.message
+        if m.email is None:  # pragma: no cover - the service returns email messages only
+            raise ValueError(f"message {m.id} has no email content")
+        e = m.email
+        return {
+            "id": m.id,
+            "channel": self.conv.unstructure(m.channel),
+            "status": self.conv.unstructure(m.status),
+            "from": e.from_addr,
+            "to": e.to,
+            "subject": e.subject,
+            "html": e.html,
+            "text": e.text,
+            "templateId": e.template_id,
+            "tracking": e.tracking,
+            "sandbox": m.sandbox,
+            "messageId": e.message_id_header,
+            "providerMessageId": m.provider_message_id,
+            "attemptCount": m.attempt_count,
+            "lastError": m.last_error,
+            "createdAt": format_timestamp(m.created_at),
+            "updatedAt": format_timestamp(m.updated_at),
+            "attempts": self.conv.unstructure(status.attempts, list[Attempt]),
+        }
+
+    def timeline(self, message_id: str, events: list[TimelineEvent]) -> dict[str, Any]:
+        """``GET /emails/{id}/timeline``: the message id and its events, oldest first."""
+        return {"id": message_id, "events": self.conv.unstructure(events, list[TimelineEvent])}
+
+    def stats(self, stats: EmailStats) -> dict[str, Any]:
+        """``GET /emails/stats``: start, end, total, byStatus, events."""
+        result: dict[str, Any] = self.conv.unstructure(stats, EmailStats)
+        return result
+
+    @staticmethod
+    def preview(rendered: Rendered, *, tracking: bool) -> dict[str, Any]:
+        """``POST /emails/preview``: the rendered parts and an estimated size.
+
+        ``estimatedSizeBytes`` is the UTF-8 size of subject, html and text plus
+        :data:`HEADER_OVERHEAD_BYTES`; the real MIME size differs by encoding.
+        """
+        parts = (rendered.subject, rendered.html or "", rendered.text or "")
+        size = sum(len(part.encode("utf-8")) for part in parts) + HEADER_OVERHEAD_BYTES
+        return {
+            "subject": rendered.subject,
+            "html": rendered.html,
+            "text": rendered.text,
+            "trackingEnabled": tracking,
+            "estimatedSizeBytes": size,
+            "moderation": {"blocked": False, "token": None},
+        }

@@ -1,0 +1,119 @@
+"""The OpenAPI document is valid and describes exactly the routes the app serves."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from openapi_spec_validator import validate
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from commtunnel import Commtunnel, Settings
+from commtunnel.testing import ManualClock, MockProvider
+from commtunnel_http import create_app
+from commtunnel_http.openapi import openapi_document
+
+HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def ct(tmp_path: Path) -> Commtunnel:
+    return Commtunnel.open(
+        db=tmp_path / "ct.db",
+        email_provider=MockProvider(),
+        clock=ManualClock(),
+        settings=Settings(embedded_worker=False),
+    )
+
+
+@pytest.fixture
+async def client(ct: Commtunnel, anyio_backend: str) -> AsyncIterator[httpx.AsyncClient]:
+    await ct.start()
+    try:
+        transport = httpx.ASGITransport(app=create_app(ct))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            yield c
+    finally:
+        await ct.aclose()
+
+
+def served_operations(app: Starlette) -> set[tuple[str, str]]:
+    """(path, method) for every route of the app; HEAD is Starlette's implicit twin of GET."""
+    operations = set()
+    for route in app.routes:
+        assert isinstance(route, Route), f"unexpected route type {route!r}"
+        assert route.methods is not None
+        operations |= {(route.path, m.lower()) for m in route.methods if m != "HEAD"}
+    return operations
+
+
+def documented_operations(document: dict[str, Any]) -> set[tuple[str, str]]:
+    """(path, method) for every operation in the document."""
+    return {
+        (path, method)
+        for path, item in document["paths"].items()
+        for method in item
+        if method in HTTP_METHODS
+    }
+
+
+def test_document_is_valid_openapi_3_0_3() -> None:
+    """The document passes the OpenAPI validator and declares version 3.0.3."""
+    document = openapi_document()
+    validate(document)
+    assert document["openapi"] == "3.0.3"
+
+
+def test_document_describes_exactly_the_served_routes(ct: Commtunnel) -> None:
+    """The documented (path, method) pairs equal the app's routes, no more, no fewer."""
+    served = served_operations(create_app(ct))
+    assert ("/v1/public/emails/send", "post") in served
+    assert documented_operations(openapi_document()) == served
+
+
+def test_document_declares_auth_envelope_and_idempotency_header() -> None:
+    """Bearer auth is the default, the Error envelope is defined, sends take x-idempotency-key."""
+    document = openapi_document()
+    components = document["components"]
+    assert components["securitySchemes"]["bearerAuth"] == {
+        **components["securitySchemes"]["bearerAuth"],
+        "type": "http",
+        "scheme": "bearer",
+    }
+    assert document["security"] == [{"bearerAuth": []}]
+    assert set(components["schemas"]["Error"]["required"]) == {"error", "code", "requestId"}
+    assert components["parameters"]["IdempotencyKey"]["name"] == "x-idempotency-key"
+    send = document["paths"]["/v1/public/emails/send"]["post"]
+    assert {"$ref": "#/components/parameters/IdempotencyKey"} in send["parameters"]
+    for path in ("/healthz", "/v1/public/openapi.json"):
+        assert document["paths"][path]["get"]["security"] == []
+
+
+def test_every_documented_operation_answers_errors_in_the_envelope() -> None:
+    """Every operation's 4xx and default responses point at the Error schema."""
+    document = openapi_document()
+    for path, method in documented_operations(document):
+        responses = document["paths"][path][method]["responses"]
+        for status, response in responses.items():
+            if status.startswith("4") or status == "default":
+                schema = response.get("content", {}).get("application/json", {}).get("schema")
+                ref = response.get("$ref")
+                assert schema == {"$ref": "#/components/schemas/Error"} or ref, (path, status)
+
+
+@pytest.mark.anyio
+async def test_document_is_served_without_auth(client: httpx.AsyncClient) -> None:
+    """GET /v1/public/openapi.json needs no key and serves the same document as JSON."""
+    r = await client.get("/v1/public/openapi.json")
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "application/json"
+    assert r.json() == openapi_document()
