@@ -1,0 +1,599 @@
+"""The ``commtunnel`` command: run the server or a worker, and set up tenants.
+
+::
+
+    commtunnel serve  [--db PATH] [--host H] [--port N] [--email-provider URL] [--no-worker]
+    commtunnel worker [--db PATH] [--email-provider URL]
+    commtunnel orgs      create NAME | list
+    commtunnel keys      create --org NAME --scopes a,b [--test] [--name N] | list | revoke
+    commtunnel senders   add --org NAME ADDRESS_OR_DOMAIN | list
+    commtunnel templates add --org NAME --name N --subject S --html FILE [--text FILE] | list
+
+Settings come from :meth:`Settings.from_env <commtunnel.config.Settings.from_env>`
+(defaults <- ``COMMTUNNEL_*`` environment <- these flags). Commands that
+create something take ``--json`` and then print the created object as one
+JSON object on stdout (camelCase, UTC ISO 8601 timestamps with milliseconds).
+A :class:`~commtunnel.domain.errors.CommtunnelError` is printed as
+``error: <message> (<CODE>)`` on stderr with exit status 1; usage errors exit
+with 2 (click's convention). No command prints a traceback for either.
+
+The administration commands never load the configured email provider: they
+open storage with :class:`_NoProvider`, so a provider URL that cannot be used
+on this machine does not stop anyone from creating an organization or a key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import logging
+import signal
+import sqlite3
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from commtunnel.client import Commtunnel
+from commtunnel.config import Settings
+from commtunnel.domain.delivery import ErrorCategory, ProviderResult
+from commtunnel.domain.errors import CommtunnelError
+from commtunnel.domain.keys import ApiKey, Organization, parse_scopes
+from commtunnel.ports import OutgoingEmail, Sender, Template
+from commtunnel.providers import redact_url
+
+T = TypeVar("T")
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+# --------------------------------------------------------------------------- plumbing
+
+
+class _NoProvider:
+    """The email provider of administration commands: they never deliver anything."""
+
+    name = "none"
+
+    async def send_email(self, email: OutgoingEmail) -> ProviderResult:
+        """Refuse: administration commands run no worker, so this is never reached."""
+        return ProviderResult.permanent(ErrorCategory.REJECTED, "no provider in admin commands")
+
+    async def aclose(self) -> None:
+        """Nothing to close."""
+
+
+def _iso(value: datetime | None) -> str | None:
+    """Wire timestamp: UTC, ISO 8601 with milliseconds and ``Z``."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _fail(message: str, code: str | None = None, details: dict[str, Any] | None = None) -> NoReturn:
+    """Print ``error: message (CODE)`` (and any details) on stderr and exit with status 1."""
+    suffix = f" ({code})" if code else ""
+    click.echo(f"error: {message}{suffix}", err=True)
+    for field, reason in (details or {}).items():
+        if str(reason) not in message:  # "No organization 'x'" needs no "org: x" below it
+            click.echo(f"  {field}: {reason}", err=True)
+    raise click.exceptions.Exit(1)
+
+
+def _run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run one command's coroutine on a fresh event loop, turning known errors into exit 1."""
+    try:
+        return asyncio.run(main())
+    except CommtunnelError as exc:
+        _fail(exc.message, exc.code, exc.details)
+    except sqlite3.Error as exc:
+        _fail(f"database: {exc}")
+    except OSError as exc:
+        _fail(str(exc))
+
+
+def _settings(**overrides: Any) -> Settings:
+    """Settings from the environment with the flags given (None means "not given")."""
+    try:
+        return Settings.from_env(**overrides)
+    except ValueError as exc:  # a COMMTUNNEL_* variable that does not parse
+        raise click.UsageError(f"invalid configuration: {exc}") from None
+
+
+def _admin(db: str | None, action: Callable[[Commtunnel], Awaitable[T]]) -> T:
+    """Open storage only (no email provider), run ``action``, close."""
+    settings = _settings(db=db)
+
+    async def main() -> T:
+        ct = Commtunnel.open(settings=settings, email_provider=_NoProvider())
+        # Storage only: ct.start() would also create the in-process "default"
+        # organization, a side effect no administration command asked for.
+        await ct.backend.open()
+        try:
+            return await action(ct)
+        finally:
+            await ct.aclose()
+
+    return _run(main)
+
+
+def _emit_json(value: Any) -> None:
+    click.echo(json.dumps(value, ensure_ascii=False))
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Print rows as aligned columns (or a note when there are none)."""
+    if not rows:
+        click.echo("(none)")
+        return
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    for line in (headers, *rows):
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+
+
+def _org_json(org: Organization) -> dict[str, Any]:
+    return {"id": org.id, "name": org.name, "createdAt": _iso(org.created_at)}
+
+
+def _key_json(key: ApiKey) -> dict[str, Any]:
+    return {
+        "id": key.id,
+        "orgId": key.org_id,
+        "name": key.name,
+        "prefix": key.display,
+        "scopes": sorted(key.scopes),
+        "test": key.test,
+        "createdAt": _iso(key.created_at),
+        "revoked": key.revoked_at is not None,
+        "revokedAt": _iso(key.revoked_at),
+    }
+
+
+def _sender_json(sender: Sender) -> dict[str, Any]:
+    return {
+        "id": sender.id,
+        "orgId": sender.org_id,
+        "value": sender.value,
+        "createdAt": _iso(sender.created_at),
+    }
+
+
+def _template_json(template: Template) -> dict[str, Any]:
+    return {
+        "id": template.id,
+        "orgId": template.org_id,
+        "name": template.name,
+        "subject": template.subject,
+        "html": template.html,
+        "text": template.text,
+        "createdAt": _iso(template.created_at),
+        "updatedAt": _iso(template.updated_at),
+    }
+
+
+def _scopes_callback(_ctx: click.Context, _param: click.Parameter, value: str) -> frozenset[str]:
+    try:
+        return parse_scopes(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+db_option = click.option(
+    "--db",
+    metavar="PATH",
+    default=None,
+    help="SQLite database file.  [default: $COMMTUNNEL_DB or ./commtunnel.db]",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+org_option = click.option(
+    "--org", "org_name", required=True, metavar="NAME", help="Organization name or id."
+)
+provider_option = click.option(
+    "--email-provider",
+    metavar="URL",
+    default=None,
+    help="Email provider URL, e.g. smtp://user:pass@host:587?starttls=true  "
+    "[default: $COMMTUNNEL_EMAIL_PROVIDER or outbox://./outbox]",
+)
+log_level_option = click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="warning",
+    show_default=True,
+    help="Logging threshold.",
+)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="commtunnel")
+def main() -> None:
+    """Commtunnel: transactional messaging as a library and an HTTP API."""
+
+
+@main.command(short_help="Serve the HTTP API (and the dispatch worker).")
+@db_option
+@click.option("--host", default=None, help="Interface to listen on.  [default: 127.0.0.1]")
+@click.option(
+    "--port", type=int, default=None, help="TCP port (0 picks a free one).  [default: 8025]"
+)
+@provider_option
+@click.option("--no-worker", is_flag=True, help="Do not run the dispatch worker in this process.")
+@log_level_option
+@click.option(
+    "--access-log/--no-access-log", default=False, show_default=True, help="Log each request."
+)
+def serve(
+    db: str | None,
+    host: str | None,
+    port: int | None,
+    email_provider: str | None,
+    no_worker: bool,
+    log_level: str,
+    access_log: bool,
+) -> None:
+    """Serve the HTTP API (with the dispatch worker unless --no-worker)."""
+    # This command is the composition root of the server process, and the one
+    # place where the core crosses the boundary "commtunnel never imports
+    # commtunnel_http, Starlette or uvicorn" (DESIGN.md). It does so lazily,
+    # here, so that importing commtunnel (or running any other command) never
+    # loads a web framework, and the core installs without the [http] extra.
+    try:
+        import uvicorn
+
+        from commtunnel_http import create_app
+    except ImportError as exc:
+        _fail(
+            f"'commtunnel serve' needs Starlette and uvicorn ({exc.name or exc} is missing): "
+            "pip install 'commtunnel[http]'"
+        )
+    settings = _settings(
+        db=db,
+        host=host,
+        port=port,
+        email_provider=email_provider,
+        embedded_worker=False if no_worker else None,
+    )
+    _configure_logging(log_level)
+    try:
+        ct = Commtunnel.open(settings=settings)
+    except CommtunnelError as exc:
+        _fail(exc.message, exc.code, exc.details)
+    app = create_app(ct, run_worker=settings.embedded_worker)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        log_level=log_level.lower(),
+        access_log=access_log,
+        lifespan="on",
+    )
+    where = f"db {settings.db_path}, email {redact_url(settings.email_provider)}, " + (
+        "embedded worker" if settings.embedded_worker else "no worker"
+    )
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[Any] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started:  # bound: report the real port (--port 0 picks one)
+                bound = self.servers[0].sockets[0].getsockname()[1] if self.servers else port
+                click.echo(f"commtunnel listening on http://{settings.host}:{bound} ({where})")
+
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal
+    # against the handler it found installed. Installing a quiet one first makes
+    # a requested stop end with status 0 instead of a KeyboardInterrupt or -15.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _ignore_signal)
+    Server(config).run()
+
+
+def _ignore_signal(_signum: int, _frame: FrameType | None) -> None:
+    """Signal handler that does nothing (uvicorn has already shut down)."""
+
+
+@main.command()
+@db_option
+@provider_option
+@log_level_option
+def worker(db: str | None, email_provider: str | None, log_level: str) -> None:
+    """Run the dispatch worker until SIGINT/SIGTERM.
+
+    The first signal stops claiming new jobs and lets attempts in flight
+    finish (each is bounded by COMMTUNNEL_SEND_TIMEOUT); a second one stops at
+    once, and jobs still leased are claimed again when their lease expires.
+    """
+    settings = _settings(db=db, email_provider=email_provider)
+    _configure_logging(log_level)
+
+    async def main() -> None:
+        ct = Commtunnel.open(settings=settings)
+        stop = asyncio.Event()
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            if stop.is_set() and task is not None:
+                task.cancel()
+            stop.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal)
+        async with ct:
+            click.echo(
+                f"commtunnel worker running (db {settings.db_path}, "
+                f"email {redact_url(settings.email_provider)})"
+            )
+            try:
+                await ct.run_worker(stop)
+            except asyncio.CancelledError:
+                click.echo("worker stopped without waiting for attempts in flight", err=True)
+                raise click.exceptions.Exit(1) from None
+        click.echo("worker stopped")
+
+    _run(main)
+
+
+# ----------------------------------------------------------------- organizations
+
+
+@main.group()
+def orgs() -> None:
+    """Organizations (tenants)."""
+
+
+@orgs.command("create")
+@click.argument("name")
+@db_option
+@json_option
+def orgs_create(name: str, db: str | None, as_json: bool) -> None:
+    """Create an organization called NAME."""
+    org = _admin(db, lambda ct: ct.admin.create_org(name))
+    if as_json:
+        _emit_json(_org_json(org))
+    else:
+        click.echo(f"created organization {org.name} (id {org.id})")
+
+
+@orgs.command("list")
+@db_option
+@json_option
+def orgs_list(db: str | None, as_json: bool) -> None:
+    """List organizations, oldest first."""
+    found = _admin(db, lambda ct: ct.backend.list_orgs())
+    if as_json:
+        _emit_json([_org_json(o) for o in found])
+    else:
+        _table(("ID", "NAME", "CREATED"), [(o.id, o.name, _iso(o.created_at) or "") for o in found])
+
+
+# ----------------------------------------------------------------- API keys
+
+
+@main.group()
+def keys() -> None:
+    """API keys (shown once, stored as a hash)."""
+
+
+@keys.command("create")
+@org_option
+@click.option(
+    "--scopes",
+    required=True,
+    callback=_scopes_callback,
+    metavar="A,B",
+    help="Comma-separated scopes, e.g. send:email,read:email.",
+)
+@click.option("--test", is_flag=True, help="A ct_test_ sandbox key: its sends reach no provider.")
+@click.option("--name", default="", help="A label for people.")
+@db_option
+@json_option
+def keys_create(
+    org_name: str, scopes: frozenset[str], test: bool, name: str, db: str | None, as_json: bool
+) -> None:
+    """Create an API key and print it (the only time it can be seen).
+
+    Without --json the key alone goes to stdout, so KEY=$(commtunnel keys
+    create ...) captures it; the rest goes to stderr.
+    """
+
+    async def action(ct: Commtunnel) -> tuple[ApiKey, str]:
+        org = await ct.admin.get_org(org_name)
+        return await ct.keys.create(org.id, scopes=scopes, test=test, name=name)
+
+    record, key = _admin(db, action)
+    if as_json:
+        _emit_json(
+            {
+                "id": record.id,
+                "key": key,
+                "orgId": record.org_id,
+                "name": record.name,
+                "scopes": sorted(record.scopes),
+                "test": record.test,
+                "createdAt": _iso(record.created_at),
+            }
+        )
+        return
+    kind = "test" if record.test else "live"
+    click.echo(
+        f"created {kind} key {record.id} with scopes {', '.join(sorted(record.scopes))}; "
+        "store it now, it cannot be shown again:",
+        err=True,
+    )
+    click.echo(key)
+
+
+@keys.command("list")
+@org_option
+@db_option
+@json_option
+def keys_list(org_name: str, db: str | None, as_json: bool) -> None:
+    """List an organization's keys (their prefixes, never the keys)."""
+
+    async def action(ct: Commtunnel) -> list[ApiKey]:
+        org = await ct.admin.get_org(org_name)
+        return await ct.keys.list(org.id)
+
+    found = _admin(db, action)
+    if as_json:
+        _emit_json([_key_json(k) for k in found])
+        return
+    _table(
+        ("ID", "PREFIX", "NAME", "SCOPES", "MODE", "CREATED", "REVOKED"),
+        [
+            (
+                k.id,
+                k.display + "…",
+                k.name,
+                ",".join(sorted(k.scopes)),
+                "test" if k.test else "live",
+                _iso(k.created_at) or "",
+                _iso(k.revoked_at) or "-",
+            )
+            for k in found
+        ],
+    )
+
+
+@keys.command("revoke")
+@org_option
+@click.argument("key_id")
+@db_option
+def keys_revoke(org_name: str, key_id: str, db: str | None) -> None:
+    """Revoke the key KEY_ID at once (its next request answers 401)."""
+
+    async def action(ct: Commtunnel) -> None:
+        org = await ct.admin.get_org(org_name)
+        await ct.keys.revoke(org.id, key_id)
+
+    _admin(db, action)
+    click.echo(f"revoked key {key_id}")
+
+
+# ----------------------------------------------------------------- senders
+
+
+@main.group()
+def senders() -> None:
+    """Verified senders: whole addresses or whole domains."""
+
+
+@senders.command("add")
+@org_option
+@click.argument("address_or_domain")
+@db_option
+@json_option
+def senders_add(org_name: str, address_or_domain: str, db: str | None, as_json: bool) -> None:
+    """Verify ADDRESS_OR_DOMAIN (a@example.com, or example.com for any address there)."""
+
+    async def action(ct: Commtunnel) -> Sender:
+        org = await ct.admin.get_org(org_name)
+        return await ct.admin.add_sender(org.id, address_or_domain)
+
+    sender = _admin(db, action)
+    if as_json:
+        _emit_json(_sender_json(sender))
+    else:
+        click.echo(f"verified sender {sender.value} (id {sender.id})")
+
+
+@senders.command("list")
+@org_option
+@db_option
+@json_option
+def senders_list(org_name: str, db: str | None, as_json: bool) -> None:
+    """List an organization's verified senders."""
+
+    async def action(ct: Commtunnel) -> list[Sender]:
+        org = await ct.admin.get_org(org_name)
+        return await ct.admin.list_senders(org.id)
+
+    found = _admin(db, action)
+    if as_json:
+        _emit_json([_sender_json(s) for s in found])
+    else:
+        _table(
+            ("ID", "SENDER", "CREATED"), [(s.id, s.value, _iso(s.created_at) or "") for s in found]
+        )
+
+
+# ----------------------------------------------------------------- templates
+
+
+@main.group()
+def templates() -> None:
+    """Email templates (liquid syntax)."""
+
+
+_template_file = click.Path(exists=True, dir_okay=False, readable=True, path_type=Path)
+
+
+@templates.command("add")
+@org_option
+@click.option("--name", required=True, help="Unique within the organization.")
+@click.option("--subject", required=True, help="Subject template, e.g. 'Hi {{ name }}'.")
+@click.option(
+    "--html", "html_file", type=_template_file, metavar="FILE", help="HTML body template."
+)
+@click.option(
+    "--text", "text_file", type=_template_file, metavar="FILE", help="Text body template."
+)
+@db_option
+@json_option
+def templates_add(
+    org_name: str,
+    name: str,
+    subject: str,
+    html_file: Path | None,
+    text_file: Path | None,
+    db: str | None,
+    as_json: bool,
+) -> None:
+    """Store a template from files (--html and/or --text); prints its id."""
+    html = html_file.read_text(encoding="utf-8") if html_file else None
+    text = text_file.read_text(encoding="utf-8") if text_file else None
+
+    async def action(ct: Commtunnel) -> Template:
+        org = await ct.admin.get_org(org_name)
+        return await ct.admin.add_template(org.id, name=name, subject=subject, html=html, text=text)
+
+    template = _admin(db, action)
+    if as_json:
+        _emit_json(_template_json(template))
+    else:
+        click.echo(f"created template {template.name} (id {template.id})")
+
+
+@templates.command("list")
+@org_option
+@db_option
+@json_option
+def templates_list(org_name: str, db: str | None, as_json: bool) -> None:
+    """List an organization's templates."""
+
+    async def action(ct: Commtunnel) -> list[Template]:
+        org = await ct.admin.get_org(org_name)
+        return await ct.admin.list_templates(org.id)
+
+    found = _admin(db, action)
+    if as_json:
+        _emit_json([_template_json(t) for t in found])
+    else:
+        _table(
+            ("ID", "NAME", "SUBJECT", "CREATED"),
+            [(t.id, t.name, t.subject, _iso(t.created_at) or "") for t in found],
+        )

@@ -1,0 +1,406 @@
+"""End to end, with real processes: ``commtunnel serve`` over HTTP to SMTP, and crash recovery.
+
+Every wait here is bounded (a deadline, never a bare sleep-and-hope), every
+process is killed and every SMTP server stopped by fixtures, whatever the
+test's outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from commtunnel import Commtunnel, Settings
+from commtunnel.domain.messages import Status
+from commtunnel.testing import ManualClock, MockProvider
+
+pytestmark = pytest.mark.slow
+
+ISO_MS_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+STARTUP_SECONDS = 15.0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without COMMTUNNEL_* settings, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMMTUNNEL_")}
+    env.update(extra)
+    return env
+
+
+def cli(db: Path, *args: str) -> str:
+    """Run ``python -m commtunnel ARGS --db DB`` to completion; return its stdout."""
+    done = subprocess.run(
+        [sys.executable, "-m", "commtunnel", *args, "--db", str(db)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=clean_env(),
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+# --------------------------------------------------------------------------- SMTP servers
+
+
+class RecordingHandler:
+    """An aiosmtpd handler that keeps every message it is given and answers 250."""
+
+    def __init__(self) -> None:
+        self.messages: list[EmailMessage] = []
+        self.envelopes: list[tuple[str, list[str]]] = []
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        """Record the message (parsed) and its envelope."""
+        assert isinstance(envelope.content, bytes)
+        parsed = message_from_bytes(envelope.content, policy=policy.default)
+        assert isinstance(parsed, EmailMessage)
+        self.messages.append(parsed)
+        self.envelopes.append((str(envelope.mail_from), list(envelope.rcpt_tos)))
+        return "250 OK"
+
+
+class StallingHandler:
+    """An aiosmtpd handler whose DATA never answers: the provider call hangs mid-send."""
+
+    def __init__(self) -> None:
+        self.data_started = threading.Event()
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        """Signal that a message arrived, then never reply (until the server stops)."""
+        self.data_started.set()
+        await asyncio.sleep(3600)
+        return "451 never reached"
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[Callable[[Any], int]]:
+    """Start aiosmtpd servers on free loopback ports; every one is stopped afterwards."""
+    controllers: list[Controller] = []
+
+    def start(handler: Any) -> int:
+        port = free_port()
+        controller = Controller(handler, hostname="127.0.0.1", port=port)
+        controller.start()
+        controllers.append(controller)
+        return port
+
+    yield start
+    for controller in controllers:
+        controller.stop()
+
+
+# --------------------------------------------------------------------------- processes
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start ``python -m commtunnel ARGS``; output goes to files; all are killed afterwards."""
+    procs: list[subprocess.Popen[bytes]] = []
+    files: list[IO[bytes]] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        n = len(procs)
+        out = (tmp_path / f"proc{n}.out").open("wb")
+        err = (tmp_path / f"proc{n}.err").open("wb")
+        files.extend((out, err))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "commtunnel", *args],
+            stdout=out,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            env=env or clean_env(),
+        )
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+    for f in files:
+        f.close()
+
+
+def stderr_of(tmp_path: Path, n: int) -> str:
+    """What spawned process number ``n`` wrote on stderr so far."""
+    return (tmp_path / f"proc{n}.err").read_text(errors="replace")
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``predicate`` every 50 ms until it holds; fail naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+# --------------------------------------------------------------------------- serve
+
+
+def test_serve_sends_over_http_to_smtp_and_stops_on_sigterm(
+    tmp_path: Path,
+    smtp_server: Callable[[Any], int],
+    spawn: Callable[..., subprocess.Popen[bytes]],
+) -> None:
+    """A real HTTP send through `commtunnel serve` reaches an SMTP server, once, as sent.
+
+    Set up with the CLI, send with httpx, poll until SENT; the SMTP server got
+    one multipart/alternative message whose Message-ID is the API's
+    ``messageId``; the timeline is queued -> processing -> sent; SIGTERM ends
+    the server with status 0.
+    """
+    db = tmp_path / "ct.db"
+    sink = RecordingHandler()
+    smtp_port = smtp_server(sink)
+    cli(db, "orgs", "create", "acme")
+    created = cli(
+        db, "keys", "create", "--org", "acme", "--scopes", "send:email,read:email", "--json"
+    )
+    key = json.loads(created)["key"]
+    cli(db, "senders", "add", "--org", "acme", "example.com")
+
+    port = free_port()
+    server = spawn(
+        "serve", "--db", str(db), "--port", str(port),
+        "--email-provider", f"smtp://127.0.0.1:{smtp_port}",
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    with httpx.Client(base_url=base, timeout=5.0) as http:
+
+        def healthy() -> bool:
+            assert server.poll() is None, stderr_of(tmp_path, 0)
+            try:
+                return http.get("/healthz").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(healthy, STARTUP_SECONDS, "/healthz")
+        auth = {"Authorization": f"Bearer {key}"}
+        sent = http.post(
+            "/v1/public/emails/send",
+            headers={**auth, "x-idempotency-key": "e2e-1"},
+            json={
+                "from": "Acme <app@example.com>",
+                "to": "bob@example.net",
+                "subject": "End to end",
+                "html": "<p>Hello <b>Bob</b></p>",
+                "text": "Hello Bob",
+            },
+        )
+        assert sent.status_code == 202, sent.text
+        accepted = sent.json()
+        assert accepted["status"] == "QUEUED"
+        assert accepted["duplicate"] is False
+        message_id = accepted["id"]
+
+        status: dict[str, Any] = {}
+
+        def is_sent() -> bool:
+            nonlocal status
+            response = http.get(f"/v1/public/emails/{message_id}", headers=auth)
+            assert response.status_code == 200, response.text
+            status = response.json()
+            assert status["status"] in {"QUEUED", "PROCESSING", "SENT"}, status
+            return bool(status["status"] == "SENT")
+
+        wait_until(is_sent, 10, "status SENT")
+
+        assert len(sink.messages) == 1
+        mail = sink.messages[0]
+        assert mail["Subject"] == "End to end"
+        assert mail["From"] == "Acme <app@example.com>"
+        assert mail["To"] == "bob@example.net"
+        assert mail["Message-ID"] == status["messageId"]
+        assert mail.get_content_type() == "multipart/alternative"
+        parts = {part.get_content_type(): part for part in mail.iter_parts()}
+        assert set(parts) == {"text/plain", "text/html"}
+        assert isinstance(parts["text/plain"], EmailMessage)
+        assert isinstance(parts["text/html"], EmailMessage)
+        assert parts["text/plain"].get_content().strip() == "Hello Bob"
+        assert "<b>Bob</b>" in parts["text/html"].get_content()
+        assert sink.envelopes == [("app@example.com", ["bob@example.net"])]
+
+        timeline = http.get(f"/v1/public/emails/{message_id}/timeline", headers=auth)
+        assert timeline.status_code == 200
+        events = timeline.json()["events"]
+        assert [e["type"] for e in events] == ["email_queued", "email_processing", "email_sent"]
+        assert all(ISO_MS_Z.match(e["createdAt"]) for e in events)
+        assert [e["createdAt"] for e in events] == sorted(e["createdAt"] for e in events)
+
+    server.send_signal(signal.SIGTERM)
+    assert server.wait(timeout=10) == 0, stderr_of(tmp_path, 0)
+    out = (tmp_path / "proc0.out").read_text()
+    assert out.startswith(f"commtunnel listening on http://127.0.0.1:{port} ")
+    assert "Traceback" not in stderr_of(tmp_path, 0)
+
+
+# --------------------------------------------------------------------------- crash recovery
+
+
+async def accept_one_email(db: Path) -> str:
+    """Queue one email in process (org "default", sender verified); return its id."""
+    async with Commtunnel.open(db=db, email_provider=MockProvider(), settings=Settings()) as ct:
+        await ct.admin.add_sender(ct.org.id, "example.com")
+        result = await ct.email.send(
+            from_="app@example.com",
+            to="carol@example.net",
+            subject="Survives a crash",
+            html="<p>still here</p>",
+            text="still here",
+        )
+        return result.message.id
+
+
+async def state_after_kill(db: Path, message_id: str) -> tuple[Status, int]:
+    """The message status and the number of leased jobs, read from the database."""
+    async with Commtunnel.open(db=db, email_provider=MockProvider(), settings=Settings()) as ct:
+        status = await ct.email.get(message_id)
+        return status.message.status, await ct.backend.leased_job_count()
+
+
+async def recover(db: Path, message_id: str, smtp_port: int) -> dict[str, Any]:
+    """Run a worker past the dead worker's lease; return what the database then says."""
+    clock = ManualClock(start=datetime.now(UTC) + timedelta(seconds=31))
+    settings = Settings(lease_seconds=30, send_timeout=20, embedded_worker=False)
+    async with Commtunnel.open(
+        db=db, email_provider=f"smtp://127.0.0.1:{smtp_port}", clock=clock, settings=settings
+    ) as ct:
+        processed = await ct.run_worker_until_idle()
+        status = await ct.email.get(message_id)
+        return {
+            "processed": processed,
+            "status": status.message.status,
+            "header": status.message.email.message_id_header if status.message.email else None,
+            "events": await ct.email.timeline(message_id),
+            "leased": await ct.backend.leased_job_count(),
+        }
+
+
+def test_worker_killed_mid_send_is_recovered_after_its_lease(
+    tmp_path: Path,
+    smtp_server: Callable[[Any], int],
+    spawn: Callable[..., subprocess.Popen[bytes]],
+) -> None:
+    """A worker SIGKILLed mid-send leaves a lease; once it expires the email is sent once more.
+
+    The first worker hangs in SMTP DATA and is killed: the message stays
+    PROCESSING with one leased job. A worker whose clock is past the lease
+    claims it again (email_processing with leaseExpired), delivers it to a
+    working SMTP server with the same Message-ID, and releases the job.
+    """
+    db = tmp_path / "ct.db"
+    message_id = asyncio.run(accept_one_email(db))
+
+    stall = StallingHandler()
+    stall_port = smtp_server(stall)
+    worker = spawn(
+        "worker", "--db", str(db), "--email-provider", f"smtp://127.0.0.1:{stall_port}?timeout=60",
+        env=clean_env(COMMTUNNEL_LEASE_SECONDS="30", COMMTUNNEL_SEND_TIMEOUT="20"),
+    )  # fmt: skip
+    assert stall.data_started.wait(STARTUP_SECONDS), stderr_of(tmp_path, 0)
+    worker.kill()
+    assert worker.wait(timeout=10) == -signal.SIGKILL
+
+    assert asyncio.run(state_after_kill(db, message_id)) == (Status.PROCESSING, 1)
+
+    sink = RecordingHandler()
+    result = asyncio.run(recover(db, message_id, smtp_server(sink)))
+    assert result["processed"] == 1
+    assert result["status"] == Status.SENT
+    assert result["leased"] == 0
+    assert [m["Message-ID"] for m in sink.messages] == [result["header"]]
+    events = result["events"]
+    assert [e.type for e in events] == [
+        "email_queued",
+        "email_processing",
+        "email_processing",
+        "email_sent",
+    ]
+    assert "leaseExpired" not in events[1].details
+    assert events[2].details["leaseExpired"] is True
+
+
+# --------------------------------------------------------------------------- worker
+
+
+async def read_state(db: Path, message_id: str) -> tuple[Status, list[str], int]:
+    """Status, timeline event types and leased job count of one message."""
+    async with Commtunnel.open(db=db, email_provider=MockProvider(), settings=Settings()) as ct:
+        status = await ct.email.get(message_id)
+        events = await ct.email.timeline(message_id)
+        return status.message.status, [e.type for e in events], await ct.backend.leased_job_count()
+
+
+def test_worker_delivers_and_stops_on_sigterm(
+    tmp_path: Path,
+    smtp_server: Callable[[Any], int],
+    spawn: Callable[..., subprocess.Popen[bytes]],
+) -> None:
+    """`commtunnel worker` delivers what another process accepted, and SIGTERM ends it with 0."""
+    db = tmp_path / "ct.db"
+    message_id = asyncio.run(accept_one_email(db))
+    sink = RecordingHandler()
+    port = smtp_server(sink)
+    worker = spawn("worker", "--db", str(db), "--email-provider", f"smtp://127.0.0.1:{port}")
+    wait_until(lambda: len(sink.messages) == 1, STARTUP_SECONDS, "the SMTP sink to get a message")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=10) == 0, stderr_of(tmp_path, 0)
+    assert (tmp_path / "proc0.out").read_text().splitlines()[-1] == "worker stopped"
+    status, types, leased = asyncio.run(read_state(db, message_id))
+    assert status == Status.SENT
+    assert types == ["email_queued", "email_processing", "email_sent"]
+    assert leased == 0
+
+
+def test_worker_sigterm_lets_the_attempt_in_flight_finish(
+    tmp_path: Path,
+    smtp_server: Callable[[Any], int],
+    spawn: Callable[..., subprocess.Popen[bytes]],
+) -> None:
+    """SIGTERM mid-send waits for the attempt (here: its send timeout) and records it."""
+    db = tmp_path / "ct.db"
+    message_id = asyncio.run(accept_one_email(db))
+    stall = StallingHandler()
+    port = smtp_server(stall)
+    worker = spawn(
+        "worker", "--db", str(db), "--email-provider", f"smtp://127.0.0.1:{port}?timeout=60",
+        env=clean_env(COMMTUNNEL_LEASE_SECONDS="30", COMMTUNNEL_SEND_TIMEOUT="1.5"),
+    )  # fmt: skip
+    assert stall.data_started.wait(STARTUP_SECONDS), stderr_of(tmp_path, 0)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=10) == 0, stderr_of(tmp_path, 0)
+    status, types, leased = asyncio.run(read_state(db, message_id))
+    assert status == Status.RETRYING
+    assert types == ["email_queued", "email_processing", "email_retrying"]
+    assert leased == 0
