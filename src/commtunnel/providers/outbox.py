@@ -21,6 +21,7 @@ parsed. Percent-escapes in the path are decoded. No query options are accepted.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
@@ -144,10 +145,8 @@ class OutboxProvider:
             os.replace(tmp, target)
         except BaseException:
             # Never leave a temporary file behind (a disk-full write, a cancelled task).
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            except OSError:
-                pass
             raise
 
     async def aclose(self) -> None:
