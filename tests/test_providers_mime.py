@@ -37,7 +37,9 @@ def outgoing(
         html=html,
         message_id_header=f"<{message_id}@mail.commtunnel.test>",
     )
-    return OutgoingEmail(message_id=message_id, org_id="org-1", content=content, created_at=created_at)
+    return OutgoingEmail(
+        message_id=message_id, org_id="org-1", content=content, created_at=created_at
+    )
 
 
 def parse(raw: bytes) -> EmailMessage:
@@ -146,7 +148,9 @@ def test_non_ascii_subject_is_rfc2047_encoded_and_round_trips() -> None:
 
 def test_non_ascii_display_names_round_trip() -> None:
     """Non-ASCII display names in From and To are encoded and decode back; addresses unchanged."""
-    raw = build_mime(outgoing(from_addr="Zoë Müller <zoe@example.com>", to="Jürgen <j@example.org>"))
+    raw = build_mime(
+        outgoing(from_addr="Zoë Müller <zoe@example.com>", to="Jürgen <j@example.org>")
+    )
     msg = parse(raw)
     assert msg["From"].addresses[0].display_name == "Zoë Müller"
     assert msg["From"].addresses[0].addr_spec == "zoe@example.com"

@@ -266,7 +266,9 @@ async def test_multipart_message_arrives_with_headers_parts_and_envelope(
 
 
 @pytest.mark.anyio
-async def test_text_only_message_arrives_as_text_plain(provider: SmtpProvider, smtpd: Smtpd) -> None:
+async def test_text_only_message_arrives_as_text_plain(
+    provider: SmtpProvider, smtpd: Smtpd
+) -> None:
     """A text-only email arrives as a single text/plain entity."""
     email_ = outgoing(html=None)
     assert_accepted(await provider.send_email(email_), email_)
@@ -378,7 +380,9 @@ async def test_concurrency_is_limited_to_pool_size(make_smtpd: Callable[..., Smt
 
 
 @pytest.mark.anyio
-async def test_connection_dropped_while_idle_is_replaced(provider: SmtpProvider, smtpd: Smtpd) -> None:
+async def test_connection_dropped_while_idle_is_replaced(
+    provider: SmtpProvider, smtpd: Smtpd
+) -> None:
     """After the server closes an idle pooled connection, the next send still succeeds."""
     assert (await provider.send_email(outgoing())).outcome is Outcome.ACCEPTED
     await smtpd.close_connections()
@@ -405,7 +409,9 @@ async def test_disconnect_on_first_use_of_pooled_connection_is_retried_once(
 
 
 @pytest.mark.anyio
-async def test_421_on_a_fresh_connection_is_not_retried(provider: SmtpProvider, smtpd: Smtpd) -> None:
+async def test_421_on_a_fresh_connection_is_not_retried(
+    provider: SmtpProvider, smtpd: Smtpd
+) -> None:
     """On a new connection, 421 is reported as transient PROVIDER_OUTAGE, not retried."""
     smtpd.handler.mail_reply = "421 4.3.2 service shutting down"
     result = await provider.send_email(outgoing())
@@ -481,7 +487,12 @@ async def test_silent_server_times_out() -> None:
     ("stage", "reply", "outcome", "category"),
     [
         ("rcpt", "550 5.1.1 no such user", Outcome.PERMANENT, ErrorCategory.INVALID_RECIPIENT),
-        ("rcpt", "553 5.1.3 bad address syntax", Outcome.PERMANENT, ErrorCategory.INVALID_RECIPIENT),
+        (
+            "rcpt",
+            "553 5.1.3 bad address syntax",
+            Outcome.PERMANENT,
+            ErrorCategory.INVALID_RECIPIENT,
+        ),
         ("rcpt", "554 5.7.1 relay access denied", Outcome.PERMANENT, ErrorCategory.REJECTED),
         ("rcpt", "451 4.3.0 try later", Outcome.TRANSIENT, ErrorCategory.PROVIDER_OUTAGE),
         ("rcpt", "450 4.2.0 mailbox busy", Outcome.TRANSIENT, ErrorCategory.PROVIDER_OUTAGE),
@@ -578,9 +589,12 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("tls")
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
-        + ["-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost"]
-        + ["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        [
+            *(openssl, "req", "-x509", "-nodes", "-days", "2", "-subj", "/CN=localhost"),
+            *("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"),
+            *("-keyout", str(key), "-out", str(cert)),
+            *("-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"),
+        ],
         check=True,
         capture_output=True,
     )
@@ -601,7 +615,9 @@ async def test_starttls_is_used_when_required(
     handler = Recorder()
     smtpd = make_smtpd(handler, tls_context=_server_context(certificate), require_starttls=True)
     client = ssl.create_default_context(cafile=str(certificate[0]))
-    provider = SmtpProvider.from_url(smtpd.url("starttls=true"), clock=ManualClock(), tls_context=client)
+    provider = SmtpProvider.from_url(
+        smtpd.url("starttls=true"), clock=ManualClock(), tls_context=client
+    )
     async with provider:
         result = await provider.send_email(outgoing())
     assert result.outcome is Outcome.ACCEPTED
@@ -753,7 +769,11 @@ def test_load_provider_unknown_scheme_raises_provider_config_error() -> None:
     ("exc", "outcome", "category"),
     [
         (ConnectionRefusedError(111, "refused"), Outcome.TRANSIENT, ErrorCategory.PROVIDER_OUTAGE),
-        (aiosmtplib.SMTPServerDisconnected("gone"), Outcome.TRANSIENT, ErrorCategory.PROVIDER_OUTAGE),
+        (
+            aiosmtplib.SMTPServerDisconnected("gone"),
+            Outcome.TRANSIENT,
+            ErrorCategory.PROVIDER_OUTAGE,
+        ),
         (aiosmtplib.SMTPConnectError("no"), Outcome.TRANSIENT, ErrorCategory.PROVIDER_OUTAGE),
         (aiosmtplib.SMTPConnectTimeoutError("slow"), Outcome.TRANSIENT, ErrorCategory.TIMEOUT),
         (aiosmtplib.SMTPReadTimeoutError("slow"), Outcome.TRANSIENT, ErrorCategory.TIMEOUT),

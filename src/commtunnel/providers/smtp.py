@@ -44,6 +44,7 @@ queued messages then go out; nothing accepted is lost.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import re
@@ -462,7 +463,13 @@ class SmtpProvider:
         return conn
 
     def _discard(self, conn: aiosmtplib.SMTP) -> None:
-        conn.close()
+        transport = conn.transport
+        conn.close()  # resets aiosmtplib's state; for TLS it starts a graceful shutdown...
+        if isinstance(transport, asyncio.WriteTransport):
+            # ...which waits for the peer's close_notify. The session is over either way
+            # (after QUIT, or after an error), so abort: the socket is gone one loop
+            # iteration later instead of lingering, possibly past the caller's loop.
+            transport.abort()
         self._open -= 1
 
     def _scrub(self, result: ProviderResult) -> ProviderResult:
@@ -493,8 +500,8 @@ class SmtpProvider:
         async with anyio.create_task_group() as tg:
             for conn in idle:
                 tg.start_soon(quit_and_close, conn)
-        # Transports (including ones discarded after errors) close on the next loop
-        # iteration: give them one before the caller's event loop may end.
+        # Aborted transports close their sockets on the next loop iteration (this one
+        # included those discarded after errors): let it run before the loop may end.
         await anyio.lowlevel.checkpoint()
 
     async def __aenter__(self) -> SmtpProvider:

@@ -1,0 +1,287 @@
+"""Delivery: the dispatch worker over the SMTP provider vs. raw aiosmtplib, to one sink process.
+
+The sink (``benchmarks/sink.py``) is an aiosmtpd ``Controller`` in its own
+process, counting what it receives.
+
+Commtunnel side: ``messages`` emails are accepted first (not timed), so
+that ``messages`` jobs are QUEUED; then ``Dispatcher.run`` (``ct.run_worker``)
+with the ``smtp://127.0.0.1:PORT?pool_size=8`` provider and
+``worker_concurrency`` attempts in flight is timed until
+``pending_job_count() == 0``: claim (QUEUED -> PROCESSING + event), MIME
+build, SMTP transaction over a pooled connection, attempt row + SENT status
++ event, job deleted. The sink's count must equal ``messages``.
+
+Baseline: ``aiosmtplib.SMTP`` with ``pool_size`` connections opened inside
+the timed window and reused, each taking the next prebuilt ~2 KB
+multipart/alternative message (same text and HTML) until ``messages`` are
+sent. No storage, no status, no MIME building while timed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any
+
+from benchmarks import payload
+from benchmarks._util import free_port, log, managed_process, ratio
+
+
+class Sink:
+    """Talks to a running ``benchmarks.sink`` process over its stdin/stdout."""
+
+    def __init__(self, proc: subprocess.Popen[str], port: int, loop: str) -> None:
+        self.proc = proc
+        self.port = port
+        self.loop = loop
+
+    def _ask(self, command: str) -> str:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        answer = self.proc.stdout.readline().strip()
+        if not answer:
+            raise RuntimeError("the SMTP sink stopped answering")
+        return answer
+
+    def count(self) -> tuple[int, int]:
+        messages, size = self._ask("count").split()
+        return int(messages), int(size)
+
+    def reset(self) -> None:
+        self._ask("reset")
+
+
+async def _wait_sink(sink: Sink, expected: int, limit: float) -> int:
+    """The sink's count once it reaches ``expected`` (or after ``limit`` seconds)."""
+    deadline = time.perf_counter() + limit
+    while True:
+        got = sink.count()[0]
+        if got >= expected or time.perf_counter() > deadline:
+            return got
+        await asyncio.sleep(0.01)
+
+
+async def _raw(sink: Sink, *, messages: int, connections: int) -> dict[str, Any]:
+    import aiosmtplib
+
+    built = [payload.raw_mime(n) for n in range(messages)]
+    sizes = sorted(len(b) for b in built)
+    sink.reset()
+    next_index = iter(range(messages))
+
+    async def one_connection() -> int:
+        sent = 0
+        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=sink.port, timeout=30)
+        await smtp.connect()
+        try:
+            for n in next_index:
+                await smtp.sendmail(payload.FROM_ADDR, [payload.TO], built[n])
+                sent += 1
+        finally:
+            await smtp.quit()
+        return sent
+
+    c0 = time.process_time()
+    t0 = time.perf_counter()
+    per_connection = await asyncio.gather(*(one_connection() for _ in range(connections)))
+    elapsed = time.perf_counter() - t0
+    cpu = time.process_time() - c0
+    received = await _wait_sink(sink, messages, 10)
+    return {
+        "messages": messages,
+        "seconds": round(elapsed, 3),
+        "rps": round(messages / elapsed, 1),
+        "cpu_ms_per_message": round(cpu / messages * 1000, 3),
+        "connections": connections,
+        "per_connection": per_connection,
+        "sink_received": received,
+        "message_bytes_median": sizes[len(sizes) // 2],
+    }
+
+
+async def _commtunnel(
+    sink: Sink,
+    root: Path,
+    *,
+    messages: int,
+    pool_size: int,
+    concurrency: int,
+    phase: AbstractContextManager[Any] | None = None,
+) -> dict[str, Any]:
+    """Prefill ``messages`` QUEUED emails, then time the worker; ``phase`` wraps the timed part."""
+    from commtunnel.client import Commtunnel
+    from commtunnel.config import Settings
+
+    db = root / "delivery.db"
+    url = f"smtp://127.0.0.1:{sink.port}?pool_size={pool_size}&timeout=30"
+    ct = Commtunnel.open(
+        db=db,
+        email_provider=url,
+        settings=Settings(db=str(db), worker_concurrency=concurrency, email_provider=url),
+    )
+    await ct.start()
+    try:
+        await ct.admin.add_sender(ct.org.id, payload.SENDER_DOMAIN)
+        email = ct.email
+        # Prefill (not timed): `messages` QUEUED emails, 64 concurrent senders.
+        t_fill = time.perf_counter()
+        per_task, extra = divmod(messages, 64)
+        first_ids: list[str] = []
+
+        async def fill(k: int) -> None:
+            for _ in range(per_task + (1 if k < extra else 0)):
+                result = await email.send(
+                    from_=payload.FROM,
+                    to=payload.TO,
+                    subject=payload.SUBJECT,
+                    html=payload.HTML,
+                    text=payload.TEXT,
+                )
+                if not first_ids:
+                    first_ids.append(result.message.id)
+
+        await asyncio.gather(*(fill(k) for k in range(64)))
+        fill_seconds = time.perf_counter() - t_fill
+        pending = await ct.backend.pending_job_count()
+        assert pending == messages, (pending, messages)
+        sink.reset()
+
+        stop = asyncio.Event()
+        progress: list[tuple[float, int]] = []
+        phase_cm = phase or nullcontext()
+        phase_cm.__enter__()
+        c0 = time.process_time()
+        t0 = time.perf_counter()
+        worker = asyncio.create_task(ct.run_worker(stop))
+        try:
+            next_sample = 0.5
+            while True:
+                left = await ct.backend.pending_job_count()
+                now = time.perf_counter() - t0
+                if now >= next_sample:
+                    progress.append((round(now, 2), messages - left))
+                    next_sample += 0.5
+                if left == 0:
+                    break
+                if worker.done():
+                    worker.result()  # raises what killed the worker
+                    raise RuntimeError("the worker stopped before the queue was empty")
+                if now > 300:
+                    raise RuntimeError(f"delivery did not finish in 300 s ({left} left)")
+                await asyncio.sleep(0.005)
+            elapsed = time.perf_counter() - t0
+            cpu = time.process_time() - c0
+        finally:
+            phase_cm.__exit__(None, None, None)
+            stop.set()
+            await worker
+        received = await _wait_sink(sink, messages, 10)
+        conn = ct.backend.conn
+        statuses = dict(conn.execute("SELECT status, COUNT(*) FROM messages GROUP BY status"))
+        events = dict(conn.execute("SELECT type, COUNT(*) FROM events GROUP BY type"))
+        attempts = dict(conn.execute("SELECT outcome, COUNT(*) FROM attempts GROUP BY outcome"))
+        durations = sorted(
+            r[0] for r in conn.execute("SELECT duration_ms FROM attempts WHERE number = 1")
+        )
+        timeline = await email.timeline(first_ids[0])
+        return {
+            "messages": messages,
+            "seconds": round(elapsed, 3),
+            "rps": round(messages / elapsed, 1),
+            "cpu_ms_per_message": round(cpu / messages * 1000, 3),
+            "provider_url": url,
+            "worker_concurrency": concurrency,
+            "pool_size": pool_size,
+            "sink_received": received,
+            "statuses": statuses,
+            "events": events,
+            "attempts_by_outcome": attempts,
+            "provider_call_ms_p50": durations[len(durations) // 2] if durations else None,
+            "provider_call_ms_p99": durations[int(len(durations) * 0.99)] if durations else None,
+            "sample_timeline": [
+                {"type": e.type, "status": None if e.status is None else str(e.status)}
+                for e in timeline
+            ],
+            "progress_delivered": progress,
+            "prefill_seconds": round(fill_seconds, 3),
+        }
+    finally:
+        await ct.aclose()
+
+
+def _event_loop(name: str) -> Any:
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return asyncio.new_event_loop
+
+
+def run(
+    *, quick: bool, pool_size: int = 8, concurrency: int = 32, loop: str = "asyncio"
+) -> dict[str, Any]:
+    """Start the sink, run the baseline then Commtunnel against it, stop the sink."""
+    messages = 2_000 if quick else 5_000
+    port = free_port()
+    with (
+        tempfile.TemporaryDirectory(prefix="ct-bench-delivery-") as tmp,
+        managed_process(
+            [sys.executable, "-m", "benchmarks.sink", "--port", str(port), "--loop", "uvloop"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        ) as proc,
+    ):
+        assert proc.stdout is not None
+        ready = proc.stdout.readline().split()
+        if not ready or ready[0] != "ready":
+            raise RuntimeError(f"SMTP sink did not start: {ready!r}")
+        sink = Sink(proc, port, ready[2])
+        log(f"delivery: sink on port {port} ({sink.loop}); raw aiosmtplib, {messages} messages")
+        with asyncio.Runner(loop_factory=_event_loop(loop)) as runner:
+            runner.run(_raw(sink, messages=min(500, messages), connections=pool_size))  # warm-up
+            raw = runner.run(_raw(sink, messages=messages, connections=pool_size))
+        log(f"delivery: raw aiosmtplib {raw['rps']:.0f} msg/s")
+        log(f"delivery: commtunnel worker, concurrency {concurrency}, pool {pool_size}")
+        with asyncio.Runner(loop_factory=_event_loop(loop)) as runner:
+            ct = runner.run(
+                _commtunnel(
+                    sink,
+                    Path(tmp),
+                    messages=messages,
+                    pool_size=pool_size,
+                    concurrency=concurrency,
+                )
+            )
+        log(f"delivery: commtunnel {ct['rps']:.0f} msg/s")
+        proc.stdin.write("quit\n")  # type: ignore[union-attr]
+        proc.stdin.flush()  # type: ignore[union-attr]
+    ok = (
+        ct["sink_received"] == messages
+        and ct["statuses"] == {"SENT": messages}
+        and raw["sink_received"] == messages
+    )
+    return {
+        "commtunnel_rps": ct["rps"],
+        "baseline_rps": raw["rps"],
+        "ratio": ratio(ct["rps"], raw["rps"]),
+        "target_ratio": 0.6,
+        "meets_target": ct["rps"] / raw["rps"] >= 0.6,
+        "all_delivered_and_sent": ok,
+        "messages": messages,
+        "event_loop": loop,
+        "sink": f"aiosmtpd Controller in a separate process ({sink.loop} loop), accepts all",
+        "what": "emails/s from QUEUED to SENT by the dispatch worker (claim + PROCESSING event, "
+        "MIME build, SMTP over pooled connections, attempt + SENT status + event, job deleted), "
+        "timed until pending_job_count() == 0",
+        "baseline": f"raw aiosmtplib, {pool_size} reused connections (connect inside the timed "
+        "window), prebuilt ~2 KB multipart/alternative messages, no storage",
+        "commtunnel_detail": ct,
+        "baseline_detail": raw,
+    }
