@@ -38,7 +38,10 @@ def _runner(name: str, args: argparse.Namespace) -> Callable[[], dict[str, Any]]
         from benchmarks import http_accept
 
         return lambda: http_accept.run(
-            quick=args.quick, connections=args.connections, threads=args.wrk_threads
+            quick=args.quick,
+            connections=args.connections,
+            threads=args.wrk_threads,
+            python_load=args.python_load,
         )
     if name == "inprocess_accept":
         from benchmarks import inprocess_accept
@@ -83,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--connections", type=int, default=64, help="http_accept: connections")
     parser.add_argument("--wrk-threads", type=int, default=1, help="http_accept: wrk threads")
+    parser.add_argument(
+        "--python-load",
+        action="store_true",
+        help="http_accept: use the Python load generator even when wrk is there",
+    )
     parser.add_argument("--tasks", type=int, default=64, help="inprocess_accept: concurrent tasks")
     parser.add_argument("--pool-size", type=int, default=8, help="delivery: SMTP connections")
     parser.add_argument(

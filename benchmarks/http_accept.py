@@ -255,11 +255,13 @@ def _summary(run: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run(*, quick: bool, connections: int = 64, threads: int = 1) -> dict[str, Any]:
-    """Bare baseline first, then Commtunnel, same load."""
+def run(
+    *, quick: bool, connections: int = 64, threads: int = 1, python_load: bool = False
+) -> dict[str, Any]:
+    """Bare baseline first, then Commtunnel, same load (wrk, or the Python fallback)."""
     seconds = 3.0 if quick else 10.0
     warmup = 2.0
-    wrk, wrk_note = ensure_wrk()
+    wrk, wrk_note = (None, "--python-load given") if python_load else ensure_wrk()
     generator = (
         f"wrk ({wrk_note})"
         if wrk

@@ -213,6 +213,8 @@ def make_smtpd() -> Iterator[Callable[..., Smtpd]]:
             **kwargs,
         )
         controller.start()
+        import os, sys
+        sys.__stderr__.write(f"PORT {controller.port} {os.environ.get('PYTEST_CURRENT_TEST')}\n")
         started.append(controller)
         return Smtpd(controller, handler)
 
