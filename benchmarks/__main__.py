@@ -1,7 +1,7 @@
 """``python -m benchmarks``: run the benchmarks, print ONE JSON object on stdout.
 
-    .venv/bin/python -m benchmarks                     # all three, ~1.5-3 minutes on 2 cores
-    .venv/bin/python -m benchmarks --quick             # shorter runs (~40 s)
+    .venv/bin/python -m benchmarks                     # all three, ~70 s on 2 cores
+    .venv/bin/python -m benchmarks --quick             # shorter runs (~35 s)
     .venv/bin/python -m benchmarks --only delivery     # or http_accept, inprocess_accept (a,b)
 
 Each figure is reported beside a baseline measured in the same run, as a

@@ -260,19 +260,29 @@ def run(
                 )
             )
         log(f"delivery: commtunnel {ct['rps']:.0f} msg/s")
+        # The baseline again after Commtunnel: their mean is the reference, so drift
+        # in the machine's load during the run skews the ratio less.
+        with asyncio.Runner(loop_factory=_event_loop(loop)) as runner:
+            raw_after = runner.run(_raw(sink, messages=messages, connections=pool_size))
+        log(f"delivery: raw aiosmtplib again {raw_after['rps']:.0f} msg/s")
         proc.stdin.write("quit\n")  # type: ignore[union-attr]
         proc.stdin.flush()  # type: ignore[union-attr]
+    raw_rps = round((raw["rps"] + raw_after["rps"]) / 2, 1)
     ok = (
         ct["sink_received"] == messages
         and ct["statuses"] == {"SENT": messages}
+        and ct["events"]
+        == {"email_queued": messages, "email_processing": messages, "email_sent": messages}
+        and ct["attempts_by_outcome"] == {"accepted": messages}
         and raw["sink_received"] == messages
+        and raw_after["sink_received"] == messages
     )
     return {
         "commtunnel_rps": ct["rps"],
-        "baseline_rps": raw["rps"],
-        "ratio": ratio(ct["rps"], raw["rps"]),
+        "baseline_rps": raw_rps,
+        "ratio": ratio(ct["rps"], raw_rps),
         "target_ratio": 0.6,
-        "meets_target": ct["rps"] / raw["rps"] >= 0.6,
+        "meets_target": ct["rps"] / raw_rps >= 0.6,
         "all_delivered_and_sent": ok,
         "messages": messages,
         "event_loop": loop,
@@ -281,7 +291,9 @@ def run(
         "MIME build, SMTP over pooled connections, attempt + SENT status + event, job deleted), "
         "timed until pending_job_count() == 0",
         "baseline": f"raw aiosmtplib, {pool_size} reused connections (connect inside the timed "
-        "window), prebuilt ~2 KB multipart/alternative messages, no storage",
+        "window), prebuilt ~2 KB multipart/alternative messages, no storage; run before and after "
+        "Commtunnel, the mean is reported",
         "commtunnel_detail": ct,
         "baseline_detail": raw,
+        "baseline_runs_rps": [raw["rps"], raw_after["rps"]],
     }
