@@ -157,9 +157,18 @@ class Recorder:
         return "221 Bye"
 
 
+class FreePortController(Controller):
+    """aiosmtpd's Controller listening on a port the OS picks (``port=0``), so no race."""
+
+    def _trigger_server(self) -> None:
+        assert self.server is not None
+        self.port = self.server.sockets[0].getsockname()[1]
+        super()._trigger_server()
+
+
 @dataclass
 class Smtpd:
-    controller: Controller
+    controller: FreePortController
     handler: Recorder
 
     @property
@@ -201,20 +210,14 @@ class Smtpd:
 @pytest.fixture
 def make_smtpd() -> Iterator[Callable[..., Smtpd]]:
     """Start aiosmtpd Controllers (with extra SMTP options) and stop them after the test."""
-    started: list[Controller] = []
+    started: list[FreePortController] = []
 
     def start(handler: Recorder | None = None, **kwargs: Any) -> Smtpd:
         handler = handler or Recorder()
-        controller = Controller(
-            handler,
-            hostname="127.0.0.1",
-            port=free_port(),
-            server_hostname="localhost",
-            **kwargs,
+        controller = FreePortController(
+            handler, hostname="127.0.0.1", port=0, server_hostname="localhost", **kwargs
         )
         controller.start()
-        import os, sys
-        sys.__stderr__.write(f"PORT {controller.port} {os.environ.get('PYTEST_CURRENT_TEST')}\n")
         started.append(controller)
         return Smtpd(controller, handler)
 
@@ -526,14 +529,19 @@ async def test_server_replies_are_classified(
 # --------------------------------------------------------------------------- AUTH
 
 
-def _authenticator(expected: tuple[str, str], seen: list[tuple[str, str]]) -> Any:
+def _authenticator(
+    expected: tuple[str, str], seen: list[tuple[str, str]], *, echo: bool = False
+) -> Any:
+    """An aiosmtpd authenticator; with ``echo`` a refusal quotes the password (a bad server)."""
+
     def authenticate(
         server: Any, session: Any, envelope: Any, mechanism: str, data: Any
     ) -> AuthResult:
         assert isinstance(data, LoginPassword)
         got = (data.login.decode(), data.password.decode())
         seen.append(got)
-        return AuthResult(success=got == expected, handled=False)
+        message = f"535 5.7.8 wrong password {got[1]}" if echo else None
+        return AuthResult(success=got == expected, handled=False, message=message)
 
     return authenticate
 
@@ -555,17 +563,19 @@ async def test_auth_with_url_decoded_credentials_succeeds(make_smtpd: Callable[.
 async def test_auth_failure_is_transient_auth_without_the_password(
     make_smtpd: Callable[..., Smtpd],
 ) -> None:
-    """Wrong credentials give transient AUTH with the 535 reply and never the password."""
+    """Wrong credentials give transient AUTH with the 535 reply, the password masked."""
     seen: list[tuple[str, str]] = []
-    smtpd = make_smtpd(auth_require_tls=False, authenticator=_authenticator(("u", "right"), seen))
+    authenticator = _authenticator(("u", "right"), seen, echo=True)
+    smtpd = make_smtpd(auth_require_tls=False, authenticator=authenticator)
     url = smtpd.url(userinfo="u:wrong-s3cret@")
     async with SmtpProvider.from_url(url, clock=ManualClock()) as provider:
         result = await provider.send_email(outgoing())
     assert result.outcome is Outcome.TRANSIENT
     assert result.error_category is ErrorCategory.AUTH
     assert result.error_message is not None
-    assert "535" in result.error_message
+    assert "535 5.7.8 wrong password ***" in result.error_message  # the server echoed it
     assert "wrong-s3cret" not in result.error_message
+    assert seen[0] == ("u", "wrong-s3cret")
     assert smtpd.handler.messages == []
 
 
@@ -630,11 +640,9 @@ async def test_starttls_is_used_when_required(
 async def test_untrusted_certificate_is_a_transient_outage(
     make_smtpd: Callable[..., Smtpd], certificate: tuple[Path, Path]
 ) -> None:
-    """A certificate the client does not trust fails the TLS handshake: transient outage."""
-    # Implicit TLS on purpose: aiosmtpd's STARTTLS code can leave its server-side socket
-    # unclosed when a handshake fails, which surfaces here as a ResourceWarning.
-    smtpd = make_smtpd(ssl_context=_server_context(certificate))
-    async with SmtpProvider.from_url(smtpd.url(scheme="smtps"), clock=ManualClock()) as provider:
+    """A certificate the client does not trust fails the STARTTLS handshake: transient outage."""
+    smtpd = make_smtpd(tls_context=_server_context(certificate), require_starttls=True)
+    async with SmtpProvider.from_url(smtpd.url("starttls=true"), clock=ManualClock()) as provider:
         result = await provider.send_email(outgoing())
     assert result.outcome is Outcome.TRANSIENT
     assert result.error_category is ErrorCategory.PROVIDER_OUTAGE

@@ -2,14 +2,14 @@
 
 Shared by the ``outbox`` and ``smtp`` providers (and free for plugins to use).
 
-Why the legacy ``email.mime`` classes (``compat32``) and not
-``email.message.EmailMessage`` with ``policy.default``: building a 2 KB
-multipart/alternative message measured ~1.42 ms with ``EmailMessage`` against
-~0.42 ms with ``email.mime`` + quoted-printable on the same machine and run
-(``../shared/PERFORMANCE.md`` has the same ratio). Message building can cost
-more than the SMTP exchange, so we pay for the cheap path with a little care:
-``compat32`` does not encode non-ASCII headers or refuse CR/LF on its own, so
-this module RFC 2047-encodes the subject and display names itself
+Why ``compat32`` (the legacy API under the ``email.mime`` classes) and not
+``email.message.EmailMessage`` with ``policy.default``: building the same 2 KB
+multipart/alternative message measured, in one run, ~1.43 ms with
+``EmailMessage``, ~0.42 ms with the ``email.mime`` classes and ~0.39 ms with
+this module (``../shared/PERFORMANCE.md`` found the same ~3.5x ratio). Message
+building can cost more than the SMTP exchange, so we take the cheap path with a
+little care: ``compat32`` neither encodes non-ASCII headers nor refuses CR/LF on
+its own, so this module RFC 2047-encodes the subject and display names itself
 (:class:`email.header.Header`), refuses line breaks in header values, and
 chooses each part's transfer encoding so no output line exceeds 998 octets
 (RFC 5322 §2.1.1).

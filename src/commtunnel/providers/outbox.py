@@ -8,12 +8,12 @@ never sees half a message and a retried send simply replaces the file.
 
 URL forms accepted by :meth:`OutboxProvider.from_url`:
 
-======================  =====================================================
-``outbox:///abs/path``  an absolute directory
-``outbox:rel/path``     a directory relative to the current working directory
-``outbox://./rel/path`` the same, written with an authority of ``.``
-``outbox:`` / ``outbox://``  ``./outbox`` (the default directory)
-======================  =====================================================
+==========================  ===========================================================
+``outbox:///abs/path``      an absolute directory (``outbox://localhost/abs/path`` too)
+``outbox:rel/path``         a directory relative to the current working directory
+``outbox://./rel/path``     the same, written with an authority of ``.``
+``outbox:``, ``outbox://``  ``./outbox`` (the default directory)
+==========================  ===========================================================
 
 Relative paths are resolved against the working directory when the URL is
 parsed. Percent-escapes in the path are decoded. No query options are accepted.
@@ -50,7 +50,8 @@ class OutboxProvider:
     against ~170-280 µs through ``anyio.to_thread`` on the reference machine,
     and the thread hop buys nothing for files this small on a local disk. The
     file is not fsynced: the outbox is a development sink, and an fsync costs
-    milliseconds per message on real disks.
+    milliseconds per message on real disks. Files are readable by their owner
+    only (``mkstemp``'s mode 0600): they hold private mail.
 
     Args:
         directory: where the ``.eml`` files go; created on first send if missing.

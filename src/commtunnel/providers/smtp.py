@@ -10,15 +10,15 @@ URL (parsed by :meth:`SmtpProvider.from_url`)::
     smtp://[user[:password]@]host[:port][?option=value&...]
     smtps://...                       implicit TLS, port 465 by default
 
-======================  =============================================================
-``starttls=true|false`` upgrade with STARTTLS (required when true; never when false).
-                        Absent: upgrade when the server offers it. Port 587 when true.
-``tls=true|false``      implicit TLS on ``smtp://`` (same as ``smtps://``).
-``timeout=30``          seconds for connecting and for each SMTP reply (0 < t <= 3600).
-``pool_size=8``         connections kept open at most (1..64).
-``local_hostname=...``  the name sent in EHLO (default: this host's FQDN).
-``verify=true|false``   check the server certificate (default true).
-======================  =============================================================
+=======================  ===============================================================
+``starttls=true|false``  upgrade with STARTTLS (required when true; never when false).
+                         Absent: upgrade when the server offers it. Port 587 when true.
+``tls=true|false``       implicit TLS on ``smtp://`` (same as ``smtps://``).
+``timeout=30``           seconds for connecting and for each SMTP reply (0 < t <= 3600).
+``pool_size=8``          connections kept open at most (1..64).
+``local_hostname=...``   the name sent in EHLO (default: this host's FQDN).
+``verify=true|false``    check the server certificate (default true).
+=======================  ===============================================================
 
 User name and password are percent-decoded (``smtp://me%40x.com:p%2Fw@host``).
 The default port is 25, 587 with ``starttls=true``, 465 with implicit TLS. The
@@ -27,16 +27,18 @@ password never appears in logs, ``repr`` or error messages: use
 
 Classification (``../shared/DESIGN.md``, "Provider results"), see :func:`classify`:
 
-==========================================================  ============================
-connection refused, ``OSError``, connect errors, disconnects   transient PROVIDER_OUTAGE
-``SMTPTimeoutError`` / ``TimeoutError``                        transient TIMEOUT
-``SMTPAuthenticationError`` (535...)                           transient AUTH
-452, or a 4xx saying "too many" / "rate" / "limit"             transient RATE_LIMITED
-other 4xx (421, 450, 451...)                                   transient PROVIDER_OUTAGE
-5xx refusing a recipient (550, 551, 553)                       permanent INVALID_RECIPIENT
-other 5xx (554 on DATA, sender refused...)                     permanent REJECTED
-anything else                                                  transient UNKNOWN
-==========================================================  ============================
+==========================================================  ===========================
+connection refused, ``OSError``, TLS errors, disconnects    transient PROVIDER_OUTAGE
+a greeting other than 220 (even 554): no service right now  transient PROVIDER_OUTAGE
+``SMTPTimeoutError`` / ``TimeoutError``                     transient TIMEOUT
+``SMTPAuthenticationError`` (535...), or no AUTH offered    transient AUTH
+452, or a 4xx saying "too many" / "rate" / "limit"          transient RATE_LIMITED
+other 4xx (421, 450, 451...)                                transient PROVIDER_OUTAGE
+5xx refusing a recipient (550, 551, 553)                    permanent INVALID_RECIPIENT
+other 5xx (554 on DATA, sender refused...)                  permanent REJECTED
+a message that cannot be built (no body, bad address)       permanent REJECTED
+anything else                                               transient UNKNOWN
+==========================================================  ===========================
 
 AUTH is transient on purpose: the operator can fix the credentials and the
 queued messages then go out; nothing accepted is lost.
@@ -402,9 +404,9 @@ class SmtpProvider:
             try:
                 await self._transaction(sender, recipients, data)
             except Exception as exc:
-                result = classify(exc)
+                result = self._scrub(classify(exc))
                 logger.debug("SMTP send via %s failed: %s", self.redacted_url, result)
-                return self._scrub(result)
+                return result
         return ProviderResult.accepted(email.content.message_id_header.strip().strip("<>"))
 
     async def _transaction(self, sender: str, recipients: Sequence[str], data: bytes) -> None:
@@ -421,13 +423,14 @@ class SmtpProvider:
     async def _sendmail(
         self, conn: aiosmtplib.SMTP, sender: str, recipients: Sequence[str], data: bytes
     ) -> None:
+        transport = conn.transport  # aiosmtplib forgets it when it closes on an error
         try:
             await conn.sendmail(sender, recipients, data)
         except BaseException:
-            self._discard(conn)  # its state is unknown: never lend it again
+            self._discard(conn, transport)  # its state is unknown: never lend it again
             raise
         if self._closed:
-            self._discard(conn)
+            self._discard(conn, transport)
         else:
             self._idle.append(conn)
 
@@ -437,7 +440,7 @@ class SmtpProvider:
             conn = self._idle.pop()  # most recently used first: the least likely to be stale
             if conn.is_connected:
                 return conn, True
-            self._discard(conn)  # the server closed it while idle, and we noticed
+            self._discard(conn, conn.transport)  # the server closed it while idle
         return await self._connect(), False
 
     async def _connect(self) -> aiosmtplib.SMTP:
@@ -458,12 +461,16 @@ class SmtpProvider:
         try:
             await conn.connect()
         except BaseException:
-            self._discard(conn)
+            self._discard(conn, conn.transport)
             raise
         return conn
 
-    def _discard(self, conn: aiosmtplib.SMTP) -> None:
-        transport = conn.transport
+    def _discard(self, conn: aiosmtplib.SMTP, transport: asyncio.BaseTransport | None) -> None:
+        """Close ``conn`` for good and forget it.
+
+        ``transport`` is the transport it used, captured by the caller because
+        aiosmtplib drops its own reference when it closes on an error or after QUIT.
+        """
         conn.close()  # resets aiosmtplib's state; for TLS it starts a graceful shutdown...
         if isinstance(transport, asyncio.WriteTransport):
             # ...which waits for the peer's close_notify. The session is over either way
@@ -489,13 +496,14 @@ class SmtpProvider:
         idle, self._idle = self._idle, []
 
         async def quit_and_close(conn: aiosmtplib.SMTP) -> None:
+            transport = conn.transport  # quit() closes gracefully and forgets it
             try:
                 if conn.is_connected:
                     await conn.quit(timeout=min(_QUIT_TIMEOUT, self.settings.timeout))
             except (aiosmtplib.SMTPException, OSError):
                 pass  # the server went away first: closing is all that is left
             finally:
-                self._discard(conn)
+                self._discard(conn, transport)
 
         async with anyio.create_task_group() as tg:
             for conn in idle:
