@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import attrs
 
@@ -330,8 +330,3 @@ class EmailProvider(Protocol):
     async def aclose(self) -> None:
         """Close connections and pools."""
         ...
-
-
-#: A provider factory as found through the ``commtunnel.providers`` entry points:
-#: called with the parsed URL and returns a provider.
-ProviderFactory = Callable[..., Any]

@@ -13,23 +13,6 @@ import attrs
 
 from commtunnel.domain.messages import Channel, Status, _aware
 
-EMAIL_EVENT_TYPES: tuple[str, ...] = tuple(
-    f"email_{what}"
-    for what in (
-        "queued",
-        "scheduled",
-        "processing",
-        "retrying",
-        "sent",
-        "delivered",
-        "opened",
-        "clicked",
-        "bounced",
-        "complained",
-        "failed",
-    )
-)
-
 
 @attrs.frozen(kw_only=True)
 class TimelineEvent:
