@@ -8,7 +8,7 @@ every implementation.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
@@ -17,7 +17,15 @@ import attrs
 from commtunnel.domain.delivery import ProviderResult
 from commtunnel.domain.events import TimelineEvent
 from commtunnel.domain.keys import ApiKey, Organization
-from commtunnel.domain.messages import Attempt, Channel, EmailContent, Message, Status, _aware
+from commtunnel.domain.messages import (
+    Attempt,
+    Channel,
+    EmailContent,
+    Message,
+    SmsContent,
+    Status,
+    _aware,
+)
 
 
 class Clock(Protocol):
@@ -158,6 +166,49 @@ class OutgoingEmail:
     content: EmailContent
     created_at: datetime = attrs.field(validator=_aware)
     attempt_number: int = 1
+
+
+@attrs.frozen(kw_only=True)
+class OutgoingSms:
+    """What an SMS provider is asked to deliver (one MT message).
+
+    Attributes:
+        message_id: Commtunnel's id for the message (UUIDv7 string); providers
+            that accept a client reference should pass it on.
+        org_id: owning organization.
+        content: sender ID, E.164 recipient, body, encoding and segments.
+        created_at: acceptance time.
+        attempt_number: 1 for the first attempt.
+        status_callback_url: where the provider should POST delivery receipts
+            (``<public base URL>/v1/webhooks/sms/provider``), or None when no
+            public URL is configured.
+    """
+
+    message_id: str
+    org_id: str
+    content: SmsContent
+    created_at: datetime = attrs.field(validator=_aware)
+    attempt_number: int = 1
+    status_callback_url: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class DeliveryReceipt:
+    """A delivery receipt (DLR) parsed from a provider's status callback.
+
+    Attributes:
+        provider_message_id: the provider's id for the message (as returned at send).
+        status: what the receipt says: SENT, DELIVERED or FAILED.
+        provider_status: the provider's own word (``delivered``, ``undelivered`` ...).
+        error_code: the provider's error code for a failure, as text.
+        error_message: the provider's explanation, if any.
+    """
+
+    provider_message_id: str
+    status: Status
+    provider_status: str
+    error_code: str | None = None
+    error_message: str | None = None
 
 
 # --------------------------------------------------------------------------- ports
@@ -329,4 +380,44 @@ class EmailProvider(Protocol):
 
     async def aclose(self) -> None:
         """Close connections and pools."""
+        ...
+
+
+@runtime_checkable
+class SmsProvider(Protocol):
+    """Delivers one SMS (MT). Plugins implement this (see ``ADDING_PROVIDERS.md``).
+
+    ``send_sms`` must not raise for delivery problems: it returns a classified
+    :class:`ProviderResult` (the provider's message id when accepted).
+    """
+
+    name: str
+
+    async def send_sms(self, sms: OutgoingSms) -> ProviderResult:
+        """Hand ``sms`` to the provider and classify the outcome."""
+        ...
+
+    def parse_status_callback(
+        self, *, url: str, headers: Mapping[str, str], body: bytes
+    ) -> list[DeliveryReceipt]:
+        """Verify and parse a signed status callback the provider POSTed to us.
+
+        Args:
+            url: the full URL the callback was POSTed to, as the provider saw it
+                (signatures such as Twilio's cover it).
+            headers: request headers (case-insensitive mapping).
+            body: the raw request body.
+
+        Returns:
+            The receipts it carries (usually one).
+
+        Raises:
+            WebhookSignatureError: the signature is missing or wrong.
+            ValidationError: the body is not a status callback this provider sends.
+            NotFoundError: the provider has no signed status callbacks.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Close connections."""
         ...

@@ -8,13 +8,19 @@
     ├── UnauthorizedError                 401 UNAUTHORIZED
     ├── InsufficientScopeError            403 INSUFFICIENT_SCOPE (details.requiredScope)
     ├── SenderNotVerifiedError            403 SENDER_NOT_VERIFIED
+    ├── SmsSenderIdNotApprovedError       403 SMS_SENDER_ID_NOT_APPROVED
+    ├── SmsBrandNotApprovedError          403 SMS_BRAND_NOT_APPROVED
+    ├── SmsRecipientOptedOutError         403 SMS_RECIPIENT_OPTED_OUT
+    ├── WebhookAuthError                  401 INVALID_WEBHOOK_TOKEN / INVALID_WEBHOOK_SIGNATURE
     ├── NotFoundError                     404 NOT_FOUND
     ├── IdempotencyKeyInUseError          409 IDEMPOTENCY_KEY_IN_USE
     ├── IdempotencyKeyReusedError         422 IDEMPOTENCY_KEY_REUSED
     ├── InvalidTransitionError            409 INVALID_STATUS_TRANSITION
+    ├── MessageNotRetryableError          409 MESSAGE_NOT_RETRYABLE (only FAILED messages)
     ├── ConflictError                     409 CONFLICT (a name already taken)
     ├── PayloadTooLargeError              413 PAYLOAD_TOO_LARGE
     ├── RateLimitedError                  429 RATE_LIMITED
+    │   └── OtpCooldownError              429 OTP_COOLDOWN
     ├── ProviderConfigError               500 PROVIDER_CONFIG_ERROR (bad provider URL)
     └── InternalError                     500 INTERNAL_ERROR
 
@@ -41,6 +47,13 @@ CONFLICT = "CONFLICT"
 RATE_LIMITED = "RATE_LIMITED"
 PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
 METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+SMS_SENDER_ID_NOT_APPROVED = "SMS_SENDER_ID_NOT_APPROVED"
+SMS_BRAND_NOT_APPROVED = "SMS_BRAND_NOT_APPROVED"
+SMS_RECIPIENT_OPTED_OUT = "SMS_RECIPIENT_OPTED_OUT"
+OTP_COOLDOWN = "OTP_COOLDOWN"
+MESSAGE_NOT_RETRYABLE = "MESSAGE_NOT_RETRYABLE"
+INVALID_WEBHOOK_TOKEN = "INVALID_WEBHOOK_TOKEN"  # noqa: S105 - an error code, not a secret
+INVALID_WEBHOOK_SIGNATURE = "INVALID_WEBHOOK_SIGNATURE"
 PROVIDER_CONFIG_ERROR = "PROVIDER_CONFIG_ERROR"
 INTERNAL_ERROR = "INTERNAL_ERROR"
 
@@ -119,6 +132,40 @@ class SenderNotVerifiedError(CommtunnelError):
     http_status = 403
 
 
+class SmsSenderIdNotApprovedError(CommtunnelError):
+    """The ``senderId`` is neither approved for the organization nor the platform default."""
+
+    code = SMS_SENDER_ID_NOT_APPROVED
+    http_status = 403
+
+
+class SmsBrandNotApprovedError(CommtunnelError):
+    """The OTP ``brandName`` is not approved for the OTP flow in the organization."""
+
+    code = SMS_BRAND_NOT_APPROVED
+    http_status = 403
+
+
+class SmsRecipientOptedOutError(CommtunnelError):
+    """The recipient is on the organization's SMS opt-out list."""
+
+    code = SMS_RECIPIENT_OPTED_OUT
+    http_status = 403
+
+
+class WebhookAuthError(CommtunnelError):
+    """An inbound webhook (DLR, MO, provider callback) failed its token or signature check."""
+
+    code = INVALID_WEBHOOK_TOKEN
+    http_status = 401
+
+
+class WebhookSignatureError(WebhookAuthError):
+    """An inbound webhook's signature header is missing or does not match the body."""
+
+    code = INVALID_WEBHOOK_SIGNATURE
+
+
 class NotFoundError(CommtunnelError):
     """No such record in the caller's organization (another organization's record included)."""
 
@@ -147,6 +194,13 @@ class InvalidTransitionError(CommtunnelError):
     http_status = 409
 
 
+class MessageNotRetryableError(CommtunnelError):
+    """A retry was asked for a message that is not FAILED (``details.status``)."""
+
+    code = MESSAGE_NOT_RETRYABLE
+    http_status = 409
+
+
 class ConflictError(CommtunnelError):
     """A unique name (organization, template name) is already taken."""
 
@@ -170,6 +224,12 @@ class RateLimitedError(CommtunnelError):
     def __init__(self, message: str, *, retry_after: int) -> None:
         super().__init__(message, details={"retryAfter": retry_after})
         self.retry_after = retry_after
+
+
+class OtpCooldownError(RateLimitedError):
+    """An OTP to the same recipient and purpose was sent within the cooldown."""
+
+    code = OTP_COOLDOWN
 
 
 class ProviderConfigError(CommtunnelError):

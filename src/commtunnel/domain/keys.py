@@ -31,6 +31,8 @@ class Scope(enum.StrEnum):
     READ_SMS = "read:sms"
     SEND_WHATSAPP = "send:whatsapp"
     READ_WHATSAPP = "read:whatsapp"
+    SENDER_IDS_REQUEST = "sender_ids:request"  # request SMS sender IDs / OTP brands
+    PLATFORM_ADMIN = "platform:admin"  # review sender-ID requests (operators only)
 
 
 ALL_SCOPES: frozenset[str] = frozenset(s.value for s in Scope)

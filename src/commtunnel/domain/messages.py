@@ -133,6 +133,33 @@ class EmailContent:
 
 
 @attrs.frozen(kw_only=True)
+class SmsContent:
+    """The content of one SMS (MT), as accepted.
+
+    Attributes:
+        sender_id: the approved sender ID or OTP brand shown on the handset
+            (alphanumeric <= 11 characters or numeric <= 16).
+        to: the recipient in E.164 (``+`` and up to 15 digits, ITU-T E.164).
+        body: the text, at most 1600 characters.
+        send_type: 0 normal, 1 flash (class 0), 2 unicode (UCS-2 forced).
+        encoding: ``GSM7`` or ``UCS2`` (3GPP TS 23.038).
+        segments: parts the body is split into (3GPP TS 23.040 concatenation).
+        flow: ``STANDARD`` or ``OTP``.
+        purpose: the OTP purpose (``LOGIN``, ``PHONE_VERIFICATION``,
+            ``PASSWORD_RESET``); None for standard messages.
+    """
+
+    sender_id: str
+    to: str
+    body: str
+    send_type: int = 0
+    encoding: str = "GSM7"
+    segments: int = 1
+    flow: str = "STANDARD"
+    purpose: str | None = None
+
+
+@attrs.frozen(kw_only=True)
 class Message:
     """A message as stored: identity, ownership, state and content.
 
@@ -143,6 +170,7 @@ class Message:
         status: current status.
         sandbox: True for sandbox sends and ``ct_test_`` keys (never reaches a provider).
         email: content for the email channel.
+        sms: content for the SMS channel.
         created_at / updated_at: UTC, timezone-aware.
         provider_message_id: the provider's reference once accepted.
         attempt_count: provider calls made so far.
@@ -160,6 +188,7 @@ class Message:
     provider_message_id: str | None = None
     attempt_count: int = 0
     last_error: str | None = None
+    sms: SmsContent | None = None
 
 
 @attrs.frozen(kw_only=True)
