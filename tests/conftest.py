@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from commtunnel import Commtunnel, Settings
-from commtunnel.testing import ManualClock, MockProvider
+from commtunnel.testing import ManualClock, MockProvider, MockSmsProvider
 
 
 @pytest.fixture
@@ -28,17 +28,27 @@ def provider() -> MockProvider:
 
 
 @pytest.fixture
+def sms_provider() -> MockSmsProvider:
+    return MockSmsProvider()
+
+
+@pytest.fixture
 def settings() -> Settings:
     return Settings(embedded_worker=False, lease_seconds=60, send_timeout=5)
 
 
 @pytest.fixture
 async def ct(
-    tmp_path: Path, clock: ManualClock, provider: MockProvider, settings: Settings
+    tmp_path: Path,
+    clock: ManualClock,
+    provider: MockProvider,
+    sms_provider: MockSmsProvider,
+    settings: Settings,
 ) -> AsyncIterator[Commtunnel]:
     async with Commtunnel.open(
         db=tmp_path / "ct.db",
         email_provider=provider,
+        sms_provider=sms_provider,
         clock=clock,
         settings=settings,
         rng=random.Random(7),

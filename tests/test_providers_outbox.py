@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import email
 import email.policy
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from commtunnel.domain.delivery import ErrorCategory, Outcome
-from commtunnel.domain.errors import ProviderConfigError
-from commtunnel.domain.messages import EmailContent
-from commtunnel.ports import EmailProvider, OutgoingEmail
+from commtunnel.domain.errors import NotFoundError, ProviderConfigError
+from commtunnel.domain.messages import EmailContent, SmsContent
+from commtunnel.ports import EmailProvider, OutgoingEmail, OutgoingSms, SmsProvider
 from commtunnel.providers import load_provider
 from commtunnel.providers.mime import build_mime
 from commtunnel.providers.outbox import OutboxProvider
@@ -198,3 +199,106 @@ def test_load_provider_wraps_outbox_url_errors() -> None:
     """A bad outbox URL through load_provider becomes ProviderConfigError."""
     with pytest.raises(ProviderConfigError, match="authority"):
         load_provider("outbox://mailhost/x", clock=ManualClock())
+
+
+# --------------------------------------------------------------------------- SMS
+
+
+def outgoing_sms(
+    *, message_id: str = MESSAGE_ID, body: str = "Votre code : 123456 €", attempt: int = 1
+) -> OutgoingSms:
+    content = SmsContent(
+        sender_id="ACME",
+        to="+2348012345678",
+        body=body,
+        send_type=2,
+        encoding="UCS2",
+        segments=1,
+        flow="OTP",
+        purpose="LOGIN",
+    )
+    return OutgoingSms(
+        message_id=message_id,
+        org_id="org-1",
+        content=content,
+        created_at=datetime(2026, 1, 1, 12, 30, 5, 123456, tzinfo=UTC),
+        attempt_number=attempt,
+        status_callback_url="https://ct.example.com/v1/webhooks/sms/provider",
+    )
+
+
+@pytest.mark.anyio
+async def test_send_sms_writes_message_id_sms_json(tmp_path: Path) -> None:
+    """send_sms writes <dir>/<message_id>.sms.json with the documented fields, UTF-8."""
+    provider = OutboxProvider(tmp_path, clock=ManualClock())
+    result = await provider.send_sms(outgoing_sms(attempt=2))
+    assert result.outcome is Outcome.ACCEPTED
+    assert result.provider_message_id == f"outbox-{MESSAGE_ID}"
+    written = json.loads((tmp_path / f"{MESSAGE_ID}.sms.json").read_text(encoding="utf-8"))
+    assert written == {
+        "id": MESSAGE_ID,
+        "orgId": "org-1",
+        "from": "ACME",
+        "to": "+2348012345678",
+        "body": "Votre code : 123456 €",
+        "encoding": "UCS2",
+        "segments": 1,
+        "sendType": 2,
+        "flow": "OTP",
+        "purpose": "LOGIN",
+        "createdAt": "2026-01-01T12:30:05.123Z",
+        "attemptNumber": 2,
+    }
+
+
+@pytest.mark.anyio
+async def test_sms_and_email_share_the_directory_and_resends_replace(tmp_path: Path) -> None:
+    """One outbox serves both channels; a resent SMS replaces its file, no temporary file left."""
+    provider = OutboxProvider(tmp_path / "outbox", clock=ManualClock())
+    await provider.send_email(outgoing())
+    await provider.send_sms(outgoing_sms(body="first"))
+    await provider.send_sms(outgoing_sms(body="second"))
+    names = sorted(p.name for p in (tmp_path / "outbox").iterdir())
+    assert names == [f"{MESSAGE_ID}.eml", f"{MESSAGE_ID}.sms.json"]
+    written = json.loads((tmp_path / "outbox" / f"{MESSAGE_ID}.sms.json").read_bytes())
+    assert written["body"] == "second"
+
+
+@pytest.mark.anyio
+async def test_sms_with_unsafe_message_id_is_refused_without_writing(tmp_path: Path) -> None:
+    """An SMS id that could escape the directory is a permanent REJECTED, nothing written."""
+    provider = OutboxProvider(tmp_path / "outbox", clock=ManualClock())
+    result = await provider.send_sms(outgoing_sms(message_id="../escaped"))
+    assert (result.outcome, result.error_category) == (Outcome.PERMANENT, ErrorCategory.REJECTED)
+    assert list(tmp_path.iterdir()) == []  # noqa: ASYNC240 (test inspection)
+
+
+@pytest.mark.anyio
+async def test_sms_write_failure_is_a_transient_provider_outage(tmp_path: Path) -> None:
+    """When the SMS file cannot be written (the directory is a file), the result is transient."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    provider = OutboxProvider(blocker, clock=ManualClock())
+    result = await provider.send_sms(outgoing_sms())
+    assert (result.outcome, result.error_category) == (
+        Outcome.TRANSIENT,
+        ErrorCategory.PROVIDER_OUTAGE,
+    )
+
+
+def test_outbox_has_no_status_callbacks(tmp_path: Path) -> None:
+    """parse_status_callback always raises NotFoundError: the outbox sends no receipts."""
+    provider = OutboxProvider(tmp_path, clock=ManualClock())
+    with pytest.raises(NotFoundError):
+        provider.parse_status_callback(url="https://x/cb", headers={}, body=b"MessageSid=SM1")
+
+
+@pytest.mark.anyio
+async def test_one_outbox_url_is_an_sms_provider_too(tmp_path: Path) -> None:
+    """load_provider('outbox://...') gives a provider that satisfies both ports."""
+    provider = load_provider(f"outbox://{tmp_path}", clock=ManualClock())
+    assert isinstance(provider, EmailProvider)
+    assert isinstance(provider, SmsProvider)
+    result = await provider.send_sms(outgoing_sms())
+    assert result.outcome is Outcome.ACCEPTED
+    assert (tmp_path / f"{MESSAGE_ID}.sms.json").is_file()

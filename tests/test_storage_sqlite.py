@@ -98,20 +98,36 @@ async def test_older_file_is_upgraded(
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path, isolation_level=None)
     sqlite_schema.migrate(conn, ts(clock.now()), target=1)
+    now = ts(clock.now())
+    conn.execute("INSERT INTO orgs (id, name, created_at) VALUES ('o1', 'old', ?)", (now,))
     conn.execute(
-        "INSERT INTO orgs (id, name, created_at) VALUES ('o1', 'old', ?)", (ts(clock.now()),)
+        "INSERT INTO events (id, org_id, message_id, type, status, created_at, details) "
+        "VALUES ('e1', 'o1', 'm1', 'email_queued', 'QUEUED', ?, '{}')",
+        (now,),
+    )
+    conn.execute(
+        "INSERT INTO jobs (id, message_id, run_at, created_at) VALUES ('m1', 'm1', ?, ?)",
+        (now, now),
     )
     conn.close()
     newer = [
         *sqlite_schema.MIGRATIONS,
-        (2, "CREATE TABLE future_feature (id TEXT PRIMARY KEY)"),
+        (3, "CREATE TABLE future_feature (id TEXT PRIMARY KEY)"),
     ]
     monkeypatch.setattr(sqlite_schema, "MIGRATIONS", newer)
-    monkeypatch.setattr(sqlite_schema, "LATEST_VERSION", 2)
+    monkeypatch.setattr(sqlite_schema, "LATEST_VERSION", 3)
     b = SqliteBackend(path, clock=clock)
     await b.open()
-    assert b.schema_version() == 2
-    assert b.conn.execute("SELECT name FROM orgs").fetchone()[0] == "old"
+    assert b.schema_version() == 3
+    assert b.conn.execute("SELECT name, otp_ignores_opt_out FROM orgs").fetchone() == ("old", 0)
+    # v2 rebuilt the events table (message_id may be NULL now) and kept its rows
+    assert b.conn.execute("SELECT id, message_id, type FROM events").fetchall() == [
+        ("e1", "m1", "email_queued")
+    ]
+    notnull = {row[1]: row[3] for row in b.conn.execute("PRAGMA table_info(events)")}
+    assert notnull["message_id"] == 0
+    assert b.conn.execute("SELECT attempts_before FROM jobs").fetchone()[0] == 0
+    assert b.conn.execute("SELECT COUNT(*) FROM sms_opt_outs").fetchone()[0] == 0
     assert b.conn.execute("SELECT COUNT(*) FROM future_feature").fetchone()[0] == 0
     await b.aclose()
 

@@ -26,12 +26,15 @@ from typing import Any, Self, TypeVar
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from commtunnel.backends.sqlite import SqliteBackend
+from commtunnel.backends.sqlite_sms import SqliteSmsStore
 from commtunnel.clock import SystemClock
 from commtunnel.config import Settings
+from commtunnel.domain.errors import ProviderConfigError
 from commtunnel.domain.events import TimelineEvent
 from commtunnel.domain.keys import ALL_SCOPES, Organization, Principal
-from commtunnel.ports import Clock, EmailProvider
-from commtunnel.providers import load_provider
+from commtunnel.domain.messages import Message
+from commtunnel.ports import Clock, EmailProvider, SmsProvider
+from commtunnel.providers import load_provider, redact_url
 from commtunnel.services.admin import AdminService
 from commtunnel.services.auth import KeyService
 from commtunnel.services.dispatch import Dispatcher
@@ -42,6 +45,15 @@ from commtunnel.services.email import (
     EmailStatus,
     Rendered,
     SendResult,
+)
+from commtunnel.services.sms import (
+    OtpSendRequest,
+    OtpSendResult,
+    Page,
+    SmsSendRequest,
+    SmsSendResult,
+    SmsService,
+    SmsStatus,
 )
 from commtunnel.services.templates import TemplateRenderer
 
@@ -124,6 +136,91 @@ class EmailClient:
         return await self._service.stats(self.principal, start=start, end=end)
 
 
+def _same(a: object, b: object) -> bool:
+    """Whether two provider references are one object (one provider may serve two channels)."""
+    return a is b
+
+
+class SmsClient:
+    """The SMS channel for one principal (in process: the facade's organization).
+
+    Every method has the HTTP route's meaning and raises the same errors
+    (see :class:`~commtunnel.services.sms.SmsService`).
+    """
+
+    def __init__(self, service: SmsService, principal: Principal) -> None:
+        self._service = service
+        self.principal = principal
+
+    async def send(
+        self,
+        *,
+        to: str,
+        sender_id: str,
+        body: str,
+        send_type: int = 0,
+        sandbox_mode: bool = False,
+        idempotency_key: str | None = None,
+    ) -> SmsSendResult:
+        """Queue an SMS; ``to`` in E.164, ``send_type`` 0 normal / 1 flash / 2 unicode."""
+        request = SmsSendRequest(
+            to=to,
+            sender_id=sender_id,
+            body=body,
+            send_type=send_type,
+            sandbox_mode=sandbox_mode,
+            idempotency_key=idempotency_key,
+        )
+        return await self._service.send(self.principal, request)
+
+    async def send_otp(
+        self,
+        *,
+        to: str,
+        brand_name: str,
+        otp_code: str,
+        purpose: str | None = None,
+        sandbox_mode: bool = False,
+        idempotency_key: str | None = None,
+    ) -> OtpSendResult:
+        """Queue a one-time passcode (``otp_code`` a string of 4-8 digits)."""
+        request = OtpSendRequest(
+            to=to,
+            brand_name=brand_name,
+            otp_code=otp_code,
+            purpose=purpose,
+            sandbox_mode=sandbox_mode,
+            idempotency_key=idempotency_key,
+        )
+        return await self._service.send_otp(self.principal, request)
+
+    async def get(self, message_id: str) -> SmsStatus:
+        """Status, content and attempts of one SMS."""
+        return await self._service.get(self.principal, message_id)
+
+    async def timeline(self, message_id: str, *, limit: int = 100) -> list[TimelineEvent]:
+        """Events of one SMS, oldest first."""
+        return await self._service.timeline(self.principal, message_id, limit=limit)
+
+    async def retry(self, message_id: str) -> Message:
+        """Re-queue a FAILED SMS."""
+        return await self._service.retry(self.principal, message_id)
+
+    async def list(
+        self,
+        *,
+        flow: str | None = None,
+        status: str | None = None,
+        query: str | None = None,
+        page: int = 1,
+        page_size: int = 20,
+    ) -> Page:
+        """SMS of the organization, newest first (filters as ``GET /v1/sms``)."""
+        return await self._service.list_messages(
+            self.principal, flow=flow, status=status, query=query, page=page, page_size=page_size
+        )
+
+
 class Commtunnel:
     """The async facade and composition root.
 
@@ -131,6 +228,7 @@ class Commtunnel:
         backend: storage + queue (the SQLite backend by default).
         email_provider: the email channel's provider.
         clock: every "now" (``SystemClock`` by default; ``ManualClock`` in tests).
+        sms_provider: the SMS channel's provider (None: SMS attempts fail as UNSUPPORTED).
         settings: limits, retry policy, worker tuning.
         org: the organization ``ct.email`` acts for in process (created if missing).
         rng: jitter source for the worker's backoff (seed it in tests).
@@ -148,9 +246,11 @@ class Commtunnel:
         settings: Settings,
         org: str = "default",
         rng: random.Random | None = None,
+        sms_provider: SmsProvider | None = None,
     ) -> None:
         self.backend = backend
         self.email_provider = email_provider
+        self.sms_provider = sms_provider
         self.clock = clock
         self.settings = settings
         self._org_name = org
@@ -160,6 +260,18 @@ class Commtunnel:
         self.admin = AdminService(backend, clock, self.renderer)
         self.emails = EmailService(
             backend, clock, self.renderer, idempotency_retention=settings.idempotency_retention
+        )
+        self.sms_store = SqliteSmsStore(backend)
+        self.sms_service = SmsService(
+            backend,
+            self.sms_store,
+            clock,
+            default_sender_id=settings.sms_default_sender_id,
+            otp_cooldown=settings.otp_cooldown,
+            idempotency_retention=settings.idempotency_retention,
+            help_text=settings.sms_help_text,
+            stop_text=settings.sms_stop_text,
+            start_text=settings.sms_start_text,
         )
         self._org: Organization | None = None
         self._dispatcher: Dispatcher | None = None
@@ -174,12 +286,14 @@ class Commtunnel:
         settings: Settings | None = None,
         org: str = "default",
         rng: random.Random | None = None,
+        sms_provider: str | SmsProvider | None = None,
     ) -> Commtunnel:
         """Build a facade from settings (environment by default), not yet started.
 
         Args:
             db: SQLite path; overrides ``settings.db``.
             email_provider: a provider URL or an instance; overrides the setting.
+            sms_provider: a provider URL or an instance; overrides the setting.
             clock: defaults to the system clock.
             settings: defaults to ``Settings.from_env()``.
             org: the in-process organization name.
@@ -194,6 +308,13 @@ class Commtunnel:
         provider = email_provider if email_provider is not None else settings.email_provider
         if isinstance(provider, str):
             provider = load_provider(provider, clock=clock)
+        sms = sms_provider if sms_provider is not None else settings.sms_provider
+        if isinstance(sms, str):
+            sms = load_provider(sms, clock=clock)
+            if not isinstance(sms, SmsProvider):
+                raise ProviderConfigError(
+                    f"The provider for {redact_url(settings.sms_provider)} cannot send SMS"
+                )
         return cls(
             backend=SqliteBackend(path, clock=clock),
             email_provider=provider,
@@ -201,6 +322,7 @@ class Commtunnel:
             settings=settings,
             org=org,
             rng=rng,
+            sms_provider=sms,
         )
 
     async def start(self) -> Self:
@@ -213,6 +335,8 @@ class Commtunnel:
         """Close the provider and storage (pending writes are committed first)."""
         try:
             await self.email_provider.aclose()
+            if self.sms_provider is not None and not _same(self.sms_provider, self.email_provider):
+                await self.sms_provider.aclose()
         finally:
             await self.backend.aclose()
 
@@ -233,6 +357,11 @@ class Commtunnel:
     def email(self) -> EmailClient:
         """The email channel, acting for :attr:`org` with every scope."""
         return EmailClient(self.emails, Principal(org_id=self.org.id, scopes=ALL_SCOPES))
+
+    @property
+    def sms(self) -> SmsClient:
+        """The SMS channel, acting for :attr:`org` with every scope."""
+        return SmsClient(self.sms_service, Principal(org_id=self.org.id, scopes=ALL_SCOPES))
 
     def email_for(self, principal: Principal) -> EmailClient:
         """The email channel acting for ``principal`` (what the HTTP adapter uses)."""
@@ -256,6 +385,12 @@ class Commtunnel:
                 send_timeout=s.send_timeout,
                 concurrency=s.worker_concurrency,
                 rng=self._rng,
+                sms_provider=self.sms_provider,
+                sms_status_callback_url=(
+                    None
+                    if s.public_url is None
+                    else s.public_url.rstrip("/") + "/v1/webhooks/sms/provider"
+                ),
             )
         return self._dispatcher
 
@@ -302,6 +437,44 @@ class _SyncEmailClient:
         return self._call(self._client.stats, start=start, end=end)
 
 
+class _SyncSmsClient:
+    """Blocking twin of :class:`SmsClient` (same methods, same arguments)."""
+
+    def __init__(self, portal: BlockingPortal, client: SmsClient) -> None:
+        self._portal = portal
+        self._client = client
+
+    def _call(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any, **kwargs: Any) -> T:
+        async def bound() -> T:
+            return await fn(*args, **kwargs)
+
+        return self._portal.call(bound)
+
+    def send(self, **kwargs: Any) -> SmsSendResult:
+        """See :meth:`SmsClient.send`."""
+        return self._call(self._client.send, **kwargs)
+
+    def send_otp(self, **kwargs: Any) -> OtpSendResult:
+        """See :meth:`SmsClient.send_otp`."""
+        return self._call(self._client.send_otp, **kwargs)
+
+    def get(self, message_id: str) -> SmsStatus:
+        """See :meth:`SmsClient.get`."""
+        return self._call(self._client.get, message_id)
+
+    def timeline(self, message_id: str, *, limit: int = 100) -> list[TimelineEvent]:
+        """See :meth:`SmsClient.timeline`."""
+        return self._call(self._client.timeline, message_id, limit=limit)
+
+    def retry(self, message_id: str) -> Message:
+        """See :meth:`SmsClient.retry`."""
+        return self._call(self._client.retry, message_id)
+
+    def list(self, **kwargs: Any) -> Page:
+        """See :meth:`SmsClient.list`."""
+        return self._call(self._client.list, **kwargs)
+
+
 class SyncCommtunnel(AbstractContextManager["SyncCommtunnel"]):
     """The facade for synchronous code (a Flask view, a script).
 
@@ -328,6 +501,7 @@ class SyncCommtunnel(AbstractContextManager["SyncCommtunnel"]):
             self._stop = self._portal.call(self._make_event)
             self._worker_future = self._portal.start_task_soon(self.ct.run_worker, self._stop)
         self.email = _SyncEmailClient(self._portal, self.ct.email)
+        self.sms = _SyncSmsClient(self._portal, self.ct.sms)
 
     @staticmethod
     async def _make_event() -> asyncio.Event:

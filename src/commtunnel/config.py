@@ -16,6 +16,13 @@ Read only when asked (``Settings.from_env()``), never at import time.
 | COMMTUNNEL_LEASE_SECONDS | 60 | a claimed job's lease, seconds |
 | COMMTUNNEL_SEND_TIMEOUT | 30 | one provider call's limit, seconds |
 | COMMTUNNEL_WORKER_CONCURRENCY | 16 | provider calls in flight per worker |
+| COMMTUNNEL_SMS_PROVIDER | outbox://./outbox | SMS provider URL (twilio:, sms+https:) |
+| COMMTUNNEL_SMS_DEFAULT_SENDER_ID | (none) | platform sender ID every organization may use |
+| COMMTUNNEL_OTP_COOLDOWN | 60 | seconds between OTPs to one number for one purpose |
+| COMMTUNNEL_SMS_HELP_TEXT | (see below) | reply to HELP / INFO |
+| COMMTUNNEL_SMS_STOP_TEXT | (see below) | reply confirming STOP |
+| COMMTUNNEL_SMS_START_TEXT | (see below) | reply confirming START |
+| COMMTUNNEL_PUBLIC_URL | (none) | this server's public base URL, for provider status callbacks |
 """
 
 from __future__ import annotations
@@ -30,6 +37,14 @@ from commtunnel.domain.delivery import RetryPolicy
 
 DEFAULT_DB = "commtunnel.db"
 DEFAULT_EMAIL_PROVIDER = "outbox://./outbox"
+DEFAULT_SMS_PROVIDER = "outbox://./outbox"
+DEFAULT_SMS_HELP_TEXT = (
+    "Reply STOP to unsubscribe, START to subscribe again. Msg&data rates may apply."
+)
+DEFAULT_SMS_STOP_TEXT = (
+    "You are unsubscribed and will receive no more messages. Reply START to resubscribe."
+)
+DEFAULT_SMS_START_TEXT = "You are subscribed again. Reply STOP to unsubscribe, HELP for help."
 
 
 def _bool(value: str) -> bool:
@@ -58,6 +73,13 @@ class Settings:
     lease_seconds: float = 60.0
     send_timeout: float = 30.0
     worker_concurrency: int = 16
+    sms_provider: str = DEFAULT_SMS_PROVIDER
+    sms_default_sender_id: str | None = None
+    otp_cooldown: float = 60.0
+    sms_help_text: str = DEFAULT_SMS_HELP_TEXT
+    sms_stop_text: str = DEFAULT_SMS_STOP_TEXT
+    sms_start_text: str = DEFAULT_SMS_START_TEXT
+    public_url: str | None = None
 
     _ENV: ClassVar[dict[str, tuple[str, Any]]] = {
         "COMMTUNNEL_DB": ("db", str),
@@ -73,6 +95,13 @@ class Settings:
         "COMMTUNNEL_LEASE_SECONDS": ("lease_seconds", float),
         "COMMTUNNEL_SEND_TIMEOUT": ("send_timeout", float),
         "COMMTUNNEL_WORKER_CONCURRENCY": ("worker_concurrency", int),
+        "COMMTUNNEL_SMS_PROVIDER": ("sms_provider", str),
+        "COMMTUNNEL_SMS_DEFAULT_SENDER_ID": ("sms_default_sender_id", str),
+        "COMMTUNNEL_OTP_COOLDOWN": ("otp_cooldown", float),
+        "COMMTUNNEL_SMS_HELP_TEXT": ("sms_help_text", str),
+        "COMMTUNNEL_SMS_STOP_TEXT": ("sms_stop_text", str),
+        "COMMTUNNEL_SMS_START_TEXT": ("sms_start_text", str),
+        "COMMTUNNEL_PUBLIC_URL": ("public_url", str),
     }
 
     @classmethod

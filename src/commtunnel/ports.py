@@ -100,13 +100,15 @@ class AcceptResult:
     """What :meth:`Storage.accept` did.
 
     Exactly one of: a new ``message`` (duplicate False); the ``message`` an
-    earlier request with the same key created (duplicate True); or a
-    ``conflict`` with an existing key used for another payload or endpoint.
+    earlier request with the same key created (duplicate True); a
+    ``conflict`` with an existing key used for another payload or endpoint;
+    or ``cooldown_until``, the end of a running cooldown that refused it.
     """
 
     message: Message | None
     duplicate: bool = False
     conflict: IdempotencyRecord | None = None
+    cooldown_until: datetime | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -119,6 +121,8 @@ class ClaimedJob:
         lease_until: UTC time the lease expires and another worker may claim it.
         message: the message, already moved to PROCESSING.
         attempt_number: the number this attempt will carry (1 for the first).
+        attempts_before: attempts made before the last explicit retry; the
+            retry policy counts only the attempts after it.
     """
 
     job_id: str
@@ -126,6 +130,7 @@ class ClaimedJob:
     lease_until: datetime = attrs.field(validator=_aware)
     message: Message
     attempt_number: int
+    attempts_before: int = 0
 
 
 @attrs.frozen(kw_only=True)
@@ -211,6 +216,113 @@ class DeliveryReceipt:
     error_message: str | None = None
 
 
+@attrs.frozen(kw_only=True)
+class SenderIdRequest:
+    """An organization's request to use an SMS sender ID (or an OTP brand name).
+
+    Attributes:
+        id: request id (UUIDv7).
+        org_id: the requesting organization.
+        sender_id: the requested sender ID, or brand name when ``flow`` is OTP.
+        flow: ``STANDARD`` (sender IDs for ``/sms/send``) or ``OTP`` (brands).
+        status: ``PENDING``, ``APPROVED`` or ``REJECTED``.
+        reason: why the organization asks (free text).
+        review_reason: the reviewer's note.
+        reviewed_by: the reviewing API key id (or ``cli``).
+        reviewed_at / created_at: UTC.
+    """
+
+    id: str
+    org_id: str
+    sender_id: str
+    flow: str
+    status: str
+    reason: str | None
+    created_at: datetime = attrs.field(validator=_aware)
+    review_reason: str | None = None
+    reviewed_by: str | None = None
+    reviewed_at: datetime | None = attrs.field(default=None, validator=_aware)
+
+
+@attrs.frozen(kw_only=True)
+class OptOut:
+    """A number on an organization's SMS opt-out list.
+
+    Attributes:
+        phone: E.164.
+        source: how it got there: ``api``, ``cli``, ``inbound_keyword``,
+            ``inbound_opt_out`` or ``provider``.
+    """
+
+    org_id: str
+    phone: str
+    source: str
+    created_at: datetime = attrs.field(validator=_aware)
+
+
+@attrs.frozen(kw_only=True)
+class InboundMessage:
+    """A mobile-originated (MO) message received for an organization.
+
+    Attributes:
+        sender: the handset's number, E.164 (``sms_from``).
+        recipient: our short or long code (``sms_to``), as received.
+        body: the text.
+        keyword: ``STOP``, ``START`` or ``HELP`` when the message was one, else None.
+    """
+
+    id: str
+    org_id: str
+    channel: Channel
+    sender: str
+    recipient: str
+    body: str
+    keyword: str | None
+    created_at: datetime = attrs.field(validator=_aware)
+
+
+@attrs.frozen(kw_only=True)
+class CooldownClaim:
+    """A rate rule checked inside :meth:`Storage.accept` (the OTP cooldown).
+
+    Accept refuses the message when an earlier claim with the same key is
+    still running at ``now``, and otherwise records this one until ``until``.
+
+    Attributes:
+        org_id / recipient / purpose: the key (organization, E.164, OTP purpose).
+        now: the acceptance time.
+        until: when this claim stops blocking the next one (UTC).
+    """
+
+    org_id: str
+    recipient: str
+    purpose: str
+    now: datetime = attrs.field(validator=_aware)
+    until: datetime = attrs.field(validator=_aware)
+
+
+@attrs.frozen(kw_only=True)
+class SmsPage:
+    """One page of an SMS listing, newest first; ``total`` counts every match."""
+
+    messages: list[Message]
+    total: int
+
+
+@attrs.frozen(kw_only=True)
+class ReceiptOutcome:
+    """What applying a delivery receipt did.
+
+    Attributes:
+        message: the message after the receipt (unchanged when not applied).
+        applied: False for a duplicate or out-of-order receipt, which never
+            moves a message backwards.
+    """
+
+    message: Message
+    applied: bool
+
+
 # --------------------------------------------------------------------------- ports
 
 
@@ -294,6 +406,7 @@ class Storage(Protocol):
         *,
         run_at: datetime,
         idempotency: IdempotencyRecord | None,
+        cooldown: CooldownClaim | None = None,
     ) -> AcceptResult:
         """Commit a new message, its first event and its dispatch job in one transaction.
 
@@ -301,6 +414,9 @@ class Storage(Protocol):
         unexpired key with the same endpoint and fingerprint returns the
         original message (``duplicate=True``, nothing written); a different
         endpoint or fingerprint returns ``conflict``; an expired key is replaced.
+        With ``cooldown`` (checked after the idempotency key, so a replay is
+        still answered as a duplicate), a running claim with the same key
+        refuses the message (``cooldown_until`` set, nothing written).
         """
         ...
 
@@ -420,4 +536,138 @@ class SmsProvider(Protocol):
 
     async def aclose(self) -> None:
         """Close connections."""
+        ...
+
+
+class SmsStorage(Protocol):
+    """Durable records of the SMS channel; every org-scoped read is scoped like :class:`Storage`."""
+
+    # sender IDs and OTP brands
+    async def create_sender_id_request(self, request: SenderIdRequest) -> None:
+        """Store a PENDING request.
+
+        Raises:
+            ConflictError: the organization already has a pending or approved
+                request for the same value and flow (compared case-insensitively).
+        """
+        ...
+
+    async def get_sender_id_request(self, request_id: str) -> SenderIdRequest | None:
+        """One request by id, in any organization (platform review)."""
+        ...
+
+    async def list_sender_id_requests(
+        self, *, org_id: str | None, status: str | None, flow: str | None
+    ) -> list[SenderIdRequest]:
+        """Requests of one organization (or all, for ``None``), oldest first."""
+        ...
+
+    async def review_sender_id_request(
+        self,
+        request_id: str,
+        *,
+        status: str,
+        review_reason: str | None,
+        reviewed_by: str,
+        at: datetime,
+    ) -> SenderIdRequest | None:
+        """Move a PENDING request to ``status``; None when it is not PENDING (or absent)."""
+        ...
+
+    async def is_sender_id_approved(self, org_id: str, sender_id: str, flow: str) -> bool:
+        """Whether ``sender_id`` is approved for ``flow`` (case-insensitive)."""
+        ...
+
+    # opt-outs
+    async def add_opt_out(self, opt_out: OptOut, event: TimelineEvent) -> bool:
+        """Add a number with its ``sms_opt_out`` event; False (nothing written) if listed."""
+        ...
+
+    async def remove_opt_out(self, org_id: str, phone: str, event: TimelineEvent) -> bool:
+        """Remove a number and record the event together; False (nothing written) if absent."""
+        ...
+
+    async def is_opted_out(self, org_id: str, phone: str) -> bool:
+        """Whether the number is on the organization's opt-out list."""
+        ...
+
+    async def list_opt_outs(
+        self, org_id: str, *, offset: int, limit: int
+    ) -> tuple[list[OptOut], int]:
+        """(a page of opt-outs, newest first; the total count)."""
+        ...
+
+    async def has_sent_sms_to(self, org_id: str, phone: str) -> bool:
+        """Whether the organization ever queued an SMS to the number."""
+        ...
+
+    # webhook tokens, inbound
+    async def set_sms_token(self, org_id: str, token: str, token_hash: str, at: datetime) -> None:
+        """Store (or replace) the organization's inbound-webhook token."""
+        ...
+
+    async def get_sms_token(self, org_id: str) -> str | None:
+        """The organization's current token, if any."""
+        ...
+
+    async def org_for_sms_token(self, token_hash: str) -> str | None:
+        """The organization whose token has this SHA-256 hex digest."""
+        ...
+
+    async def add_inbound(self, message: InboundMessage) -> None:
+        """Store one received MO message."""
+        ...
+
+    async def list_inbound(
+        self, org_id: str, channel: Channel, *, offset: int, limit: int
+    ) -> tuple[list[InboundMessage], int]:
+        """(a page of inbound messages, newest first; the total count)."""
+        ...
+
+    # messages
+    async def list_sms(
+        self,
+        org_id: str,
+        *,
+        flow: str | None,
+        status: str | None,
+        query: str | None,
+        offset: int,
+        limit: int,
+    ) -> SmsPage:
+        """SMS of the organization, newest first, filtered; ``query`` matches
+        recipient, body or id (substring, case-insensitive)."""
+        ...
+
+    async def find_by_provider_message_id(
+        self, channel: Channel, provider_message_id: str
+    ) -> Message | None:
+        """The message a provider knows by this id (any organization)."""
+        ...
+
+    async def apply_receipt(
+        self,
+        message_id: str,
+        *,
+        new_status: Status,
+        allowed_from: frozenset[Status],
+        event: TimelineEvent,
+    ) -> ReceiptOutcome | None:
+        """Move the message to ``new_status`` with ``event`` if its current status
+        is in ``allowed_from``; otherwise change nothing. None for an unknown id."""
+        ...
+
+    async def requeue(
+        self, org_id: str, message_id: str, *, event: TimelineEvent, run_at: datetime
+    ) -> tuple[Message, bool] | None:
+        """FAILED -> QUEUED with ``event`` and a new job, atomically.
+
+        Returns:
+            (the message, True) when re-queued; (the unchanged message, False)
+            when it was not FAILED; None when there is no such message.
+        """
+        ...
+
+    async def set_otp_ignores_opt_out(self, org_id: str, value: bool) -> bool:
+        """Set the organization's OTP opt-out policy; False for an unknown organization."""
         ...

@@ -13,11 +13,12 @@ Apps that embed Commtunnel use these in their own tests, as the project does::
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
 from commtunnel.domain.delivery import ProviderResult
-from commtunnel.ports import OutgoingEmail
+from commtunnel.domain.errors import NotFoundError
+from commtunnel.ports import DeliveryReceipt, OutgoingEmail, OutgoingSms
 
 #: the start time of a fresh ManualClock: fixed, so tests are reproducible.
 EPOCH = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -90,4 +91,50 @@ class MockProvider:
 
     async def aclose(self) -> None:
         """Mark closed (tests assert the facade closes its providers)."""
+        self.closed = True
+
+
+SmsHandler = Callable[[OutgoingSms], ProviderResult | Awaitable[ProviderResult]]
+
+
+class MockSmsProvider:
+    """An SMS provider that records what it is given and answers with ``handler``.
+
+    Args:
+        handler: called for each SMS; returns the result (sync or async).
+            Defaults to accepting everything with id ``mock-sms-<n>``.
+        name: the provider name recorded on attempts.
+
+    Attributes:
+        sent: every SMS handed over, in order (accepted or not).
+    """
+
+    def __init__(self, handler: SmsHandler | None = None, *, name: str = "mock-sms") -> None:
+        self.name = name
+        self.sent: list[OutgoingSms] = []
+        self._handler = handler
+        self.closed = False
+
+    async def send_sms(self, sms: OutgoingSms) -> ProviderResult:
+        """Record ``sms`` and return the handler's result."""
+        self.sent.append(sms)
+        if self._handler is None:
+            return ProviderResult.accepted(f"mock-sms-{len(self.sent)}")
+        result = self._handler(sms)
+        if isinstance(result, ProviderResult):
+            return result
+        return await result
+
+    def parse_status_callback(
+        self, *, url: str, headers: Mapping[str, str], body: bytes
+    ) -> list[DeliveryReceipt]:
+        """The mock has no signed callbacks.
+
+        Raises:
+            NotFoundError: always.
+        """
+        raise NotFoundError("This SMS provider has no status callbacks")
+
+    async def aclose(self) -> None:
+        """Mark closed."""
         self.closed = True

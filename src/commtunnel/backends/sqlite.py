@@ -3,10 +3,21 @@
 All access happens on the event loop's thread through one connection.
 Writes on the hot paths (accepting a message, recording an attempt) go
 through a *group commit*: every write submitted during one turn of the event
-loop runs inside one transaction, each in its own SAVEPOINT so one failing
-write does not undo the others, and every caller is answered only after the
+loop runs inside one transaction, and every caller is answered only after the
 COMMIT. ``../shared/PERFORMANCE.md`` measured this at ~1.5x the throughput
-of one commit per request, with no thread hop per write.
+of one commit per request, with no thread hop per write. The batch runs
+optimistically, without a SAVEPOINT per write (each one opens a statement
+journal that copies the rows it touches); when one write raises, the batch is
+rolled back and replayed with one SAVEPOINT per write, so one failing write
+never undoes the others. Queue writes (claims, attempt results) may wait up
+to ``commit_window`` seconds for company, since a worker's attempts finish on
+separate loop turns; an accept flushes them with it at once.
+
+``synchronous = NORMAL`` makes a commit durable at the next checkpoint. WAL
+checkpoints (which write and fsync the database file) run off the event loop:
+the loop's connection has ``wal_autocheckpoint = 0`` and a thread with its own
+connection runs ``PRAGMA wal_checkpoint(PASSIVE)`` every
+``checkpoint_interval`` seconds, so no COMMIT on the loop pays for one.
 
 Other processes (``commtunnel worker`` beside ``commtunnel serve``) may open
 the same file; SQLite's locking and ``busy_timeout`` serialize their writes.
@@ -16,9 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
+import logging
 import secrets
 import sqlite3
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,12 +44,20 @@ from commtunnel.backends import sqlite_schema
 from commtunnel.domain.errors import ConflictError
 from commtunnel.domain.events import TimelineEvent
 from commtunnel.domain.keys import ApiKey, Organization
-from commtunnel.domain.messages import Attempt, Channel, EmailContent, Message, Status
+from commtunnel.domain.messages import (
+    Attempt,
+    Channel,
+    EmailContent,
+    Message,
+    SmsContent,
+    Status,
+)
 from commtunnel.ports import (
     AcceptResult,
     ClaimedJob,
     Clock,
     Completion,
+    CooldownClaim,
     IdempotencyRecord,
     Sender,
     Template,
@@ -43,12 +65,21 @@ from commtunnel.ports import (
 
 T = TypeVar("T")
 
-_TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+log = logging.getLogger(__name__)
 
 
+# One send writes the same "now" into up to 7 columns: memoize. Equal datetimes
+# (the same instant, whatever their tzinfo) share one entry, which is right: the
+# text is in UTC.
+@functools.lru_cache(maxsize=256)
 def ts(value: datetime) -> str:
-    """Storage text for a timezone-aware datetime (fixed width, UTC)."""
-    return value.astimezone(UTC).strftime(_TS_FORMAT)
+    """Storage text for a timezone-aware datetime (fixed width, UTC).
+
+    The format is ``%Y-%m-%dT%H:%M:%S.%fZ`` (``2026-01-01T12:00:00.000000Z``),
+    built with ``isoformat``, which is faster than ``strftime``.
+    """
+    utc = value if value.tzinfo is UTC else value.astimezone(UTC)
+    return utc.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def parse_ts(value: str) -> datetime:
@@ -70,7 +101,22 @@ _MESSAGE_COLUMNS = (
 def _content_json(message: Message) -> str:
     email = message.email
     if email is None:
-        return "{}"
+        sms = message.sms
+        if sms is None:
+            return "{}"
+        return json.dumps(
+            {
+                "senderId": sms.sender_id,
+                "to": sms.to,
+                "body": sms.body,
+                "sendType": sms.send_type,
+                "encoding": sms.encoding,
+                "segments": sms.segments,
+                "flow": sms.flow,
+                "purpose": sms.purpose,
+            },
+            separators=(",", ":"),
+        )
     return json.dumps(
         {
             "from": email.from_addr,
@@ -89,8 +135,19 @@ def _content_json(message: Message) -> str:
 def _message_from_row(row: tuple[Any, ...]) -> Message:
     (mid, org_id, channel, status, sandbox, api_key_id, content, pmid, count, err, cat, uat) = row
     data = json.loads(content)
-    email = None
-    if channel == Channel.EMAIL:
+    email = sms = None
+    if channel == Channel.SMS:
+        sms = SmsContent(
+            sender_id=data["senderId"],
+            to=data["to"],
+            body=data["body"],
+            send_type=data["sendType"],
+            encoding=data["encoding"],
+            segments=data["segments"],
+            flow=data["flow"],
+            purpose=data["purpose"],
+        )
+    elif channel == Channel.EMAIL:
         email = EmailContent(
             from_addr=data["from"],
             to=data["to"],
@@ -109,11 +166,21 @@ def _message_from_row(row: tuple[Any, ...]) -> Message:
         sandbox=bool(sandbox),
         api_key_id=api_key_id,
         email=email,
+        sms=sms,
         provider_message_id=pmid,
         attempt_count=count,
         last_error=err,
         created_at=parse_ts(cat),
         updated_at=parse_ts(uat),
+    )
+
+
+_ORG_COLUMNS = "id, name, created_at, otp_ignores_opt_out"
+
+
+def _org_from_row(row: tuple[Any, ...]) -> Organization:
+    return Organization(
+        id=row[0], name=row[1], created_at=parse_ts(row[2]), otp_ignores_opt_out=bool(row[3])
     )
 
 
@@ -133,6 +200,100 @@ def _insert_event(conn: sqlite3.Connection, event: TimelineEvent) -> None:
     )
 
 
+class _CooldownRefusal(Exception):
+    """Raised inside an accept op so its SAVEPOINT is rolled back (the key too)."""
+
+    def __init__(self, until: datetime) -> None:
+        super().__init__("cooldown running")
+        self.until = until
+
+
+def _claim_cooldown(
+    conn: sqlite3.Connection, claim: CooldownClaim, message_id: str
+) -> datetime | None:
+    """Record ``claim`` unless a running one blocks it; returns the blocking claim's end."""
+    row = conn.execute(
+        "SELECT until FROM otp_cooldowns WHERE org_id = ? AND recipient = ? AND purpose = ?",
+        (claim.org_id, claim.recipient, claim.purpose),
+    ).fetchone()
+    if row is not None:
+        until = parse_ts(row[0])
+        if until > claim.now:
+            return until
+    conn.execute(
+        "INSERT INTO otp_cooldowns (org_id, recipient, purpose, message_id, until) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (org_id, recipient, purpose) DO UPDATE SET "
+        "message_id = excluded.message_id, until = excluded.until",
+        (claim.org_id, claim.recipient, claim.purpose, message_id, ts(claim.until)),
+    )
+    return None
+
+
+class WalCheckpointer:
+    """Runs ``PRAGMA wal_checkpoint(PASSIVE)`` on a database file from its own thread.
+
+    A checkpoint copies WAL frames into the database file and fsyncs it; done by
+    SQLite's auto-checkpoint it would happen inside a COMMIT on the event loop
+    and stall every request for 10-40 ms. PASSIVE never waits for readers or
+    writers, and SQLite runs without the GIL, so the loop keeps going.
+
+    Args:
+        path: the database file (never ``":memory:"``).
+        interval: seconds between checkpoints.
+
+    Attributes:
+        completed: checkpoints run so far (for tests and metrics).
+    """
+
+    def __init__(self, path: str, *, interval: float) -> None:
+        self.path = path
+        self.interval = interval
+        self.completed = 0
+        self._stop = threading.Event()
+        self._ran = threading.Condition()
+        self._thread = threading.Thread(
+            target=self._run, name=f"commtunnel-wal-checkpoint:{path}", daemon=True
+        )
+
+    @property
+    def running(self) -> bool:
+        """Whether the thread is alive."""
+        return self._thread.is_alive()
+
+    def start(self) -> None:
+        """Start the thread (it opens its own connection)."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the thread to end and wait for it (at most one checkpoint's time)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def wait_for(self, completed: int, timeout: float) -> bool:
+        """Wait until ``completed`` checkpoints have run; False after ``timeout`` seconds."""
+        with self._ran:
+            return self._ran.wait_for(lambda: self.completed >= completed, timeout)
+
+    def _run(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+        try:
+            while not self._stop.wait(self.interval):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error:  # e.g. the file was removed; try again next time
+                    log.warning("WAL checkpoint of %s failed", self.path, exc_info=True)
+                    continue
+                with self._ran:
+                    self.completed += 1
+                    self._ran.notify_all()
+        finally:
+            conn.close()
+
+
+Op = Callable[[sqlite3.Connection], Any]
+
+
 class SqliteBackend:
     """Storage + Queue on one SQLite file.
 
@@ -141,15 +302,36 @@ class SqliteBackend:
             that need no file.
         clock: used for migration timestamps.
         busy_timeout: milliseconds to wait for another process's write lock.
+        commit_window: seconds a queue write (claim, attempt result) may wait
+            for others to share its commit, while leases taken here are still
+            out; 0 commits each at the next loop turn like accepts.
+        checkpoint_interval: seconds between WAL checkpoints on a background
+            thread; None leaves checkpoints to SQLite (inside commits).
+            Never used for ``":memory:"``.
     """
 
-    def __init__(self, path: str | Path, *, clock: Clock, busy_timeout: int = 5000) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        clock: Clock,
+        busy_timeout: int = 5000,
+        commit_window: float = 0.002,
+        checkpoint_interval: float | None = 1.0,
+    ) -> None:
         self.path = str(path)
         self._clock = clock
         self._busy_timeout = busy_timeout
+        self._commit_window = commit_window
+        self._checkpoint_interval = checkpoint_interval
+        self._checkpointer: WalCheckpointer | None = None
         self._conn: sqlite3.Connection | None = None
-        self._pending: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
-        self._flush_scheduled = False
+        self._pending: list[tuple[Op, asyncio.Future[Any]]] = []
+        self._flush_handle: asyncio.Handle | None = None  # a call_soon or call_later
+        self._flush_soon = False  # whether _flush_handle is a call_soon
+        # Jobs claimed through this backend whose result is not yet submitted: while
+        # any are out, a queue write may wait for theirs (see commit_window).
+        self._leases_out = 0
         self._work = asyncio.Event()
 
     # ------------------------------------------------------------------ lifecycle
@@ -170,16 +352,28 @@ class SqliteBackend:
         )  # durable at checkpoint; WAL keeps commits atomic
         conn.execute("PRAGMA foreign_keys = ON")
         sqlite_schema.migrate(conn, ts(self._clock.now()))
+        if self.path != ":memory:" and self._checkpoint_interval is not None:
+            conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer's job
+            self._checkpointer = WalCheckpointer(self.path, interval=self._checkpoint_interval)
+            self._checkpointer.start()
         self._db = db
         self._conn = conn
 
     async def aclose(self) -> None:
-        """Commit what is pending, then close the connection."""
+        """Commit what is pending, stop the checkpoint thread, then close the connection."""
         if self._pending:
             self._flush()
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
         if self._conn is not None:
-            self._conn.close()
+            self._conn.close()  # the last connection to close checkpoints the WAL
             self._conn = None
+
+    @property
+    def checkpointer(self) -> WalCheckpointer | None:
+        """The WAL checkpoint thread while open on a file (None for ``":memory:"``)."""
+        return self._checkpointer
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -194,52 +388,90 @@ class SqliteBackend:
 
     # ------------------------------------------------------------------ group commit
 
-    def _submit(self, op: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+    def _submit(
+        self, op: Callable[[sqlite3.Connection], T], *, window: float = 0.0
+    ) -> asyncio.Future[T]:
+        """Queue ``op`` for the next group commit; the future resolves after COMMIT.
+
+        ``op`` may run twice (see :meth:`_flush`): it must only touch the
+        connection, with no other side effect.
+
+        Args:
+            op: the write, given the connection inside the transaction.
+            window: seconds the commit may wait for more writes while leases
+                taken here are out (queue writes); 0 commits at the next loop turn.
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._pending.append((op, future))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            # call_soon runs after every callback already ready in this loop turn,
-            # so concurrent requests that reached this point share one commit.
-            loop.call_soon(self._flush)
+        if window <= 0 or self._leases_out == 0:
+            if not self._flush_soon:
+                if self._flush_handle is not None:
+                    self._flush_handle.cancel()  # a waiting queue write goes along now
+                # call_soon runs after every callback already ready in this loop turn,
+                # so concurrent requests that reached this point share one commit.
+                self._flush_handle = loop.call_soon(self._flush)
+                self._flush_soon = True
+        elif self._flush_handle is None:
+            self._flush_handle = loop.call_later(window, self._flush)
         return future
 
     def _flush(self) -> None:
-        self._flush_scheduled = False
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()  # when called directly, not by the handle
+            self._flush_handle = None
+        self._flush_soon = False
         batch, self._pending = self._pending, []
         if not batch:
             return
         conn = self.conn
-        results: list[tuple[asyncio.Future[Any], bool, Any]] = []
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            for op, future in batch:
-                conn.execute("SAVEPOINT op")
-                try:
-                    value = op(conn)
-                except Exception as exc:  # one op's failure must not undo the others
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    results.append((future, False, exc))
-                else:
-                    conn.execute("RELEASE op")
-                    results.append((future, True, value))
-            conn.execute("COMMIT")
-        except Exception as exc:
+            results = self._run_batch(conn, [op for op, _future in batch])
+        except BaseException as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             for _op, future in batch:
                 if not future.done():
                     future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
             return
-        for future, ok, value in results:
+        for (_op, future), (ok, value) in zip(batch, results, strict=True):
             if future.done():  # the caller was cancelled; the write stands
                 continue
             if ok:
                 future.set_result(value)
             else:
                 future.set_exception(value)
+
+    @staticmethod
+    def _run_batch(conn: sqlite3.Connection, ops: list[Op]) -> list[tuple[bool, Any]]:
+        """Run ``ops`` in one transaction and commit; (ok, value or exception) per op."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            values = [op(conn) for op in ops]
+        except Exception:  # which op failed is found by the replay below
+            # Rare: start again with one SAVEPOINT per op, so that the failing op
+            # is undone alone and every other op still commits.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            conn.execute("BEGIN IMMEDIATE")
+            results: list[tuple[bool, Any]] = []
+            for op in ops:
+                conn.execute("SAVEPOINT op")
+                try:
+                    value = op(conn)
+                except Exception as exc:  # one op's failure must not undo the others
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    results.append((False, exc))
+                else:
+                    conn.execute("RELEASE op")
+                    results.append((True, value))
+        else:
+            results = [(True, value) for value in values]
+        conn.execute("COMMIT")
+        return results
 
     def _transaction(self, op: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``op`` in its own immediate transaction, now (admin writes)."""
@@ -277,19 +509,17 @@ class SqliteBackend:
         """An organization by id or by name."""
         column, value = ("id", org_id) if org_id is not None else ("name", name)
         row = self.conn.execute(
-            f"SELECT id, name, created_at FROM orgs WHERE {column} = ?",  # noqa: S608 - fixed names
+            f"SELECT {_ORG_COLUMNS} FROM orgs WHERE {column} = ?",  # noqa: S608 - fixed names
             (value,),
         ).fetchone()
-        return (
-            None
-            if row is None
-            else Organization(id=row[0], name=row[1], created_at=parse_ts(row[2]))
-        )
+        return None if row is None else _org_from_row(row)
 
     async def list_orgs(self) -> list[Organization]:
         """All organizations, oldest first."""
-        rows = self.conn.execute("SELECT id, name, created_at FROM orgs ORDER BY created_at, id")
-        return [Organization(id=r[0], name=r[1], created_at=parse_ts(r[2])) for r in rows]
+        rows = self.conn.execute(
+            f"SELECT {_ORG_COLUMNS} FROM orgs ORDER BY created_at, id"  # noqa: S608
+        )
+        return [_org_from_row(r) for r in rows]
 
     # ------------------------------------------------------------------ API keys
 
@@ -454,8 +684,9 @@ class SqliteBackend:
         *,
         run_at: datetime,
         idempotency: IdempotencyRecord | None,
+        cooldown: CooldownClaim | None = None,
     ) -> AcceptResult:
-        """Message + first event + job (+ idempotency key) in one transaction."""
+        """Message + first event + job (+ idempotency key, + cooldown) in one transaction."""
 
         def op(conn: sqlite3.Connection) -> AcceptResult:
             if idempotency is not None:
@@ -504,6 +735,11 @@ class SqliteBackend:
                         ts(idempotency.expires_at),
                     ),
                 )
+            if cooldown is not None:
+                blocked_until = _claim_cooldown(conn, cooldown, message.id)
+                if blocked_until is not None:
+                    # Undo the key inserted above: a refused request stores nothing.
+                    raise _CooldownRefusal(blocked_until)
             self._insert_message(conn, message)
             _insert_event(conn, event)
             conn.execute(
@@ -512,14 +748,17 @@ class SqliteBackend:
             )
             return AcceptResult(message=message)
 
-        result = await self._submit(op)
+        try:
+            result = await self._submit(op)
+        except _CooldownRefusal as refusal:
+            return AcceptResult(message=None, cooldown_until=refusal.until)
         if not result.duplicate and result.conflict is None:
             self._work.set()
         return result
 
     @staticmethod
     def _insert_message(conn: sqlite3.Connection, m: Message) -> None:
-        recipient = m.email.to if m.email is not None else ""
+        recipient = m.email.to if m.email is not None else (m.sms.to if m.sms else "")
         conn.execute(
             "INSERT INTO messages (id, org_id, channel, status, sandbox, api_key_id, recipient, "
             "content, provider_message_id, attempt_count, last_error, created_at, updated_at) "
@@ -629,12 +868,12 @@ class SqliteBackend:
 
         def op(conn: sqlite3.Connection) -> list[ClaimedJob]:
             rows = conn.execute(
-                "SELECT j.id, j.message_id FROM jobs j WHERE j.run_at <= ? "
+                "SELECT j.id, j.message_id, j.attempts_before FROM jobs j WHERE j.run_at <= ? "
                 "AND (j.lease_until IS NULL OR j.lease_until <= ?) ORDER BY j.run_at LIMIT ?",
                 (now_text, now_text, limit),
             ).fetchall()
             claimed: list[ClaimedJob] = []
-            for job_id, message_id in rows:
+            for job_id, message_id, attempts_before in rows:
                 token = secrets.token_hex(8)
                 conn.execute(
                     "UPDATE jobs SET lease_owner = ?, lease_token = ?, lease_until = ? "
@@ -660,11 +899,14 @@ class SqliteBackend:
                         lease_until=lease_until,
                         message=message,
                         attempt_number=number,
+                        attempts_before=attempts_before,
                     )
                 )
             return claimed
 
-        return await self._submit(op)
+        jobs = await self._submit(op, window=self._commit_window)
+        self._leases_out += len(jobs)
+        return jobs
 
     async def complete(self, completion: Completion) -> bool:
         """Record one attempt's result if the lease is still ours."""
@@ -717,7 +959,9 @@ class SqliteBackend:
                 )
             return True
 
-        return await self._submit(op)
+        # The last result of the leases out here commits at once: nothing else will join.
+        self._leases_out = max(0, self._leases_out - 1)
+        return await self._submit(op, window=self._commit_window)
 
     async def wait_for_work(self, max_wait: float) -> None:
         """Wait until a message is accepted in this process, or ``max_wait`` seconds."""
@@ -741,3 +985,23 @@ class SqliteBackend:
         """The earliest run_at among unleased jobs (for the worker's sleep)."""
         row = self.conn.execute("SELECT MIN(run_at) FROM jobs").fetchone()
         return None if row[0] is None else parse_ts(row[0])
+
+    # ------------------------------------------------------------------ for sibling stores
+
+    def submit(self, op: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """Run ``op`` in the next group commit (see the module docstring)."""
+        return self._submit(op)
+
+    def transaction(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``op`` in its own immediate transaction, now (administrative writes)."""
+        return self._transaction(op)
+
+    def notify_work(self) -> None:
+        """Wake a worker waiting in :meth:`wait_for_work` (new work was written)."""
+        self._work.set()
+
+
+#: shared with the sibling stores (``sqlite_sms``) that use this backend's connection.
+MESSAGE_COLUMNS = _MESSAGE_COLUMNS
+message_from_row = _message_from_row
+insert_event = _insert_event

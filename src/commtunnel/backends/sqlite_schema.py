@@ -112,6 +112,80 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX idempotency_expiry ON idempotency_keys(expires_at);
         """,
     ),
+    (
+        2,
+        # The SMS channel. Events may now belong to no message (an opt-out
+        # change is an organization-level event), so the table is rebuilt:
+        # SQLite cannot drop a NOT NULL in place.
+        """
+        CREATE TABLE events_v2 (
+            id TEXT PRIMARY KEY,
+            org_id TEXT NOT NULL,
+            message_id TEXT,
+            type TEXT NOT NULL,
+            status TEXT,
+            created_at TEXT NOT NULL,
+            details TEXT NOT NULL
+        );
+        INSERT INTO events_v2 (id, org_id, message_id, type, status, created_at, details)
+            SELECT id, org_id, message_id, type, status, created_at, details FROM events;
+        DROP TABLE events;
+        ALTER TABLE events_v2 RENAME TO events;
+        CREATE INDEX events_message ON events(message_id, created_at);
+        CREATE INDEX events_org_created ON events(org_id, created_at);
+        ALTER TABLE orgs ADD COLUMN otp_ignores_opt_out INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE jobs ADD COLUMN attempts_before INTEGER NOT NULL DEFAULT 0;
+        CREATE INDEX messages_provider_message_id ON messages(provider_message_id);
+        CREATE INDEX messages_org_recipient ON messages(org_id, channel, recipient);
+        CREATE TABLE sms_sender_ids (
+            id TEXT PRIMARY KEY,
+            org_id TEXT NOT NULL REFERENCES orgs(id),
+            sender_id TEXT NOT NULL,
+            flow TEXT NOT NULL,
+            status TEXT NOT NULL,
+            reason TEXT,
+            review_reason TEXT,
+            reviewed_by TEXT,
+            reviewed_at TEXT,
+            created_at TEXT NOT NULL
+        );
+        CREATE UNIQUE INDEX sms_sender_ids_live
+            ON sms_sender_ids(org_id, flow, sender_id COLLATE NOCASE)
+            WHERE status IN ('PENDING', 'APPROVED');
+        CREATE TABLE sms_opt_outs (
+            org_id TEXT NOT NULL REFERENCES orgs(id),
+            phone TEXT NOT NULL,
+            source TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (org_id, phone)
+        );
+        CREATE TABLE otp_cooldowns (
+            org_id TEXT NOT NULL,
+            recipient TEXT NOT NULL,
+            purpose TEXT NOT NULL,
+            message_id TEXT NOT NULL,
+            until TEXT NOT NULL,
+            PRIMARY KEY (org_id, recipient, purpose)
+        );
+        CREATE TABLE sms_tokens (
+            org_id TEXT PRIMARY KEY REFERENCES orgs(id),
+            token TEXT NOT NULL,
+            token_hash TEXT NOT NULL UNIQUE,
+            created_at TEXT NOT NULL
+        );
+        CREATE TABLE inbound_messages (
+            id TEXT PRIMARY KEY,
+            org_id TEXT NOT NULL REFERENCES orgs(id),
+            channel TEXT NOT NULL,
+            sender TEXT NOT NULL,
+            recipient TEXT NOT NULL,
+            body TEXT NOT NULL,
+            keyword TEXT,
+            created_at TEXT NOT NULL
+        );
+        CREATE INDEX inbound_org_created ON inbound_messages(org_id, channel, created_at);
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -20,7 +20,8 @@ class TimelineEvent:
 
     Attributes:
         id: UUIDv7 string, stable (used later as the webhook id).
-        message_id: the message it belongs to.
+        message_id: the message it belongs to; None for organization-level
+            events such as ``sms_opt_out``.
         org_id: owning organization.
         type: event type, e.g. ``email_sent``.
         status: the message status as of this event (None for events that
@@ -30,7 +31,7 @@ class TimelineEvent:
     """
 
     id: str
-    message_id: str
+    message_id: str | None
     org_id: str
     type: str
     status: Status | None

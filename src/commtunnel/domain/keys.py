@@ -33,6 +33,7 @@ class Scope(enum.StrEnum):
     READ_WHATSAPP = "read:whatsapp"
     SENDER_IDS_REQUEST = "sender_ids:request"  # request SMS sender IDs / OTP brands
     PLATFORM_ADMIN = "platform:admin"  # review sender-ID requests (operators only)
+    OPT_OUTS_MANAGE = "opt_outs:manage"  # add or remove numbers on the SMS opt-out list
 
 
 ALL_SCOPES: frozenset[str] = frozenset(s.value for s in Scope)
@@ -118,8 +119,15 @@ class Principal:
 
 @attrs.frozen(kw_only=True)
 class Organization:
-    """A tenant. Every record belongs to exactly one."""
+    """A tenant. Every record belongs to exactly one.
+
+    Attributes:
+        otp_ignores_opt_out: when True, OTP messages are sent to numbers on the
+            SMS opt-out list (a one-time code the user asked for is not
+            marketing); False by default, so opted-out numbers get nothing.
+    """
 
     id: str
     name: str
     created_at: datetime = attrs.field(validator=_aware)
+    otp_ignores_opt_out: bool = False

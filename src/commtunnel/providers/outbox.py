@@ -1,10 +1,19 @@
-"""The ``outbox`` provider: every email becomes one ``.eml`` file in a directory.
+"""The ``outbox`` provider: every message becomes one file in a directory.
 
-The embedded default (``../shared/DESIGN.md``, "Defaults and scale"): nothing
-leaves the machine, and a developer can open what was "sent" in any mail
-client. Files are named ``<message_id>.eml`` and written atomically (a
-temporary file in the same directory, then :func:`os.replace`), so a reader
-never sees half a message and a retried send simply replaces the file.
+The embedded default for email and SMS (``../shared/DESIGN.md``, "Defaults
+and scale"): nothing leaves the machine, and a developer can see what was
+"sent". One ``outbox:`` URL serves both channels, in the same directory:
+
+- an email is written to ``<message_id>.eml`` (open it in any mail client);
+- an SMS is written to ``<message_id>.sms.json``, a UTF-8 JSON object with the
+  fields ``id orgId from to body encoding segments sendType flow purpose
+  createdAt attemptNumber`` (``from`` is the sender ID, ``createdAt`` is UTC
+  ISO 8601 with milliseconds and ``Z``).
+
+Files are written atomically (a temporary file in the same directory, then
+:func:`os.replace`), so a reader never sees half a message and a retried send
+simply replaces the file. The outbox has no delivery receipts: nothing calls
+back, so :meth:`OutboxProvider.parse_status_callback` always refuses.
 
 URL forms accepted by :meth:`OutboxProvider.from_url`:
 
@@ -22,15 +31,19 @@ parsed. Percent-escapes in the path are decoded. No query options are accepted.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import tempfile
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import unquote, urlsplit
 
 from commtunnel.domain.delivery import ErrorCategory, ProviderResult
-from commtunnel.ports import Clock, OutgoingEmail
+from commtunnel.domain.errors import NotFoundError
+from commtunnel.ports import Clock, DeliveryReceipt, OutgoingEmail, OutgoingSms
 from commtunnel.providers.mime import build_mime
 
 __all__ = ["DEFAULT_DIRECTORY", "OutboxProvider"]
@@ -43,7 +56,10 @@ _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}")
 
 
 class OutboxProvider:
-    """An :class:`~commtunnel.ports.EmailProvider` that writes ``.eml`` files.
+    """A provider for email and SMS that writes ``.eml`` and ``.sms.json`` files.
+
+    It implements both :class:`~commtunnel.ports.EmailProvider` and
+    :class:`~commtunnel.ports.SmsProvider`.
 
     The write is done inline in the event loop, on purpose: writing a ~3 KB
     file (mkstemp, write, close, replace; no fsync) measured ~50-120 µs inline
@@ -54,7 +70,7 @@ class OutboxProvider:
     only (``mkstemp``'s mode 0600): they hold private mail.
 
     Args:
-        directory: where the ``.eml`` files go; created on first send if missing.
+        directory: where the files go; created on first send if missing.
         clock: the clock (kept for symmetry with other providers; unused here).
 
     Attributes:
@@ -123,7 +139,68 @@ class OutboxProvider:
             data = build_mime(email)
         except ValueError as exc:
             return ProviderResult.permanent(ErrorCategory.REJECTED, f"cannot build message: {exc}")
-        target = self.directory / f"{email.message_id}.eml"
+        failure = self._write(self.directory / f"{email.message_id}.eml", data)
+        if failure is not None:
+            return failure
+        return ProviderResult.accepted(email.content.message_id_header.strip().strip("<>"))
+
+    async def send_sms(self, sms: OutgoingSms) -> ProviderResult:
+        """Write ``sms`` to ``<directory>/<message_id>.sms.json``, replacing any earlier copy.
+
+        Args:
+            sms: the SMS to write (fields of the file in the module docstring).
+
+        Returns:
+            Accepted with ``provider_message_id`` = ``outbox-<message_id>``;
+            transient ``PROVIDER_OUTAGE`` when the file cannot be written;
+            permanent ``REJECTED`` when the message id is not a safe file name.
+        """
+        if not _SAFE_NAME.fullmatch(sms.message_id):
+            return ProviderResult.permanent(
+                ErrorCategory.REJECTED, f"message id {sms.message_id!r} is not a safe file name"
+            )
+        content = sms.content
+        record = {
+            "id": sms.message_id,
+            "orgId": sms.org_id,
+            "from": content.sender_id,
+            "to": content.to,
+            "body": content.body,
+            "encoding": content.encoding,
+            "segments": content.segments,
+            "sendType": content.send_type,
+            "flow": content.flow,
+            "purpose": content.purpose,
+            "createdAt": _wire_time(sms.created_at),
+            "attemptNumber": sms.attempt_number,
+        }
+        data = (json.dumps(record, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
+        failure = self._write(self.directory / f"{sms.message_id}.sms.json", data)
+        if failure is not None:
+            return failure
+        return ProviderResult.accepted(f"outbox-{sms.message_id}")
+
+    def parse_status_callback(
+        self, *, url: str, headers: Mapping[str, str], body: bytes
+    ) -> list[DeliveryReceipt]:
+        """Refuse every status callback: the outbox sends none.
+
+        Args:
+            url: the URL the callback was POSTed to (unused).
+            headers: request headers (unused).
+            body: the raw request body (unused).
+
+        Returns:
+            Never returns.
+
+        Raises:
+            NotFoundError: always; the outbox has no signed status callbacks, so
+                anything claiming to be one is answered like an unknown route.
+        """
+        raise NotFoundError("The outbox provider has no status callbacks")
+
+    def _write(self, target: Path, data: bytes) -> ProviderResult | None:
+        """Write ``data`` to ``target`` atomically; a transient failure, or None when written."""
         try:
             try:
                 self._write_atomically(target, data)
@@ -136,7 +213,7 @@ class OutboxProvider:
             return ProviderResult.transient(
                 ErrorCategory.PROVIDER_OUTAGE, f"cannot write {target}: {reason}"
             )
-        return ProviderResult.accepted(email.content.message_id_header.strip().strip("<>"))
+        return None
 
     def _write_atomically(self, target: Path, data: bytes) -> None:
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".tmp")
@@ -163,3 +240,8 @@ class OutboxProvider:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _wire_time(value: datetime) -> str:
+    """UTC ISO 8601 with milliseconds and ``Z`` (the wire format of ``../shared/DESIGN.md``)."""
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

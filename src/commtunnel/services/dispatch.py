@@ -21,6 +21,7 @@ import asyncio
 import logging
 import random
 import secrets
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -28,7 +29,16 @@ from commtunnel.domain.delivery import ErrorCategory, Outcome, ProviderResult, R
 from commtunnel.domain.events import TimelineEvent
 from commtunnel.domain.messages import Attempt, Message, Status, event_for
 from commtunnel.ids import new_id
-from commtunnel.ports import ClaimedJob, Clock, Completion, EmailProvider, OutgoingEmail, Queue
+from commtunnel.ports import (
+    ClaimedJob,
+    Clock,
+    Completion,
+    EmailProvider,
+    OutgoingEmail,
+    OutgoingSms,
+    Queue,
+    SmsProvider,
+)
 
 log = logging.getLogger("commtunnel.worker")
 
@@ -42,6 +52,10 @@ class Dispatcher:
         queue: where jobs are claimed and results recorded.
         email_provider: the email channel's provider.
         clock: every "now" and every duration.
+        sms_provider: the SMS channel's provider (None: SMS jobs fail as
+            ``UNSUPPORTED``, permanently).
+        sms_status_callback_url: handed to the SMS provider so it can POST
+            delivery receipts back (``<public URL>/v1/webhooks/sms/provider``).
         policy: retry policy for transient failures.
         lease_seconds: how long a claim is exclusive; a worker that dies
             leaves a lease that expires after this many seconds.
@@ -63,11 +77,15 @@ class Dispatcher:
         concurrency: int = 16,
         rng: random.Random | None = None,
         worker_id: str | None = None,
+        sms_provider: SmsProvider | None = None,
+        sms_status_callback_url: str | None = None,
     ) -> None:
         if send_timeout >= lease_seconds:
             raise ValueError("send_timeout must be shorter than lease_seconds")
         self._queue = queue
         self._provider = email_provider
+        self._sms_provider = sms_provider
+        self._sms_callback_url = sms_status_callback_url
         self._clock = clock
         self._policy = policy or RetryPolicy()
         self._lease_seconds = lease_seconds
@@ -104,29 +122,59 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ one attempt
 
+    def _provider_call(
+        self, job: ClaimedJob
+    ) -> tuple[str, Callable[[], Awaitable[ProviderResult]]] | ProviderResult:
+        """(provider name, the call to make) for the message's channel, or a result at once."""
+        message = job.message
+        if message.email is not None:
+            email = OutgoingEmail(
+                message_id=message.id,
+                org_id=message.org_id,
+                content=message.email,
+                created_at=message.created_at,
+                attempt_number=job.attempt_number,
+            )
+            provider = self._provider
+            return provider.name, lambda: provider.send_email(email)
+        if message.sms is not None:
+            sms_provider = self._sms_provider
+            if sms_provider is None:
+                return ProviderResult.permanent(
+                    ErrorCategory.UNSUPPORTED, "no SMS provider is configured"
+                )
+            sms = OutgoingSms(
+                message_id=message.id,
+                org_id=message.org_id,
+                content=message.sms,
+                created_at=message.created_at,
+                attempt_number=job.attempt_number,
+                status_callback_url=self._sms_callback_url,
+            )
+            return sms_provider.name, lambda: sms_provider.send_sms(sms)
+        return ProviderResult.permanent(
+            ErrorCategory.UNSUPPORTED, f"no content for channel {message.channel}"
+        )
+
     async def _call_provider(self, job: ClaimedJob) -> tuple[str, ProviderResult]:
         message = job.message
         if message.sandbox:
             return SANDBOX_PROVIDER, ProviderResult.accepted(None)
-        assert message.email is not None
-        email = OutgoingEmail(
-            message_id=message.id,
-            org_id=message.org_id,
-            content=message.email,
-            created_at=message.created_at,
-            attempt_number=job.attempt_number,
-        )
+        call = self._provider_call(job)
+        if isinstance(call, ProviderResult):
+            return "none", call
+        name, send = call
         try:
             async with asyncio.timeout(self._send_timeout):
-                result = await self._provider.send_email(email)
+                result = await send()
         except TimeoutError:
             result = ProviderResult.transient(
                 ErrorCategory.TIMEOUT, f"provider call exceeded {self._send_timeout:g} s"
             )
         except Exception as exc:  # a provider bug must not kill the worker
-            log.exception("provider %s raised while sending %s", self._provider.name, message.id)
+            log.exception("provider %s raised while sending %s", name, message.id)
             result = ProviderResult.transient(ErrorCategory.UNKNOWN, f"{type(exc).__name__}: {exc}")
-        return self._provider.name, result
+        return name, result
 
     def _decide(
         self, job: ClaimedJob, result: ProviderResult
@@ -142,10 +190,13 @@ class Dispatcher:
         if result.outcome == Outcome.PERMANENT:
             bounced = result.error_category == ErrorCategory.INVALID_RECIPIENT
             return (Status.BOUNCED if bounced else Status.FAILED), None, details
-        if not self._policy.should_retry(job.attempt_number):
+        # An explicit retry of a FAILED message starts a fresh retry budget.
+        if not self._policy.should_retry(job.attempt_number - job.attempts_before):
             details["reason"] = f"gave up after {job.attempt_number} attempts"
             return Status.FAILED, None, details
-        delay = self._policy.delay(job.attempt_number, self._rng, result.retry_after)
+        delay = self._policy.delay(
+            job.attempt_number - job.attempts_before, self._rng, result.retry_after
+        )
         retry_at = self._clock.now() + timedelta(seconds=delay)
         details["retryAt"] = retry_at.isoformat()
         details["retryInSeconds"] = round(delay, 3)
