@@ -643,3 +643,37 @@ async def test_sync_facade_sends_sms(tmp_path: Path) -> None:
 
 
 _ = OtpSendRequest  # the request type is part of the public API used by the HTTP adapter
+
+
+async def test_provider_opt_out_answer_feeds_the_opt_out_list(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    """A provider saying the recipient unsubscribed (Twilio 21610) puts the number on the list."""
+    provider = MockSmsProvider(
+        lambda sms: ProviderResult.permanent(ErrorCategory.RECIPIENT_OPTED_OUT, "21610")
+    )
+    async with Commtunnel.open(
+        db=tmp_path / "p.db",
+        email_provider=MockProvider(),
+        sms_provider=provider,
+        clock=clock,
+        settings=Settings(embedded_worker=False),
+    ) as ct:
+        await approve(ct, "ACME")
+        message = (await ct.sms.send(to=TO, sender_id="ACME", body="hi")).message
+        await ct.run_worker_until_idle()
+        assert (await ct.sms.get(message.id)).message.status == Status.FAILED
+        listed = await ct.sms_service.list_opt_outs(Principal(org_id=ct.org.id, scopes=ALL_SCOPES))
+        assert [(o.phone, o.source) for o in listed.items] == [(TO, "provider")]
+        with pytest.raises(SmsRecipientOptedOutError):
+            await ct.sms.send(to=TO, sender_id="ACME", body="again")
+
+
+def test_redact_url_masks_passwords_and_bare_tokens() -> None:
+    from commtunnel.providers import redact_url
+
+    assert redact_url("smtp://user:secret@host:587") == "smtp://user:***@host:587"
+    assert redact_url("sms+https://tok123@sms.example.com/send") == (
+        "sms+https://***@sms.example.com/send"
+    )
+    assert redact_url("outbox:///var/out") == "outbox:///var/out"

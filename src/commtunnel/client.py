@@ -391,8 +391,14 @@ class Commtunnel:
                     if s.public_url is None
                     else s.public_url.rstrip("/") + "/v1/webhooks/sms/provider"
                 ),
+                on_recipient_opted_out=self._provider_opt_out,
             )
         return self._dispatcher
+
+    async def _provider_opt_out(self, message: Message) -> None:
+        """A provider said the recipient opted out: put the number on the organization's list."""
+        if message.sms is not None:
+            await self.sms_service.opt_out(message.org_id, message.sms.to, source="provider")
 
     async def run_worker_until_idle(self) -> int:
         """Deliver everything due at the clock's current time; returns jobs processed."""

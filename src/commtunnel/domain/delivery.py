@@ -30,6 +30,7 @@ class ErrorCategory(enum.StrEnum):
     AUTH = "AUTH"  # the provider refused our credentials
     INVALID_RECIPIENT = "INVALID_RECIPIENT"  # mailbox unknown: a hard bounce
     REJECTED = "REJECTED"  # content or policy refused
+    RECIPIENT_OPTED_OUT = "RECIPIENT_OPTED_OUT"  # the recipient told the provider to stop
     UNSUPPORTED = "UNSUPPORTED"  # the provider cannot do what was asked
     UNKNOWN = "UNKNOWN"  # an unexpected exception, classified as transient
 

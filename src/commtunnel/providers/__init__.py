@@ -7,7 +7,8 @@ with a ``from_url(url, *, clock)`` classmethod returning a provider::
     [project.entry-points."commtunnel.providers"]
     acme = "commtunnel_acme:AcmeProvider"     # acme://key@region
 
-Built in: ``outbox:`` (files on disk, the default), ``smtp:`` and ``smtps:``.
+Built in: ``outbox:`` (files on disk, the default, for email and SMS),
+``smtp:`` and ``smtps:`` (email), ``twilio:``, ``sms+http:`` and ``sms+https:`` (SMS).
 """
 
 from __future__ import annotations
@@ -57,10 +58,16 @@ def load_provider(url: str, *, clock: Clock) -> Any:
 
 
 def redact_url(url: str) -> str:
-    """The URL with its password replaced by ``***`` (safe to log)."""
+    """The URL with its secret replaced by ``***`` (safe to log).
+
+    The password is masked; a user part with no password (``sms+https://TOKEN@host``,
+    where the token *is* the credential) is masked whole.
+    """
     parts = urlsplit(url)
-    if parts.password is None:
+    if "@" not in parts.netloc:
         return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
+    host = parts.netloc.rsplit("@", 1)[1]
+    if parts.password is None:
+        return urlunsplit(parts._replace(netloc=f"***@{host}"))
     user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

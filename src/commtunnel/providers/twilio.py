@@ -64,7 +64,7 @@ https://www.twilio.com/docs/api/errors):
 =================================================================  ===========================
 201/200 with a ``sid``                                             accepted(sid)
 21211 invalid To, 21614 To not SMS-capable, 21612 To unreachable   permanent INVALID_RECIPIENT
-21610 recipient replied STOP ("unsubscribed recipient")            permanent REJECTED
+21610 recipient replied STOP ("unsubscribed recipient")            permanent RECIPIENT_OPTED_OUT
 21408 destination not permitted, 21606 / 21659 From not allowed    permanent REJECTED
 20003 / 20005 (credentials, inactive account), HTTP 401 or 403     transient AUTH
 HTTP 429 or 20429                                                  transient RATE_LIMITED
@@ -365,7 +365,7 @@ def classify_response(response: httpx.Response, *, now: datetime) -> ProviderRes
         return ProviderResult.permanent(ErrorCategory.INVALID_RECIPIENT, text)
     if code == _UNSUBSCRIBED_CODE:
         return ProviderResult.permanent(
-            ErrorCategory.REJECTED,
+            ErrorCategory.RECIPIENT_OPTED_OUT,
             f"recipient unsubscribed (Twilio error 21610: they replied STOP to this sender "
             f"and must text START to opt back in); {text}",
         )

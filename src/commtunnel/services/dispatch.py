@@ -56,6 +56,9 @@ class Dispatcher:
             ``UNSUPPORTED``, permanently).
         sms_status_callback_url: handed to the SMS provider so it can POST
             delivery receipts back (``<public URL>/v1/webhooks/sms/provider``).
+        on_recipient_opted_out: awaited with the message after a provider
+            answered ``RECIPIENT_OPTED_OUT`` (the recipient told the provider
+            to stop, e.g. Twilio 21610), so the opt-out list learns it too.
         policy: retry policy for transient failures.
         lease_seconds: how long a claim is exclusive; a worker that dies
             leaves a lease that expires after this many seconds.
@@ -79,6 +82,7 @@ class Dispatcher:
         worker_id: str | None = None,
         sms_provider: SmsProvider | None = None,
         sms_status_callback_url: str | None = None,
+        on_recipient_opted_out: Callable[[Message], Awaitable[object]] | None = None,
     ) -> None:
         if send_timeout >= lease_seconds:
             raise ValueError("send_timeout must be shorter than lease_seconds")
@@ -86,6 +90,7 @@ class Dispatcher:
         self._provider = email_provider
         self._sms_provider = sms_provider
         self._sms_callback_url = sms_status_callback_url
+        self._on_opted_out = on_recipient_opted_out
         self._clock = clock
         self._policy = policy or RetryPolicy()
         self._lease_seconds = lease_seconds
@@ -247,6 +252,14 @@ class Dispatcher:
         )
         if not recorded:
             log.warning("lease on %s was lost before its result was recorded", message.id)
+        elif (
+            result.error_category == ErrorCategory.RECIPIENT_OPTED_OUT
+            and self._on_opted_out is not None
+        ):
+            try:
+                await self._on_opted_out(message)
+            except Exception:  # the attempt is recorded; the list update is best effort
+                log.exception("recording the opt-out for %s failed", message.id)
         return recorded
 
     # ------------------------------------------------------------------ loops
@@ -281,10 +294,15 @@ class Dispatcher:
 
         New work accepted in this process wakes the loop at once; work written
         by other processes and retries coming due are found by polling every
-        ``poll_interval`` seconds.
+        ``poll_interval`` seconds. While attempts are in flight, jobs are
+        claimed in batches: only once a quarter of the slots are free.
         """
         in_flight: set[asyncio.Task[bool]] = set()
         slot_freed = asyncio.Event()
+        # One claim per freed slot meant one query and one commit per 1-3 jobs;
+        # waiting for a quarter of the slots keeps claims batched while the rest
+        # of the slots keep the provider busy.
+        claim_batch = max(1, self._concurrency // 4)
 
         def finished(task: asyncio.Task[bool]) -> None:
             in_flight.discard(task)
@@ -295,7 +313,7 @@ class Dispatcher:
         try:
             while not stop.is_set():
                 free = self._concurrency - len(in_flight)
-                if free <= 0:
+                if free <= 0 or (in_flight and free < claim_batch):
                     slot_freed.clear()
                     await slot_freed.wait()
                     continue
