@@ -24,6 +24,7 @@ from commtunnel.domain.messages import (
     Message,
     SmsContent,
     Status,
+    WhatsAppContent,
     _aware,
 )
 
@@ -195,6 +196,43 @@ class OutgoingSms:
     created_at: datetime = attrs.field(validator=_aware)
     attempt_number: int = 1
     status_callback_url: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class WhatsAppLine:
+    """A WhatsApp Cloud business line: the Meta phone number id and its access token.
+
+    Attributes:
+        phone_number_id: Meta's id of the business phone number.
+        access_token: the Graph API bearer token (never logged or returned).
+        org_id: the organization whose own line this is; None for the
+            platform default line.
+    """
+
+    phone_number_id: str
+    access_token: str = attrs.field(repr=False)
+    org_id: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class OutgoingWhatsApp:
+    """What a WhatsApp provider is asked to deliver.
+
+    Attributes:
+        message_id: Commtunnel's id (UUIDv7 string).
+        org_id: owning organization.
+        content: recipient and text or template.
+        line: the line to send from, with its token.
+        created_at: acceptance time.
+        attempt_number: 1 for the first attempt.
+    """
+
+    message_id: str
+    org_id: str
+    content: WhatsAppContent
+    line: WhatsAppLine
+    created_at: datetime = attrs.field(validator=_aware)
+    attempt_number: int = 1
 
 
 @attrs.frozen(kw_only=True)
@@ -670,4 +708,27 @@ class SmsStorage(Protocol):
 
     async def set_otp_ignores_opt_out(self, org_id: str, value: bool) -> bool:
         """Set the organization's OTP opt-out policy; False for an unknown organization."""
+        ...
+
+
+@runtime_checkable
+class WhatsAppProvider(Protocol):
+    """Sends WhatsApp Cloud messages (Graph ``POST /{version}/{phone-number-id}/messages``).
+
+    ``send_whatsapp`` must not raise for delivery problems: it returns a
+    classified :class:`ProviderResult` whose ``provider_message_id`` is the
+    ``wamid.…`` Meta returned. Categories with consequences for the line or
+    the recipient: ``AUTH`` (token expired, Graph error 190: the line is
+    paused), ``POLICY_BLOCKED`` (the line is flagged), ``RECIPIENT_OPTED_OUT``
+    (an opt-out is recorded), ``TEMPLATE_REQUIRED`` (the 24-hour window closed).
+    """
+
+    name: str
+
+    async def send_whatsapp(self, message: OutgoingWhatsApp) -> ProviderResult:
+        """Hand ``message`` to Graph and classify the outcome."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close connections."""
         ...

@@ -31,6 +31,10 @@ class ErrorCategory(enum.StrEnum):
     INVALID_RECIPIENT = "INVALID_RECIPIENT"  # mailbox unknown: a hard bounce
     REJECTED = "REJECTED"  # content or policy refused
     RECIPIENT_OPTED_OUT = "RECIPIENT_OPTED_OUT"  # the recipient told the provider to stop
+    UNDELIVERABLE = "UNDELIVERABLE"  # the provider will not deliver to this recipient
+    TEMPLATE_REQUIRED = "TEMPLATE_REQUIRED"  # outside a conversation window: use a template
+    POLICY_BLOCKED = "POLICY_BLOCKED"  # spam or policy block on the sending line
+    LINE_PAUSED = "LINE_PAUSED"  # the sending line is paused (e.g. its token expired)
     UNSUPPORTED = "UNSUPPORTED"  # the provider cannot do what was asked
     UNKNOWN = "UNKNOWN"  # an unexpected exception, classified as transient
 

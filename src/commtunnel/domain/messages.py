@@ -160,6 +160,31 @@ class SmsContent:
 
 
 @attrs.frozen(kw_only=True)
+class WhatsAppContent:
+    """The content of one WhatsApp Cloud message (MT), as accepted.
+
+    Attributes:
+        to: the recipient in E.164 (Graph accepts the number with its
+            country code, with or without ``+``).
+        kind: ``text`` or ``template``.
+        body: the text for ``text`` messages (at most 4096 characters, Meta's limit).
+        template_name / template_language: an approved message template and
+            its language code (e.g. ``en_US``) for ``template`` messages.
+        template_variables: body parameters: a list (positional ``{{1}}``...)
+            or a dict (named parameters); None for none.
+        phone_number_id: the business line (Meta phone number id) it is sent from.
+    """
+
+    to: str
+    kind: str
+    body: str | None = None
+    template_name: str | None = None
+    template_language: str | None = None
+    template_variables: list[str] | dict[str, str] | None = None
+    phone_number_id: str | None = None
+
+
+@attrs.frozen(kw_only=True)
 class Message:
     """A message as stored: identity, ownership, state and content.
 
@@ -171,6 +196,7 @@ class Message:
         sandbox: True for sandbox sends and ``ct_test_`` keys (never reaches a provider).
         email: content for the email channel.
         sms: content for the SMS channel.
+        whatsapp: content for the WhatsApp channel.
         created_at / updated_at: UTC, timezone-aware.
         provider_message_id: the provider's reference once accepted.
         attempt_count: provider calls made so far.
@@ -189,6 +215,7 @@ class Message:
     attempt_count: int = 0
     last_error: str | None = None
     sms: SmsContent | None = None
+    whatsapp: WhatsAppContent | None = None
 
 
 @attrs.frozen(kw_only=True)
