@@ -7,17 +7,26 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from click.testing import CliRunner, Result
 
 from commtunnel.cli import main
 from commtunnel.client import Commtunnel
-from commtunnel.domain.errors import UnauthorizedError
-from commtunnel.domain.keys import Principal
+from commtunnel.domain.errors import (
+    SmsRecipientOptedOutError,
+    SmsSenderIdNotApprovedError,
+    UnauthorizedError,
+    WebhookAuthError,
+)
+from commtunnel.domain.keys import ALL_SCOPES, Principal
+from commtunnel.services.sms import OtpSendRequest, SmsSendRequest
 from commtunnel.testing import MockProvider
+
+T = TypeVar("T")
 
 ISO_MS_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -429,3 +438,422 @@ def test_version(runner: CliRunner) -> None:
     result = runner.invoke(main, ["--version"])
     assert result.exit_code == 0
     assert re.search(r"\d+\.\d+", result.stdout)
+
+
+# --------------------------------------------------------------------------- sms
+
+
+REQUEST_KEYS = {
+    "id", "organizationId", "senderId", "flow", "status", "reason",
+    "reviewReason", "reviewedBy", "reviewedAt", "createdAt",
+}  # fmt: skip
+
+
+def in_process(db: Path, action: Callable[[Commtunnel], Awaitable[T]]) -> T:
+    """Run ``action`` with a facade opened in process on the same database."""
+
+    async def go() -> T:
+        async with Commtunnel.open(db=db, email_provider=MockProvider()) as ct:
+            return await action(ct)
+
+    return asyncio.run(go())
+
+
+def as_org(org: dict[str, Any]) -> Principal:
+    """An in-process principal of the organization (CLI-created) with every scope."""
+    return Principal(org_id=org["id"], scopes=ALL_SCOPES)
+
+
+def request_sender_id(runner: CliRunner, db: Path, *args: str) -> dict[str, Any]:
+    """``sms sender-ids request --org acme ARGS --json``, which must succeed."""
+    created: dict[str, Any] = ok_json(
+        run(runner, db, "sms", "sender-ids", "request", "--org", "acme", *args, "--json")
+    )
+    return created
+
+
+def test_sms_token_json_is_created_once(runner: CliRunner, db: Path, acme: dict[str, Any]) -> None:
+    """``sms token --json`` prints {"token": ...}, the same one on every call, owned by the org."""
+    result = run(runner, db, "sms", "token", "--org", "acme", "--json")
+    assert result.stdout.count("\n") == 1
+    first = ok_json(result)
+    assert set(first) == {"token"}
+    assert first["token"].startswith("smst_")
+    assert ok_json(run(runner, db, "sms", "token", "--org", "acme", "--json")) == first
+    owner = in_process(db, lambda ct: ct.sms_service.org_for_token(first["token"]))
+    assert owner == acme["id"]
+
+
+def test_sms_token_rotate_replaces_it(runner: CliRunner, db: Path, acme: dict[str, Any]) -> None:
+    """``--rotate`` prints a new token; the old one no longer opens the webhooks."""
+    old = ok_json(run(runner, db, "sms", "token", "--org", "acme", "--json"))["token"]
+    new = ok_json(run(runner, db, "sms", "token", "--org", "acme", "--rotate", "--json"))["token"]
+    assert new != old
+    assert ok_json(run(runner, db, "sms", "token", "--org", "acme", "--json")) == {"token": new}
+    assert in_process(db, lambda ct: ct.sms_service.org_for_token(new)) == acme["id"]
+    with pytest.raises(WebhookAuthError):
+        in_process(db, lambda ct: ct.sms_service.org_for_token(old))
+
+
+def test_sms_token_plain_prints_the_urls_it_guards(
+    runner: CliRunner, db: Path, acme: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --json the token alone is stdout; the three webhook URLs go to stderr."""
+    monkeypatch.setenv("COMMTUNNEL_PUBLIC_URL", "https://ct.example.com/")
+    result = run(runner, db, "sms", "token", "--org", "acme")
+    assert result.exit_code == 0
+    token = result.stdout.strip()
+    assert re.fullmatch(r"smst_[A-Za-z0-9_-]{43}", token)
+    for route in ("inbound", "dlr", "inbound-opt-out"):
+        assert f"https://ct.example.com/v1/webhooks/sms/{route}?token={token}\n" in result.stderr
+
+
+def test_sms_token_urls_default_to_host_and_port(
+    runner: CliRunner, db: Path, acme: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a public URL the webhook URLs use the configured host and port."""
+    for var in ("COMMTUNNEL_PUBLIC_URL", "COMMTUNNEL_HOST", "COMMTUNNEL_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    result = run(runner, db, "sms", "token", "--org", "acme")
+    assert "http://127.0.0.1:8025/v1/webhooks/sms/dlr?token=smst_" in result.stderr
+
+
+def test_sender_id_request_json_shape(runner: CliRunner, db: Path, acme: dict[str, Any]) -> None:
+    """A request prints one object: id, organization, value, flow, PENDING, reason, createdAt."""
+    created = request_sender_id(runner, db, "ACME", "--reason", "order updates")
+    assert set(created) == REQUEST_KEYS
+    assert created["organizationId"] == acme["id"]
+    assert created["senderId"] == "ACME"
+    assert created["flow"] == "STANDARD"
+    assert created["status"] == "PENDING"
+    assert created["reason"] == "order updates"
+    assert created["reviewedAt"] is None
+    assert ISO_MS_Z.match(created["createdAt"])
+    plain = run(
+        runner, db, "sms", "sender-ids", "request", "--org", "acme", "Acme OTP", "--flow", "otp"
+    )
+    assert plain.exit_code == 0
+    assert plain.stdout.startswith("requested OTP sender ID Acme OTP (request id ")
+
+
+def test_sender_id_request_approve_then_listed_and_usable(
+    runner: CliRunner, db: Path, acme: dict[str, Any]
+) -> None:
+    """Request -> review --approve -> listed as approved, and sends from it are accepted."""
+    send = SmsSendRequest(to="+14155550123", sender_id="ACME", body="Your order shipped")
+    with pytest.raises(SmsSenderIdNotApprovedError):
+        in_process(db, lambda ct: ct.sms_service.send(as_org(acme), send))
+    created = request_sender_id(runner, db, "ACME")
+    assert ok_json(run(runner, db, "sms", "sender-ids", "list", "--org", "acme", "--json")) == []
+    pending = ok_json(
+        run(runner, db, "sms", "sender-ids", "requests", "--status", "PENDING", "--json")
+    )
+    assert pending == [created]
+    reviewed = ok_json(
+        run(
+            runner,
+            db,
+            "sms",
+            "sender-ids",
+            "review",
+            created["id"],
+            "--approve",
+            "--reason",
+            "checked",
+            "--json",
+        )
+    )
+    assert set(reviewed) == REQUEST_KEYS
+    assert reviewed["id"] == created["id"]
+    assert reviewed["status"] == "APPROVED"
+    assert reviewed["reviewReason"] == "checked"
+    assert reviewed["reason"] is None
+    assert ISO_MS_Z.match(reviewed["reviewedAt"])
+    listed = ok_json(run(runner, db, "sms", "sender-ids", "list", "--org", "acme", "--json"))
+    assert listed == [reviewed]
+    assert (
+        ok_json(
+            run(runner, db, "sms", "sender-ids", "list", "--org", "acme", "--flow", "OTP", "--json")
+        )
+        == []
+    )
+    table = run(runner, db, "sms", "sender-ids", "list", "--org", "acme").stdout.splitlines()
+    assert table[0].split()[:3] == ["ID", "ORG", "SENDER"]
+    assert table[1].split()[:5] == [created["id"], "acme", "ACME", "STANDARD", "APPROVED"]
+    accepted = in_process(db, lambda ct: ct.sms_service.send(as_org(acme), send))
+    assert accepted.message.sms is not None
+    assert accepted.message.sms.sender_id == "ACME"
+
+
+def test_sender_id_review_plain_and_reject(
+    runner: CliRunner, db: Path, acme: dict[str, Any]
+) -> None:
+    """A rejected request is never listed as approved; the plain output names the decision."""
+    created = request_sender_id(runner, db, "Acme OTP", "--flow", "OTP")
+    result = run(runner, db, "sms", "sender-ids", "review", created["id"], "--reject")
+    assert result.exit_code == 0
+    assert result.stdout == f"rejected OTP sender ID Acme OTP (request id {created['id']})\n"
+    assert ok_json(run(runner, db, "sms", "sender-ids", "list", "--org", "acme", "--json")) == []
+    (rejected,) = ok_json(
+        run(runner, db, "sms", "sender-ids", "requests", "--org", "acme", "--json")
+    )
+    assert rejected["status"] == "REJECTED"
+    assert rejected["reviewedBy"] == "cli"
+
+
+def test_sender_id_review_twice_is_a_conflict(
+    runner: CliRunner, db: Path, acme: dict[str, Any]
+) -> None:
+    """A second review exits 1 with CONFLICT and leaves the first decision in place."""
+    created = request_sender_id(runner, db, "ACME")
+    assert run(runner, db, "sms", "sender-ids", "review", created["id"], "--approve").exit_code == 0
+    again = run(runner, db, "sms", "sender-ids", "review", created["id"], "--reject", "--json")
+    assert again.exit_code == 1
+    assert again.stdout == ""
+    assert again.stderr.startswith(
+        "error: This request was already reviewed (APPROVED) (CONFLICT)\n"
+    )
+    (listed,) = ok_json(run(runner, db, "sms", "sender-ids", "list", "--org", "acme", "--json"))
+    assert listed["status"] == "APPROVED"
+
+
+def test_sender_id_review_unknown_request(runner: CliRunner, db: Path) -> None:
+    """Reviewing a request that does not exist exits 1 with NOT_FOUND."""
+    result = run(runner, db, "sms", "sender-ids", "review", "nope", "--approve")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: No sender ID request with this id (NOT_FOUND)\n")
+
+
+def test_sender_id_review_needs_a_decision(
+    runner: CliRunner, db: Path, acme: dict[str, Any]
+) -> None:
+    """Neither --approve nor --reject is a usage error (exit 2) and reviews nothing."""
+    created = request_sender_id(runner, db, "ACME")
+    result = run(runner, db, "sms", "sender-ids", "review", created["id"])
+    assert result.exit_code == 2
+    assert "--approve or --reject" in result.stderr
+    (still,) = ok_json(run(runner, db, "sms", "sender-ids", "requests", "--json"))
+    assert still["status"] == "PENDING"
+
+
+@pytest.mark.parametrize(
+    ("value", "flow"),
+    [
+        ("bad id!", "STANDARD"),
+        ("TWELVECHARSX", "STANDARD"),
+        ("12345678901234567", "STANDARD"),
+        ("ab", "OTP"),
+    ],
+)
+def test_invalid_sender_id_is_a_validation_error(
+    runner: CliRunner, db: Path, acme: dict[str, Any], value: str, flow: str
+) -> None:
+    """A sender ID or OTP brand breaking its rule exits 1 naming senderId; nothing is stored."""
+    result = run(runner, db, "sms", "sender-ids", "request", "--org", "acme", value, "--flow", flow)
+    assert result.exit_code == 1
+    first, *reasons = result.stderr.splitlines()
+    assert first == "error: Validation failed: senderId (VALIDATION_ERROR)"
+    assert reasons[0].startswith("  senderId: ")
+    assert ok_json(run(runner, db, "sms", "sender-ids", "requests", "--json")) == []
+
+
+def test_duplicate_sender_id_request_is_a_conflict(
+    runner: CliRunner, db: Path, acme: dict[str, Any]
+) -> None:
+    """The same value and flow cannot be requested while one is pending (CONFLICT)."""
+    request_sender_id(runner, db, "ACME")
+    result = run(runner, db, "sms", "sender-ids", "request", "--org", "acme", "acme")
+    assert result.exit_code == 1
+    assert "(CONFLICT)" in result.stderr
+
+
+def test_sender_id_requests_of_every_org_or_one(
+    runner: CliRunner, db: Path, acme: dict[str, Any]
+) -> None:
+    """Without --org every organization's requests are listed; --org and --status narrow it."""
+    ok_json(run(runner, db, "orgs", "create", "globex", "--json"))
+    mine = request_sender_id(runner, db, "ACME")
+    theirs = ok_json(
+        run(runner, db, "sms", "sender-ids", "request", "--org", "globex", "GLOBEX", "--json")
+    )
+    every = ok_json(run(runner, db, "sms", "sender-ids", "requests", "--json"))
+    assert [r["id"] for r in every] == [mine["id"], theirs["id"]]
+    only = ok_json(run(runner, db, "sms", "sender-ids", "requests", "--org", "globex", "--json"))
+    assert only == [theirs]
+    assert (
+        ok_json(run(runner, db, "sms", "sender-ids", "requests", "--status", "approved", "--json"))
+        == []
+    )
+    table = run(runner, db, "sms", "sender-ids", "requests").stdout.splitlines()
+    assert [line.split()[1:3] for line in table[1:]] == [["acme", "ACME"], ["globex", "GLOBEX"]]
+
+
+def test_opt_outs_add_list_remove(runner: CliRunner, db: Path, acme: dict[str, Any]) -> None:
+    """Numbers are normalised to E.164, added once, listed, and removed."""
+    added = ok_json(
+        run(runner, db, "sms", "opt-outs", "add", "--org", "acme", "+1 415-555-0123", "--json")
+    )
+    assert added == {"phone": "+14155550123", "optedOut": True, "created": True}
+    again = ok_json(
+        run(runner, db, "sms", "opt-outs", "add", "--org", "acme", "+14155550123", "--json")
+    )
+    assert again == {"phone": "+14155550123", "optedOut": True, "created": False}
+    (listed,) = ok_json(run(runner, db, "sms", "opt-outs", "list", "--org", "acme", "--json"))
+    assert set(listed) == {"phone", "source", "createdAt"}
+    assert listed["phone"] == "+14155550123"
+    assert listed["source"] == "cli"
+    assert ISO_MS_Z.match(listed["createdAt"])
+    assert "+14155550123" in run(runner, db, "sms", "opt-outs", "list", "--org", "acme").stdout
+    removed = ok_json(
+        run(runner, db, "sms", "opt-outs", "remove", "--org", "acme", "+14155550123", "--json")
+    )
+    assert removed == {"phone": "+14155550123", "optedOut": False}
+    assert ok_json(run(runner, db, "sms", "opt-outs", "list", "--org", "acme", "--json")) == []
+    gone = run(runner, db, "sms", "opt-outs", "remove", "--org", "acme", "+14155550123")
+    assert gone.exit_code == 1
+    assert gone.stderr.startswith("error: This number is not on the opt-out list (NOT_FOUND)\n")
+
+
+def test_opt_out_blocks_sends_of_that_org_only(
+    runner: CliRunner, db: Path, acme: dict[str, Any]
+) -> None:
+    """A number opted out through the CLI is refused for the organization's sends."""
+    created = request_sender_id(runner, db, "ACME")
+    run(runner, db, "sms", "sender-ids", "review", created["id"], "--approve")
+    run(runner, db, "sms", "opt-outs", "add", "--org", "acme", "+14155550123")
+    send = SmsSendRequest(to="+14155550123", sender_id="ACME", body="hello")
+    with pytest.raises(SmsRecipientOptedOutError):
+        in_process(db, lambda ct: ct.sms_service.send(as_org(acme), send))
+
+
+@pytest.mark.parametrize("phone", ["12345", "not a phone", "+1", "+999123456789"])
+@pytest.mark.parametrize("action", ["add", "remove"])
+def test_bad_phone_is_refused(
+    runner: CliRunner, db: Path, acme: dict[str, Any], phone: str, action: str
+) -> None:
+    """A number that is not valid E.164 exits non-zero with VALIDATION_ERROR; nothing changes."""
+    result = run(runner, db, "sms", "opt-outs", action, "--org", "acme", phone, "--json")
+    assert result.exit_code != 0
+    assert "VALIDATION_ERROR" in result.output
+    assert result.stderr.startswith("error: Validation failed: phone (VALIDATION_ERROR)\n  phone: ")
+    assert result.stdout == ""
+    assert ok_json(run(runner, db, "sms", "opt-outs", "list", "--org", "acme", "--json")) == []
+
+
+def test_sms_inbound_lists_mo_messages(runner: CliRunner, db: Path, acme: dict[str, Any]) -> None:
+    """MO messages received on the org's webhook are listed newest first, as JSON and a table."""
+    token = ok_json(run(runner, db, "sms", "token", "--org", "acme", "--json"))["token"]
+    assert ok_json(run(runner, db, "sms", "inbound", "--org", "acme", "--json")) == []
+    assert run(runner, db, "sms", "inbound", "--org", "acme").stdout == "(none)\n"
+
+    async def receive(ct: Commtunnel) -> None:
+        for text in ("Is my order late?", "STOP"):
+            payload = {"sms_from": "14155550123", "sms_to": "12345", "sms_message": text}
+            await ct.sms_service.receive_inbound(token, payload)
+
+    in_process(db, receive)
+    listed = ok_json(run(runner, db, "sms", "inbound", "--org", "acme", "--json"))
+    assert [m["body"] for m in listed] == ["STOP", "Is my order late?"]
+    first = listed[1]
+    assert set(first) == {"id", "organizationId", "from", "to", "body", "keyword", "createdAt"}
+    assert first["organizationId"] == acme["id"]
+    assert first["from"] == "+14155550123"
+    assert first["to"] == "12345"
+    assert first["keyword"] is None
+    assert listed[0]["keyword"] == "STOP"
+    table = run(runner, db, "sms", "inbound", "--org", "acme").stdout.splitlines()
+    assert table[0].split() == ["ID", "FROM", "TO", "KEYWORD", "RECEIVED", "BODY"]
+    assert table[2].endswith("Is my order late?")
+    (opted,) = ok_json(run(runner, db, "sms", "opt-outs", "list", "--org", "acme", "--json"))
+    assert opted["source"] == "inbound_keyword"
+
+
+def test_orgs_set_otp_ignores_opt_out(runner: CliRunner, db: Path, acme: dict[str, Any]) -> None:
+    """``orgs set --otp-ignores-opt-out`` prints the org with the setting, and OTP obeys it."""
+    brand = request_sender_id(runner, db, "Acme", "--flow", "OTP")
+    run(runner, db, "sms", "sender-ids", "review", brand["id"], "--approve")
+    run(runner, db, "sms", "opt-outs", "add", "--org", "acme", "+14155550123")
+    otp = OtpSendRequest(to="+14155550123", brand_name="Acme", otp_code="123456")
+    with pytest.raises(SmsRecipientOptedOutError):
+        in_process(db, lambda ct: ct.sms_service.send_otp(as_org(acme), otp))
+    updated = ok_json(
+        run(runner, db, "orgs", "set", "--org", "acme", "--otp-ignores-opt-out", "true", "--json")
+    )
+    assert updated == {**acme, "otpIgnoresOptOut": True}
+    sent = in_process(db, lambda ct: ct.sms_service.send_otp(as_org(acme), otp))
+    assert sent.message.sms is not None
+    assert sent.message.sms.flow == "OTP"
+    plain = run(runner, db, "orgs", "set", "--org", "acme", "--otp-ignores-opt-out", "false")
+    assert plain.exit_code == 0
+    assert plain.stdout == f"organization acme (id {acme['id']}): otp-ignores-opt-out false\n"
+    org = in_process(db, lambda ct: ct.admin.get_org("acme"))
+    assert org.otp_ignores_opt_out is False
+
+
+@pytest.mark.parametrize("args", [(), ("--otp-ignores-opt-out", "maybe")])
+def test_orgs_set_usage_errors(
+    runner: CliRunner, db: Path, acme: dict[str, Any], args: tuple[str, ...]
+) -> None:
+    """Nothing to set, or a value that is not a boolean, exits 2."""
+    result = run(runner, db, "orgs", "set", "--org", "acme", *args)
+    assert result.exit_code == 2
+    assert result.stdout == ""
+
+
+def test_keys_create_accepts_the_sms_scopes(
+    runner: CliRunner, db: Path, acme: dict[str, Any]
+) -> None:
+    """The new SMS scopes are accepted by ``keys create`` and carried by the key."""
+    scopes = "send:sms,read:sms,sender_ids:request,platform:admin,opt_outs:manage"
+    created = ok_json(
+        run(runner, db, "keys", "create", "--org", "acme", "--scopes", scopes, "--json")
+    )
+    assert created["scopes"] == sorted(scopes.split(","))
+    assert authenticate(db, created["key"]).scopes == set(scopes.split(","))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("sms", "token", "--org", "nope"),
+        ("sms", "token", "--org", "nope", "--rotate", "--json"),
+        ("sms", "sender-ids", "request", "--org", "nope", "ACME"),
+        ("sms", "sender-ids", "list", "--org", "nope"),
+        ("sms", "sender-ids", "requests", "--org", "nope"),
+        ("sms", "opt-outs", "list", "--org", "nope"),
+        ("sms", "opt-outs", "add", "--org", "nope", "+14155550123"),
+        ("sms", "opt-outs", "remove", "--org", "nope", "+14155550123"),
+        ("sms", "inbound", "--org", "nope"),
+        ("orgs", "set", "--org", "nope", "--otp-ignores-opt-out", "true"),
+    ],
+)
+def test_sms_commands_unknown_org_is_not_found(
+    runner: CliRunner, db: Path, args: tuple[str, ...]
+) -> None:
+    """Every new --org command answers an unknown organization with exit 1 and NOT_FOUND."""
+    result = run(runner, db, *args)
+    assert result.exit_code == 1
+    assert result.stderr == "error: No organization 'nope' (NOT_FOUND)\n"
+    assert result.stdout == ""
+
+
+def test_sms_commands_never_load_the_sms_provider(
+    runner: CliRunner, db: Path, acme: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unusable SMS provider URL does not stop SMS administration."""
+    monkeypatch.setenv("COMMTUNNEL_SMS_PROVIDER", "nosuchscheme://u:secret@host")
+    assert run(runner, db, "sms", "token", "--org", "acme", "--json").exit_code == 0
+    assert run(runner, db, "sms", "sender-ids", "request", "--org", "acme", "ACME").exit_code == 0
+
+
+def test_opt_outs_list_prints_every_page(runner: CliRunner, db: Path, acme: dict[str, Any]) -> None:
+    """The listing walks the service's pages (100 at most each) and prints every number."""
+    phones = [f"+1415555{n:04d}" for n in range(105)]
+
+    async def fill(ct: Commtunnel) -> None:
+        for phone in phones:
+            await ct.sms_service.opt_out(acme["id"], phone, source="api")
+
+    in_process(db, fill)
+    listed = ok_json(run(runner, db, "sms", "opt-outs", "list", "--org", "acme", "--json"))
+    assert sorted(o["phone"] for o in listed) == phones

@@ -4,10 +4,16 @@
 
     commtunnel serve  [--db PATH] [--host H] [--port N] [--email-provider URL] [--no-worker]
     commtunnel worker [--db PATH] [--email-provider URL]
-    commtunnel orgs      create NAME | list
+    commtunnel orgs      create NAME | list | set --org NAME --otp-ignores-opt-out true|false
     commtunnel keys      create --org NAME --scopes a,b [--test] [--name N] | list | revoke
     commtunnel senders   add --org NAME ADDRESS_OR_DOMAIN | list
     commtunnel templates add --org NAME --name N --subject S --html FILE [--text FILE] | list
+    commtunnel sms token --org NAME [--rotate]
+    commtunnel sms sender-ids request --org NAME SENDER_ID [--flow F] [--reason R]
+                                | review REQUEST_ID --approve|--reject [--reason R]
+                                | list --org NAME [--flow F] | requests [--org NAME] [--status S]
+    commtunnel sms opt-outs list --org NAME | add --org NAME PHONE | remove --org NAME PHONE
+    commtunnel sms inbound --org NAME
 
 Settings come from :meth:`Settings.from_env <commtunnel.config.Settings.from_env>`
 (defaults <- ``COMMTUNNEL_*`` environment <- these flags). Commands that
@@ -17,9 +23,14 @@ A :class:`~commtunnel.domain.errors.CommtunnelError` is printed as
 ``error: <message> (<CODE>)`` on stderr with exit status 1; usage errors exit
 with 2 (click's convention). No command prints a traceback for either.
 
-The administration commands never load the configured email provider: they
-open storage with :class:`_NoProvider`, so a provider URL that cannot be used
-on this machine does not stop anyone from creating an organization or a key.
+The administration commands never load the configured email or SMS provider:
+they open storage with :class:`_NoProvider`, so a provider URL that cannot be
+used on this machine does not stop anyone from creating an organization or a key.
+
+The ``sms`` commands act as the organization named by ``--org`` with every
+scope (the operator at the console is trusted), except the platform actions
+(reviewing sender-ID requests, listing every organization's requests), which
+act as a principal holding only ``platform:admin``.
 """
 
 from __future__ import annotations
@@ -30,20 +41,30 @@ import json
 import logging
 import signal
 import sqlite3
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn, TypeVar
+from urllib.parse import quote
 
 import click
 
 from commtunnel.client import Commtunnel
 from commtunnel.config import Settings
 from commtunnel.domain.delivery import ErrorCategory, ProviderResult
-from commtunnel.domain.errors import CommtunnelError
-from commtunnel.domain.keys import ApiKey, Organization, parse_scopes
-from commtunnel.ports import OutgoingEmail, Sender, Template
+from commtunnel.domain.errors import CommtunnelError, NotFoundError
+from commtunnel.domain.keys import ALL_SCOPES, ApiKey, Organization, Principal, Scope, parse_scopes
+from commtunnel.ports import (
+    DeliveryReceipt,
+    InboundMessage,
+    OptOut,
+    OutgoingEmail,
+    OutgoingSms,
+    Sender,
+    SenderIdRequest,
+    Template,
+)
 from commtunnel.providers import redact_url
 
 T = TypeVar("T")
@@ -55,13 +76,23 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
 class _NoProvider:
-    """The email provider of administration commands: they never deliver anything."""
+    """The email and SMS provider of administration commands: they never deliver anything."""
 
     name = "none"
 
     async def send_email(self, email: OutgoingEmail) -> ProviderResult:
         """Refuse: administration commands run no worker, so this is never reached."""
         return ProviderResult.permanent(ErrorCategory.REJECTED, "no provider in admin commands")
+
+    async def send_sms(self, sms: OutgoingSms) -> ProviderResult:
+        """Refuse: administration commands run no worker, so this is never reached."""
+        return ProviderResult.permanent(ErrorCategory.REJECTED, "no provider in admin commands")
+
+    def parse_status_callback(
+        self, *, url: str, headers: Mapping[str, str], body: bytes
+    ) -> list[DeliveryReceipt]:
+        """Refuse: administration commands receive no callbacks."""
+        raise NotFoundError("No provider status callbacks in admin commands")
 
     async def aclose(self) -> None:
         """Nothing to close."""
@@ -105,11 +136,12 @@ def _settings(**overrides: Any) -> Settings:
 
 
 def _admin(db: str | None, action: Callable[[Commtunnel], Awaitable[T]]) -> T:
-    """Open storage only (no email provider), run ``action``, close."""
+    """Open storage only (no email or SMS provider), run ``action``, close."""
     settings = _settings(db=db)
 
     async def main() -> T:
-        ct = Commtunnel.open(settings=settings, email_provider=_NoProvider())
+        none = _NoProvider()
+        ct = Commtunnel.open(settings=settings, email_provider=none, sms_provider=none)
         # Storage only: ct.start() would also create the in-process "default"
         # organization, a side effect no administration command asked for.
         await ct.backend.open()
@@ -173,6 +205,63 @@ def _template_json(template: Template) -> dict[str, Any]:
         "createdAt": _iso(template.created_at),
         "updatedAt": _iso(template.updated_at),
     }
+
+
+def _request_json(request: SenderIdRequest) -> dict[str, Any]:
+    return {
+        "id": request.id,
+        "organizationId": request.org_id,
+        "senderId": request.sender_id,
+        "flow": request.flow,
+        "status": request.status,
+        "reason": request.reason,
+        "reviewReason": request.review_reason,
+        "reviewedBy": request.reviewed_by,
+        "reviewedAt": _iso(request.reviewed_at),
+        "createdAt": _iso(request.created_at),
+    }
+
+
+def _opt_out_json(opt_out: OptOut) -> dict[str, Any]:
+    return {"phone": opt_out.phone, "source": opt_out.source, "createdAt": _iso(opt_out.created_at)}
+
+
+def _inbound_json(inbound: InboundMessage) -> dict[str, Any]:
+    return {
+        "id": inbound.id,
+        "organizationId": inbound.org_id,
+        "from": inbound.sender,
+        "to": inbound.recipient,
+        "body": inbound.body,
+        "keyword": inbound.keyword,
+        "createdAt": _iso(inbound.created_at),
+    }
+
+
+def _acting_for(org: Organization) -> Principal:
+    """The organization's principal at the console: every scope, no API key."""
+    return Principal(org_id=org.id, scopes=ALL_SCOPES)
+
+
+# Review and cross-organization listings are platform actions: the principal
+# carries only platform:admin, so nothing else can be done in its name. Its
+# organization is never read by those actions.
+_PLATFORM = Principal(org_id="platform", scopes=frozenset({Scope.PLATFORM_ADMIN.value}))
+
+# Listings ask the service page by page (it caps a page at 100) and print everything.
+_PAGE_SIZE = 100
+
+
+async def _all_pages(fetch: Callable[[int], Awaitable[Any]]) -> list[Any]:
+    """Every item of a paged listing (``fetch(page)`` returns a :class:`Page`)."""
+    items: list[Any] = []
+    page = 1
+    while True:
+        result = await fetch(page)
+        items.extend(result.items)
+        if not result.items or len(items) >= result.total:
+            return items
+        page += 1
 
 
 def _scopes_callback(_ctx: click.Context, _param: click.Parameter, value: str) -> frozenset[str]:
@@ -378,6 +467,39 @@ def orgs_list(db: str | None, as_json: bool) -> None:
         _emit_json([_org_json(o) for o in found])
     else:
         _table(("ID", "NAME", "CREATED"), [(o.id, o.name, _iso(o.created_at) or "") for o in found])
+
+
+@orgs.command("set")
+@org_option
+@click.option(
+    "--otp-ignores-opt-out",
+    type=click.BOOL,
+    default=None,
+    metavar="true|false",
+    help="Whether OTP messages still reach numbers on the SMS opt-out list.",
+)
+@db_option
+@json_option
+def orgs_set(
+    org_name: str, otp_ignores_opt_out: bool | None, db: str | None, as_json: bool
+) -> None:
+    """Change an organization's settings; prints the organization with them."""
+    if otp_ignores_opt_out is None:
+        raise click.UsageError("nothing to set: give --otp-ignores-opt-out true|false")
+    value = otp_ignores_opt_out
+
+    async def action(ct: Commtunnel) -> Organization:
+        org = await ct.admin.get_org(org_name)
+        if not await ct.sms_store.set_otp_ignores_opt_out(org.id, value):
+            raise NotFoundError(f"No organization '{org_name}'", details={"org": org_name})
+        return await ct.admin.get_org(org.id)
+
+    org = _admin(db, action)
+    if as_json:
+        _emit_json({**_org_json(org), "otpIgnoresOptOut": org.otp_ignores_opt_out})
+    else:
+        state = "true" if org.otp_ignores_opt_out else "false"
+        click.echo(f"organization {org.name} (id {org.id}): otp-ignores-opt-out {state}")
 
 
 # ----------------------------------------------------------------- API keys
@@ -596,4 +718,291 @@ def templates_list(org_name: str, db: str | None, as_json: bool) -> None:
         _table(
             ("ID", "NAME", "SUBJECT", "CREATED"),
             [(t.id, t.name, t.subject, _iso(t.created_at) or "") for t in found],
+        )
+
+
+# ----------------------------------------------------------------- SMS
+
+
+@main.group(short_help="SMS: webhook token, sender IDs, opt-outs, inbound.")
+def sms() -> None:
+    """The SMS channel: webhook token, sender IDs and OTP brands, opt-outs, inbound messages."""
+
+
+_WEBHOOK_ROUTES = ("inbound", "dlr", "inbound-opt-out")
+
+
+@sms.command("token", short_help="Print (or --rotate) the webhook token.")
+@org_option
+@click.option("--rotate", is_flag=True, help="Replace the token (the old one stops working).")
+@db_option
+@json_option
+def sms_token(org_name: str, rotate: bool, db: str | None, as_json: bool) -> None:
+    """Print the organization's SMS webhook token, created on first use.
+
+    The one token guards the organization's inbound (MO), delivery-receipt
+    and inbound-opt-out webhooks. Without --json the token alone goes to
+    stdout and the URLs it guards to stderr (base: $COMMTUNNEL_PUBLIC_URL, or
+    this machine's host and port).
+    """
+
+    async def action(ct: Commtunnel) -> tuple[str, str]:
+        org = await ct.admin.get_org(org_name)
+        token = await ct.sms_service.token(org.id, rotate=rotate)
+        s = ct.settings
+        base = s.public_url.rstrip("/") if s.public_url else f"http://{s.host}:{s.port}"
+        return token, base
+
+    token, base = _admin(db, action)
+    if as_json:
+        _emit_json({"token": token})
+        return
+    click.echo(f"{'new ' if rotate else ''}SMS webhook token; it guards:", err=True)
+    for route in _WEBHOOK_ROUTES:
+        click.echo(f"  POST {base}/v1/webhooks/sms/{route}?token={quote(token, safe='')}", err=True)
+    click.echo(token)
+
+
+# ------------------------------------------------------------- SMS sender IDs
+
+
+@sms.group("sender-ids", short_help="Request, review and list sender IDs.")
+def sms_sender_ids() -> None:
+    """Sender IDs (flow STANDARD) and OTP brand names (flow OTP): request, review, list."""
+
+
+_FLOW = click.Choice(("STANDARD", "OTP"), case_sensitive=False)
+_REQUEST_STATUS = click.Choice(("PENDING", "APPROVED", "REJECTED"), case_sensitive=False)
+
+
+def _requests_table(found: Sequence[SenderIdRequest], org_names: dict[str, str]) -> None:
+    _table(
+        ("ID", "ORG", "SENDER ID", "FLOW", "STATUS", "CREATED"),
+        [
+            (
+                r.id,
+                org_names.get(r.org_id, r.org_id),
+                r.sender_id,
+                r.flow,
+                r.status,
+                _iso(r.created_at) or "",
+            )
+            for r in found
+        ],
+    )
+
+
+@sms_sender_ids.command("request")
+@org_option
+@click.argument("sender_id")
+@click.option("--flow", type=_FLOW, default="STANDARD", show_default=True, help="What it is for.")
+@click.option("--reason", default=None, help="Why the organization needs it (for the reviewer).")
+@db_option
+@json_option
+def sender_ids_request(
+    org_name: str, sender_id: str, flow: str, reason: str | None, db: str | None, as_json: bool
+) -> None:
+    """Ask the platform to approve SENDER_ID (or, with --flow OTP, a brand name)."""
+
+    async def action(ct: Commtunnel) -> SenderIdRequest:
+        org = await ct.admin.get_org(org_name)
+        return await ct.sms_service.request_sender_id(
+            _acting_for(org), sender_id=sender_id, flow=flow.upper(), reason=reason
+        )
+
+    request = _admin(db, action)
+    if as_json:
+        _emit_json(_request_json(request))
+    else:
+        click.echo(
+            f"requested {request.flow} sender ID {request.sender_id} (request id {request.id}, "
+            f"{request.status})"
+        )
+
+
+@sms_sender_ids.command("review")
+@click.argument("request_id")
+@click.option("--approve", "decision", flag_value="approve", help="Approve the request.")
+@click.option("--reject", "decision", flag_value="reject", help="Reject the request.")
+@click.option("--reason", default=None, help="A note for the organization.")
+@db_option
+@json_option
+def sender_ids_review(
+    request_id: str, decision: str | None, reason: str | None, db: str | None, as_json: bool
+) -> None:
+    """Approve or reject the pending request REQUEST_ID (a platform operator's action)."""
+    if decision is None:
+        raise click.UsageError("give --approve or --reject")
+    chosen = decision
+
+    request = _admin(
+        db,
+        lambda ct: ct.sms_service.review_sender_id(
+            _PLATFORM, request_id, decision=chosen, reason=reason
+        ),
+    )
+    if as_json:
+        _emit_json(_request_json(request))
+    else:
+        click.echo(
+            f"{request.status.lower()} {request.flow} sender ID {request.sender_id} "
+            f"(request id {request.id})"
+        )
+
+
+@sms_sender_ids.command("list")
+@org_option
+@click.option("--flow", type=_FLOW, default=None, help="Only this flow.  [default: both]")
+@db_option
+@json_option
+def sender_ids_list(org_name: str, flow: str | None, db: str | None, as_json: bool) -> None:
+    """List the organization's approved sender IDs and OTP brands."""
+
+    async def action(ct: Commtunnel) -> tuple[list[SenderIdRequest], dict[str, str]]:
+        org = await ct.admin.get_org(org_name)
+        found = await ct.sms_service.list_sender_ids(
+            _acting_for(org), flow=None if flow is None else flow.upper()
+        )
+        return found, {org.id: org.name}
+
+    found, names = _admin(db, action)
+    if as_json:
+        _emit_json([_request_json(r) for r in found])
+    else:
+        _requests_table(found, names)
+
+
+@sms_sender_ids.command("requests")
+@click.option(
+    "--org", "org_name", default=None, metavar="NAME", help="Only this organization's requests."
+)
+@click.option("--status", type=_REQUEST_STATUS, default=None, help="Only requests in this state.")
+@db_option
+@json_option
+def sender_ids_requests(
+    org_name: str | None, status: str | None, db: str | None, as_json: bool
+) -> None:
+    """List sender-ID requests of one organization, or of every one (oldest first)."""
+    wanted = None if status is None else status.upper()
+
+    async def action(ct: Commtunnel) -> tuple[list[SenderIdRequest], dict[str, str]]:
+        names = {o.id: o.name for o in await ct.backend.list_orgs()}
+        if org_name is None:
+            found = await ct.sms_service.list_sender_id_requests(
+                _PLATFORM, status=wanted, all_orgs=True
+            )
+        else:
+            org = await ct.admin.get_org(org_name)
+            found = await ct.sms_service.list_sender_id_requests(_acting_for(org), status=wanted)
+        return found, names
+
+    found, names = _admin(db, action)
+    if as_json:
+        _emit_json([_request_json(r) for r in found])
+    else:
+        _requests_table(found, names)
+
+
+# ------------------------------------------------------------- SMS opt-outs
+
+
+@sms.group("opt-outs", short_help="List, add and remove opted-out numbers.")
+def sms_opt_outs() -> None:
+    """The organization's SMS opt-out list (numbers that receive nothing)."""
+
+
+@sms_opt_outs.command("list")
+@org_option
+@db_option
+@json_option
+def opt_outs_list(org_name: str, db: str | None, as_json: bool) -> None:
+    """List the numbers on the organization's opt-out list, newest first."""
+
+    async def action(ct: Commtunnel) -> list[OptOut]:
+        principal = _acting_for(await ct.admin.get_org(org_name))
+        return await _all_pages(
+            lambda page: ct.sms_service.list_opt_outs(principal, page=page, page_size=_PAGE_SIZE)
+        )
+
+    found = _admin(db, action)
+    if as_json:
+        _emit_json([_opt_out_json(o) for o in found])
+    else:
+        _table(
+            ("PHONE", "SOURCE", "CREATED"),
+            [(o.phone, o.source, _iso(o.created_at) or "") for o in found],
+        )
+
+
+@sms_opt_outs.command("add")
+@org_option
+@click.argument("phone")
+@db_option
+@json_option
+def opt_outs_add(org_name: str, phone: str, db: str | None, as_json: bool) -> None:
+    """Put PHONE (E.164, e.g. +14155550123) on the opt-out list."""
+
+    async def action(ct: Commtunnel) -> tuple[str, bool]:
+        org = await ct.admin.get_org(org_name)
+        return await ct.sms_service.add_opt_out(_acting_for(org), phone)
+
+    e164, created = _admin(db, action)
+    if as_json:
+        _emit_json({"phone": e164, "optedOut": True, "created": created})
+    else:
+        click.echo(f"opted out {e164}" + ("" if created else " (already on the list)"))
+
+
+@sms_opt_outs.command("remove")
+@org_option
+@click.argument("phone")
+@db_option
+@json_option
+def opt_outs_remove(org_name: str, phone: str, db: str | None, as_json: bool) -> None:
+    """Take PHONE off the opt-out list (NOT_FOUND when it is not on it)."""
+
+    async def action(ct: Commtunnel) -> str:
+        org = await ct.admin.get_org(org_name)
+        return await ct.sms_service.remove_opt_out(_acting_for(org), phone)
+
+    e164 = _admin(db, action)
+    if as_json:
+        _emit_json({"phone": e164, "optedOut": False})
+    else:
+        click.echo(f"opted in {e164} again")
+
+
+# ------------------------------------------------------------- SMS inbound
+
+
+@sms.command("inbound", short_help="List received (MO) messages.")
+@org_option
+@db_option
+@json_option
+def sms_inbound(org_name: str, db: str | None, as_json: bool) -> None:
+    """List the inbound (MO) messages the organization received, newest first."""
+
+    async def action(ct: Commtunnel) -> list[InboundMessage]:
+        principal = _acting_for(await ct.admin.get_org(org_name))
+        return await _all_pages(
+            lambda page: ct.sms_service.list_inbound(principal, page=page, page_size=_PAGE_SIZE)
+        )
+
+    found = _admin(db, action)
+    if as_json:
+        _emit_json([_inbound_json(m) for m in found])
+    else:
+        _table(
+            ("ID", "FROM", "TO", "KEYWORD", "RECEIVED", "BODY"),
+            [
+                (
+                    m.id,
+                    m.sender,
+                    m.recipient,
+                    m.keyword or "-",
+                    _iso(m.created_at) or "",
+                    " ".join(m.body.split())[:60],
+                )
+                for m in found
+            ],
         )
