@@ -110,15 +110,16 @@ async def test_older_file_is_upgraded(
         (now, now),
     )
     conn.close()
+    future = sqlite_schema.LATEST_VERSION + 1
     newer = [
         *sqlite_schema.MIGRATIONS,
-        (3, "CREATE TABLE future_feature (id TEXT PRIMARY KEY)"),
+        (future, "CREATE TABLE future_feature (id TEXT PRIMARY KEY)"),
     ]
     monkeypatch.setattr(sqlite_schema, "MIGRATIONS", newer)
-    monkeypatch.setattr(sqlite_schema, "LATEST_VERSION", 3)
+    monkeypatch.setattr(sqlite_schema, "LATEST_VERSION", future)
     b = SqliteBackend(path, clock=clock)
     await b.open()
-    assert b.schema_version() == 3
+    assert b.schema_version() == future
     assert b.conn.execute("SELECT name, otp_ignores_opt_out FROM orgs").fetchone() == ("old", 0)
     # v2 rebuilt the events table (message_id may be NULL now) and kept its rows
     assert b.conn.execute("SELECT id, message_id, type FROM events").fetchall() == [

@@ -27,13 +27,16 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from commtunnel.backends.sqlite import SqliteBackend
 from commtunnel.backends.sqlite_sms import SqliteSmsStore
+from commtunnel.backends.sqlite_whatsapp import SqliteWhatsAppStore
 from commtunnel.clock import SystemClock
 from commtunnel.config import Settings
+from commtunnel.crypto import SecretBox
+from commtunnel.domain.delivery import ErrorCategory, ProviderResult
 from commtunnel.domain.errors import ProviderConfigError
 from commtunnel.domain.events import TimelineEvent
 from commtunnel.domain.keys import ALL_SCOPES, Organization, Principal
 from commtunnel.domain.messages import Message
-from commtunnel.ports import Clock, EmailProvider, SmsProvider
+from commtunnel.ports import Clock, EmailProvider, SmsProvider, WhatsAppProvider
 from commtunnel.providers import load_provider, redact_url
 from commtunnel.services.admin import AdminService
 from commtunnel.services.auth import KeyService
@@ -56,6 +59,7 @@ from commtunnel.services.sms import (
     SmsStatus,
 )
 from commtunnel.services.templates import TemplateRenderer
+from commtunnel.services.whatsapp import WhatsAppService, parse_line_map
 
 T = TypeVar("T")
 
@@ -134,6 +138,19 @@ class EmailClient:
     async def stats(self, *, start: datetime, end: datetime) -> EmailStats:
         """Counts for a time window ``[start, end)``."""
         return await self._service.stats(self.principal, start=start, end=end)
+
+
+def _default_whatsapp(settings: Settings, clock: Clock) -> WhatsAppProvider | None:
+    """The Graph provider the settings describe, when the channel is enabled."""
+    if not settings.whatsapp_enabled:
+        return None
+    from commtunnel.providers.whatsapp import WhatsAppCloudProvider
+
+    return WhatsAppCloudProvider(
+        graph_base_url=settings.whatsapp_graph_base_url,
+        api_version=settings.whatsapp_graph_api_version,
+        clock=clock,
+    )
 
 
 def _same(a: object, b: object) -> bool:
@@ -247,8 +264,10 @@ class Commtunnel:
         org: str = "default",
         rng: random.Random | None = None,
         sms_provider: SmsProvider | None = None,
+        whatsapp_provider: WhatsAppProvider | None = None,
     ) -> None:
         self.backend = backend
+        self.whatsapp_provider = whatsapp_provider
         self.email_provider = email_provider
         self.sms_provider = sms_provider
         self.clock = clock
@@ -273,6 +292,21 @@ class Commtunnel:
             stop_text=settings.sms_stop_text,
             start_text=settings.sms_start_text,
         )
+        self.whatsapp_store = SqliteWhatsAppStore(backend)
+        self.whatsapp_service = WhatsAppService(
+            backend,
+            self.sms_store,
+            self.whatsapp_store,
+            clock,
+            enabled=settings.whatsapp_enabled,
+            platform_phone_number_id=settings.whatsapp_phone_number_id,
+            platform_access_token=settings.whatsapp_access_token,
+            line_map=parse_line_map(settings.whatsapp_line_map),
+            secret_box=SecretBox(settings.secret_key) if settings.secret_key else None,
+            idempotency_retention=settings.idempotency_retention,
+            lease_seconds=settings.lease_seconds,
+            dispatcher=lambda: self.dispatcher,
+        )
         self._org: Organization | None = None
         self._dispatcher: Dispatcher | None = None
 
@@ -287,6 +321,7 @@ class Commtunnel:
         org: str = "default",
         rng: random.Random | None = None,
         sms_provider: str | SmsProvider | None = None,
+        whatsapp_provider: WhatsAppProvider | None = None,
     ) -> Commtunnel:
         """Build a facade from settings (environment by default), not yet started.
 
@@ -294,6 +329,9 @@ class Commtunnel:
             db: SQLite path; overrides ``settings.db``.
             email_provider: a provider URL or an instance; overrides the setting.
             sms_provider: a provider URL or an instance; overrides the setting.
+            whatsapp_provider: an instance (tests: one on a fake Graph); by default
+                a WhatsApp Cloud provider on ``WHATSAPP_GRAPH_BASE_URL`` when the
+                channel is enabled.
             clock: defaults to the system clock.
             settings: defaults to ``Settings.from_env()``.
             org: the in-process organization name.
@@ -323,6 +361,7 @@ class Commtunnel:
             org=org,
             rng=rng,
             sms_provider=sms,
+            whatsapp_provider=whatsapp_provider or _default_whatsapp(settings, clock),
         )
 
     async def start(self) -> Self:
@@ -337,6 +376,8 @@ class Commtunnel:
             await self.email_provider.aclose()
             if self.sms_provider is not None and not _same(self.sms_provider, self.email_provider):
                 await self.sms_provider.aclose()
+            if self.whatsapp_provider is not None:
+                await self.whatsapp_provider.aclose()
         finally:
             await self.backend.aclose()
 
@@ -391,13 +432,18 @@ class Commtunnel:
                     if s.public_url is None
                     else s.public_url.rstrip("/") + "/v1/webhooks/sms/provider"
                 ),
-                on_recipient_opted_out=self._provider_opt_out,
+                whatsapp_provider=self.whatsapp_provider,
+                whatsapp_line=self.whatsapp_service.line_for_message,
+                after_attempt=self._after_attempt,
             )
         return self._dispatcher
 
-    async def _provider_opt_out(self, message: Message) -> None:
-        """A provider said the recipient opted out: put the number on the organization's list."""
-        if message.sms is not None:
+    async def _after_attempt(self, message: Message, result: ProviderResult) -> None:
+        """Consequences of a failed attempt beyond the message itself."""
+        if message.whatsapp is not None:
+            await self.whatsapp_service.after_attempt(message, result)
+        elif message.sms is not None and result.error_category == ErrorCategory.RECIPIENT_OPTED_OUT:
+            # the provider says the recipient opted out: the organization's list learns it too
             await self.sms_service.opt_out(message.org_id, message.sms.to, source="provider")
 
     async def run_worker_until_idle(self) -> int:

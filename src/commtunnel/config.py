@@ -23,6 +23,15 @@ Read only when asked (``Settings.from_env()``), never at import time.
 | COMMTUNNEL_SMS_STOP_TEXT | (see below) | reply confirming STOP |
 | COMMTUNNEL_SMS_START_TEXT | (see below) | reply confirming START |
 | COMMTUNNEL_PUBLIC_URL | (none) | this server's public base URL, for provider status callbacks |
+| COMMTUNNEL_SECRET_KEY | (none) | key that encrypts stored secrets (tenant WhatsApp tokens) |
+| WHATSAPP_CLOUD_API_ENABLED | false | turn the WhatsApp Cloud channel on |
+| WHATSAPP_ACCESS_TOKEN | (none) | platform Graph API token (default line) |
+| WHATSAPP_PHONE_NUMBER_ID | (none) | platform default line (Meta phone number id) |
+| WHATSAPP_VERIFY_TOKEN | (none) | ``hub.verify_token`` for the webhook handshake |
+| WHATSAPP_APP_SECRET | (none) | Meta app secret: checks ``X-Hub-Signature-256`` |
+| WHATSAPP_LINE_MAP | (none) | ``pnid=org,...`` or JSON: phone number id -> org id or name |
+| WHATSAPP_GRAPH_API_VERSION | v21.0 | Graph API version in request paths |
+| WHATSAPP_GRAPH_BASE_URL | https://graph.facebook.com | Graph base URL (fakes, proxies) |
 """
 
 from __future__ import annotations
@@ -80,6 +89,15 @@ class Settings:
     sms_stop_text: str = DEFAULT_SMS_STOP_TEXT
     sms_start_text: str = DEFAULT_SMS_START_TEXT
     public_url: str | None = None
+    secret_key: str | None = attrs.field(default=None, repr=False)
+    whatsapp_enabled: bool = False
+    whatsapp_access_token: str | None = attrs.field(default=None, repr=False)
+    whatsapp_phone_number_id: str | None = None
+    whatsapp_verify_token: str | None = attrs.field(default=None, repr=False)
+    whatsapp_app_secret: str | None = attrs.field(default=None, repr=False)
+    whatsapp_line_map: str | None = None
+    whatsapp_graph_api_version: str = "v21.0"
+    whatsapp_graph_base_url: str = "https://graph.facebook.com"
 
     _ENV: ClassVar[dict[str, tuple[str, Any]]] = {
         "COMMTUNNEL_DB": ("db", str),
@@ -102,6 +120,15 @@ class Settings:
         "COMMTUNNEL_SMS_STOP_TEXT": ("sms_stop_text", str),
         "COMMTUNNEL_SMS_START_TEXT": ("sms_start_text", str),
         "COMMTUNNEL_PUBLIC_URL": ("public_url", str),
+        "COMMTUNNEL_SECRET_KEY": ("secret_key", str),
+        "WHATSAPP_CLOUD_API_ENABLED": ("whatsapp_enabled", _bool),
+        "WHATSAPP_ACCESS_TOKEN": ("whatsapp_access_token", str),
+        "WHATSAPP_PHONE_NUMBER_ID": ("whatsapp_phone_number_id", str),
+        "WHATSAPP_VERIFY_TOKEN": ("whatsapp_verify_token", str),
+        "WHATSAPP_APP_SECRET": ("whatsapp_app_secret", str),
+        "WHATSAPP_LINE_MAP": ("whatsapp_line_map", str),
+        "WHATSAPP_GRAPH_API_VERSION": ("whatsapp_graph_api_version", str),
+        "WHATSAPP_GRAPH_BASE_URL": ("whatsapp_graph_base_url", str),
     }
 
     @classmethod

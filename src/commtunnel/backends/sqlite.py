@@ -51,6 +51,7 @@ from commtunnel.domain.messages import (
     Message,
     SmsContent,
     Status,
+    WhatsAppContent,
 )
 from commtunnel.ports import (
     AcceptResult,
@@ -101,6 +102,20 @@ _MESSAGE_COLUMNS = (
 def _content_json(message: Message) -> str:
     email = message.email
     if email is None:
+        wa = message.whatsapp
+        if wa is not None:
+            return json.dumps(
+                {
+                    "to": wa.to,
+                    "kind": wa.kind,
+                    "body": wa.body,
+                    "templateName": wa.template_name,
+                    "templateLanguage": wa.template_language,
+                    "templateVariables": wa.template_variables,
+                    "phoneNumberId": wa.phone_number_id,
+                },
+                separators=(",", ":"),
+            )
         sms = message.sms
         if sms is None:
             return "{}"
@@ -135,8 +150,18 @@ def _content_json(message: Message) -> str:
 def _message_from_row(row: tuple[Any, ...]) -> Message:
     (mid, org_id, channel, status, sandbox, api_key_id, content, pmid, count, err, cat, uat) = row
     data = json.loads(content)
-    email = sms = None
-    if channel == Channel.SMS:
+    email = sms = whatsapp = None
+    if channel == Channel.WHATSAPP:
+        whatsapp = WhatsAppContent(
+            to=data["to"],
+            kind=data["kind"],
+            body=data["body"],
+            template_name=data["templateName"],
+            template_language=data["templateLanguage"],
+            template_variables=data["templateVariables"],
+            phone_number_id=data["phoneNumberId"],
+        )
+    elif channel == Channel.SMS:
         sms = SmsContent(
             sender_id=data["senderId"],
             to=data["to"],
@@ -167,6 +192,7 @@ def _message_from_row(row: tuple[Any, ...]) -> Message:
         api_key_id=api_key_id,
         email=email,
         sms=sms,
+        whatsapp=whatsapp,
         provider_message_id=pmid,
         attempt_count=count,
         last_error=err,
@@ -690,12 +716,32 @@ class SqliteBackend:
 
         def op(conn: sqlite3.Connection) -> AcceptResult:
             if idempotency is not None:
-                existing = conn.execute(
-                    "SELECT endpoint, fingerprint, message_id, created_at, expires_at "
-                    "FROM idempotency_keys WHERE org_id = ? AND key = ?",
-                    (idempotency.org_id, idempotency.key),
-                ).fetchone()
-                if existing is not None:
+                # The primary key (org_id, key) is what guarantees one message per
+                # key, across processes too. Insert first: a new key (the usual case)
+                # costs one statement, and the stored key is read only on a conflict.
+                key_values = (
+                    idempotency.endpoint,
+                    idempotency.fingerprint,
+                    message.id,
+                    ts(idempotency.created_at),
+                    ts(idempotency.expires_at),
+                    idempotency.org_id,
+                    idempotency.key,
+                )
+                inserted = conn.execute(
+                    "INSERT INTO idempotency_keys (endpoint, fingerprint, message_id, "
+                    "created_at, expires_at, org_id, key) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (org_id, key) DO NOTHING",
+                    key_values,
+                ).rowcount
+                if not inserted:
+                    existing = conn.execute(
+                        "SELECT endpoint, fingerprint, message_id, created_at, expires_at "
+                        "FROM idempotency_keys WHERE org_id = ? AND key = ?",
+                        (idempotency.org_id, idempotency.key),
+                    ).fetchone()
+                    if existing is None:  # cannot happen: the conflict is in this transaction
+                        raise RuntimeError("idempotency key conflict without a stored key")
                     record = IdempotencyRecord(
                         org_id=idempotency.org_id,
                         key=idempotency.key,
@@ -716,25 +762,13 @@ class SqliteBackend:
                             (record.message_id,),
                         ).fetchone()
                         return AcceptResult(message=_message_from_row(row), duplicate=True)
+                    # The stored key has expired: this request takes it over.
                     conn.execute(
-                        "DELETE FROM idempotency_keys WHERE org_id = ? AND key = ?",
-                        (idempotency.org_id, idempotency.key),
+                        "UPDATE idempotency_keys SET endpoint = ?, fingerprint = ?, "
+                        "message_id = ?, created_at = ?, expires_at = ? "
+                        "WHERE org_id = ? AND key = ?",
+                        key_values,
                     )
-                # The primary key (org_id, key) is what guarantees one message per
-                # key, across processes too: a racing insert fails here.
-                conn.execute(
-                    "INSERT INTO idempotency_keys (org_id, key, endpoint, fingerprint, "
-                    "message_id, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        idempotency.org_id,
-                        idempotency.key,
-                        idempotency.endpoint,
-                        idempotency.fingerprint,
-                        message.id,
-                        ts(idempotency.created_at),
-                        ts(idempotency.expires_at),
-                    ),
-                )
             if cooldown is not None:
                 blocked_until = _claim_cooldown(conn, cooldown, message.id)
                 if blocked_until is not None:
@@ -758,7 +792,8 @@ class SqliteBackend:
 
     @staticmethod
     def _insert_message(conn: sqlite3.Connection, m: Message) -> None:
-        recipient = m.email.to if m.email is not None else (m.sms.to if m.sms else "")
+        content = m.email or m.sms or m.whatsapp
+        recipient = content.to if content is not None else ""
         conn.execute(
             "INSERT INTO messages (id, org_id, channel, status, sandbox, api_key_id, recipient, "
             "content, provider_message_id, attempt_count, last_error, created_at, updated_at) "

@@ -186,6 +186,34 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX inbound_org_created ON inbound_messages(org_id, channel, created_at);
         """,
     ),
+    (
+        3,
+        # The WhatsApp Cloud channel: tenant lines (the token encrypted), the
+        # state of each line (paused on an expired token, flagged on a policy
+        # block) and the numbers Meta says stopped marketing messages.
+        """
+        CREATE TABLE whatsapp_lines (
+            org_id TEXT PRIMARY KEY REFERENCES orgs(id),
+            phone_number_id TEXT UNIQUE,
+            access_token_enc TEXT,
+            updated_at TEXT NOT NULL
+        );
+        CREATE TABLE whatsapp_line_states (
+            phone_number_id TEXT PRIMARY KEY,
+            state TEXT NOT NULL,
+            reason TEXT,
+            token_fingerprint TEXT,
+            updated_at TEXT NOT NULL
+        );
+        CREATE TABLE whatsapp_opt_outs (
+            org_id TEXT NOT NULL REFERENCES orgs(id),
+            phone TEXT NOT NULL,
+            source TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (org_id, phone)
+        );
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

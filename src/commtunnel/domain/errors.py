@@ -17,6 +17,12 @@
     ├── IdempotencyKeyReusedError         422 IDEMPOTENCY_KEY_REUSED
     ├── InvalidTransitionError            409 INVALID_STATUS_TRANSITION
     ├── MessageNotRetryableError          409 MESSAGE_NOT_RETRYABLE (only FAILED messages)
+    ├── WhatsAppDisabledError             409 WHATSAPP_CHANNEL_DISABLED
+    ├── WhatsAppLineNotConfiguredError    409 WHATSAPP_LINE_NOT_CONFIGURED
+    ├── WhatsAppLineInUseError            409 WHATSAPP_PHONE_NUMBER_ID_IN_USE
+    ├── SecretKeyMissingError             409 SECRET_KEY_NOT_CONFIGURED
+    ├── WhatsAppSendRejectedError         422 WHATSAPP_SEND_REJECTED (permanent Graph failure)
+    ├── WhatsAppProviderError             502 WHATSAPP_PROVIDER_ERROR (transient; retried)
     ├── ConflictError                     409 CONFLICT (a name already taken)
     ├── PayloadTooLargeError              413 PAYLOAD_TOO_LARGE
     ├── RateLimitedError                  429 RATE_LIMITED
@@ -54,6 +60,12 @@ OTP_COOLDOWN = "OTP_COOLDOWN"
 MESSAGE_NOT_RETRYABLE = "MESSAGE_NOT_RETRYABLE"
 INVALID_WEBHOOK_TOKEN = "INVALID_WEBHOOK_TOKEN"  # noqa: S105 - an error code, not a secret
 INVALID_WEBHOOK_SIGNATURE = "INVALID_WEBHOOK_SIGNATURE"
+WHATSAPP_CHANNEL_DISABLED = "WHATSAPP_CHANNEL_DISABLED"
+WHATSAPP_LINE_NOT_CONFIGURED = "WHATSAPP_LINE_NOT_CONFIGURED"
+WHATSAPP_PHONE_NUMBER_ID_IN_USE = "WHATSAPP_PHONE_NUMBER_ID_IN_USE"
+WHATSAPP_SEND_REJECTED = "WHATSAPP_SEND_REJECTED"
+WHATSAPP_PROVIDER_ERROR = "WHATSAPP_PROVIDER_ERROR"
+SECRET_KEY_NOT_CONFIGURED = "SECRET_KEY_NOT_CONFIGURED"  # noqa: S105 - an error code
 PROVIDER_CONFIG_ERROR = "PROVIDER_CONFIG_ERROR"
 INTERNAL_ERROR = "INTERNAL_ERROR"
 
@@ -199,6 +211,48 @@ class MessageNotRetryableError(CommtunnelError):
 
     code = MESSAGE_NOT_RETRYABLE
     http_status = 409
+
+
+class WhatsAppDisabledError(CommtunnelError):
+    """The WhatsApp Cloud channel is not enabled on this server."""
+
+    code = WHATSAPP_CHANNEL_DISABLED
+    http_status = 409
+
+
+class WhatsAppLineNotConfiguredError(CommtunnelError):
+    """Neither the organization nor the platform has a line (phone number id + token)."""
+
+    code = WHATSAPP_LINE_NOT_CONFIGURED
+    http_status = 409
+
+
+class WhatsAppLineInUseError(CommtunnelError):
+    """Another organization already holds this Meta phone number id."""
+
+    code = WHATSAPP_PHONE_NUMBER_ID_IN_USE
+    http_status = 409
+
+
+class SecretKeyMissingError(CommtunnelError):
+    """A secret must be stored encrypted but ``COMMTUNNEL_SECRET_KEY`` is not set."""
+
+    code = SECRET_KEY_NOT_CONFIGURED
+    http_status = 409
+
+
+class WhatsAppSendRejectedError(CommtunnelError):
+    """Graph refused the message for good; it is FAILED (details: messageId, errorCategory)."""
+
+    code = WHATSAPP_SEND_REJECTED
+    http_status = 422
+
+
+class WhatsAppProviderError(CommtunnelError):
+    """Graph failed transiently; the message is RETRYING and the worker retries it."""
+
+    code = WHATSAPP_PROVIDER_ERROR
+    http_status = 502
 
 
 class ConflictError(CommtunnelError):

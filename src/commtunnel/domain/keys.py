@@ -34,6 +34,7 @@ class Scope(enum.StrEnum):
     SENDER_IDS_REQUEST = "sender_ids:request"  # request SMS sender IDs / OTP brands
     PLATFORM_ADMIN = "platform:admin"  # review sender-ID requests (operators only)
     OPT_OUTS_MANAGE = "opt_outs:manage"  # add or remove numbers on the SMS opt-out list
+    ACCOUNT_MANAGE = "account:manage"  # organization settings such as the WhatsApp line
 
 
 ALL_SCOPES: frozenset[str] = frozenset(s.value for s in Scope)

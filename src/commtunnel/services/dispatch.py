@@ -36,8 +36,11 @@ from commtunnel.ports import (
     EmailProvider,
     OutgoingEmail,
     OutgoingSms,
+    OutgoingWhatsApp,
     Queue,
     SmsProvider,
+    WhatsAppLine,
+    WhatsAppProvider,
 )
 
 log = logging.getLogger("commtunnel.worker")
@@ -56,9 +59,13 @@ class Dispatcher:
             ``UNSUPPORTED``, permanently).
         sms_status_callback_url: handed to the SMS provider so it can POST
             delivery receipts back (``<public URL>/v1/webhooks/sms/provider``).
-        on_recipient_opted_out: awaited with the message after a provider
-            answered ``RECIPIENT_OPTED_OUT`` (the recipient told the provider
-            to stop, e.g. Twilio 21610), so the opt-out list learns it too.
+        whatsapp_provider: the WhatsApp Cloud provider (None: WhatsApp jobs
+            fail as ``UNSUPPORTED``, permanently).
+        whatsapp_line: returns the line a WhatsApp message is sent from, or a
+            result to record instead of calling Graph (e.g. ``LINE_PAUSED``).
+        after_attempt: awaited with the message and the provider's result
+            after each recorded attempt, for consequences beyond the message:
+            an opt-out a provider reported, a WhatsApp line to pause or flag.
         policy: retry policy for transient failures.
         lease_seconds: how long a claim is exclusive; a worker that dies
             leaves a lease that expires after this many seconds.
@@ -82,7 +89,9 @@ class Dispatcher:
         worker_id: str | None = None,
         sms_provider: SmsProvider | None = None,
         sms_status_callback_url: str | None = None,
-        on_recipient_opted_out: Callable[[Message], Awaitable[object]] | None = None,
+        whatsapp_provider: WhatsAppProvider | None = None,
+        whatsapp_line: Callable[[Message], Awaitable[WhatsAppLine | ProviderResult]] | None = None,
+        after_attempt: Callable[[Message, ProviderResult], Awaitable[object]] | None = None,
     ) -> None:
         if send_timeout >= lease_seconds:
             raise ValueError("send_timeout must be shorter than lease_seconds")
@@ -90,7 +99,9 @@ class Dispatcher:
         self._provider = email_provider
         self._sms_provider = sms_provider
         self._sms_callback_url = sms_status_callback_url
-        self._on_opted_out = on_recipient_opted_out
+        self._whatsapp_provider = whatsapp_provider
+        self._whatsapp_line = whatsapp_line
+        self._after_attempt = after_attempt
         self._clock = clock
         self._policy = policy or RetryPolicy()
         self._lease_seconds = lease_seconds
@@ -127,11 +138,39 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ one attempt
 
-    def _provider_call(
+    def processing_event(self, message: Message, attempt_number: int) -> TimelineEvent:
+        """The ``<channel>_processing`` event recorded when ``message`` is claimed."""
+        return self._processing_event(message, attempt_number)
+
+    async def _whatsapp_call(
+        self, job: ClaimedJob
+    ) -> tuple[str, Callable[[], Awaitable[ProviderResult]]] | ProviderResult:
+        message = job.message
+        provider = self._whatsapp_provider
+        if provider is None or self._whatsapp_line is None or message.whatsapp is None:
+            return ProviderResult.permanent(
+                ErrorCategory.UNSUPPORTED, "the WhatsApp channel is not configured"
+            )
+        line = await self._whatsapp_line(message)
+        if isinstance(line, ProviderResult):
+            return line
+        outgoing = OutgoingWhatsApp(
+            message_id=message.id,
+            org_id=message.org_id,
+            content=message.whatsapp,
+            line=line,
+            created_at=message.created_at,
+            attempt_number=job.attempt_number,
+        )
+        return provider.name, lambda: provider.send_whatsapp(outgoing)
+
+    async def _provider_call(
         self, job: ClaimedJob
     ) -> tuple[str, Callable[[], Awaitable[ProviderResult]]] | ProviderResult:
         """(provider name, the call to make) for the message's channel, or a result at once."""
         message = job.message
+        if message.whatsapp is not None:
+            return await self._whatsapp_call(job)
         if message.email is not None:
             email = OutgoingEmail(
                 message_id=message.id,
@@ -165,7 +204,7 @@ class Dispatcher:
         message = job.message
         if message.sandbox:
             return SANDBOX_PROVIDER, ProviderResult.accepted(None)
-        call = self._provider_call(job)
+        call = await self._provider_call(job)
         if isinstance(call, ProviderResult):
             return "none", call
         name, send = call
@@ -252,14 +291,11 @@ class Dispatcher:
         )
         if not recorded:
             log.warning("lease on %s was lost before its result was recorded", message.id)
-        elif (
-            result.error_category == ErrorCategory.RECIPIENT_OPTED_OUT
-            and self._on_opted_out is not None
-        ):
+        elif self._after_attempt is not None and result.outcome != Outcome.ACCEPTED:
             try:
-                await self._on_opted_out(message)
-            except Exception:  # the attempt is recorded; the list update is best effort
-                log.exception("recording the opt-out for %s failed", message.id)
+                await self._after_attempt(message, result)
+            except Exception:  # the attempt is recorded; the follow-up is best effort
+                log.exception("after-attempt handling for %s failed", message.id)
         return recorded
 
     # ------------------------------------------------------------------ loops

@@ -1,0 +1,840 @@
+"""The ``whatsapp_cloud`` provider: Meta's WhatsApp Cloud API (Graph) over httpx, and its webhooks.
+
+Sends with the Cloud API "messages" endpoint
+(https://developers.facebook.com/docs/whatsapp/cloud-api/reference/messages)::
+
+    POST {graph_base_url}/{api_version}/{phone_number_id}/messages
+    Authorization: Bearer {access_token of the line}
+    Content-Type: application/json
+
+    {"messaging_product": "whatsapp", "recipient_type": "individual",
+     "to": "2348012345678", "type": "text",
+     "text": {"preview_url": false, "body": "Your code is 123456"}}
+
+or, for an approved message template (positional ``{{1}}`` parameters from a
+list of variables, named ``{{first_name}}`` parameters from a dict)::
+
+    {"messaging_product": "whatsapp", "to": "2348012345678", "type": "template",
+     "template": {"name": "order_update", "language": {"code": "en_US"},
+                  "components": [{"type": "body", "parameters": [
+                      {"type": "text", "text": "Ada"},
+                      {"type": "text", "parameter_name": "order", "text": "#1234"}]}]}}
+
+and answers ``200`` with ``{"messaging_product": "whatsapp", "contacts":
+[{"input": ..., "wa_id": ...}], "messages": [{"id": "wamid.…"}]}``; the
+``wamid`` becomes the provider message id. The line (phone number id and
+token) comes with each message, so one provider serves every tenant's line.
+
+Graph errors are ``{"error": {"message", "type", "code", "error_subcode"?,
+"error_data": {"messaging_product", "details"}, "fbtrace_id"}}``; Meta advises
+classifying by ``code`` rather than by HTTP status or subcode
+(https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes).
+See :func:`classify_response` and :func:`classify_exception`:
+
+==========================================================  ==================================
+200 with ``messages[0].id``                                 accepted(wamid)
+130429 throughput limit; 4 / 80007 app or WABA rate limit;  transient RATE_LIMITED, retry_after
+HTTP 429 without a known code                               = Retry-After or 5 s
+131056 pair rate limit (same business and customer number)  transient RATE_LIMITED, 6 s, and
+                                                            the recipient is held (below)
+131000 something went wrong; codes 1 / 2; HTTP 5xx          transient PROVIDER_OUTAGE
+131047 re-engagement (24 h since the customer replied)      permanent TEMPLATE_REQUIRED
+131026 undeliverable, 131049 ecosystem engagement limit     permanent UNDELIVERABLE
+131048 spam rate limit, 368 blocked for policy violations   permanent POLICY_BLOCKED
+131050 user stopped marketing messages                      permanent RECIPIENT_OPTED_OUT
+190 token expired/invalid, 0 auth exception, HTTP 401       transient AUTH
+100, 131008, 131009, 131051, 132000, 132001 and any other   permanent REJECTED
+4xx carrying a Graph error body
+a 4xx without a Graph error body, 1xx/3xx, 2xx without id   transient UNKNOWN
+httpx timeouts                                              transient TIMEOUT
+connection refused, DNS, reset, protocol errors             transient PROVIDER_OUTAGE
+==========================================================  ==================================
+
+AUTH is transient so nothing accepted is lost: the caller pauses the line
+(and raises an alert) instead of retrying into the expired token, and the
+queued messages go out once the operator sets a new token. A 4xx that is not
+Graph's JSON (a proxy, a wrong ``graph_base_url``) says nothing against the
+message, so it is retried like Twilio's.
+
+**Pair rate limit.** WhatsApp allows about one message every 6 seconds from
+one business number to one customer number. After a 131056 answer, further
+sends from the same line to the same recipient within 6 seconds of that
+answer (on the injected clock) return transient RATE_LIMITED with the
+remaining wait, without calling Graph. Other recipients are unaffected.
+
+Webhooks (https://developers.facebook.com/docs/whatsapp/cloud-api/webhooks/components)
+are handled by three pure functions: :func:`verify_handshake` (the ``GET``
+subscription check), :func:`verify_signature` (``X-Hub-Signature-256`` on each
+``POST``) and :func:`parse_webhook` (status updates and inbound messages).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+import httpx
+
+from commtunnel.domain.delivery import ErrorCategory, ProviderResult
+from commtunnel.domain.errors import ValidationError, WebhookAuthError, WebhookSignatureError
+from commtunnel.domain.messages import Status, WhatsAppContent, _aware
+from commtunnel.ports import Clock, OutgoingWhatsApp
+from commtunnel.providers.twilio import retry_after_seconds
+
+__all__ = [
+    "DEFAULT_API_VERSION",
+    "DEFAULT_GRAPH_BASE_URL",
+    "PAIR_RATE_LIMIT_SECONDS",
+    "SIGNATURE_HEADER",
+    "InboundWhatsApp",
+    "StatusUpdate",
+    "WebhookBatch",
+    "WhatsAppCloudProvider",
+    "build_payload",
+    "classify_exception",
+    "classify_response",
+    "compute_signature",
+    "parse_webhook",
+    "verify_handshake",
+    "verify_signature",
+]
+
+DEFAULT_GRAPH_BASE_URL = "https://graph.facebook.com"
+DEFAULT_API_VERSION = "v21.0"
+DEFAULT_TIMEOUT = 15.0
+MAX_TIMEOUT = 300.0
+#: seconds between two messages from one business number to one customer number (131056).
+PAIR_RATE_LIMIT_SECONDS = 6.0
+#: seconds to wait after a throughput limit (130429) when Graph sends no ``Retry-After``.
+DEFAULT_RATE_LIMIT_WAIT = 5.0
+SIGNATURE_HEADER = "X-Hub-Signature-256"
+WEBHOOK_OBJECT = "whatsapp_business_account"
+
+_API_VERSION = re.compile(r"v[0-9]+\.[0-9]+")
+_SIGNATURE = re.compile(r"sha256=([0-9a-fA-F]{64})")
+
+# Graph error codes (https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes)
+_THROUGHPUT_CODES = frozenset({4, 80007, 130429})
+_PAIR_RATE_CODE = 131056
+_OUTAGE_CODES = frozenset({1, 2, 131000})
+_REENGAGEMENT_CODE = 131047
+_UNDELIVERABLE_CODES = frozenset({131026, 131049})
+_POLICY_CODES = frozenset({131048, 368})
+_MARKETING_OPT_OUT_CODE = 131050
+_AUTH_CODES = frozenset({0, 190})
+_REJECTED_CODES = frozenset({100, 131008, 131009, 131051, 132000, 132001})
+
+# webhook statuses[].status -> Status; others ("deleted", "warning", ...) are skipped
+_STATUSES = {
+    "sent": Status.SENT,
+    "delivered": Status.DELIVERED,
+    "read": Status.READ,
+    "failed": Status.FAILED,
+}
+
+
+# --------------------------------------------------------------------------- payloads
+
+
+def _digits(to: str) -> str:
+    """The recipient as Graph takes it: country code and number, no ``+``."""
+    return to.strip().removeprefix("+")
+
+
+def build_payload(content: WhatsAppContent) -> dict[str, Any]:
+    """The JSON body Graph's messages endpoint is sent for ``content``.
+
+    Args:
+        content: ``kind`` ``text`` (with ``body``) or ``template`` (with
+            ``template_name``, ``template_language`` and optional
+            ``template_variables``: a list for positional parameters, a dict
+            for named ones, in the dict's order).
+
+    Returns:
+        The request body (module docstring). A template without variables
+        has no ``components``.
+
+    Raises:
+        ValueError: a text message without a body, a template without a name
+            or language, or another ``kind`` (see :class:`WhatsAppCloudProvider`).
+    """
+    to = _digits(content.to)
+    if content.kind == "text":
+        if content.body is None:
+            raise ValueError("a text message needs a body")
+        return {
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": to,
+            "type": "text",
+            "text": {"preview_url": False, "body": content.body},
+        }
+    if content.kind == "template":
+        if not content.template_name or not content.template_language:
+            raise ValueError("a template message needs a template name and language")
+        template: dict[str, Any] = {
+            "name": content.template_name,
+            "language": {"code": content.template_language},
+        }
+        variables = content.template_variables
+        if isinstance(variables, dict):
+            parameters = [
+                {"type": "text", "parameter_name": name, "text": value}
+                for name, value in variables.items()
+            ]
+        else:
+            parameters = [{"type": "text", "text": value} for value in variables or []]
+        if parameters:
+            template["components"] = [{"type": "body", "parameters": parameters}]
+        return {"messaging_product": "whatsapp", "to": to, "type": "template", "template": template}
+    raise ValueError(f"unsupported WhatsApp message kind {content.kind!r}")
+
+
+# --------------------------------------------------------------------------- classification
+
+
+@attrs.frozen(kw_only=True)
+class _GraphError:
+    code: int | None
+    text: str
+
+
+def _graph_error(response: httpx.Response) -> _GraphError | None:
+    """Graph's ``error`` object as (code, "message (details) [fbtrace_id]"), or None."""
+    try:
+        payload = response.json()
+    except ValueError:
+        return None
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if not isinstance(error, dict):
+        return None
+    raw_code = error.get("code")
+    code: int | None = None
+    if isinstance(raw_code, int) and not isinstance(raw_code, bool):
+        code = raw_code
+    elif isinstance(raw_code, str) and raw_code.strip().isdigit():
+        code = int(raw_code)
+    text = str(error.get("message") or "").strip()
+    error_data = error.get("error_data")
+    details = error_data.get("details") if isinstance(error_data, dict) else None
+    if isinstance(details, str) and details.strip() and details.strip() != text:
+        text = f"{text} ({details.strip()})" if text else details.strip()
+    trace = error.get("fbtrace_id")
+    if isinstance(trace, str) and trace:
+        text = f"{text} [fbtrace_id {trace}]"
+    return _GraphError(code=code, text=text)
+
+
+def classify_response(response: httpx.Response, *, now: datetime) -> ProviderResult:
+    """Turn Graph's answer to a messages ``POST`` into a :class:`ProviderResult`.
+
+    Args:
+        response: the HTTP response (its body read).
+        now: the current UTC time, for a ``Retry-After`` HTTP date.
+
+    Returns:
+        The classified result (table in the module docstring); ``retry_after``
+        in seconds for rate limits (6 for 131056) and outages with a
+        ``Retry-After``. ``error_message`` holds the HTTP status, the Graph
+        code, Graph's message and details (never the access token).
+    """
+    return _classify(response, now=now)[0]
+
+
+def _classify(response: httpx.Response, *, now: datetime) -> tuple[ProviderResult, int | None]:
+    """:func:`classify_response`, and the Graph error code it read (None without one)."""
+    status = response.status_code
+    if 200 <= status < 300:
+        try:
+            payload: Any = response.json()
+        except ValueError:
+            payload = None
+        messages = payload.get("messages") if isinstance(payload, dict) else None
+        first = messages[0] if isinstance(messages, list) and messages else None
+        wamid = first.get("id") if isinstance(first, dict) else None
+        if isinstance(wamid, str) and wamid:
+            return ProviderResult.accepted(wamid), None
+        return ProviderResult.transient(
+            ErrorCategory.UNKNOWN, f"HTTP {status} without messages[0].id: not Graph's answer"
+        ), None
+    error = _graph_error(response)
+    code = error.code if error is not None else None
+    words = error.text if error is not None else response.text.strip()[:200]
+    text = f"HTTP {status}" + (f" Graph error {code}" if code is not None else "")
+    text = f"{text}: {words}" if words else text
+    retry_after = retry_after_seconds(response.headers.get("Retry-After"), now=now)
+    return _classify_error(status, code, text, retry_after, graph=error is not None), code
+
+
+def _classify_error(
+    status: int, code: int | None, text: str, retry_after: float | None, *, graph: bool
+) -> ProviderResult:
+    """The table of the module docstring, for a non-2xx answer."""
+    if code == _PAIR_RATE_CODE:
+        wait = max(PAIR_RATE_LIMIT_SECONDS, retry_after or 0.0)
+        return ProviderResult.transient(
+            ErrorCategory.RATE_LIMITED,
+            f"pair rate limit: wait {wait:g} s before messaging this recipient again; {text}",
+            retry_after=wait,
+        )
+    if code in _THROUGHPUT_CODES or (code is None and status == 429):
+        wait = retry_after if retry_after is not None else DEFAULT_RATE_LIMIT_WAIT
+        return ProviderResult.transient(ErrorCategory.RATE_LIMITED, text, retry_after=wait)
+    if code in _OUTAGE_CODES:
+        return ProviderResult.transient(
+            ErrorCategory.PROVIDER_OUTAGE, text, retry_after=retry_after
+        )
+    if code == _REENGAGEMENT_CODE:
+        return ProviderResult.permanent(
+            ErrorCategory.TEMPLATE_REQUIRED,
+            "a template message is needed: more than 24 hours have passed since the "
+            f"customer last replied, so free-form messages are refused; {text}",
+        )
+    if code in _UNDELIVERABLE_CODES:
+        return ProviderResult.permanent(ErrorCategory.UNDELIVERABLE, text)
+    if code in _POLICY_CODES:
+        return ProviderResult.permanent(ErrorCategory.POLICY_BLOCKED, text)
+    if code == _MARKETING_OPT_OUT_CODE:
+        return ProviderResult.permanent(
+            ErrorCategory.RECIPIENT_OPTED_OUT,
+            f"the recipient stopped marketing messages from this business; {text}",
+        )
+    if code in _AUTH_CODES or status == 401:
+        return ProviderResult.transient(
+            ErrorCategory.AUTH,
+            f"the line's access token was refused (pause the line, set a new token); {text}",
+        )
+    if code in _REJECTED_CODES:
+        return ProviderResult.permanent(ErrorCategory.REJECTED, text)
+    if 500 <= status < 600:
+        return ProviderResult.transient(
+            ErrorCategory.PROVIDER_OUTAGE, text, retry_after=retry_after
+        )
+    if 400 <= status < 500 and graph:
+        return ProviderResult.permanent(ErrorCategory.REJECTED, text)
+    # A 4xx that is not Graph's JSON (a proxy, a wrong graph_base_url) or a 1xx/3xx:
+    # nothing says the message is at fault, so retrying is the safe side.
+    return ProviderResult.transient(ErrorCategory.UNKNOWN, f"unexpected answer: {text}")
+
+
+def classify_exception(exc: BaseException) -> ProviderResult:
+    """Turn an exception raised while calling Graph into a :class:`ProviderResult`.
+
+    Args:
+        exc: what httpx (or the network) raised.
+
+    Returns:
+        Transient ``TIMEOUT`` for httpx timeouts, ``PROVIDER_OUTAGE`` for other
+        transport errors (refused, DNS, reset, protocol) and ``OSError``, else ``UNKNOWN``.
+    """
+    described = f"{type(exc).__name__}: {exc}".rstrip(": ")
+    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+        return ProviderResult.transient(ErrorCategory.TIMEOUT, f"timed out ({described})")
+    if isinstance(exc, httpx.TransportError | OSError):
+        return ProviderResult.transient(ErrorCategory.PROVIDER_OUTAGE, described)
+    return ProviderResult.transient(ErrorCategory.UNKNOWN, described)
+
+
+# --------------------------------------------------------------------------- provider
+
+
+class WhatsAppCloudProvider:
+    """A :class:`~commtunnel.ports.WhatsAppProvider` for Meta's WhatsApp Cloud API.
+
+    Each message carries its line (phone number id and bearer token), so one
+    provider sends for the platform default line and every tenant's own line.
+    One ``httpx.AsyncClient`` is made on the first send and reused until
+    :meth:`aclose`.
+
+    Categories the caller acts on: ``AUTH`` (Graph 190: the token expired or
+    was revoked; transient so nothing is lost, and the caller pauses the line
+    and raises an alert rather than retrying), ``POLICY_BLOCKED`` (flag the
+    line), ``RECIPIENT_OPTED_OUT`` (record an opt-out), ``TEMPLATE_REQUIRED``
+    (the 24-hour customer-service window is closed) and ``RATE_LIMITED``
+    (131056 holds the recipient for 6 seconds; module docstring).
+
+    Args:
+        graph_base_url: the Graph API origin (a proxy, or a fake in tests).
+        api_version: the Graph API version in the path, e.g. ``v21.0``.
+        clock: where "now" comes from (pair-rate holds, ``Retry-After`` dates).
+        timeout: seconds for connecting and for each read and write (0 < t <= 300).
+        transport: a transport for the client (``httpx.MockTransport`` in tests).
+
+    Raises:
+        ValueError: a base URL that is not http(s) with a host, a version not
+            shaped like ``v21.0``, or a timeout out of range.
+
+    Attributes:
+        name: ``"whatsapp_cloud"``, recorded on every attempt.
+    """
+
+    name = "whatsapp_cloud"
+
+    def __init__(
+        self,
+        *,
+        graph_base_url: str = DEFAULT_GRAPH_BASE_URL,
+        api_version: str = DEFAULT_API_VERSION,
+        clock: Clock,
+        timeout: float = DEFAULT_TIMEOUT,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        parts = urlsplit(graph_base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"graph_base_url must be an http(s) URL, got {graph_base_url!r}")
+        if parts.username is not None or parts.query or parts.fragment:
+            raise ValueError("graph_base_url takes no credentials, query or fragment")
+        if not _API_VERSION.fullmatch(api_version):
+            raise ValueError(f"api_version must look like v21.0, got {api_version!r}")
+        if not (math.isfinite(timeout) and 0 < timeout <= MAX_TIMEOUT):
+            raise ValueError(f"timeout must be > 0 and <= {MAX_TIMEOUT:g} seconds")
+        self.graph_base_url = graph_base_url.rstrip("/")
+        self.api_version = api_version
+        self.timeout = timeout
+        self._clock = clock
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+        self._closed = False
+        # (phone_number_id, recipient digits) -> end of the 131056 hold (UTC)
+        self._pair_holds: dict[tuple[str, str], datetime] = {}
+
+    def __repr__(self) -> str:
+        return f"WhatsAppCloudProvider({self.graph_base_url!r}, {self.api_version!r})"
+
+    def messages_url(self, phone_number_id: str) -> str:
+        """The messages endpoint of one line: ``{base}/{version}/{phone_number_id}/messages``."""
+        return f"{self.graph_base_url}/{self.api_version}/{phone_number_id}/messages"
+
+    async def send_whatsapp(self, message: OutgoingWhatsApp) -> ProviderResult:
+        """Send ``message`` from its line and classify Graph's answer.
+
+        Args:
+            message: content and line (phone number id and access token).
+
+        Returns:
+            Accepted with the ``wamid.…``, or a transient or permanent failure
+            (module docstring). A recipient held after a 131056 answer gets
+            transient RATE_LIMITED with the remaining seconds and no request;
+            content Graph cannot take is permanent REJECTED (missing body or
+            template fields) or UNSUPPORTED (another kind), without a request.
+            Never raises for delivery problems.
+        """
+        if self._closed:
+            return ProviderResult.transient(
+                ErrorCategory.UNKNOWN, "the WhatsApp Cloud provider is closed"
+            )
+        line = message.line
+        content = message.content
+        try:
+            payload = build_payload(content)
+        except ValueError as exc:
+            category = (
+                ErrorCategory.UNSUPPORTED
+                if content.kind not in ("text", "template")
+                else ErrorCategory.REJECTED
+            )
+            return ProviderResult.permanent(category, str(exc))
+
+        key = (line.phone_number_id, payload["to"])
+        held = self._held_for(key)
+        if held is not None:
+            return ProviderResult.transient(
+                ErrorCategory.RATE_LIMITED,
+                f"pair rate limit (Graph error 131056): this recipient is held for "
+                f"{held:g} s more; not sent",
+                retry_after=held,
+            )
+        try:
+            response = await self._http().post(
+                self.messages_url(line.phone_number_id),
+                json=payload,
+                headers={"Authorization": f"Bearer {line.access_token}"},
+                timeout=self.timeout,
+            )
+        except Exception as exc:
+            return _scrub(classify_exception(exc), line.access_token)
+        now = self._clock.now()
+        result, code = _classify(response, now=now)
+        if code == _PAIR_RATE_CODE:
+            hold = result.retry_after or PAIR_RATE_LIMIT_SECONDS
+            self._pair_holds[key] = now + timedelta(seconds=hold)
+        return _scrub(result, line.access_token)
+
+    def _held_for(self, key: tuple[str, str]) -> float | None:
+        """Seconds left on ``key``'s pair-rate hold, or None (expired holds are dropped)."""
+        now = self._clock.now()
+        for other, ends in list(self._pair_holds.items()):
+            if ends <= now:
+                del self._pair_holds[other]
+        until = self._pair_holds.get(key)
+        return None if until is None else (until - now).total_seconds()
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                transport=self._transport,
+                timeout=self.timeout,
+                follow_redirects=False,
+                headers={"User-Agent": "commtunnel", "Accept": "application/json"},
+            )
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close the HTTP client. Safe to call twice; later sends return transient ``UNKNOWN``."""
+        self._closed = True
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    async def __aenter__(self) -> WhatsAppCloudProvider:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+def _scrub(result: ProviderResult, token: str) -> ProviderResult:
+    """Belt and braces: no echo from Graph or a library may carry the access token."""
+    message = result.error_message
+    if not token or not message or token not in message:
+        return result
+    return attrs.evolve(result, error_message=message.replace(token, "***"))
+
+
+# --------------------------------------------------------------------------- webhook security
+
+
+def compute_signature(body: bytes, app_secret: str) -> str:
+    """The ``X-Hub-Signature-256`` value Meta sends for ``body``.
+
+    Args:
+        body: the raw request body, byte for byte.
+        app_secret: the Meta app's secret.
+
+    Returns:
+        ``sha256=`` and the lowercase hex HMAC-SHA256 of ``body`` keyed with the secret.
+    """
+    digest = hmac.new(app_secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+    return f"sha256={digest}"
+
+
+def verify_signature(body: bytes, header: str | None, app_secret: str) -> None:
+    """Check Meta's ``X-Hub-Signature-256`` header on a webhook ``POST``.
+
+    Meta signs every event notification with the app secret
+    (https://developers.facebook.com/docs/graph-api/webhooks/getting-started#event-notifications).
+
+    Args:
+        body: the raw request body, before any JSON parsing.
+        header: the header's value (``sha256=<64 hex digits>``), or None when absent.
+        app_secret: the Meta app's secret (``WHATSAPP_APP_SECRET``).
+
+    Raises:
+        WebhookSignatureError: no secret configured, the header missing or
+            malformed, or the digest does not match (constant-time comparison).
+    """
+    if not app_secret:
+        raise WebhookSignatureError("No WhatsApp app secret is configured to check signatures")
+    if header is None or not header.strip():
+        raise WebhookSignatureError(f"The {SIGNATURE_HEADER} header is missing")
+    match = _SIGNATURE.fullmatch(header.strip())
+    if match is None:
+        raise WebhookSignatureError(f"The {SIGNATURE_HEADER} header is not sha256=<hex digest>")
+    expected = compute_signature(body, app_secret).removeprefix("sha256=")
+    if not hmac.compare_digest(expected.encode("ascii"), match.group(1).lower().encode("ascii")):
+        raise WebhookSignatureError(f"The {SIGNATURE_HEADER} header does not match the body")
+
+
+def verify_handshake(params: Mapping[str, str], verify_token: str | None) -> str:
+    """Answer Meta's webhook verification request (``GET`` with ``hub.*`` query parameters).
+
+    Meta sends ``hub.mode=subscribe``, ``hub.verify_token`` (the token typed in
+    the app dashboard) and ``hub.challenge``; the endpoint echoes the challenge
+    (https://developers.facebook.com/docs/graph-api/webhooks/getting-started#verification-requests).
+
+    Args:
+        params: the query parameters.
+        verify_token: the configured token (``WHATSAPP_VERIFY_TOKEN``), None if unset.
+
+    Returns:
+        The ``hub.challenge`` value, to be sent back as the plain-text body.
+
+    Raises:
+        WebhookAuthError: no token configured, a mode other than ``subscribe``,
+            a wrong token (constant-time comparison) or no challenge. The HTTP
+            layer answers 403 for it on this route.
+    """
+    if not verify_token:
+        raise WebhookAuthError("No WhatsApp webhook verify token is configured")
+    if params.get("hub.mode") != "subscribe":
+        raise WebhookAuthError("hub.mode must be 'subscribe'")
+    given = params.get("hub.verify_token") or ""
+    if not hmac.compare_digest(given.encode("utf-8"), verify_token.encode("utf-8")):
+        raise WebhookAuthError("hub.verify_token does not match")
+    challenge = params.get("hub.challenge")
+    if not challenge:
+        raise WebhookAuthError("hub.challenge is missing")
+    return challenge
+
+
+# --------------------------------------------------------------------------- webhook payloads
+
+
+@attrs.frozen(kw_only=True)
+class StatusUpdate:
+    """One ``statuses[]`` item of a messages webhook: what happened to a message we sent.
+
+    Attributes:
+        phone_number_id: the business line (``value.metadata.phone_number_id``).
+        provider_message_id: the ``wamid.…`` returned when it was sent.
+        status: SENT, DELIVERED, READ or FAILED.
+        provider_status: Meta's word (``sent``, ``delivered``, ``read``, ``failed``).
+        recipient_id: the customer's WhatsApp id (digits, no ``+``).
+        timestamp: when it happened (UTC, from Meta's unix seconds).
+        errors: for ``failed``: ``{"code": int | None, "title": str | None,
+            "message": str | None, "details": str | None}`` per error.
+    """
+
+    phone_number_id: str
+    provider_message_id: str
+    status: Status
+    provider_status: str
+    recipient_id: str | None
+    timestamp: datetime = attrs.field(validator=_aware)
+    errors: list[dict[str, Any]] = attrs.field(factory=list)
+
+
+@attrs.frozen(kw_only=True)
+class InboundWhatsApp:
+    """One ``messages[]`` item of a messages webhook: a customer wrote to a business line.
+
+    Attributes:
+        phone_number_id: the business line it arrived on.
+        display_phone_number: that line's number as Meta displays it, or None.
+        sender: the customer's number in E.164 (``+`` and ``messages[].from``).
+        message_id: the inbound ``wamid.…``.
+        type: Meta's message type (``text``, ``button``, ``interactive``, ``image`` ...).
+        text: ``text.body``, the ``button`` text or the interactive reply's
+            title; None for other types.
+        timestamp: when it was sent (UTC, from Meta's unix seconds).
+        contact_name: ``contacts[].profile.name`` of the sender, if given.
+    """
+
+    phone_number_id: str
+    display_phone_number: str | None
+    sender: str
+    message_id: str
+    type: str
+    text: str | None
+    timestamp: datetime = attrs.field(validator=_aware)
+    contact_name: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class WebhookBatch:
+    """Everything one messages webhook ``POST`` carried, in payload order.
+
+    Attributes:
+        statuses: status updates of messages we sent (unknown statuses left out).
+        inbound: messages customers sent us.
+    """
+
+    statuses: list[StatusUpdate]
+    inbound: list[InboundWhatsApp]
+
+
+def _invalid(field: str, reason: str) -> ValidationError:
+    return ValidationError.from_fields({field: reason})
+
+
+def _str(value: object) -> str | None:
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _timestamp(value: object, field: str) -> datetime:
+    text = _str(value)
+    if text is None or not text.isdigit():
+        raise _invalid(field, "must be unix seconds")
+    try:
+        return datetime.fromtimestamp(int(text), tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        raise _invalid(field, "out of range") from None
+
+
+def _list(value: object, field: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _invalid(field, "must be a list")
+    return value
+
+
+def _dict(value: object, field: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _invalid(field, "must be an object")
+    return value
+
+
+def _status_errors(value: object, field: str) -> list[dict[str, Any]]:
+    errors = []
+    for item in _list(value, field):
+        if not isinstance(item, dict):
+            continue
+        code = item.get("code")
+        data = item.get("error_data")
+        details = data.get("details") if isinstance(data, dict) else None
+        errors.append(
+            {
+                "code": code if isinstance(code, int) and not isinstance(code, bool) else None,
+                "title": _str(item.get("title")),
+                "message": _str(item.get("message")),
+                "details": _str(details),
+            }
+        )
+    return errors
+
+
+def _inbound_text(message: dict[str, Any]) -> str | None:
+    kind = message.get("type")
+    part = message.get(kind) if isinstance(kind, str) else None
+    if not isinstance(part, dict):
+        return None
+    if kind == "text":
+        return _str(part.get("body"))
+    if kind == "button":
+        return _str(part.get("text"))
+    if kind == "interactive":
+        for reply in ("button_reply", "list_reply"):
+            chosen = part.get(reply)
+            if isinstance(chosen, dict):
+                return _str(chosen.get("title"))
+    return None
+
+
+def parse_webhook(payload: object) -> WebhookBatch:
+    """Read a WhatsApp messages webhook (the JSON body, already signature-checked).
+
+    Walks ``entry[].changes[]`` whose ``field`` is ``messages`` and reads each
+    ``value``'s ``metadata``, ``statuses[]``, ``messages[]`` and ``contacts[]``
+    (https://developers.facebook.com/docs/whatsapp/cloud-api/webhooks/components).
+    Changes for other fields are ignored.
+
+    Args:
+        payload: the decoded JSON body.
+
+    Returns:
+        The status updates and inbound messages, in payload order. Statuses
+        other than ``sent``, ``delivered``, ``read`` and ``failed`` (e.g.
+        ``deleted``, ``warning``) are skipped.
+
+    Raises:
+        ValidationError: not the documented shape: not an object, ``object``
+            other than ``whatsapp_business_account``, ``entry`` missing or not
+            a list, a messages change without ``metadata.phone_number_id``, or
+            a status or message without its id, status/sender or timestamp.
+    """
+    root = payload if isinstance(payload, dict) else None
+    if root is None:
+        raise _invalid("body", "must be a JSON object")
+    if root.get("object") != WEBHOOK_OBJECT:
+        raise _invalid("object", f"must be {WEBHOOK_OBJECT!r}")
+    if not isinstance(root.get("entry"), list):
+        raise _invalid("entry", "must be a list")
+    statuses: list[StatusUpdate] = []
+    inbound: list[InboundWhatsApp] = []
+    for i, entry in enumerate(root["entry"]):
+        entry = _dict(entry, f"entry[{i}]")
+        for j, change in enumerate(_list(entry.get("changes"), f"entry[{i}].changes")):
+            where = f"entry[{i}].changes[{j}]"
+            change = _dict(change, where)
+            if change.get("field") != "messages":
+                continue
+            value = _dict(change.get("value"), f"{where}.value")
+            metadata = _dict(value.get("metadata"), f"{where}.value.metadata")
+            line = _str(metadata.get("phone_number_id"))
+            if line is None:
+                raise _invalid(f"{where}.value.metadata.phone_number_id", "missing")
+            statuses.extend(_statuses(value, line, where))
+            inbound.extend(
+                _messages(value, line, _str(metadata.get("display_phone_number")), where)
+            )
+    return WebhookBatch(statuses=statuses, inbound=inbound)
+
+
+def _statuses(value: dict[str, Any], line: str, where: str) -> list[StatusUpdate]:
+    found = []
+    for k, item in enumerate(_list(value.get("statuses"), f"{where}.value.statuses")):
+        field = f"{where}.value.statuses[{k}]"
+        item = _dict(item, field)
+        wamid = _str(item.get("id"))
+        word = _str(item.get("status"))
+        if wamid is None or word is None:
+            raise _invalid(field, "id and status are required")
+        status = _STATUSES.get(word.lower())
+        if status is None:
+            continue
+        found.append(
+            StatusUpdate(
+                phone_number_id=line,
+                provider_message_id=wamid,
+                status=status,
+                provider_status=word.lower(),
+                recipient_id=_str(item.get("recipient_id")),
+                timestamp=_timestamp(item.get("timestamp"), f"{field}.timestamp"),
+                errors=_status_errors(item.get("errors"), f"{field}.errors"),
+            )
+        )
+    return found
+
+
+def _messages(
+    value: dict[str, Any], line: str, display: str | None, where: str
+) -> list[InboundWhatsApp]:
+    names: dict[str, str] = {}
+    for contact in _list(value.get("contacts"), f"{where}.value.contacts"):
+        if not isinstance(contact, dict):
+            continue
+        profile = contact.get("profile")
+        wa_id = _str(contact.get("wa_id"))
+        name = _str(profile.get("name")) if isinstance(profile, dict) else None
+        if wa_id is not None and name is not None:
+            names[wa_id] = name
+    found = []
+    for k, item in enumerate(_list(value.get("messages"), f"{where}.value.messages")):
+        field = f"{where}.value.messages[{k}]"
+        item = _dict(item, field)
+        wamid = _str(item.get("id"))
+        sender = _str(item.get("from"))
+        if wamid is None or sender is None:
+            raise _invalid(field, "id and from are required")
+        digits = sender.removeprefix("+")
+        found.append(
+            InboundWhatsApp(
+                phone_number_id=line,
+                display_phone_number=display,
+                sender=f"+{digits}",
+                message_id=wamid,
+                type=_str(item.get("type")) or "unknown",
+                text=_inbound_text(item),
+                timestamp=_timestamp(item.get("timestamp"), f"{field}.timestamp"),
+                contact_name=names.get(digits),
+            )
+        )
+    return found

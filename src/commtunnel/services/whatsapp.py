@@ -1,0 +1,769 @@
+"""The WhatsApp Cloud channel's use cases: synchronous sends, status, lines, Meta webhooks.
+
+Contract: ``../shared/seeds/000_427ee8481191f61a.txt`` ("WhatsApp Cloud
+(public API)", "Meta WhatsApp webhook") and ``../shared/seeds/001_fc3b71c01ecf9734.txt``
+(the ``WHATSAPP_*`` settings, the tenant line, ``WHATSAPP_LINE_MAP``).
+
+A send is handed to Graph *synchronously* but durably: the message, its
+events and its job are committed first (the job scheduled one lease ahead,
+so no worker takes it meanwhile), then this process leases the job and
+makes the attempt through the dispatcher, exactly as a worker would. If the
+process dies during the call, the job comes due and a worker retries it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+from typing import Any
+
+import attrs
+
+from commtunnel.backends.sqlite_sms import SqliteSmsStore
+from commtunnel.backends.sqlite_whatsapp import KEEP, SqliteWhatsAppStore
+from commtunnel.crypto import SecretBox, fingerprint
+from commtunnel.domain import sms as sms_rules
+from commtunnel.domain.delivery import ErrorCategory, ProviderResult
+from commtunnel.domain.errors import (
+    IdempotencyKeyReusedError,
+    InternalError,
+    MessageNotRetryableError,
+    NotFoundError,
+    SecretKeyMissingError,
+    ValidationError,
+    WebhookSignatureError,
+    WhatsAppDisabledError,
+    WhatsAppLineNotConfiguredError,
+    WhatsAppProviderError,
+    WhatsAppSendRejectedError,
+)
+from commtunnel.domain.events import TimelineEvent
+from commtunnel.domain.keys import Principal, Scope
+from commtunnel.domain.messages import Attempt, Channel, Message, Status, WhatsAppContent, event_for
+from commtunnel.ids import new_id
+from commtunnel.ports import (
+    ClaimedJob,
+    Clock,
+    IdempotencyRecord,
+    InboundMessage,
+    OptOut,
+    Storage,
+    WhatsAppLine,
+)
+from commtunnel.providers import whatsapp as whatsapp_webhooks
+from commtunnel.services import idempotency
+from commtunnel.services.auth import require
+from commtunnel.services.dispatch import Dispatcher
+
+ENDPOINT_SEND = "whatsapp.send"
+MAX_TEXT_CHARACTERS = 4096  # Meta: text.body is limited to 4096 characters
+MAX_TIMELINE_LIMIT = 1000
+PAUSED_RETRY_SECONDS = 300.0
+_PHONE_NUMBER_ID = re.compile(r"[0-9]{1,32}")
+_TEMPLATE_NAME = re.compile(r"[a-z0-9_]{1,512}")
+_LANGUAGE = re.compile(r"[a-z]{2,3}(_[A-Za-z]{2,4})?")
+# A status webhook moves a message forward only (never backwards, never twice).
+_ALLOWED_FROM: dict[Status, frozenset[Status]] = {
+    Status.DELIVERED: frozenset({Status.SENT}),
+    Status.READ: frozenset({Status.SENT, Status.DELIVERED}),
+    Status.FAILED: frozenset({Status.SENT}),
+}
+_OPTED_OUT_CODE = 131050
+
+
+@attrs.frozen(kw_only=True)
+class WhatsAppSendRequest:
+    """``POST /v1/public/whatsapp/send`` as the caller gave it (untrusted)."""
+
+    to: Any = None
+    body: Any = None
+    template: Any = None
+    idempotency_key: Any = None
+
+    def wire_payload(self) -> dict[str, Any]:
+        """The request in wire spelling without the key (for fingerprints)."""
+        return {"to": self.to, "body": self.body, "template": self.template}
+
+
+WIRE_FIELDS = {
+    "to": "to",
+    "body": "body",
+    "template": "template",
+    "idempotencyKey": "idempotency_key",
+}
+
+
+def send_request_from_wire(
+    payload: dict[str, Any], *, header_key: str | None
+) -> WhatsAppSendRequest:
+    """Build a send request from a JSON object, refusing unknown fields.
+
+    Raises:
+        ValidationError: unknown fields, or a header key that differs from the body's.
+    """
+    unknown = sorted(set(payload) - set(WIRE_FIELDS))
+    if unknown:
+        raise ValidationError.from_fields(dict.fromkeys(unknown, "unknown field"))
+    values = {WIRE_FIELDS[name]: value for name, value in payload.items()}
+    if header_key is not None:
+        body_key = values.get("idempotency_key")
+        if body_key is not None and body_key != header_key:
+            raise ValidationError.from_fields(
+                {"idempotencyKey": "differs from the x-idempotency-key header"}
+            )
+        values["idempotency_key"] = header_key
+    return WhatsAppSendRequest(**values)
+
+
+@attrs.frozen(kw_only=True)
+class WhatsAppSendResult:
+    """A send's answer: the message (SENT) or, with ``duplicate``, an earlier one."""
+
+    message: Message
+    duplicate: bool
+
+
+@attrs.frozen(kw_only=True)
+class WhatsAppStatus:
+    """A message with its attempts, as ``GET /v1/public/whatsapp/{id}`` shows it."""
+
+    message: Message
+    attempts: list[Attempt]
+
+
+@attrs.frozen(kw_only=True)
+class LineInfo:
+    """What ``GET /v1/account/whatsapp-cloud-line`` answers (never the token)."""
+
+    whatsapp_phone_number_id: str | None
+    uses_platform_default: bool
+    platform_line_configured: bool
+    has_own_access_token: bool
+    state: str
+
+
+@attrs.frozen(kw_only=True)
+class WebhookResult:
+    """What one Meta webhook delivery did."""
+
+    statuses_applied: int
+    statuses_ignored: int
+    inbound_stored: int
+
+
+def parse_line_map(raw: str | None) -> dict[str, str]:
+    """``WHATSAPP_LINE_MAP``: JSON ``{"<phone_number_id>": "<org id or name>"}`` or
+    ``pnid=org,pnid=org``.
+
+    Raises:
+        ValueError: neither form parses.
+    """
+    if not raw or not raw.strip():
+        return {}
+    text = raw.strip()
+    if text.startswith("{"):
+        data = json.loads(text)
+        if not isinstance(data, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in data.items()
+        ):
+            raise ValueError("WHATSAPP_LINE_MAP JSON must map strings to strings")
+        return dict(data)
+    mapping = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(f"WHATSAPP_LINE_MAP entry {item!r} is not phone_number_id=org")
+        mapping[key.strip()] = value.strip()
+    return mapping
+
+
+class WhatsAppService:
+    """Send and read WhatsApp Cloud messages; manage tenant lines; take Meta's webhooks.
+
+    Args:
+        storage: messages, events, attempts.
+        sms_store: channel-neutral receipts, re-queues and inbound storage.
+        store: WhatsApp lines, line states, opt-outs.
+        clock: every "now".
+        enabled: ``WHATSAPP_CLOUD_API_ENABLED``.
+        platform_phone_number_id / platform_access_token: the default line.
+        line_map: ``WHATSAPP_LINE_MAP`` parsed: phone number id -> org id or name.
+        secret_box: encrypts tenant tokens (None without ``COMMTUNNEL_SECRET_KEY``).
+        idempotency_retention: seconds a key is remembered.
+        lease_seconds: the synchronous hand-off's lease (the worker's lease).
+        dispatcher: returns the dispatcher that makes the hand-off's attempt.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        sms_store: SqliteSmsStore,
+        store: SqliteWhatsAppStore,
+        clock: Clock,
+        *,
+        enabled: bool = False,
+        platform_phone_number_id: str | None = None,
+        platform_access_token: str | None = None,
+        line_map: Mapping[str, str] | None = None,
+        secret_box: SecretBox | None = None,
+        idempotency_retention: float = 86_400.0,
+        lease_seconds: float = 60.0,
+        dispatcher: Callable[[], Dispatcher] | None = None,
+    ) -> None:
+        self._storage = storage
+        self._receipts = sms_store
+        self._store = store
+        self._clock = clock
+        self._enabled = enabled
+        self._platform_pnid = platform_phone_number_id
+        self._platform_token = platform_access_token
+        self._line_map = dict(line_map or {})
+        self._box = secret_box
+        self._retention = idempotency_retention
+        self._lease_seconds = lease_seconds
+        self._in_flight = idempotency.InFlight()
+        self._dispatcher = dispatcher
+
+    # ------------------------------------------------------------------ lines
+
+    @property
+    def platform_line_configured(self) -> bool:
+        """Whether the platform default line (phone number id + token) is set."""
+        return bool(self._platform_pnid and self._platform_token)
+
+    async def resolve_line(self, org_id: str) -> WhatsAppLine:
+        """The line an organization sends from: its own parts, else the platform's.
+
+        Raises:
+            WhatsAppDisabledError: the channel is off.
+            WhatsAppLineNotConfiguredError: no phone number id or no token.
+        """
+        if not self._enabled:
+            raise WhatsAppDisabledError(
+                "The WhatsApp Cloud channel is not enabled (WHATSAPP_CLOUD_API_ENABLED)"
+            )
+        own = await self._store.get_line(org_id)
+        pnid = (own.phone_number_id if own else None) or self._platform_pnid
+        token = self._platform_token
+        if own is not None and own.access_token_enc is not None:
+            token = self._decrypt(own.access_token_enc)
+        if not pnid or not token:
+            raise WhatsAppLineNotConfiguredError(
+                "No WhatsApp line: set a phone number id and access token for the "
+                "organization (PATCH /v1/account/whatsapp-cloud-line) or for the platform"
+            )
+        owner = org_id if own is not None and own.phone_number_id else None
+        return WhatsAppLine(phone_number_id=pnid, access_token=token, org_id=owner)
+
+    def _decrypt(self, token_enc: str) -> str:
+        if self._box is None:
+            raise SecretKeyMissingError(
+                "COMMTUNNEL_SECRET_KEY is not set, so the stored access token cannot be read"
+            )
+        return self._box.decrypt(token_enc)
+
+    async def line_for_message(self, message: Message) -> WhatsAppLine | ProviderResult:
+        """The worker's view: the line to use, or a result to record without calling Graph."""
+        try:
+            line = await self.resolve_line(message.org_id)
+        except (WhatsAppDisabledError, WhatsAppLineNotConfiguredError) as exc:
+            return ProviderResult.transient(ErrorCategory.UNSUPPORTED, exc.message)
+        state = await self._store.get_line_state(line.phone_number_id)
+        if (
+            state is not None
+            and state.state == "PAUSED"
+            and state.token_fingerprint == fingerprint(line.access_token)
+        ):
+            return ProviderResult.transient(
+                ErrorCategory.LINE_PAUSED,
+                f"line {line.phone_number_id} is paused ({state.reason}); "
+                "set a new access token to resume",
+                retry_after=PAUSED_RETRY_SECONDS,
+            )
+        return line
+
+    async def after_attempt(self, message: Message, result: ProviderResult) -> None:
+        """Consequences of a failed attempt: pause or flag the line, record an opt-out."""
+        category = result.error_category
+        if category == ErrorCategory.RECIPIENT_OPTED_OUT and message.whatsapp is not None:
+            await self._opt_out(message.org_id, message.whatsapp.to, source="provider")
+            return
+        if category not in (ErrorCategory.AUTH, ErrorCategory.POLICY_BLOCKED):
+            return
+        try:
+            line = await self.resolve_line(message.org_id)
+        except (WhatsAppDisabledError, WhatsAppLineNotConfiguredError):
+            return
+        paused = category == ErrorCategory.AUTH
+        state = "PAUSED" if paused else "FLAGGED"
+        event = TimelineEvent(
+            id=new_id(),
+            message_id=None,
+            org_id=message.org_id,
+            type="whatsapp_line_paused" if paused else "whatsapp_line_flagged",
+            status=None,
+            created_at=self._clock.now(),
+            details={
+                "phoneNumberId": line.phone_number_id,
+                "reason": result.error_message,
+                "messageId": message.id,
+                "alert": True,
+            },
+        )
+        await self._store.set_line_state(
+            line.phone_number_id,
+            state=state,
+            reason=result.error_message,
+            token_fingerprint=fingerprint(line.access_token),
+            event=event,
+        )
+
+    async def _opt_out(self, org_id: str, phone: str, *, source: str) -> None:
+        now = self._clock.now()
+        event = TimelineEvent(
+            id=new_id(),
+            message_id=None,
+            org_id=org_id,
+            type="whatsapp_opt_out",
+            status=None,
+            created_at=now,
+            details={"phone": phone, "optedOut": True, "source": source},
+        )
+        await self._store.add_opt_out(
+            OptOut(org_id=org_id, phone=phone, source=source, created_at=now), event
+        )
+
+    async def get_line(self, principal: Principal) -> LineInfo:
+        """The organization's line settings (``GET /v1/account/whatsapp-cloud-line``).
+
+        Raises:
+            InsufficientScopeError: the key lacks ``account:manage``.
+        """
+        require(principal, Scope.ACCOUNT_MANAGE)
+        own = await self._store.get_line(principal.org_id)
+        pnid = own.phone_number_id if own else None
+        effective = pnid or self._platform_pnid
+        state = await self._store.get_line_state(effective) if effective else None
+        return LineInfo(
+            whatsapp_phone_number_id=pnid,
+            uses_platform_default=pnid is None,
+            platform_line_configured=self.platform_line_configured,
+            has_own_access_token=bool(own and own.access_token_enc),
+            state=state.state if state else "ACTIVE",
+        )
+
+    async def update_line(self, principal: Principal, payload: dict[str, Any]) -> LineInfo:
+        """Set or clear the organization's phone number id and/or access token.
+
+        Args:
+            payload: ``whatsappPhoneNumberId`` and/or ``whatsappAccessToken``;
+                null clears; at least one field.
+
+        Raises:
+            InsufficientScopeError: the key lacks ``account:manage``.
+            ValidationError: no field, unknown fields, bad values.
+            WhatsAppLineInUseError: another organization holds the phone number id.
+            SecretKeyMissingError: a token is given but ``COMMTUNNEL_SECRET_KEY`` is unset.
+        """
+        require(principal, Scope.ACCOUNT_MANAGE)
+        allowed = {"whatsappPhoneNumberId", "whatsappAccessToken"}
+        problems = dict.fromkeys(sorted(set(payload) - allowed), "unknown field")
+        if not set(payload) & allowed:
+            problems["whatsappPhoneNumberId"] = (
+                "give whatsappPhoneNumberId and/or whatsappAccessToken (null clears)"
+            )
+        pnid: object = KEEP
+        token_enc: object = KEEP
+        if "whatsappPhoneNumberId" in payload:
+            value = payload["whatsappPhoneNumberId"]
+            if value is not None and (
+                not isinstance(value, str) or not _PHONE_NUMBER_ID.fullmatch(value)
+            ):
+                problems["whatsappPhoneNumberId"] = "must be Meta's numeric phone number id or null"
+            pnid = value
+        if "whatsappAccessToken" in payload:
+            token = payload["whatsappAccessToken"]
+            if token is not None and (
+                not isinstance(token, str) or not 20 <= len(token) <= 1024 or token != token.strip()
+            ):
+                problems["whatsappAccessToken"] = "must be a Graph access token (20-1024 chars)"
+            elif token is not None:
+                if self._box is None:
+                    raise SecretKeyMissingError(
+                        "Set COMMTUNNEL_SECRET_KEY before storing an access token: "
+                        "tokens are stored encrypted"
+                    )
+                token_enc = self._box.encrypt(token)
+            else:
+                token_enc = None
+        if problems:
+            raise ValidationError.from_fields(problems)
+        await self._store.set_line(
+            principal.org_id, phone_number_id=pnid, access_token_enc=token_enc, at=self._clock.now()
+        )
+        return await self.get_line(principal)
+
+    # ------------------------------------------------------------------ sending
+
+    def _content(self, req: WhatsAppSendRequest) -> WhatsAppContent:
+        problems: dict[str, str] = {}
+        to = None
+        raw_to = req.to
+        if isinstance(raw_to, str) and raw_to.strip().isdigit():
+            raw_to = "+" + raw_to.strip()  # Meta's form: digits with the country code
+        try:
+            to = sms_rules.normalise_e164(raw_to)
+        except ValidationError as exc:
+            problems.update({str(k): str(v) for k, v in exc.details.items()})
+        if req.template is None and req.body is None:
+            problems["body"] = "give body (text) or template"
+        if req.template is not None and req.body is not None:
+            problems["template"] = "give body or template, not both"
+        if req.body is not None:
+            if not isinstance(req.body, str) or not req.body.strip():
+                problems["body"] = "must be a non-empty string"
+            elif len(req.body) > MAX_TEXT_CHARACTERS:
+                problems["body"] = f"must be at most {MAX_TEXT_CHARACTERS} characters"
+        name = language = variables = None
+        if req.template is not None:
+            name, language, variables = self._template(req.template, problems)
+        if problems:
+            raise ValidationError.from_fields(problems)
+        assert to is not None
+        if req.template is not None:
+            return WhatsAppContent(
+                to=to,
+                kind="template",
+                template_name=name,
+                template_language=language,
+                template_variables=variables,
+            )
+        return WhatsAppContent(to=to, kind="text", body=req.body)
+
+    @staticmethod
+    def _template(
+        template: Any, problems: dict[str, str]
+    ) -> tuple[str | None, str | None, list[str] | dict[str, str] | None]:
+        if not isinstance(template, dict):
+            problems["template"] = "must be an object {name, language, variables}"
+            return None, None, None
+        unknown = sorted(set(template) - {"name", "language", "variables"})
+        for field in unknown:
+            problems[f"template.{field}"] = "unknown field"
+        name, language = template.get("name"), template.get("language", "en_US")
+        if not isinstance(name, str) or not _TEMPLATE_NAME.fullmatch(name):
+            problems["template.name"] = "must be a template name (lower case, digits, _)"
+        if not isinstance(language, str) or not _LANGUAGE.fullmatch(language):
+            problems["template.language"] = "must be a language code such as en or en_US"
+        variables = template.get("variables")
+        if variables is not None:
+            if isinstance(variables, list):
+                if not all(isinstance(v, str) for v in variables):
+                    problems["template.variables"] = "list items must be strings"
+            elif isinstance(variables, dict):
+                if not all(isinstance(k, str) and isinstance(v, str) for k, v in variables.items()):
+                    problems["template.variables"] = "object values must be strings"
+            else:
+                problems["template.variables"] = "must be a list or an object of strings"
+        return name, language, variables
+
+    async def send(self, principal: Principal, req: WhatsAppSendRequest) -> WhatsAppSendResult:
+        """Hand a text or template message to Graph now.
+
+        Returns:
+            The SENT message with its ``provider_message_id`` (``wamid.…``), or
+            with ``duplicate=True`` the message an earlier request with the
+            same idempotency key created (whatever its status now).
+
+        Raises:
+            InsufficientScopeError: the key lacks ``send:whatsapp``.
+            ValidationError: bad ``to``, ``body`` (over 4096 characters) or template.
+            WhatsAppDisabledError / WhatsAppLineNotConfiguredError: nothing to send with.
+            WhatsAppProviderError: a transient Graph failure; the message is
+                RETRYING and the worker retries it (``details.messageId``).
+            WhatsAppSendRejectedError: Graph refused it; the message is FAILED.
+            IdempotencyKeyReusedError / IdempotencyKeyInUseError: see DESIGN.md.
+        """
+        require(principal, Scope.SEND_WHATSAPP)
+        key = idempotency.validate_key(req.idempotency_key)
+        content = self._content(req)
+        line = await self.resolve_line(principal.org_id)
+        content = attrs.evolve(content, phone_number_id=line.phone_number_id)
+        with self._in_flight.hold(principal.org_id, key):
+            now = self._clock.now()
+            message = Message(
+                id=new_id(),
+                org_id=principal.org_id,
+                channel=Channel.WHATSAPP,
+                status=Status.QUEUED,
+                sandbox=principal.sandbox,
+                api_key_id=principal.api_key_id,
+                email=None,
+                whatsapp=content,
+                created_at=now,
+                updated_at=now,
+            )
+            event = TimelineEvent(
+                id=new_id(),
+                message_id=message.id,
+                org_id=principal.org_id,
+                type=event_for(Channel.WHATSAPP, Status.QUEUED),
+                status=Status.QUEUED,
+                created_at=now,
+                details={"kind": content.kind, "phoneNumberId": line.phone_number_id},
+            )
+            record = None
+            if key is not None:
+                record = IdempotencyRecord(
+                    org_id=principal.org_id,
+                    key=key,
+                    endpoint=ENDPOINT_SEND,
+                    fingerprint=idempotency.fingerprint(ENDPOINT_SEND, req.wire_payload()),
+                    message_id=message.id,
+                    created_at=now,
+                    expires_at=now + timedelta(seconds=self._retention),
+                )
+            # The job comes due one lease from now: if this process dies during the
+            # hand-off below, a worker takes it then; until then no worker does.
+            result = await self._storage.accept(
+                message,
+                event,
+                run_at=now + timedelta(seconds=self._lease_seconds),
+                idempotency=record,
+            )
+            if result.conflict is not None:
+                same = result.conflict.endpoint == ENDPOINT_SEND
+                raise IdempotencyKeyReusedError(
+                    "This idempotency key was already used with a different "
+                    + ("payload" if same else "endpoint"),
+                    details={"idempotencyKey": key, "originalEndpoint": result.conflict.endpoint},
+                )
+            if result.message is None:  # pragma: no cover - storage contract violation
+                raise InternalError("storage accepted nothing")
+            if result.duplicate:
+                return WhatsAppSendResult(message=result.message, duplicate=True)
+            return await self._hand_off(message)
+
+    async def _hand_off(self, message: Message) -> WhatsAppSendResult:
+        if self._dispatcher is None:
+            raise InternalError("no dispatcher is wired to the WhatsApp service")
+        dispatcher = self._dispatcher()
+        job: ClaimedJob | None = await self._store.claim_message(
+            message.id,
+            worker_id=dispatcher.worker_id,
+            now=self._clock.now(),
+            lease_seconds=self._lease_seconds,
+            processing_event=dispatcher.processing_event,
+        )
+        if job is not None:
+            await dispatcher.process(job)
+        stored = await self._storage.get_message(message.org_id, message.id)
+        if stored is None:  # pragma: no cover - it was just written
+            raise InternalError("the message vanished during the hand-off")
+        if stored.status == Status.SENT:
+            return WhatsAppSendResult(message=stored, duplicate=False)
+        attempts = await self._storage.list_attempts(message.org_id, message.id)
+        last = attempts[-1] if attempts else None
+        details = {
+            "messageId": message.id,
+            "status": str(stored.status),
+            "errorCategory": last.error_category if last else None,
+            "error": last.error_message if last else None,
+        }
+        if stored.status in (Status.RETRYING, Status.QUEUED, Status.PROCESSING):
+            raise WhatsAppProviderError(
+                "WhatsApp Cloud did not take the message yet; it will be retried",
+                details=details,
+            )
+        raise WhatsAppSendRejectedError(
+            "WhatsApp Cloud refused the message; it will not be retried", details=details
+        )
+
+    # ------------------------------------------------------------------ reading, retry
+
+    async def _own(self, principal: Principal, message_id: str) -> Message:
+        message = await self._storage.get_message(principal.org_id, message_id)
+        if message is None or message.channel != Channel.WHATSAPP:
+            raise NotFoundError("No WhatsApp message with this id", details={"id": message_id})
+        return message
+
+    async def get(self, principal: Principal, message_id: str) -> WhatsAppStatus:
+        """One message with its attempts.
+
+        Raises:
+            InsufficientScopeError: the key lacks ``read:whatsapp``.
+            NotFoundError: no such message in the caller's organization.
+        """
+        require(principal, Scope.READ_WHATSAPP)
+        message = await self._own(principal, message_id)
+        attempts = await self._storage.list_attempts(principal.org_id, message_id)
+        return WhatsAppStatus(message=message, attempts=attempts)
+
+    async def timeline(
+        self, principal: Principal, message_id: str, *, limit: int = 100
+    ) -> list[TimelineEvent]:
+        """The message's events, oldest first, at most ``limit`` (1..1000).
+
+        Raises:
+            InsufficientScopeError: the key lacks ``read:whatsapp``.
+            ValidationError: ``limit`` out of range.
+            NotFoundError: no such message in the caller's organization.
+        """
+        require(principal, Scope.READ_WHATSAPP)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise ValidationError.from_fields(
+                {"limit": f"must be an integer from 1 to {MAX_TIMELINE_LIMIT}"}
+            )
+        await self._own(principal, message_id)
+        return await self._storage.list_events(principal.org_id, message_id, limit)
+
+    async def retry(self, principal: Principal, message_id: str) -> WhatsAppSendResult:
+        """Re-send a FAILED message now (a fresh retry budget), like a new send.
+
+        Raises:
+            InsufficientScopeError: the key lacks ``send:whatsapp``.
+            NotFoundError: no such message in the caller's organization.
+            MessageNotRetryableError: the message is not FAILED.
+            WhatsAppProviderError / WhatsAppSendRejectedError: as for :meth:`send`.
+        """
+        require(principal, Scope.SEND_WHATSAPP)
+        await self._own(principal, message_id)
+        now = self._clock.now()
+        event = TimelineEvent(
+            id=new_id(),
+            message_id=message_id,
+            org_id=principal.org_id,
+            type=event_for(Channel.WHATSAPP, Status.QUEUED),
+            status=Status.QUEUED,
+            created_at=now,
+            details={"retry": True},
+        )
+        outcome = await self._receipts.requeue(
+            principal.org_id,
+            message_id,
+            event=event,
+            run_at=now + timedelta(seconds=self._lease_seconds),
+        )
+        if outcome is None:
+            raise NotFoundError("No WhatsApp message with this id", details={"id": message_id})
+        message, requeued = outcome
+        if not requeued:
+            raise MessageNotRetryableError(
+                f"Only FAILED messages can be retried; this one is {message.status}",
+                details={"id": message_id, "status": str(message.status)},
+            )
+        return await self._hand_off(message)
+
+    # ------------------------------------------------------------------ Meta webhooks
+
+    async def _org_for_line(self, phone_number_id: str) -> str | None:
+        mapped = self._line_map.get(phone_number_id)
+        if mapped is not None:
+            org = await self._storage.get_org(org_id=mapped) or await self._storage.get_org(
+                name=mapped
+            )
+            return org.id if org else None
+        return await self._store.org_for_phone_number_id(phone_number_id)
+
+    def handshake(self, params: Mapping[str, str], verify_token: str | None) -> str:
+        """Answer Meta's subscription check: ``hub.challenge`` when the token matches.
+
+        Raises:
+            WebhookAuthError: wrong mode, wrong or unset token (answer 403).
+        """
+        return whatsapp_webhooks.verify_handshake(params, verify_token)
+
+    async def receive_webhook(
+        self, body: bytes, signature: str | None, app_secret: str | None
+    ) -> WebhookResult:
+        """Check ``X-Hub-Signature-256``, parse Meta's payload and apply it.
+
+        Raises:
+            WebhookSignatureError: the signature is missing, wrong, or no app secret is set.
+            ValidationError: the body is not a WhatsApp Business webhook.
+        """
+        if not app_secret:
+            raise WebhookSignatureError("WHATSAPP_APP_SECRET is not set; webhooks are refused")
+        whatsapp_webhooks.verify_signature(body, signature, app_secret)
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            raise ValidationError.from_fields({"body": "is not JSON"}) from None
+        return await self.apply_webhook(whatsapp_webhooks.parse_webhook(payload))
+
+    async def apply_webhook(self, batch: Any) -> WebhookResult:
+        """Apply a parsed, signature-checked Meta webhook (a ``WebhookBatch``).
+
+        Status updates move the matching message forward with a
+        ``whatsapp_<status>`` event, once, never backwards; a ``failed`` status
+        carrying error 131050 also records an opt-out. Inbound messages are
+        stored for the organization owning the receiving line (the line map,
+        then tenant lines); messages for a line no organization owns are dropped.
+        """
+        applied = ignored = stored = 0
+        for update in batch.statuses:
+            message = await self._receipts.find_by_provider_message_id(
+                Channel.WHATSAPP, update.provider_message_id
+            )
+            allowed = _ALLOWED_FROM.get(update.status)
+            if message is None or allowed is None:
+                ignored += 1
+                continue
+            details: dict[str, Any] = {
+                "source": "meta",
+                "providerStatus": update.provider_status,
+                "at": update.timestamp.isoformat(),
+            }
+            if update.errors:
+                details["errors"] = update.errors
+                details["error"] = "; ".join(
+                    str(e.get("title") or e.get("message") or e.get("code")) for e in update.errors
+                )
+            event = TimelineEvent(
+                id=new_id(),
+                message_id=message.id,
+                org_id=message.org_id,
+                type=event_for(Channel.WHATSAPP, update.status),
+                status=update.status,
+                created_at=self._clock.now(),
+                details=details,
+            )
+            outcome = await self._receipts.apply_receipt(
+                message.id, new_status=update.status, allowed_from=allowed, event=event
+            )
+            if outcome is not None and outcome.applied:
+                applied += 1
+            else:
+                ignored += 1
+            if any(_error_code(e) == _OPTED_OUT_CODE for e in update.errors) and message.whatsapp:
+                await self._opt_out(message.org_id, message.whatsapp.to, source="meta_webhook")
+        for item in batch.inbound:
+            org_id = await self._org_for_line(item.phone_number_id)
+            if org_id is None:
+                continue
+            await self._receipts.add_inbound(
+                InboundMessage(
+                    id=new_id(),
+                    org_id=org_id,
+                    channel=Channel.WHATSAPP,
+                    sender=item.sender,
+                    recipient=item.display_phone_number or item.phone_number_id,
+                    body=item.text or f"[{item.type}]",
+                    keyword=None,
+                    created_at=self._clock.now(),
+                )
+            )
+            stored += 1
+        return WebhookResult(
+            statuses_applied=applied, statuses_ignored=ignored, inbound_stored=stored
+        )
+
+
+def _error_code(error: Mapping[str, Any]) -> int | None:
+    code = error.get("code")
+    try:
+        return int(code) if code is not None else None
+    except (TypeError, ValueError):
+        return None
