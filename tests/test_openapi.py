@@ -117,3 +117,18 @@ async def test_document_is_served_without_auth(client: httpx.AsyncClient) -> Non
     assert r.status_code == 200
     assert r.headers["content-type"] == "application/json"
     assert r.json() == openapi_document()
+
+
+def test_sms_webhooks_declare_their_own_authentication() -> None:
+    """Token-guarded SMS webhooks use ?token=; the signed provider callback needs no key."""
+    document = openapi_document()
+    scheme = document["components"]["securitySchemes"]["webhookToken"]
+    assert (scheme["type"], scheme["in"], scheme["name"]) == ("apiKey", "query", "token")
+    for path in ("inbound", "inbound-opt-out", "dlr"):
+        operation = document["paths"][f"/v1/webhooks/sms/{path}"]["post"]
+        assert operation["security"] == [{"webhookToken": []}], path
+    assert document["paths"]["/v1/webhooks/sms/provider"]["post"]["security"] == []
+    sms_send = document["paths"]["/v1/public/sms/send"]["post"]
+    assert {"$ref": "#/components/parameters/IdempotencyKey"} in sms_send["parameters"]
+    otp_cooldown = document["paths"]["/v1/public/sms/otp/send"]["post"]["responses"]["429"]
+    assert "Retry-After" in otp_cooldown["headers"]

@@ -23,6 +23,9 @@ from commtunnel.client import Commtunnel
 from commtunnel.domain.errors import CommtunnelError
 from commtunnel_http.errors import RequestIdMiddleware, handle_exception
 from commtunnel_http.routes import EmailRoutes
+from commtunnel_http.sms_routes import SmsRoutes
+from commtunnel_http.sms_webhooks import SmsWebhookRoutes
+from commtunnel_http.wire import Wire
 
 log = logging.getLogger("commtunnel.http")
 
@@ -42,7 +45,9 @@ def create_app(ct: Commtunnel, *, run_worker: bool | None = None) -> Starlette:
 
     Returns:
         The Starlette app: routes of :class:`~commtunnel_http.routes.EmailRoutes`,
-        ``X-Request-Id`` on every response, one error envelope for every failure.
+        :class:`~commtunnel_http.sms_routes.SmsRoutes` and
+        :class:`~commtunnel_http.sms_webhooks.SmsWebhookRoutes`, ``X-Request-Id``
+        on every response, one error envelope for every failure.
     """
     embedded = ct.settings.embedded_worker if run_worker is None else run_worker
 
@@ -62,8 +67,14 @@ def create_app(ct: Commtunnel, *, run_worker: bool | None = None) -> Starlette:
                 await asyncio.gather(worker, return_exceptions=True)  # logged by the callback
             await ct.aclose()
 
+    wire = Wire()
+    routes = [
+        *EmailRoutes(ct).routes(),
+        *SmsRoutes(ct, wire).routes(),
+        *SmsWebhookRoutes(ct, wire).routes(),
+    ]
     app = Starlette(
-        routes=EmailRoutes(ct).routes(),
+        routes=routes,
         middleware=[Middleware(RequestIdMiddleware)],
         exception_handlers={HTTPException: handle_exception, CommtunnelError: handle_exception},
         lifespan=lifespan,

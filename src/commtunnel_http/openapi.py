@@ -1,8 +1,11 @@
 """The OpenAPI 3.0.3 document served at ``GET /v1/public/openapi.json``.
 
-It describes exactly the routes :class:`~commtunnel_http.routes.EmailRoutes`
-registers (a test compares the two). Limits are taken from the core's
-constants so the document cannot drift from the rules it describes.
+It describes exactly the routes the app registers
+(:class:`~commtunnel_http.routes.EmailRoutes`,
+:class:`~commtunnel_http.sms_routes.SmsRoutes`,
+:class:`~commtunnel_http.sms_webhooks.SmsWebhookRoutes`; a test compares the
+two). Limits are taken from the core's constants so the document cannot
+drift from the rules it describes.
 """
 
 from __future__ import annotations
@@ -11,8 +14,10 @@ import copy
 from typing import Any
 
 from commtunnel import __version__
+from commtunnel.domain import sms as sms_rules
 from commtunnel.domain.email import MAX_SUBJECT_CHARS
 from commtunnel.domain.messages import Status
+from commtunnel.services import sms as sms_service
 from commtunnel.services.email import MAX_TIMELINE_LIMIT
 from commtunnel.services.idempotency import MAX_KEY_CHARS
 
@@ -303,6 +308,698 @@ _PATHS: dict[str, Any] = {
     },
 }
 
+# --------------------------------------------------------------------------- SMS
+
+_UUID = {"type": "string", "format": "uuid"}
+_E164 = {"type": "string", "pattern": r"^\+[1-9][0-9]{1,14}$", "example": "+2348012345678"}
+_FLOW = {"type": "string", "enum": list(sms_service.FLOWS)}
+_SMS_READ_ERRORS = {**_AUTH_ERRORS, "404": _error("NOT_FOUND: no such SMS in your organization")}
+_QUERY_ERRORS = {"400": _error("VALIDATION_ERROR (details per parameter)"), **_AUTH_ERRORS}
+_WEBHOOK_ERRORS = {
+    "400": _error("INVALID_JSON or VALIDATION_ERROR: a malformed payload (details per field)"),
+    "401": _error("INVALID_WEBHOOK_TOKEN: missing or unknown ?token="),
+    "413": _error("PAYLOAD_TOO_LARGE (details.limitBytes)"),
+}
+
+
+def _page_of(item: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["data", "page", "pageSize", "total"],
+        "properties": {
+            "data": {"type": "array", "items": _ref(item)},
+            "page": {"type": "integer", "minimum": 1},
+            "pageSize": {"type": "integer", "minimum": 1, "maximum": sms_service.MAX_PAGE_SIZE},
+            "total": {"type": "integer", "description": "Every match, across pages."},
+        },
+    }
+
+
+_SMS_PROPERTIES: dict[str, Any] = {
+    "id": _UUID,
+    "channel": {"type": "string", "enum": ["sms"]},
+    "status": _ref("Status"),
+    "to": _E164,
+    "senderId": {"type": "string", "description": "The sender ID, or the brand of an OTP."},
+    "body": _STRING,
+    "sendType": {"type": "integer", "enum": [int(t) for t in sms_rules.SendType]},
+    "encoding": {"type": "string", "enum": [e.value for e in sms_rules.SmsEncoding]},
+    "segments": {"type": "integer", "minimum": 1},
+    "flow": _FLOW,
+    "purpose": {
+        "type": "string",
+        "nullable": True,
+        "enum": [*(p.value for p in sms_rules.OtpPurpose), None],
+        "description": "OTP purpose; null for STANDARD messages.",
+    },
+    "sandbox": {"type": "boolean"},
+    "providerMessageId": _NULLABLE_STRING,
+    "attemptCount": {"type": "integer"},
+    "lastError": _NULLABLE_STRING,
+    "createdAt": _TIMESTAMP,
+    "updatedAt": _TIMESTAMP,
+}
+_MO_PROPERTIES: dict[str, Any] = {
+    "sms_from": {
+        "oneOf": [{"type": "string"}, {"type": "integer"}],
+        "description": "The handset's number, E.164 (a missing + is added to digits).",
+    },
+    "sms_to": {"type": "string", "description": "Your short or long code."},
+    "sms_message": {"type": "string", "maxLength": sms_rules.MAX_BODY_CHARACTERS},
+}
+_KEYWORD = {
+    "type": "string",
+    "nullable": True,
+    "enum": [*(k.value for k in sms_rules.Keyword), None],
+    "description": "STOP, START or HELP when the whole message was one; else null.",
+}
+_REPLY = {
+    "type": "string",
+    "description": "Reply for the handset (STOP/START/HELP answers); absent when none.",
+}
+
+_SCHEMAS.update(
+    {
+        "SendSmsRequest": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["to", "senderId", "body"],
+            "properties": {
+                "to": {**_E164, "description": "Recipient; national formats are refused."},
+                "senderId": {
+                    "type": "string",
+                    "maxLength": sms_rules.MAX_NUMERIC_SENDER,
+                    "description": (
+                        f"Alphanumeric <= {sms_rules.MAX_ALPHANUMERIC_SENDER} or numeric <= "
+                        f"{sms_rules.MAX_NUMERIC_SENDER}; approved for the organization, or "
+                        "the platform default."
+                    ),
+                },
+                "body": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": sms_rules.MAX_BODY_CHARACTERS,
+                },
+                "sendType": {
+                    "type": "integer",
+                    "enum": [int(t) for t in sms_rules.SendType],
+                    "default": 0,
+                    "description": "0 normal, 1 flash, 2 unicode (UCS-2 forced).",
+                },
+                "sandboxMode": {"type": "boolean", "default": False},
+                "idempotencyKey": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_CHARS},
+            },
+        },
+        "SendSmsResponse": {
+            "type": "object",
+            "required": [
+                "id",
+                "senderId",
+                "status",
+                "createdAt",
+                "duplicate",
+                "segments",
+                "encoding",
+            ],
+            "properties": {
+                "id": _UUID,
+                "senderId": _STRING,
+                "status": _ref("Status"),
+                "createdAt": _TIMESTAMP,
+                "duplicate": {"type": "boolean", "description": "A replay of an earlier send."},
+                "segments": {"type": "integer", "minimum": 1},
+                "encoding": _SMS_PROPERTIES["encoding"],
+            },
+        },
+        "SendOtpRequest": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["to", "brandName", "otpCode"],
+            "properties": {
+                "to": _E164,
+                "brandName": {
+                    "type": "string",
+                    "minLength": sms_rules.MIN_BRAND_CHARACTERS,
+                    "maxLength": sms_rules.MAX_BRAND_CHARACTERS,
+                    "description": "A brand approved for the OTP flow.",
+                },
+                "otpCode": {"type": "string", "pattern": "^[0-9]{4,8}$"},
+                "purpose": {
+                    "type": "string",
+                    "enum": [p.value for p in sms_rules.OtpPurpose],
+                    "default": "PHONE_VERIFICATION",
+                },
+                "sandboxMode": {"type": "boolean", "default": False},
+                "idempotencyKey": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_CHARS},
+            },
+        },
+        "SendOtpResponse": {
+            "type": "object",
+            "required": ["id", "status", "createdAt", "duplicate", "cooldownSeconds"],
+            "properties": {
+                "id": _UUID,
+                "status": _ref("Status"),
+                "createdAt": _TIMESTAMP,
+                "duplicate": {"type": "boolean"},
+                "cooldownSeconds": {
+                    "type": "integer",
+                    "description": "Seconds before another OTP to this number and purpose.",
+                },
+            },
+        },
+        "Sms": {"type": "object", "properties": _SMS_PROPERTIES},
+        "SmsWithAttempts": {
+            "type": "object",
+            "properties": {
+                **_SMS_PROPERTIES,
+                "attempts": {"type": "array", "items": _ref("Attempt")},
+            },
+        },
+        "SmsPage": _page_of("Sms"),
+        "SmsRetryResponse": {
+            "type": "object",
+            "required": ["id", "status"],
+            "properties": {"id": _UUID, "status": _ref("Status")},
+        },
+        "InboundSms": {
+            "type": "object",
+            "properties": {
+                "id": _UUID,
+                "from": _E164,
+                "to": _STRING,
+                "body": _STRING,
+                "keyword": _KEYWORD,
+                "createdAt": _TIMESTAMP,
+            },
+        },
+        "InboundSmsPage": _page_of("InboundSms"),
+        "CreateSenderIdRequest": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["senderId"],
+            "properties": {
+                "senderId": {
+                    "type": "string",
+                    "description": "A sender ID (flow STANDARD) or an OTP brand (flow OTP).",
+                },
+                "flow": {**_FLOW, "default": "STANDARD"},
+                "reason": {"type": "string", "maxLength": 500},
+            },
+        },
+        "SenderIdRequest": {
+            "type": "object",
+            "properties": {
+                "id": _UUID,
+                "organizationId": _STRING,
+                "senderId": _STRING,
+                "flow": _FLOW,
+                "status": {"type": "string", "enum": ["PENDING", "APPROVED", "REJECTED"]},
+                "reason": _NULLABLE_STRING,
+                "createdAt": _TIMESTAMP,
+                "reviewReason": _NULLABLE_STRING,
+                "reviewedAt": {**_TIMESTAMP, "nullable": True},
+            },
+        },
+        "SenderIdRequestList": {
+            "type": "object",
+            "properties": {"data": {"type": "array", "items": _ref("SenderIdRequest")}},
+        },
+        "ReviewSenderIdRequest": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["decision"],
+            "properties": {
+                "decision": {"type": "string", "enum": ["approve", "reject"]},
+                "reason": {"type": "string", "maxLength": 500},
+            },
+        },
+        "ApprovedSenderId": {
+            "type": "object",
+            "properties": {
+                "senderId": _STRING,
+                "flow": _FLOW,
+                "approvedAt": _TIMESTAMP,
+                "requestId": _UUID,
+            },
+        },
+        "ApprovedSenderIdList": {
+            "type": "object",
+            "properties": {"data": {"type": "array", "items": _ref("ApprovedSenderId")}},
+        },
+        "OptOut": {
+            "type": "object",
+            "properties": {
+                "phone": _E164,
+                "source": {
+                    "type": "string",
+                    "enum": ["api", "cli", "inbound_keyword", "inbound_opt_out", "provider"],
+                },
+                "createdAt": _TIMESTAMP,
+            },
+        },
+        "OptOutPage": _page_of("OptOut"),
+        "AddOptOutRequest": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["phone"],
+            "properties": {"phone": _E164},
+        },
+        "OptOutAdded": {
+            "type": "object",
+            "required": ["phone", "optedOut", "created"],
+            "properties": {
+                "phone": _E164,
+                "optedOut": {"type": "boolean", "enum": [True]},
+                "created": {"type": "boolean", "description": "False when already listed."},
+            },
+        },
+        "OptOutRemoved": {
+            "type": "object",
+            "required": ["phone", "optedOut"],
+            "properties": {"phone": _E164, "optedOut": {"type": "boolean", "enum": [False]}},
+        },
+        "MoMessage": {
+            "type": "object",
+            "required": ["sms_from", "sms_to", "sms_message"],
+            "properties": _MO_PROPERTIES,
+        },
+        "MoFormMessage": {
+            "type": "object",
+            "required": ["sms_from", "sms_to", "sms_message"],
+            "properties": {**_MO_PROPERTIES, "sms_from": _STRING},
+        },
+        "InboundWebhookResponse": {
+            "type": "object",
+            "required": ["id", "keyword"],
+            "properties": {
+                "id": {**_UUID, "description": "The stored inbound message."},
+                "keyword": _KEYWORD,
+                "optedOut": {
+                    "type": "boolean",
+                    "description": "The number's opt-out state after a STOP/START keyword.",
+                },
+                "sms_message": _REPLY,
+            },
+        },
+        "InboundOptOutResponse": {
+            "type": "object",
+            "required": ["keyword", "recorded"],
+            "properties": {
+                "keyword": _KEYWORD,
+                "recorded": {
+                    "type": "boolean",
+                    "description": "True when the list changed (the number had been sent to).",
+                },
+                "optedOut": {"type": "boolean"},
+                "sms_message": _REPLY,
+            },
+        },
+        "DeliveryReceipt": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["message_id", "status"],
+            "properties": {
+                "message_id": {
+                    "type": "string",
+                    "description": "The id send returned, or the provider's message id.",
+                },
+                "status": {
+                    "type": "string",
+                    "description": "DELIVERED, FAILED, SENT or an SMPP word (DELIVRD, UNDELIV...).",
+                },
+                "error_code": {"oneOf": [{"type": "string"}, {"type": "integer"}]},
+                "error": _STRING,
+            },
+        },
+        "DeliveryReceiptResult": {
+            "type": "object",
+            "required": ["messageId", "status", "applied"],
+            "properties": {
+                "messageId": _UUID,
+                "status": _ref("Status"),
+                "applied": {
+                    "type": "boolean",
+                    "description": "False for a duplicate or out-of-order receipt (no change).",
+                },
+            },
+        },
+        "ProviderCallbackResult": {
+            "type": "object",
+            "required": ["received", "applied"],
+            "properties": {
+                "received": {"type": "integer", "description": "Receipts in the callback."},
+                "applied": {"type": "integer", "description": "Receipts that moved a message."},
+            },
+        },
+    }
+)
+
+_SMS_ID = {"name": "id", "in": "path", "required": True, "schema": _STRING}
+_TOKEN: list[dict[str, list[str]]] = [{"webhookToken": []}]
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": schema,
+    }
+
+
+def _paging(default: int) -> list[dict[str, Any]]:
+    return [
+        _query("page", {"type": "integer", "minimum": 1, "default": 1}, "From 1."),
+        _query(
+            "pageSize",
+            {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": sms_service.MAX_PAGE_SIZE,
+                "default": default,
+            },
+            "Items per page.",
+        ),
+    ]
+
+
+def _mo_body(description: str) -> dict[str, Any]:
+    return {
+        "required": True,
+        "description": description,
+        "content": {
+            "application/json": {"schema": _ref("MoMessage")},
+            "application/x-www-form-urlencoded": {"schema": _ref("MoFormMessage")},
+            "multipart/form-data": {"schema": _ref("MoFormMessage")},
+        },
+    }
+
+
+_SEND_ERRORS = {
+    **_BODY_ERRORS,
+    **_AUTH_ERRORS,
+    "409": _error("IDEMPOTENCY_KEY_IN_USE: the key's first request is in flight"),
+    "422": _error("IDEMPOTENCY_KEY_REUSED: the key was used with another payload"),
+}
+
+_PATHS.update(
+    {
+        "/v1/public/sms/send": {
+            "post": {
+                "operationId": "sendSms",
+                "summary": "Queue an SMS (scope send:sms).",
+                "parameters": [{"$ref": "#/components/parameters/IdempotencyKey"}],
+                "requestBody": {"required": True, **_json(_ref("SendSmsRequest"), "The SMS.")},
+                "responses": {
+                    "202": _json(_ref("SendSmsResponse"), "Accepted; a replay has duplicate=true"),
+                    **_SEND_ERRORS,
+                    "403": _error(
+                        "INSUFFICIENT_SCOPE, SMS_SENDER_ID_NOT_APPROVED or SMS_RECIPIENT_OPTED_OUT"
+                    ),
+                },
+            }
+        },
+        "/v1/public/sms/otp/send": {
+            "post": {
+                "operationId": "sendOtp",
+                "summary": "Queue a one-time passcode under an OTP brand (scope send:sms).",
+                "parameters": [{"$ref": "#/components/parameters/IdempotencyKey"}],
+                "requestBody": {"required": True, **_json(_ref("SendOtpRequest"), "The OTP.")},
+                "responses": {
+                    "202": _json(_ref("SendOtpResponse"), "Accepted; a replay has duplicate=true"),
+                    **_SEND_ERRORS,
+                    "403": _error(
+                        "INSUFFICIENT_SCOPE, SMS_BRAND_NOT_APPROVED or SMS_RECIPIENT_OPTED_OUT"
+                    ),
+                    "429": {
+                        **_error("OTP_COOLDOWN: an OTP to this number and purpose is too recent"),
+                        "headers": {
+                            "Retry-After": {
+                                "description": "Seconds to wait.",
+                                "schema": {"type": "integer"},
+                            }
+                        },
+                    },
+                },
+            }
+        },
+        "/v1/public/sms/inbound": {
+            "get": {
+                "operationId": "listInboundSms",
+                "summary": "Received (MO) messages, newest first (scope read:sms).",
+                "parameters": _paging(50),
+                "responses": {
+                    "200": _json(_ref("InboundSmsPage"), "A page."),
+                    **_QUERY_ERRORS,
+                },
+            }
+        },
+        "/v1/public/sms/opt-outs": {
+            "get": {
+                "operationId": "listSmsOptOuts",
+                "summary": "The opt-out list, newest first (scope read:sms or opt_outs:manage).",
+                "parameters": _paging(50),
+                "responses": {"200": _json(_ref("OptOutPage"), "A page."), **_QUERY_ERRORS},
+            },
+            "post": {
+                "operationId": "addSmsOptOut",
+                "summary": "Put a number on the opt-out list (scope opt_outs:manage).",
+                "requestBody": {
+                    "required": True,
+                    **_json(_ref("AddOptOutRequest"), "The number, E.164."),
+                },
+                "responses": {
+                    "201": _json(_ref("OptOutAdded"), "Added."),
+                    "200": _json(_ref("OptOutAdded"), "Already listed (created=false)."),
+                    **_BODY_ERRORS,
+                    **_AUTH_ERRORS,
+                },
+            },
+        },
+        "/v1/public/sms/opt-outs/{e164}": {
+            "delete": {
+                "operationId": "removeSmsOptOut",
+                "summary": "Take a number off the opt-out list (scope opt_outs:manage).",
+                "parameters": [
+                    {
+                        "name": "e164",
+                        "in": "path",
+                        "required": True,
+                        "description": "The number: %2B2348012345678, +2348012345678 or digits.",
+                        "schema": _STRING,
+                    }
+                ],
+                "responses": {
+                    "200": _json(_ref("OptOutRemoved"), "Removed."),
+                    "400": _error("VALIDATION_ERROR (details.phone)"),
+                    **_AUTH_ERRORS,
+                    "404": _error("NOT_FOUND: the number is not on the list"),
+                },
+            }
+        },
+        "/v1/public/sms/{id}": {
+            "get": {
+                "operationId": "getSms",
+                "summary": "Status, content and attempts of one SMS (scope read:sms).",
+                "parameters": [_SMS_ID],
+                "responses": {
+                    "200": _json(_ref("SmsWithAttempts"), "The SMS."),
+                    **_SMS_READ_ERRORS,
+                },
+            }
+        },
+        "/v1/public/sms/{id}/timeline": {
+            "get": {
+                "operationId": "getSmsTimeline",
+                "summary": "Lifecycle events of one SMS, oldest first (scope read:sms).",
+                "parameters": [
+                    _SMS_ID,
+                    _query(
+                        "limit",
+                        {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": sms_service.MAX_TIMELINE_LIMIT,
+                            "default": 100,
+                        },
+                        "Most events returned.",
+                    ),
+                ],
+                "responses": {
+                    "200": _json(_ref("Timeline"), "The events."),
+                    "400": _error("VALIDATION_ERROR (details.limit)"),
+                    **_SMS_READ_ERRORS,
+                },
+            }
+        },
+        "/v1/public/sms/{id}/retry": {
+            "post": {
+                "operationId": "retrySms",
+                "summary": "Re-queue a FAILED SMS (scope send:sms).",
+                "parameters": [_SMS_ID],
+                "responses": {
+                    "202": _json(_ref("SmsRetryResponse"), "Re-queued."),
+                    **_SMS_READ_ERRORS,
+                    "409": _error("MESSAGE_NOT_RETRYABLE: not FAILED (details.status)"),
+                },
+            }
+        },
+        "/v1/sms": {
+            "get": {
+                "operationId": "listSms",
+                "summary": "SMS of the organization, newest first (scope read:sms).",
+                "parameters": [
+                    _query("flow", _FLOW, "Only this flow."),
+                    _query("status", _ref("Status"), "Only this status."),
+                    _query(
+                        "query",
+                        {"type": "string", "maxLength": 200},
+                        "Substring of the recipient, body, id or provider id.",
+                    ),
+                    *_paging(20),
+                ],
+                "responses": {"200": _json(_ref("SmsPage"), "A page."), **_QUERY_ERRORS},
+            }
+        },
+        "/v1/sms/sender-id-requests": {
+            "post": {
+                "operationId": "requestSenderId",
+                "summary": "Ask for a sender ID or OTP brand (scope sender_ids:request).",
+                "requestBody": {
+                    "required": True,
+                    **_json(_ref("CreateSenderIdRequest"), "The request."),
+                },
+                "responses": {
+                    "201": _json(_ref("SenderIdRequest"), "Pending review."),
+                    **_BODY_ERRORS,
+                    **_AUTH_ERRORS,
+                    "409": _error("CONFLICT: already pending or approved"),
+                },
+            },
+            "get": {
+                "operationId": "listSenderIdRequests",
+                "summary": (
+                    "Sender-ID requests, oldest first (scope sender_ids:request; "
+                    "all=true needs platform:admin)."
+                ),
+                "parameters": [
+                    _query(
+                        "status",
+                        {"type": "string", "enum": ["PENDING", "APPROVED", "REJECTED"]},
+                        "Only this status.",
+                    ),
+                    _query(
+                        "all",
+                        {"type": "boolean", "default": False},
+                        "Every organization's requests (platform:admin).",
+                    ),
+                ],
+                "responses": {
+                    "200": _json(_ref("SenderIdRequestList"), "The requests."),
+                    **_QUERY_ERRORS,
+                },
+            },
+        },
+        "/v1/sms/sender-id-requests/{requestId}/review": {
+            "post": {
+                "operationId": "reviewSenderIdRequest",
+                "summary": "Approve or reject a pending request (scope platform:admin).",
+                "parameters": [
+                    {"name": "requestId", "in": "path", "required": True, "schema": _STRING}
+                ],
+                "requestBody": {
+                    "required": True,
+                    **_json(_ref("ReviewSenderIdRequest"), "The decision."),
+                },
+                "responses": {
+                    "200": _json(_ref("SenderIdRequest"), "The reviewed request."),
+                    **_BODY_ERRORS,
+                    **_AUTH_ERRORS,
+                    "404": _error("NOT_FOUND: no such request"),
+                    "409": _error("CONFLICT: already reviewed"),
+                },
+            }
+        },
+        "/v1/sms/sender-ids": {
+            "get": {
+                "operationId": "listSenderIds",
+                "summary": "Approved sender IDs and OTP brands (scope read:sms).",
+                "parameters": [_query("flow", _FLOW, "Only this flow.")],
+                "responses": {
+                    "200": _json(_ref("ApprovedSenderIdList"), "Approved values."),
+                    **_QUERY_ERRORS,
+                },
+            }
+        },
+        "/v1/webhooks/sms/inbound": {
+            "post": {
+                "operationId": "receiveInboundSms",
+                "summary": "An MO message from the aggregator; STOP/START/HELP handled.",
+                "security": _TOKEN,
+                "requestBody": _mo_body("The MO message, as JSON or a form."),
+                "responses": {
+                    "200": _json(_ref("InboundWebhookResponse"), "Stored."),
+                    **_WEBHOOK_ERRORS,
+                },
+            }
+        },
+        "/v1/webhooks/sms/inbound-opt-out": {
+            "post": {
+                "operationId": "receiveInboundOptOut",
+                "summary": "Record STOP/START when the organization has sent to the number.",
+                "security": _TOKEN,
+                "requestBody": _mo_body("The MO message, as JSON or a form."),
+                "responses": {
+                    "200": _json(_ref("InboundOptOutResponse"), "Handled."),
+                    **_WEBHOOK_ERRORS,
+                },
+            }
+        },
+        "/v1/webhooks/sms/dlr": {
+            "post": {
+                "operationId": "receiveSmsDeliveryReceipt",
+                "summary": "A carrier delivery receipt; never moves a message backwards.",
+                "security": _TOKEN,
+                "requestBody": {
+                    "required": True,
+                    **_json(_ref("DeliveryReceipt"), "The receipt."),
+                },
+                "responses": {
+                    "202": _json(_ref("DeliveryReceiptResult"), "Received."),
+                    **_WEBHOOK_ERRORS,
+                    "404": _error("NOT_FOUND: no SMS of the organization has this id"),
+                },
+            }
+        },
+        "/v1/webhooks/sms/provider": {
+            "post": {
+                "operationId": "receiveSmsProviderCallback",
+                "summary": "A signed status callback from the SMS provider (e.g. Twilio).",
+                "description": (
+                    "The provider's signature (e.g. X-Twilio-Signature) is checked over "
+                    "COMMTUNNEL_PUBLIC_URL + path when set, else the request URL."
+                ),
+                "security": [],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/x-www-form-urlencoded": {"schema": {"type": "object"}},
+                        "application/json": {"schema": {"type": "object"}},
+                    },
+                },
+                "responses": {
+                    "200": _json(_ref("ProviderCallbackResult"), "Received."),
+                    "400": _error("VALIDATION_ERROR: not a status callback of this provider"),
+                    "401": _error("INVALID_WEBHOOK_SIGNATURE: missing or wrong signature"),
+                    "404": _error("NOT_FOUND: the provider has no signed status callbacks"),
+                    "413": _error("PAYLOAD_TOO_LARGE (details.limitBytes)"),
+                },
+            }
+        },
+    }
+)
+
 # Whatever else fails (404/405 from routing, 500) answers the envelope too.
 for _item in _PATHS.values():
     for _operation in _item.values():
@@ -314,8 +1011,8 @@ OPENAPI: dict[str, Any] = {
         "title": "Commtunnel Public API",
         "version": __version__,
         "description": (
-            "Transactional email. Every failure answers the Error envelope; every "
-            "response carries X-Request-Id."
+            "Transactional email and SMS. Every failure answers the Error envelope; "
+            "every response carries X-Request-Id."
         ),
     },
     "servers": [{"url": "/"}],
@@ -327,7 +1024,15 @@ OPENAPI: dict[str, Any] = {
                 "type": "http",
                 "scheme": "bearer",
                 "description": "An API key: ct_live_... or ct_test_... (sandbox).",
-            }
+            },
+            "webhookToken": {
+                "type": "apiKey",
+                "in": "query",
+                "name": "token",
+                "description": (
+                    "The organization's SMS webhook token (commtunnel sms token --org NAME)."
+                ),
+            },
         },
         "parameters": {
             "IdempotencyKey": {

@@ -136,13 +136,16 @@ def _parse_datetime(params: dict[str, str], name: str, problems: dict[str, str])
     return value
 
 
-def _parse_limit(raw: str | None) -> int:
+def parse_limit(raw: str | None, *, maximum: int = MAX_TIMELINE_LIMIT) -> int:
+    """A timeline's ``?limit=`` (100 when absent); the service checks the range.
+
+    Raises:
+        ValidationError: ``limit`` is not a plain decimal integer.
+    """
     if raw is None:
         return 100
     if not (raw.isascii() and raw.isdigit()):  # int() would take " 5", "+5", non-ASCII digits
-        raise ValidationError.from_fields(
-            {"limit": f"must be an integer from 1 to {MAX_TIMELINE_LIMIT}"}
-        )
+        raise ValidationError.from_fields({"limit": f"must be an integer from 1 to {maximum}"})
     return int(raw)
 
 
@@ -217,7 +220,7 @@ class EmailRoutes:
     async def timeline(self, request: Request) -> Response:
         """``GET /v1/public/emails/{id}/timeline?limit=`` -> 200 events, oldest first."""
         principal = await self._principal(request)
-        limit = _parse_limit(request.query_params.get("limit"))
+        limit = parse_limit(request.query_params.get("limit"))
         message_id = request.path_params["id"]
         events = await self.ct.emails.timeline(principal, message_id, limit=limit)
         return JSONResponse(self.wire.timeline(message_id, events))

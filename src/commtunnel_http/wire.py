@@ -5,15 +5,17 @@ field names; timestamps UTC ISO 8601 with milliseconds and ``Z``
 (``2026-06-03T12:00:00.000Z``); enums as their value.
 
 One configured cattrs converter (:func:`make_converter`) unstructures the
-flat records (attempts, timeline events, stats) and every leaf value. The
-composed answers (send result, email status, preview) are plain functions:
-they flatten several records into one object, which is clearer written out
-than expressed as cattrs overrides.
+flat records (attempts, timeline events, stats, opt-outs, inbound messages,
+sender-ID requests) and every leaf value. The composed answers (send results,
+email and SMS status, preview, pages) are plain functions: they flatten
+several records into one object, which is clearer written out than
+expressed as cattrs overrides.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,8 +24,17 @@ import cattrs
 from cattrs.gen import make_dict_unstructure_fn, override
 
 from commtunnel.domain.events import TimelineEvent
-from commtunnel.domain.messages import Attempt
+from commtunnel.domain.messages import Attempt, Message, SmsContent
+from commtunnel.ports import InboundMessage, OptOut, SenderIdRequest
 from commtunnel.services.email import EmailStats, EmailStatus, Rendered, SendResult
+from commtunnel.services.sms import (
+    InboundResult,
+    OtpSendResult,
+    Page,
+    ReceiptResult,
+    SmsSendResult,
+    SmsStatus,
+)
 
 #: Bytes added to a preview's content size for the headers a real send carries
 #: (From, To, Subject, Date, Message-ID, MIME-Version, Content-Type and the
@@ -54,8 +65,9 @@ def _enum_value(member: enum.Enum) -> Any:
 def make_converter() -> cattrs.Converter:
     """The converter for the wire: camelCase attrs classes, ms-Z datetimes, enum values.
 
-    Attempts and timeline events get their public shapes here (renamed and
-    without internal fields such as ``org_id``).
+    Attempts, timeline events, opt-outs, inbound messages and sender-ID
+    requests get their public shapes here (renamed and without internal
+    fields such as ``org_id`` or the reviewing key's id).
     """
     conv = cattrs.Converter()
     conv.register_unstructure_hook(datetime, format_timestamp)
@@ -91,11 +103,36 @@ def make_converter() -> cattrs.Converter:
             created_at=override(rename="createdAt"),
         ),
     )
+
+    def shaped(cls: type[Any], **changes: Any) -> Any:
+        """camelCase names, with ``changes`` (renames, omissions) on top."""
+        names = {a.name: override(rename=_camel(a.name)) for a in attrs.fields(cls)}
+        return make_dict_unstructure_fn(cls, conv, **{**names, **changes})
+
+    conv.register_unstructure_hook(OptOut, shaped(OptOut, org_id=override(omit=True)))
+    conv.register_unstructure_hook(
+        InboundMessage,
+        shaped(
+            InboundMessage,
+            org_id=override(omit=True),
+            channel=override(omit=True),
+            sender=override(rename="from"),
+            recipient=override(rename="to"),
+        ),
+    )
+    conv.register_unstructure_hook(
+        SenderIdRequest,
+        shaped(
+            SenderIdRequest,
+            org_id=override(rename="organizationId"),
+            reviewed_by=override(omit=True),
+        ),
+    )
     return conv
 
 
 class Wire:
-    """The answers of the email routes, built with one converter.
+    """The answers of the email and SMS routes, built with one converter.
 
     Args:
         converter: defaults to :func:`make_converter`.
@@ -142,7 +179,7 @@ class Wire:
         }
 
     def timeline(self, message_id: str, events: list[TimelineEvent]) -> dict[str, Any]:
-        """``GET /emails/{id}/timeline``: the message id and its events, oldest first."""
+        """``GET /{emails,sms}/{id}/timeline``: the message id and its events, oldest first."""
         return {"id": message_id, "events": self.conv.unstructure(events, list[TimelineEvent])}
 
     def stats(self, stats: EmailStats) -> dict[str, Any]:
@@ -167,3 +204,136 @@ class Wire:
             "estimatedSizeBytes": size,
             "moderation": {"blocked": False, "token": None},
         }
+
+    # ------------------------------------------------------------------ SMS
+
+    def sms_send_result(self, result: SmsSendResult) -> dict[str, Any]:
+        """``POST /sms/send``: id, senderId, status, createdAt, duplicate, segments, encoding."""
+        m = result.message
+        sms = _sms_content(m)
+        return {
+            "id": m.id,
+            "senderId": sms.sender_id,
+            "status": self.conv.unstructure(m.status),
+            "createdAt": format_timestamp(m.created_at),
+            "duplicate": result.duplicate,
+            "segments": sms.segments,
+            "encoding": sms.encoding,
+        }
+
+    def otp_send_result(self, result: OtpSendResult) -> dict[str, Any]:
+        """``POST /sms/otp/send``: id, status, createdAt, duplicate, cooldownSeconds."""
+        m = result.message
+        return {
+            "id": m.id,
+            "status": self.conv.unstructure(m.status),
+            "createdAt": format_timestamp(m.created_at),
+            "duplicate": result.duplicate,
+            "cooldownSeconds": result.cooldown_seconds,
+        }
+
+    def sms_message(self, m: Message) -> dict[str, Any]:
+        """One SMS as ``GET /v1/sms`` lists it: content, flow, status, provider id, times."""
+        sms = _sms_content(m)
+        return {
+            "id": m.id,
+            "channel": self.conv.unstructure(m.channel),
+            "status": self.conv.unstructure(m.status),
+            "to": sms.to,
+            "senderId": sms.sender_id,
+            "body": sms.body,
+            "sendType": sms.send_type,
+            "encoding": sms.encoding,
+            "segments": sms.segments,
+            "flow": sms.flow,
+            "purpose": sms.purpose,
+            "sandbox": m.sandbox,
+            "providerMessageId": m.provider_message_id,
+            "attemptCount": m.attempt_count,
+            "lastError": m.last_error,
+            "createdAt": format_timestamp(m.created_at),
+            "updatedAt": format_timestamp(m.updated_at),
+        }
+
+    def sms_status(self, status: SmsStatus) -> dict[str, Any]:
+        """``GET /sms/{id}``: the listed shape plus the attempts (as for email)."""
+        return {
+            **self.sms_message(status.message),
+            "attempts": self.conv.unstructure(status.attempts, list[Attempt]),
+        }
+
+    @staticmethod
+    def page(page: Page, item: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+        """A listing: ``{data: [item(x) ...], page, pageSize, total}``."""
+        return {
+            "data": [item(x) for x in page.items],
+            "page": page.page,
+            "pageSize": page.page_size,
+            "total": page.total,
+        }
+
+    def opt_out(self, record: OptOut) -> dict[str, Any]:
+        """An opt-out list entry: phone, source, createdAt."""
+        result: dict[str, Any] = self.conv.unstructure(record, OptOut)
+        return result
+
+    def inbound(self, record: InboundMessage) -> dict[str, Any]:
+        """A received MO message: id, from, to, body, keyword, createdAt."""
+        result: dict[str, Any] = self.conv.unstructure(record, InboundMessage)
+        return result
+
+    def sender_id_request(self, request: SenderIdRequest) -> dict[str, Any]:
+        """A sender-ID (or OTP brand) request with its review, if any."""
+        result: dict[str, Any] = self.conv.unstructure(request, SenderIdRequest)
+        return result
+
+    @staticmethod
+    def approved_sender_id(request: SenderIdRequest) -> dict[str, Any]:
+        """An approved sender ID: senderId, flow, approvedAt, requestId."""
+        approved = request.reviewed_at
+        return {
+            "senderId": request.sender_id,
+            "flow": request.flow,
+            "approvedAt": None if approved is None else format_timestamp(approved),
+            "requestId": request.id,
+        }
+
+    @staticmethod
+    def inbound_result(result: InboundResult) -> dict[str, Any]:
+        """``POST /webhooks/sms/inbound``: id, keyword, optedOut and ``sms_message`` when set.
+
+        ``sms_message`` (the aggregator convention's spelling) is the reply the
+        aggregator delivers back to the handset; it is left out when there is none.
+        """
+        body: dict[str, Any] = {
+            "id": None if result.inbound is None else result.inbound.id,
+            "keyword": result.keyword,
+        }
+        return _with_reply(body, result)
+
+    @staticmethod
+    def inbound_opt_out_result(result: InboundResult) -> dict[str, Any]:
+        """``POST /webhooks/sms/inbound-opt-out``: keyword, recorded, optedOut, ``sms_message``."""
+        return _with_reply({"keyword": result.keyword, "recorded": result.recorded}, result)
+
+    def receipt_result(self, result: ReceiptResult) -> dict[str, Any]:
+        """``POST /webhooks/sms/dlr``: message id, its status now, whether the receipt moved it."""
+        return {
+            "messageId": result.message.id,
+            "status": self.conv.unstructure(result.message.status),
+            "applied": result.applied,
+        }
+
+
+def _sms_content(message: Message) -> SmsContent:
+    if message.sms is None:  # pragma: no cover - the SMS service returns SMS messages only
+        raise ValueError(f"message {message.id} has no SMS content")
+    return message.sms
+
+
+def _with_reply(body: dict[str, Any], result: InboundResult) -> dict[str, Any]:
+    if result.opted_out is not None:
+        body["optedOut"] = result.opted_out
+    if result.reply:
+        body["sms_message"] = result.reply
+    return body
