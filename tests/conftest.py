@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
 from commtunnel import Commtunnel, Settings
 from commtunnel.testing import ManualClock, MockProvider, MockSmsProvider
+from processes import clean_env
 
 
 @pytest.fixture
@@ -55,3 +59,33 @@ async def ct(
     ) as facade:
         await facade.admin.add_sender(facade.org.id, "example.com")
         yield facade
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start ``python -m commtunnel ARGS``; output goes to files; all are killed afterwards."""
+    procs: list[subprocess.Popen[bytes]] = []
+    files: list[IO[bytes]] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        n = len(procs)
+        out = (tmp_path / f"proc{n}.out").open("wb")
+        err = (tmp_path / f"proc{n}.err").open("wb")
+        files.extend((out, err))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "commtunnel", *args],
+            stdout=out,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            env=env or clean_env(),
+        )
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+    for f in files:
+        f.close()

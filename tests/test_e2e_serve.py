@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
 import socket
@@ -22,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 import pytest
@@ -32,6 +31,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from commtunnel import Commtunnel, Settings
 from commtunnel.domain.messages import Status
 from commtunnel.testing import ManualClock, MockProvider
+from processes import clean_env
 
 pytestmark = pytest.mark.slow
 
@@ -45,13 +45,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This environment without COMMTUNNEL_* settings, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COMMTUNNEL_")}
-    env.update(extra)
-    return env
 
 
 def cli(db: Path, *args: str) -> str:
@@ -119,36 +112,6 @@ def smtp_server() -> Iterator[Callable[[Any], int]]:
 
 
 # --------------------------------------------------------------------------- processes
-
-
-@pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    """Start ``python -m commtunnel ARGS``; output goes to files; all are killed afterwards."""
-    procs: list[subprocess.Popen[bytes]] = []
-    files: list[IO[bytes]] = []
-
-    def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        n = len(procs)
-        out = (tmp_path / f"proc{n}.out").open("wb")
-        err = (tmp_path / f"proc{n}.err").open("wb")
-        files.extend((out, err))
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "commtunnel", *args],
-            stdout=out,
-            stderr=err,
-            stdin=subprocess.DEVNULL,
-            env=env or clean_env(),
-        )
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
-    for f in files:
-        f.close()
 
 
 def stderr_of(tmp_path: Path, n: int) -> str:

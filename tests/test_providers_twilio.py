@@ -261,7 +261,7 @@ async def test_twilio_errors_are_classified(
 
 @pytest.mark.anyio
 async def test_unsubscribed_recipient_21610_is_permanent_and_says_so() -> None:
-    """21610 (recipient replied STOP) is a permanent RECIPIENT_OPTED_OUT naming the unsubscription."""
+    """21610 (recipient replied STOP) is a permanent RECIPIENT_OPTED_OUT naming it."""
     handler = twilio_error(400, 21610, "Attempt to send to unsubscribed recipient")
     async with provider_for(handler) as provider:
         result = await provider.send_sms(outgoing())
