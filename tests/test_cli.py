@@ -857,3 +857,175 @@ def test_opt_outs_list_prints_every_page(runner: CliRunner, db: Path, acme: dict
     in_process(db, fill)
     listed = ok_json(run(runner, db, "sms", "opt-outs", "list", "--org", "acme", "--json"))
     assert sorted(o["phone"] for o in listed) == phones
+
+
+# --------------------------------------------------------------------------- WhatsApp line
+
+SECRET_KEY = "a-long-random-secret-key-for-tests"
+WA_TOKEN = "EAAtenant-token-9876543210"
+WA_PNID = "200000000000001"
+WA_ENV = (
+    "COMMTUNNEL_SECRET_KEY",
+    "WHATSAPP_CLOUD_API_ENABLED",
+    "WHATSAPP_ACCESS_TOKEN",
+    "WHATSAPP_PHONE_NUMBER_ID",
+    "WHATSAPP_GRAPH_BASE_URL",
+)
+
+
+@pytest.fixture
+def wa_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """An environment like the server's: channel on, a platform line, a secret key."""
+    for var in WA_ENV:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("COMMTUNNEL_SECRET_KEY", SECRET_KEY)
+    monkeypatch.setenv("WHATSAPP_CLOUD_API_ENABLED", "true")
+    monkeypatch.setenv("WHATSAPP_PHONE_NUMBER_ID", "106540352242922")
+    monkeypatch.setenv("WHATSAPP_ACCESS_TOKEN", "EAAplatform-token-0123456789")
+    return monkeypatch
+
+
+def line(runner: CliRunner, db: Path, *args: str, **kwargs: Any) -> Result:
+    return run(runner, db, "whatsapp", "line", "--org", "acme", *args, **kwargs)
+
+
+def test_whatsapp_line_shows_the_platform_default(
+    runner: CliRunner, db: Path, acme: dict[str, Any], wa_env: pytest.MonkeyPatch
+) -> None:
+    """Without change flags the line is shown: the platform default, no own token."""
+    assert ok_json(line(runner, db, "--json")) == {
+        "whatsappPhoneNumberId": None,
+        "usesPlatformDefault": True,
+        "platformLineConfigured": True,
+        "hasOwnAccessToken": False,
+        "state": "ACTIVE",
+    }
+    plain = line(runner, db)
+    assert plain.exit_code == 0
+    assert plain.stdout == (
+        "organization acme: the platform default line, the platform's access token, state ACTIVE\n"
+    )
+
+
+def test_whatsapp_line_set_is_used_and_never_printed(
+    runner: CliRunner, db: Path, acme: dict[str, Any], wa_env: pytest.MonkeyPatch
+) -> None:
+    """Setting the id and token prints the line without the token; sends then use them."""
+    result = line(runner, db, "--phone-number-id", WA_PNID, "--access-token", WA_TOKEN, "--json")
+    assert ok_json(result) == {
+        "whatsappPhoneNumberId": WA_PNID,
+        "usesPlatformDefault": False,
+        "platformLineConfigured": True,
+        "hasOwnAccessToken": True,
+        "state": "ACTIVE",
+    }
+    assert WA_TOKEN not in result.output
+    plain = line(runner, db)
+    assert plain.stdout == (
+        f"organization acme: phone number id {WA_PNID}, its own access token, state ACTIVE\n"
+    )
+    resolved = in_process(db, lambda ct: ct.whatsapp_service.resolve_line(acme["id"]))
+    assert (resolved.phone_number_id, resolved.access_token) == (WA_PNID, WA_TOKEN)
+    stored = in_process(db, lambda ct: ct.whatsapp_store.get_line(acme["id"]))
+    assert stored is not None
+    assert stored.access_token_enc is not None
+    assert WA_TOKEN not in stored.access_token_enc  # encrypted at rest
+
+
+def test_whatsapp_line_clear_flags_restore_the_default(
+    runner: CliRunner, db: Path, acme: dict[str, Any], wa_env: pytest.MonkeyPatch
+) -> None:
+    """--clear-phone-number-id and --clear-access-token put the organization back on the default."""
+    ok_json(line(runner, db, "--phone-number-id", WA_PNID, "--access-token", WA_TOKEN, "--json"))
+    cleared = ok_json(line(runner, db, "--clear-access-token", "--json"))
+    assert (cleared["whatsappPhoneNumberId"], cleared["hasOwnAccessToken"]) == (WA_PNID, False)
+    cleared = ok_json(line(runner, db, "--clear-phone-number-id", "--json"))
+    assert (cleared["usesPlatformDefault"], cleared["whatsappPhoneNumberId"]) == (True, None)
+
+
+def test_whatsapp_line_token_from_stdin(
+    runner: CliRunner, db: Path, acme: dict[str, Any], wa_env: pytest.MonkeyPatch
+) -> None:
+    """``--access-token -`` reads the token from stdin (kept out of the shell history)."""
+    result = line(runner, db, "--access-token", "-", "--json", input=f"{WA_TOKEN}\n")
+    assert ok_json(result)["hasOwnAccessToken"] is True
+    resolved = in_process(db, lambda ct: ct.whatsapp_service.resolve_line(acme["id"]))
+    assert resolved.access_token == WA_TOKEN
+
+
+def test_whatsapp_line_in_use_by_another_org(
+    runner: CliRunner, db: Path, acme: dict[str, Any], wa_env: pytest.MonkeyPatch
+) -> None:
+    """A phone number id another organization holds exits 1 with its code."""
+    ok_json(run(runner, db, "orgs", "create", "globex", "--json"))
+    ok_json(line(runner, db, "--phone-number-id", WA_PNID, "--json"))
+    result = run(runner, db, "whatsapp", "line", "--org", "globex", "--phone-number-id", WA_PNID)
+    assert result.exit_code == 1
+    assert "(WHATSAPP_PHONE_NUMBER_ID_IN_USE)" in result.stderr
+    assert result.stdout == ""
+
+
+def test_whatsapp_line_token_needs_the_secret_key(
+    runner: CliRunner, db: Path, acme: dict[str, Any], wa_env: pytest.MonkeyPatch
+) -> None:
+    """Without COMMTUNNEL_SECRET_KEY a token is refused (exit 1) and nothing is stored."""
+    wa_env.delenv("COMMTUNNEL_SECRET_KEY")
+    result = line(runner, db, "--access-token", WA_TOKEN)
+    assert result.exit_code == 1
+    assert "(SECRET_KEY_NOT_CONFIGURED)" in result.stderr
+    assert WA_TOKEN not in result.output
+    assert ok_json(line(runner, db, "--json"))["hasOwnAccessToken"] is False
+
+
+@pytest.mark.parametrize(
+    ("args", "exit_code", "message"),
+    [
+        (("--phone-number-id", WA_PNID, "--clear-phone-number-id"), 2, "not both"),
+        (("--access-token", WA_TOKEN, "--clear-access-token"), 2, "not both"),
+        (("--phone-number-id", "not-digits"), 1, "(VALIDATION_ERROR)"),
+        (("--access-token", "short"), 1, "(VALIDATION_ERROR)"),
+    ],
+)
+def test_whatsapp_line_bad_flags(
+    runner: CliRunner,
+    db: Path,
+    acme: dict[str, Any],
+    wa_env: pytest.MonkeyPatch,
+    args: tuple[str, ...],
+    exit_code: int,
+    message: str,
+) -> None:
+    """Contradicting flags are usage errors (2); bad values are validation errors (1)."""
+    result = line(runner, db, *args)
+    assert result.exit_code == exit_code
+    assert message in result.stderr
+    assert result.stdout == ""
+    assert ok_json(line(runner, db, "--json"))["usesPlatformDefault"] is True
+
+
+def test_whatsapp_line_unknown_org_is_not_found(
+    runner: CliRunner, db: Path, wa_env: pytest.MonkeyPatch
+) -> None:
+    """An unknown organization answers exit 1 and NOT_FOUND."""
+    result = run(runner, db, "whatsapp", "line", "--org", "nope", "--json")
+    assert result.exit_code == 1
+    assert result.stderr == "error: No organization 'nope' (NOT_FOUND)\n"
+
+
+def test_admin_commands_never_load_the_whatsapp_provider(
+    runner: CliRunner, db: Path, acme: dict[str, Any], wa_env: pytest.MonkeyPatch
+) -> None:
+    """An unusable WHATSAPP_GRAPH_BASE_URL does not stop administration."""
+    wa_env.setenv("WHATSAPP_GRAPH_BASE_URL", "not a url")
+    assert line(runner, db, "--json").exit_code == 0
+    assert run(runner, db, "orgs", "list", "--json").exit_code == 0
+
+
+def test_short_secret_key_is_a_configuration_error(
+    runner: CliRunner, db: Path, acme: dict[str, Any], wa_env: pytest.MonkeyPatch
+) -> None:
+    """A COMMTUNNEL_SECRET_KEY too short to be a key exits 2 naming it, without a traceback."""
+    wa_env.setenv("COMMTUNNEL_SECRET_KEY", "short")
+    result = line(runner, db, "--json")
+    assert result.exit_code == 2
+    assert "invalid configuration: COMMTUNNEL_SECRET_KEY" in result.stderr

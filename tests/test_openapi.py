@@ -132,3 +132,32 @@ def test_sms_webhooks_declare_their_own_authentication() -> None:
     assert {"$ref": "#/components/parameters/IdempotencyKey"} in sms_send["parameters"]
     otp_cooldown = document["paths"]["/v1/public/sms/otp/send"]["post"]["responses"]["429"]
     assert "Retry-After" in otp_cooldown["headers"]
+
+
+def test_whatsapp_routes_document_their_answers_and_authentication() -> None:
+    """WhatsApp sends answer 201/200/422/502; Meta's webhook needs no key; the line is PATCHed."""
+    document = openapi_document()
+    paths = document["paths"]
+    send = paths["/v1/public/whatsapp/send"]["post"]
+    assert {"$ref": "#/components/parameters/IdempotencyKey"} in send["parameters"]
+    assert {"201", "200", "409", "422", "502"} <= set(send["responses"])
+    assert "Idempotent-Replayed" in send["responses"]["200"]["headers"]
+    assert "202" in paths["/v1/public/whatsapp/{id}/retry"]["post"]["responses"]
+    line = paths["/v1/account/whatsapp-cloud-line"]
+    assert set(line) == {"get", "patch"}
+    assert (
+        "whatsappAccessToken" not in document["components"]["schemas"]["WhatsAppLine"]["properties"]
+    )
+    handshake = paths["/v1/webhooks/whatsapp"]["get"]
+    assert handshake["security"] == []
+    assert {p["name"] for p in handshake["parameters"]} == {
+        "hub.mode",
+        "hub.verify_token",
+        "hub.challenge",
+    }
+    assert "text/plain" in handshake["responses"]["200"]["content"]
+    assert "403" in handshake["responses"]
+    receive = paths["/v1/webhooks/whatsapp"]["post"]
+    assert receive["security"] == []
+    assert receive["parameters"][0]["name"] == "X-Hub-Signature-256"
+    assert "401" in receive["responses"]

@@ -14,6 +14,8 @@
                                 | list --org NAME [--flow F] | requests [--org NAME] [--status S]
     commtunnel sms opt-outs list --org NAME | add --org NAME PHONE | remove --org NAME PHONE
     commtunnel sms inbound --org NAME
+    commtunnel whatsapp line --org NAME [--phone-number-id ID | --clear-phone-number-id]
+                                        [--access-token TOKEN | --clear-access-token]
 
 Settings come from :meth:`Settings.from_env <commtunnel.config.Settings.from_env>`
 (defaults <- ``COMMTUNNEL_*`` environment <- these flags). Commands that
@@ -23,14 +25,16 @@ A :class:`~commtunnel.domain.errors.CommtunnelError` is printed as
 ``error: <message> (<CODE>)`` on stderr with exit status 1; usage errors exit
 with 2 (click's convention). No command prints a traceback for either.
 
-The administration commands never load the configured email or SMS provider:
-they open storage with :class:`_NoProvider`, so a provider URL that cannot be
-used on this machine does not stop anyone from creating an organization or a key.
+The administration commands never load the configured email, SMS or WhatsApp
+provider: they open storage with :class:`_NoProvider`, so a provider URL that
+cannot be used on this machine does not stop anyone from creating an
+organization or a key.
 
-The ``sms`` commands act as the organization named by ``--org`` with every
-scope (the operator at the console is trusted), except the platform actions
-(reviewing sender-ID requests, listing every organization's requests), which
-act as a principal holding only ``platform:admin``.
+The ``sms`` and ``whatsapp`` commands act as the organization named by
+``--org`` with every scope (the operator at the console is trusted), except
+the platform actions (reviewing sender-ID requests, listing every
+organization's requests), which act as a principal holding only
+``platform:admin``.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import json
 import logging
 import signal
 import sqlite3
+import sys
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,11 +66,13 @@ from commtunnel.ports import (
     OptOut,
     OutgoingEmail,
     OutgoingSms,
+    OutgoingWhatsApp,
     Sender,
     SenderIdRequest,
     Template,
 )
 from commtunnel.providers import redact_url
+from commtunnel.services.whatsapp import LineInfo
 
 T = TypeVar("T")
 
@@ -76,7 +83,7 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
 class _NoProvider:
-    """The email and SMS provider of administration commands: they never deliver anything."""
+    """The provider of administration commands (every channel): they never deliver anything."""
 
     name = "none"
 
@@ -85,6 +92,10 @@ class _NoProvider:
         return ProviderResult.permanent(ErrorCategory.REJECTED, "no provider in admin commands")
 
     async def send_sms(self, sms: OutgoingSms) -> ProviderResult:
+        """Refuse: administration commands run no worker, so this is never reached."""
+        return ProviderResult.permanent(ErrorCategory.REJECTED, "no provider in admin commands")
+
+    async def send_whatsapp(self, message: OutgoingWhatsApp) -> ProviderResult:
         """Refuse: administration commands run no worker, so this is never reached."""
         return ProviderResult.permanent(ErrorCategory.REJECTED, "no provider in admin commands")
 
@@ -141,7 +152,12 @@ def _admin(db: str | None, action: Callable[[Commtunnel], Awaitable[T]]) -> T:
 
     async def main() -> T:
         none = _NoProvider()
-        ct = Commtunnel.open(settings=settings, email_provider=none, sms_provider=none)
+        try:
+            ct = Commtunnel.open(
+                settings=settings, email_provider=none, sms_provider=none, whatsapp_provider=none
+            )
+        except ValueError as exc:  # e.g. a COMMTUNNEL_SECRET_KEY too short to be a key
+            raise click.UsageError(f"invalid configuration: {exc}") from None
         # Storage only: ct.start() would also create the in-process "default"
         # organization, a side effect no administration command asked for.
         await ct.backend.open()
@@ -1006,3 +1022,92 @@ def sms_inbound(org_name: str, db: str | None, as_json: bool) -> None:
                 for m in found
             ],
         )
+
+
+# ----------------------------------------------------------------- WhatsApp
+
+
+@main.group(short_help="WhatsApp Cloud: the organization's line.")
+def whatsapp() -> None:
+    """The WhatsApp Cloud channel: each organization's line (phone number id, access token)."""
+
+
+#: ``--access-token -``: read the token from stdin.
+_FROM_STDIN = "-"
+
+
+def _line_json(info: LineInfo) -> dict[str, Any]:
+    """The line as the HTTP API shows it (``GET /v1/account/whatsapp-cloud-line``)."""
+    return {
+        "whatsappPhoneNumberId": info.whatsapp_phone_number_id,
+        "usesPlatformDefault": info.uses_platform_default,
+        "platformLineConfigured": info.platform_line_configured,
+        "hasOwnAccessToken": info.has_own_access_token,
+        "state": info.state,
+    }
+
+
+@whatsapp.command("line", short_help="Show or change the organization's line.")
+@org_option
+@click.option(
+    "--phone-number-id", default=None, metavar="ID", help="Meta's id of the organization's line."
+)
+@click.option(
+    "--clear-phone-number-id", is_flag=True, help="Send from the platform default line again."
+)
+@click.option(
+    "--access-token",
+    default=None,
+    metavar="TOKEN",
+    help="The line's Graph access token, stored encrypted (needs COMMTUNNEL_SECRET_KEY); "
+    "'-' reads it from stdin, keeping it out of the shell history.",
+)
+@click.option(
+    "--clear-access-token", is_flag=True, help="Use the platform default access token again."
+)
+@db_option
+@json_option
+def whatsapp_line(
+    org_name: str,
+    phone_number_id: str | None,
+    clear_phone_number_id: bool,
+    access_token: str | None,
+    clear_access_token: bool,
+    db: str | None,
+    as_json: bool,
+) -> None:
+    """Show the organization's WhatsApp Cloud line, or change it with the flags.
+
+    Without a change flag the line is shown. The access token is never
+    printed: only whether the organization has one of its own.
+    """
+    if phone_number_id is not None and clear_phone_number_id:
+        raise click.UsageError("give --phone-number-id or --clear-phone-number-id, not both")
+    if access_token is not None and clear_access_token:
+        raise click.UsageError("give --access-token or --clear-access-token, not both")
+    if access_token == _FROM_STDIN:
+        access_token = sys.stdin.read().strip()
+    changes: dict[str, str | None] = {}
+    if phone_number_id is not None or clear_phone_number_id:
+        changes["whatsappPhoneNumberId"] = phone_number_id
+    if access_token is not None or clear_access_token:
+        changes["whatsappAccessToken"] = access_token
+
+    async def action(ct: Commtunnel) -> LineInfo:
+        principal = _acting_for(await ct.admin.get_org(org_name))
+        if changes:
+            return await ct.whatsapp_service.update_line(principal, changes)
+        return await ct.whatsapp_service.get_line(principal)
+
+    info = _admin(db, action)
+    if as_json:
+        _emit_json(_line_json(info))
+        return
+    if info.uses_platform_default:
+        line = "the platform default line" + (
+            "" if info.platform_line_configured else " (not configured)"
+        )
+    else:
+        line = f"phone number id {info.whatsapp_phone_number_id}"
+    token = "its own" if info.has_own_access_token else "the platform's"
+    click.echo(f"organization {org_name}: {line}, {token} access token, state {info.state}")

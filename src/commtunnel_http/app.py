@@ -25,6 +25,7 @@ from commtunnel_http.errors import RequestIdMiddleware, handle_exception
 from commtunnel_http.routes import EmailRoutes
 from commtunnel_http.sms_routes import SmsRoutes
 from commtunnel_http.sms_webhooks import SmsWebhookRoutes
+from commtunnel_http.whatsapp_routes import WhatsAppRoutes
 from commtunnel_http.wire import Wire
 
 log = logging.getLogger("commtunnel.http")
@@ -45,8 +46,9 @@ def create_app(ct: Commtunnel, *, run_worker: bool | None = None) -> Starlette:
 
     Returns:
         The Starlette app: routes of :class:`~commtunnel_http.routes.EmailRoutes`,
-        :class:`~commtunnel_http.sms_routes.SmsRoutes` and
-        :class:`~commtunnel_http.sms_webhooks.SmsWebhookRoutes`, ``X-Request-Id``
+        :class:`~commtunnel_http.sms_routes.SmsRoutes`,
+        :class:`~commtunnel_http.sms_webhooks.SmsWebhookRoutes` and
+        :class:`~commtunnel_http.whatsapp_routes.WhatsAppRoutes`, ``X-Request-Id``
         on every response, one error envelope for every failure.
     """
     embedded = ct.settings.embedded_worker if run_worker is None else run_worker
@@ -72,6 +74,7 @@ def create_app(ct: Commtunnel, *, run_worker: bool | None = None) -> Starlette:
         *EmailRoutes(ct).routes(),
         *SmsRoutes(ct, wire).routes(),
         *SmsWebhookRoutes(ct, wire).routes(),
+        *WhatsAppRoutes(ct, wire).routes(),
     ]
     app = Starlette(
         routes=routes,

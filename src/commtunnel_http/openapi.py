@@ -3,7 +3,8 @@
 It describes exactly the routes the app registers
 (:class:`~commtunnel_http.routes.EmailRoutes`,
 :class:`~commtunnel_http.sms_routes.SmsRoutes`,
-:class:`~commtunnel_http.sms_webhooks.SmsWebhookRoutes`; a test compares the
+:class:`~commtunnel_http.sms_webhooks.SmsWebhookRoutes`,
+:class:`~commtunnel_http.whatsapp_routes.WhatsAppRoutes`; a test compares the
 two). Limits are taken from the core's constants so the document cannot
 drift from the rules it describes.
 """
@@ -18,6 +19,7 @@ from commtunnel.domain import sms as sms_rules
 from commtunnel.domain.email import MAX_SUBJECT_CHARS
 from commtunnel.domain.messages import Status
 from commtunnel.services import sms as sms_service
+from commtunnel.services import whatsapp as whatsapp_service
 from commtunnel.services.email import MAX_TIMELINE_LIMIT
 from commtunnel.services.idempotency import MAX_KEY_CHARS
 
@@ -1000,6 +1002,352 @@ _PATHS.update(
     }
 )
 
+# --------------------------------------------------------------------------- WhatsApp
+
+_WA_ID = {"name": "id", "in": "path", "required": True, "schema": _STRING}
+_WA_READ_ERRORS = {
+    **_AUTH_ERRORS,
+    "404": _error("NOT_FOUND: no such WhatsApp message in your organization"),
+}
+# Mirrors WhatsAppService's checks (Meta's numeric phone number id, template names).
+_PHONE_NUMBER_ID = {"type": "string", "pattern": "^[0-9]{1,32}$", "example": "106540352242922"}
+_WA_GRAPH_ERRORS = {
+    "422": _error(
+        "WHATSAPP_SEND_REJECTED: Graph refused the message, now FAILED (details.messageId, "
+        "details.errorCategory); IDEMPOTENCY_KEY_REUSED on send"
+    ),
+    "502": _error(
+        "WHATSAPP_PROVIDER_ERROR: a transient Graph failure; the message is RETRYING and the "
+        "worker retries it (details.messageId, details.errorCategory)"
+    ),
+}
+_WA_LINE_ERRORS = (
+    "WHATSAPP_CHANNEL_DISABLED, WHATSAPP_LINE_NOT_CONFIGURED or SECRET_KEY_NOT_CONFIGURED"
+)
+
+_SCHEMAS.update(
+    {
+        "WhatsAppTemplate": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["name"],
+            "properties": {
+                "name": {
+                    "type": "string",
+                    "pattern": "^[a-z0-9_]{1,512}$",
+                    "description": "An approved message template.",
+                },
+                "language": {
+                    "type": "string",
+                    "default": "en_US",
+                    "pattern": "^[a-z]{2,3}(_[A-Za-z]{2,4})?$",
+                },
+                "variables": {
+                    "oneOf": [
+                        {"type": "array", "items": _STRING},
+                        {"type": "object", "additionalProperties": _STRING},
+                    ],
+                    "nullable": True,
+                    "description": "Body parameters: a list ({{1}}...) or named ({{name}}).",
+                },
+            },
+        },
+        "SendWhatsAppRequest": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["to"],
+            "description": "Give body (a text message) or template, not both.",
+            "properties": {
+                "to": {
+                    "type": "string",
+                    "description": "Recipient: E.164, or digits with the country code.",
+                    "example": "+14155552671",
+                },
+                "body": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": whatsapp_service.MAX_TEXT_CHARACTERS,
+                },
+                "template": _ref("WhatsAppTemplate"),
+                "idempotencyKey": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_CHARS},
+            },
+        },
+        "SendWhatsAppResponse": {
+            "type": "object",
+            "required": ["id", "status", "duplicate", "providerMessageId"],
+            "properties": {
+                "id": _UUID,
+                "status": _ref("Status"),
+                "duplicate": {"type": "boolean", "description": "A replay of an earlier send."},
+                "providerMessageId": {
+                    "type": "string",
+                    "nullable": True,
+                    "description": "Meta's wamid.… (null on a replay not yet sent).",
+                },
+            },
+        },
+        "WhatsAppMessage": {
+            "type": "object",
+            "properties": {
+                "id": _UUID,
+                "channel": {"type": "string", "enum": ["whatsapp"]},
+                "status": _ref("Status"),
+                "to": _E164,
+                "kind": {"type": "string", "enum": ["text", "template"]},
+                "body": {**_NULLABLE_STRING, "description": "The text; null for templates."},
+                "template": {"allOf": [_ref("WhatsAppTemplate")], "nullable": True},
+                "phoneNumberId": {**_PHONE_NUMBER_ID, "description": "The line it is sent from."},
+                "providerMessageId": _NULLABLE_STRING,
+                "sandbox": {"type": "boolean"},
+                "attemptCount": {"type": "integer"},
+                "lastError": _NULLABLE_STRING,
+                "createdAt": _TIMESTAMP,
+                "updatedAt": _TIMESTAMP,
+                "attempts": {"type": "array", "items": _ref("Attempt")},
+            },
+        },
+        "WhatsAppRetryResponse": {
+            "type": "object",
+            "required": ["id", "status", "providerMessageId"],
+            "properties": {
+                "id": _UUID,
+                "status": _ref("Status"),
+                "providerMessageId": _NULLABLE_STRING,
+            },
+        },
+        "WhatsAppLine": {
+            "type": "object",
+            "required": [
+                "whatsappPhoneNumberId",
+                "usesPlatformDefault",
+                "platformLineConfigured",
+                "hasOwnAccessToken",
+                "state",
+            ],
+            "properties": {
+                "whatsappPhoneNumberId": {
+                    **_PHONE_NUMBER_ID,
+                    "nullable": True,
+                    "description": "The organization's own line; null when it uses the default.",
+                },
+                "usesPlatformDefault": {"type": "boolean"},
+                "platformLineConfigured": {"type": "boolean"},
+                "hasOwnAccessToken": {
+                    "type": "boolean",
+                    "description": "Whether a token is stored (encrypted; never returned).",
+                },
+                "state": {
+                    "type": "string",
+                    "enum": ["ACTIVE", "PAUSED", "FLAGGED"],
+                    "description": "PAUSED after an expired token; FLAGGED after a policy block.",
+                },
+            },
+        },
+        "UpdateWhatsAppLineRequest": {
+            "type": "object",
+            "additionalProperties": False,
+            "minProperties": 1,
+            "description": "At least one field; null clears it.",
+            "properties": {
+                "whatsappPhoneNumberId": {**_PHONE_NUMBER_ID, "nullable": True},
+                "whatsappAccessToken": {
+                    "type": "string",
+                    "nullable": True,
+                    "minLength": 20,
+                    "maxLength": 1024,
+                    "description": "A Graph access token, stored encrypted.",
+                },
+            },
+        },
+        "WhatsAppWebhook": {
+            "type": "object",
+            "required": ["object", "entry"],
+            "description": "Meta's webhook payload (entry[].changes[] with field 'messages').",
+            "properties": {
+                "object": {"type": "string", "enum": ["whatsapp_business_account"]},
+                "entry": {"type": "array", "items": {"type": "object"}},
+            },
+        },
+        "WhatsAppWebhookResult": {
+            "type": "object",
+            "required": ["statusesApplied", "statusesIgnored", "inboundStored"],
+            "properties": {
+                "statusesApplied": {
+                    "type": "integer",
+                    "description": "Status updates that moved a message forward.",
+                },
+                "statusesIgnored": {
+                    "type": "integer",
+                    "description": "Unknown, duplicate or out-of-order status updates.",
+                },
+                "inboundStored": {"type": "integer", "description": "Messages customers sent."},
+            },
+        },
+    }
+)
+
+
+def _hub(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {**_query(f"hub.{name}", schema, description), "required": True}
+
+
+_PATHS.update(
+    {
+        "/v1/public/whatsapp/send": {
+            "post": {
+                "operationId": "sendWhatsApp",
+                "summary": "Send a WhatsApp text or template message now (scope send:whatsapp).",
+                "description": (
+                    "The message is handed to Meta's Graph API before the answer: 201 with "
+                    "status SENT and the wamid, or the Error envelope when Graph failed."
+                ),
+                "parameters": [{"$ref": "#/components/parameters/IdempotencyKey"}],
+                "requestBody": {
+                    "required": True,
+                    **_json(_ref("SendWhatsAppRequest"), "The message."),
+                },
+                "responses": {
+                    "201": _json(_ref("SendWhatsAppResponse"), "Sent (status SENT)."),
+                    "200": {
+                        **_json(
+                            _ref("SendWhatsAppResponse"),
+                            "A replay: the earlier message, its status now, duplicate=true.",
+                        ),
+                        "headers": {
+                            "Idempotent-Replayed": {"schema": {"type": "string", "enum": ["true"]}}
+                        },
+                    },
+                    **_BODY_ERRORS,
+                    **_AUTH_ERRORS,
+                    "409": _error(f"IDEMPOTENCY_KEY_IN_USE, {_WA_LINE_ERRORS}"),
+                    **_WA_GRAPH_ERRORS,
+                },
+            }
+        },
+        "/v1/public/whatsapp/{id}": {
+            "get": {
+                "operationId": "getWhatsApp",
+                "summary": "Status, content and attempts of one message (scope read:whatsapp).",
+                "parameters": [_WA_ID],
+                "responses": {
+                    "200": _json(_ref("WhatsAppMessage"), "The message."),
+                    **_WA_READ_ERRORS,
+                },
+            }
+        },
+        "/v1/public/whatsapp/{id}/timeline": {
+            "get": {
+                "operationId": "getWhatsAppTimeline",
+                "summary": "Lifecycle events of one message, oldest first (scope read:whatsapp).",
+                "parameters": [
+                    _WA_ID,
+                    _query(
+                        "limit",
+                        {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": whatsapp_service.MAX_TIMELINE_LIMIT,
+                            "default": 100,
+                        },
+                        "Most events returned.",
+                    ),
+                ],
+                "responses": {
+                    "200": _json(_ref("Timeline"), "The events."),
+                    "400": _error("VALIDATION_ERROR (details.limit)"),
+                    **_WA_READ_ERRORS,
+                },
+            }
+        },
+        "/v1/public/whatsapp/{id}/retry": {
+            "post": {
+                "operationId": "retryWhatsApp",
+                "summary": "Send a FAILED message again now (scope send:whatsapp).",
+                "parameters": [_WA_ID],
+                "responses": {
+                    "202": _json(_ref("WhatsAppRetryResponse"), "Sent again."),
+                    **_WA_READ_ERRORS,
+                    "409": _error(
+                        f"MESSAGE_NOT_RETRYABLE: not FAILED (details.status); {_WA_LINE_ERRORS}"
+                    ),
+                    **_WA_GRAPH_ERRORS,
+                },
+            }
+        },
+        "/v1/account/whatsapp-cloud-line": {
+            "get": {
+                "operationId": "getWhatsAppLine",
+                "summary": "The organization's WhatsApp Cloud line (scope account:manage).",
+                "responses": {"200": _json(_ref("WhatsAppLine"), "The line."), **_AUTH_ERRORS},
+            },
+            "patch": {
+                "operationId": "updateWhatsAppLine",
+                "summary": "Set or clear the phone number id and token (scope account:manage).",
+                "requestBody": {
+                    "required": True,
+                    **_json(_ref("UpdateWhatsAppLineRequest"), "The fields to change."),
+                },
+                "responses": {
+                    "200": _json(_ref("WhatsAppLine"), "The line after the change."),
+                    **_BODY_ERRORS,
+                    **_AUTH_ERRORS,
+                    "409": _error(
+                        "WHATSAPP_PHONE_NUMBER_ID_IN_USE: another organization has this line; "
+                        "SECRET_KEY_NOT_CONFIGURED: no COMMTUNNEL_SECRET_KEY to encrypt the token"
+                    ),
+                },
+            },
+        },
+        "/v1/webhooks/whatsapp": {
+            "get": {
+                "operationId": "verifyWhatsAppWebhook",
+                "summary": "Meta's subscription check: echoes hub.challenge.",
+                "security": [],
+                "parameters": [
+                    _hub("mode", {"type": "string", "enum": ["subscribe"]}, "Always subscribe."),
+                    _hub("verify_token", _STRING, "Must equal WHATSAPP_VERIFY_TOKEN."),
+                    _hub("challenge", _STRING, "Echoed back."),
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The challenge, as plain text.",
+                        "content": {"text/plain": {"schema": _STRING}},
+                    },
+                    "403": _error("INVALID_WEBHOOK_TOKEN: wrong mode or verify token"),
+                },
+            },
+            "post": {
+                "operationId": "receiveWhatsAppWebhook",
+                "summary": "Status updates and inbound messages from Meta (signed).",
+                "description": (
+                    "X-Hub-Signature-256 must be sha256=<HMAC-SHA256 of the raw body with "
+                    "WHATSAPP_APP_SECRET>. Status updates move a message forward only."
+                ),
+                "security": [],
+                "parameters": [
+                    {
+                        "name": "X-Hub-Signature-256",
+                        "in": "header",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": "^sha256=[0-9a-fA-F]{64}$"},
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    **_json(_ref("WhatsAppWebhook"), "Meta's payload."),
+                },
+                "responses": {
+                    "200": _json(_ref("WhatsAppWebhookResult"), "Applied."),
+                    "400": _error("VALIDATION_ERROR: not a WhatsApp Business webhook"),
+                    "401": _error("INVALID_WEBHOOK_SIGNATURE: missing or wrong signature"),
+                    "413": _error("PAYLOAD_TOO_LARGE (details.limitBytes)"),
+                },
+            },
+        },
+    }
+)
+
+
 # Whatever else fails (404/405 from routing, 500) answers the envelope too.
 for _item in _PATHS.values():
     for _operation in _item.values():
@@ -1011,7 +1359,7 @@ OPENAPI: dict[str, Any] = {
         "title": "Commtunnel Public API",
         "version": __version__,
         "description": (
-            "Transactional email and SMS. Every failure answers the Error envelope; "
+            "Transactional email, SMS and WhatsApp. Every failure answers the Error envelope; "
             "every response carries X-Request-Id."
         ),
     },

@@ -6,8 +6,9 @@ field names; timestamps UTC ISO 8601 with milliseconds and ``Z``
 
 One configured cattrs converter (:func:`make_converter`) unstructures the
 flat records (attempts, timeline events, stats, opt-outs, inbound messages,
-sender-ID requests) and every leaf value. The composed answers (send results,
-email and SMS status, preview, pages) are plain functions: they flatten
+sender-ID requests, WhatsApp line settings and webhook results) and every
+leaf value. The composed answers (send results, email, SMS and WhatsApp
+status, preview, pages) are plain functions: they flatten
 several records into one object, which is clearer written out than
 expressed as cattrs overrides.
 """
@@ -24,7 +25,7 @@ import cattrs
 from cattrs.gen import make_dict_unstructure_fn, override
 
 from commtunnel.domain.events import TimelineEvent
-from commtunnel.domain.messages import Attempt, Message, SmsContent
+from commtunnel.domain.messages import Attempt, Message, SmsContent, WhatsAppContent
 from commtunnel.ports import InboundMessage, OptOut, SenderIdRequest
 from commtunnel.services.email import EmailStats, EmailStatus, Rendered, SendResult
 from commtunnel.services.sms import (
@@ -34,6 +35,12 @@ from commtunnel.services.sms import (
     ReceiptResult,
     SmsSendResult,
     SmsStatus,
+)
+from commtunnel.services.whatsapp import (
+    LineInfo,
+    WebhookResult,
+    WhatsAppSendResult,
+    WhatsAppStatus,
 )
 
 #: Bytes added to a preview's content size for the headers a real send carries
@@ -132,7 +139,7 @@ def make_converter() -> cattrs.Converter:
 
 
 class Wire:
-    """The answers of the email and SMS routes, built with one converter.
+    """The answers of the email, SMS and WhatsApp routes, built with one converter.
 
     Args:
         converter: defaults to :func:`make_converter`.
@@ -323,6 +330,80 @@ class Wire:
             "status": self.conv.unstructure(result.message.status),
             "applied": result.applied,
         }
+
+    # ------------------------------------------------------------------ WhatsApp
+
+    def whatsapp_send_result(self, result: WhatsAppSendResult) -> dict[str, Any]:
+        """``POST /whatsapp/send``: id, status, duplicate, providerMessageId (``wamid.…``)."""
+        m = result.message
+        return {
+            "id": m.id,
+            "status": self.conv.unstructure(m.status),
+            "duplicate": result.duplicate,
+            "providerMessageId": m.provider_message_id,
+        }
+
+    def whatsapp_retry_result(self, result: WhatsAppSendResult) -> dict[str, Any]:
+        """``POST /whatsapp/{id}/retry``: id, status, providerMessageId."""
+        m = result.message
+        return {
+            "id": m.id,
+            "status": self.conv.unstructure(m.status),
+            "providerMessageId": m.provider_message_id,
+        }
+
+    def whatsapp_status(self, status: WhatsAppStatus) -> dict[str, Any]:
+        """``GET /whatsapp/{id}``: the message, its content (text or template), its attempts.
+
+        ``template`` is ``{name, language, variables}`` for template messages
+        and null for text; ``body`` is null for templates.
+        """
+        m = status.message
+        wa = _whatsapp_content(m)
+        template = None
+        if wa.kind == "template":
+            template = {
+                "name": wa.template_name,
+                "language": wa.template_language,
+                "variables": wa.template_variables,
+            }
+        return {
+            "id": m.id,
+            "channel": self.conv.unstructure(m.channel),
+            "status": self.conv.unstructure(m.status),
+            "to": wa.to,
+            "kind": wa.kind,
+            "body": wa.body,
+            "template": template,
+            "phoneNumberId": wa.phone_number_id,
+            "providerMessageId": m.provider_message_id,
+            "sandbox": m.sandbox,
+            "attemptCount": m.attempt_count,
+            "lastError": m.last_error,
+            "createdAt": format_timestamp(m.created_at),
+            "updatedAt": format_timestamp(m.updated_at),
+            "attempts": self.conv.unstructure(status.attempts, list[Attempt]),
+        }
+
+    def whatsapp_line(self, info: LineInfo) -> dict[str, Any]:
+        """``/account/whatsapp-cloud-line``: the line settings (the token never appears).
+
+        ``whatsappPhoneNumberId``, ``usesPlatformDefault``, ``platformLineConfigured``,
+        ``hasOwnAccessToken`` and ``state`` (ACTIVE, PAUSED or FLAGGED).
+        """
+        result: dict[str, Any] = self.conv.unstructure(info, LineInfo)
+        return result
+
+    def whatsapp_webhook_result(self, result: WebhookResult) -> dict[str, Any]:
+        """``POST /webhooks/whatsapp``: statusesApplied, statusesIgnored, inboundStored."""
+        body: dict[str, Any] = self.conv.unstructure(result, WebhookResult)
+        return body
+
+
+def _whatsapp_content(message: Message) -> WhatsAppContent:
+    if message.whatsapp is None:  # pragma: no cover - the service returns WhatsApp only
+        raise ValueError(f"message {message.id} has no WhatsApp content")
+    return message.whatsapp
 
 
 def _sms_content(message: Message) -> SmsContent:
