@@ -510,3 +510,43 @@ def test_line_map_forms() -> None:
     assert parse_line_map(None) == {}
     with pytest.raises(ValueError, match="not phone_number_id=org"):
         parse_line_map("111")
+
+
+async def test_the_platform_line_and_mapped_lines_cannot_be_claimed(
+    tmp_path: Path, clock: ManualClock, graph: FakeGraph
+) -> None:
+    settings = wa_settings(whatsapp_line_map="400000000000004=beta")
+    async with Commtunnel.open(
+        db=tmp_path / "claim.db",
+        email_provider=MockProvider(),
+        sms_provider=MockSmsProvider(),
+        whatsapp_provider=WhatsAppCloudProvider(
+            graph_base_url="https://graph.test",
+            clock=clock,
+            transport=httpx.MockTransport(graph.handle),
+        ),
+        clock=clock,
+        settings=settings,
+    ) as ct:
+        beta = await ct.admin.ensure_org("beta")
+        for pnid in ("106540352242922", "400000000000004"):
+            with pytest.raises(WhatsAppLineInUseError):
+                await ct.whatsapp_service.update_line(admin(ct), {"whatsappPhoneNumberId": pnid})
+        mine = await ct.whatsapp_service.update_line(
+            admin(ct, beta.id), {"whatsappPhoneNumberId": "400000000000004"}
+        )
+        assert mine.whatsapp_phone_number_id == "400000000000004"
+
+
+async def test_line_state_shows_active_after_a_new_token(wa: Commtunnel, graph: FakeGraph) -> None:
+    graph.error(190, http_status=401, message="Error validating access token")
+    with pytest.raises(WhatsAppProviderError):
+        await send(wa, to=TO, body="one")
+    assert (await wa.whatsapp_service.get_line(admin(wa))).state == "PAUSED"
+    await wa.whatsapp_service.update_line(admin(wa), {"whatsappAccessToken": TENANT_TOKEN})
+    assert (await wa.whatsapp_service.get_line(admin(wa))).state == "ACTIVE"
+
+
+def test_short_secret_key_is_a_configuration_error() -> None:
+    with pytest.raises(ValueError, match="COMMTUNNEL_SECRET_KEY"):
+        Settings.from_env({"COMMTUNNEL_SECRET_KEY": "short"})

@@ -65,6 +65,11 @@ def _bool(value: str) -> bool:
     raise ValueError(f"not a boolean: {value!r}")
 
 
+def _secret_key_length(_instance: object, _attribute: object, value: str | None) -> None:
+    if value is not None and len(value) < 16:
+        raise ValueError("COMMTUNNEL_SECRET_KEY must be at least 16 characters (use 32+ random)")
+
+
 @attrs.frozen(kw_only=True)
 class Settings:
     """Everything configurable, with units in the names' docs (see module table)."""
@@ -89,7 +94,7 @@ class Settings:
     sms_stop_text: str = DEFAULT_SMS_STOP_TEXT
     sms_start_text: str = DEFAULT_SMS_START_TEXT
     public_url: str | None = None
-    secret_key: str | None = attrs.field(default=None, repr=False)
+    secret_key: str | None = attrs.field(default=None, repr=False, validator=_secret_key_length)
     whatsapp_enabled: bool = False
     whatsapp_access_token: str | None = attrs.field(default=None, repr=False)
     whatsapp_phone_number_id: str | None = None

@@ -27,14 +27,12 @@ from commtunnel.crypto import SecretBox, fingerprint
 from commtunnel.domain import sms as sms_rules
 from commtunnel.domain.delivery import ErrorCategory, ProviderResult
 from commtunnel.domain.errors import (
-    IdempotencyKeyReusedError,
     InternalError,
-    MessageNotRetryableError,
-    NotFoundError,
     SecretKeyMissingError,
     ValidationError,
     WebhookSignatureError,
     WhatsAppDisabledError,
+    WhatsAppLineInUseError,
     WhatsAppLineNotConfiguredError,
     WhatsAppProviderError,
     WhatsAppSendRejectedError,
@@ -46,20 +44,19 @@ from commtunnel.ids import new_id
 from commtunnel.ports import (
     ClaimedJob,
     Clock,
-    IdempotencyRecord,
     InboundMessage,
     OptOut,
     Storage,
     WhatsAppLine,
 )
 from commtunnel.providers import whatsapp as whatsapp_webhooks
-from commtunnel.services import idempotency
+from commtunnel.services import channel, idempotency
 from commtunnel.services.auth import require
+from commtunnel.services.channel import MAX_TIMELINE_LIMIT as MAX_TIMELINE_LIMIT  # re-exported
 from commtunnel.services.dispatch import Dispatcher
 
 ENDPOINT_SEND = "whatsapp.send"
 MAX_TEXT_CHARACTERS = 4096  # Meta: text.body is limited to 4096 characters
-MAX_TIMELINE_LIMIT = 1000
 PAUSED_RETRY_SECONDS = 300.0
 _PHONE_NUMBER_ID = re.compile(r"[0-9]{1,32}")
 _TEMPLATE_NAME = re.compile(r"[a-z0-9_]{1,512}")
@@ -84,7 +81,7 @@ class WhatsAppSendRequest:
 
     def wire_payload(self) -> dict[str, Any]:
         """The request in wire spelling without the key (for fingerprints)."""
-        return {"to": self.to, "body": self.body, "template": self.template}
+        return channel.wire_payload(self, WIRE_FIELDS)
 
 
 WIRE_FIELDS = {
@@ -103,18 +100,9 @@ def send_request_from_wire(
     Raises:
         ValidationError: unknown fields, or a header key that differs from the body's.
     """
-    unknown = sorted(set(payload) - set(WIRE_FIELDS))
-    if unknown:
-        raise ValidationError.from_fields(dict.fromkeys(unknown, "unknown field"))
-    values = {WIRE_FIELDS[name]: value for name, value in payload.items()}
-    if header_key is not None:
-        body_key = values.get("idempotency_key")
-        if body_key is not None and body_key != header_key:
-            raise ValidationError.from_fields(
-                {"idempotencyKey": "differs from the x-idempotency-key header"}
-            )
-        values["idempotency_key"] = header_key
-    return WhatsAppSendRequest(**values)
+    return WhatsAppSendRequest(
+        **channel.values_from_wire(payload, WIRE_FIELDS, header_key=header_key)
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -225,6 +213,7 @@ class WhatsAppService:
         self._lease_seconds = lease_seconds
         self._in_flight = idempotency.InFlight()
         self._dispatcher = dispatcher
+        self._messages = channel.ChannelMessages(storage, Channel.WHATSAPP, "WhatsApp message")
 
     # ------------------------------------------------------------------ lines
 
@@ -346,12 +335,20 @@ class WhatsAppService:
         pnid = own.phone_number_id if own else None
         effective = pnid or self._platform_pnid
         state = await self._store.get_line_state(effective) if effective else None
+        shown = state.state if state else "ACTIVE"
+        if state is not None and state.state == "PAUSED":
+            # paused for a token that has since been replaced: sending works again
+            token = self._platform_token
+            if own is not None and own.access_token_enc is not None:
+                token = self._decrypt(own.access_token_enc)
+            if token is None or state.token_fingerprint != fingerprint(token):
+                shown = "ACTIVE"
         return LineInfo(
             whatsapp_phone_number_id=pnid,
             uses_platform_default=pnid is None,
             platform_line_configured=self.platform_line_configured,
             has_own_access_token=bool(own and own.access_token_enc),
-            state=state.state if state else "ACTIVE",
+            state=shown,
         )
 
     async def update_line(self, principal: Principal, payload: dict[str, Any]) -> LineInfo:
@@ -400,10 +397,27 @@ class WhatsAppService:
                 token_enc = None
         if problems:
             raise ValidationError.from_fields(problems)
+        if isinstance(pnid, str):
+            await self._check_line_free(principal.org_id, pnid)
         await self._store.set_line(
             principal.org_id, phone_number_id=pnid, access_token_enc=token_enc, at=self._clock.now()
         )
         return await self.get_line(principal)
+
+    async def _check_line_free(self, org_id: str, phone_number_id: str) -> None:
+        """Refuse the platform's own line, and lines the line map gives another organization."""
+        if phone_number_id == self._platform_pnid:
+            raise WhatsAppLineInUseError(
+                "This phone number id is the platform default line; leave it unset to use it",
+                details={"whatsappPhoneNumberId": phone_number_id},
+            )
+        if phone_number_id in self._line_map:
+            owner = await self._org_for_line(phone_number_id)
+            if owner != org_id:
+                raise WhatsAppLineInUseError(
+                    "Another organization already uses this WhatsApp phone number id",
+                    details={"whatsappPhoneNumberId": phone_number_id},
+                )
 
     # ------------------------------------------------------------------ sending
 
@@ -514,17 +528,15 @@ class WhatsAppService:
                 created_at=now,
                 details={"kind": content.kind, "phoneNumberId": line.phone_number_id},
             )
-            record = None
-            if key is not None:
-                record = IdempotencyRecord(
-                    org_id=principal.org_id,
-                    key=key,
-                    endpoint=ENDPOINT_SEND,
-                    fingerprint=idempotency.fingerprint(ENDPOINT_SEND, req.wire_payload()),
-                    message_id=message.id,
-                    created_at=now,
-                    expires_at=now + timedelta(seconds=self._retention),
-                )
+            record = channel.idempotency_record(
+                org_id=principal.org_id,
+                key=key,
+                endpoint=ENDPOINT_SEND,
+                payload=req.wire_payload(),
+                message_id=message.id,
+                now=now,
+                retention=self._retention,
+            )
             # The job comes due one lease from now: if this process dies during the
             # hand-off below, a worker takes it then; until then no worker does.
             result = await self._storage.accept(
@@ -533,17 +545,9 @@ class WhatsAppService:
                 run_at=now + timedelta(seconds=self._lease_seconds),
                 idempotency=record,
             )
-            if result.conflict is not None:
-                same = result.conflict.endpoint == ENDPOINT_SEND
-                raise IdempotencyKeyReusedError(
-                    "This idempotency key was already used with a different "
-                    + ("payload" if same else "endpoint"),
-                    details={"idempotencyKey": key, "originalEndpoint": result.conflict.endpoint},
-                )
-            if result.message is None:  # pragma: no cover - storage contract violation
-                raise InternalError("storage accepted nothing")
+            accepted = channel.accepted_message(result, key=key, endpoint=ENDPOINT_SEND)
             if result.duplicate:
-                return WhatsAppSendResult(message=result.message, duplicate=True)
+                return WhatsAppSendResult(message=accepted, duplicate=True)
             return await self._hand_off(message)
 
     async def _hand_off(self, message: Message) -> WhatsAppSendResult:
@@ -583,12 +587,6 @@ class WhatsAppService:
 
     # ------------------------------------------------------------------ reading, retry
 
-    async def _own(self, principal: Principal, message_id: str) -> Message:
-        message = await self._storage.get_message(principal.org_id, message_id)
-        if message is None or message.channel != Channel.WHATSAPP:
-            raise NotFoundError("No WhatsApp message with this id", details={"id": message_id})
-        return message
-
     async def get(self, principal: Principal, message_id: str) -> WhatsAppStatus:
         """One message with its attempts.
 
@@ -597,8 +595,7 @@ class WhatsAppService:
             NotFoundError: no such message in the caller's organization.
         """
         require(principal, Scope.READ_WHATSAPP)
-        message = await self._own(principal, message_id)
-        attempts = await self._storage.list_attempts(principal.org_id, message_id)
+        message, attempts = await self._messages.with_attempts(principal, message_id)
         return WhatsAppStatus(message=message, attempts=attempts)
 
     async def timeline(
@@ -612,12 +609,7 @@ class WhatsAppService:
             NotFoundError: no such message in the caller's organization.
         """
         require(principal, Scope.READ_WHATSAPP)
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
-            raise ValidationError.from_fields(
-                {"limit": f"must be an integer from 1 to {MAX_TIMELINE_LIMIT}"}
-            )
-        await self._own(principal, message_id)
-        return await self._storage.list_events(principal.org_id, message_id, limit)
+        return await self._messages.timeline(principal, message_id, limit)
 
     async def retry(self, principal: Principal, message_id: str) -> WhatsAppSendResult:
         """Re-send a FAILED message now (a fresh retry budget), like a new send.
@@ -629,31 +621,14 @@ class WhatsAppService:
             WhatsAppProviderError / WhatsAppSendRejectedError: as for :meth:`send`.
         """
         require(principal, Scope.SEND_WHATSAPP)
-        await self._own(principal, message_id)
         now = self._clock.now()
-        event = TimelineEvent(
-            id=new_id(),
-            message_id=message_id,
-            org_id=principal.org_id,
-            type=event_for(Channel.WHATSAPP, Status.QUEUED),
-            status=Status.QUEUED,
-            created_at=now,
-            details={"retry": True},
-        )
-        outcome = await self._receipts.requeue(
-            principal.org_id,
+        message = await self._messages.requeue_failed(
+            self._receipts,
+            principal,
             message_id,
-            event=event,
+            now=now,
             run_at=now + timedelta(seconds=self._lease_seconds),
         )
-        if outcome is None:
-            raise NotFoundError("No WhatsApp message with this id", details={"id": message_id})
-        message, requeued = outcome
-        if not requeued:
-            raise MessageNotRetryableError(
-                f"Only FAILED messages can be retried; this one is {message.status}",
-                details={"id": message_id, "status": str(message.status)},
-            )
         return await self._hand_off(message)
 
     # ------------------------------------------------------------------ Meta webhooks
@@ -689,7 +664,7 @@ class WhatsAppService:
         whatsapp_webhooks.verify_signature(body, signature, app_secret)
         try:
             payload = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ValidationError.from_fields({"body": "is not JSON"}) from None
         return await self.apply_webhook(whatsapp_webhooks.parse_webhook(payload))
 
