@@ -1,0 +1,187 @@
+"""The README's WhatsApp round trip against real processes.
+
+``commtunnel serve`` sends through a fake Graph API (``examples/fake_graph.py``,
+its own process on loopback); a status webhook signed the way Meta signs it
+(HMAC-SHA256 of the raw body with the app secret) then moves the message to
+DELIVERED and READ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from processes import clean_env
+from test_e2e_serve import STARTUP_SECONDS, cli, free_port, stderr_of, wait_until
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+APP_SECRET = "meta-app-secret-for-e2e"
+PNID = "106540352242922"
+
+
+@pytest.fixture
+def fake_graph() -> Iterator[str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "examples" / "fake_graph.py"), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return httpx.get(f"{base}/_requests", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_until(up, STARTUP_SECONDS, "the fake Graph API")
+        yield base
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def status_payload(wamid: str, status: str) -> dict[str, Any]:
+    return {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": "WABA_ID",
+                "changes": [
+                    {
+                        "field": "messages",
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": {
+                                "display_phone_number": "15550001111",
+                                "phone_number_id": PNID,
+                            },
+                            "statuses": [
+                                {
+                                    "id": wamid,
+                                    "status": status,
+                                    "timestamp": "1767268800",
+                                    "recipient_id": "14155552671",
+                                }
+                            ],
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def test_whatsapp_send_and_status_webhook_round_trip(
+    tmp_path: Path, fake_graph: str, spawn: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    db = tmp_path / "ct.db"
+    cli(db, "orgs", "create", "acme")
+    key = json.loads(
+        cli(
+            db,
+            "keys",
+            "create",
+            "--org",
+            "acme",
+            "--scopes",
+            "send:whatsapp,read:whatsapp",
+            "--json",
+        )
+    )["key"]
+    port = free_port()
+    env = clean_env(
+        COMMTUNNEL_EMAIL_PROVIDER=f"outbox://{tmp_path / 'outbox'}",
+        COMMTUNNEL_SMS_PROVIDER=f"outbox://{tmp_path / 'outbox'}",
+        WHATSAPP_CLOUD_API_ENABLED="true",
+        WHATSAPP_GRAPH_BASE_URL=fake_graph,
+        WHATSAPP_PHONE_NUMBER_ID=PNID,
+        WHATSAPP_ACCESS_TOKEN="EAAfake-platform-token-000000",
+        WHATSAPP_APP_SECRET=APP_SECRET,
+        WHATSAPP_VERIFY_TOKEN="verify-me",
+    )
+    server = spawn("serve", "--db", str(db), "--port", str(port), env=env)
+    auth = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10.0) as http:
+
+        def healthy() -> bool:
+            assert server.poll() is None, stderr_of(tmp_path, 0)
+            try:
+                return http.get("/healthz").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(healthy, STARTUP_SECONDS, "/healthz")
+
+        challenge = http.get(
+            "/v1/webhooks/whatsapp",
+            params={
+                "hub.mode": "subscribe",
+                "hub.verify_token": "verify-me",
+                "hub.challenge": "42",
+            },
+        )
+        assert (challenge.status_code, challenge.text) == (200, "42")
+
+        sent = http.post(
+            "/v1/public/whatsapp/send",
+            headers={**auth, "x-idempotency-key": "wa-e2e-1"},
+            json={"to": "14155552671", "body": "Your table is ready"},
+        )
+        assert sent.status_code == 201, sent.text
+        result = sent.json()
+        assert (result["status"], result["duplicate"]) == ("SENT", False)
+        wamid = result["providerMessageId"]
+        assert wamid.startswith("wamid.FAKE")
+        seen = httpx.get(f"{fake_graph}/_requests").json()
+        assert seen[-1]["phoneNumberId"] == PNID
+        assert seen[-1]["authorization"] == "Bearer EAAfake-platform-token-000000"
+        assert seen[-1]["json"]["text"] == {"preview_url": False, "body": "Your table is ready"}
+
+        for status in ("delivered", "read", "delivered"):  # the last one arrives late
+            body = json.dumps(status_payload(wamid, status)).encode()
+            signature = hmac.new(APP_SECRET.encode(), body, hashlib.sha256).hexdigest()
+            hook = http.post(
+                "/v1/webhooks/whatsapp",
+                content=body,
+                headers={
+                    "Content-Type": "application/json",
+                    "X-Hub-Signature-256": f"sha256={signature}",
+                },
+            )
+            assert hook.status_code == 200, hook.text
+        forged = http.post(
+            "/v1/webhooks/whatsapp",
+            content=json.dumps(status_payload(wamid, "failed")).encode(),
+            headers={"Content-Type": "application/json", "X-Hub-Signature-256": "sha256=00"},
+        )
+        assert (forged.status_code, forged.json()["code"]) == (401, "INVALID_WEBHOOK_SIGNATURE")
+
+        message = http.get(f"/v1/public/whatsapp/{result['id']}", headers=auth).json()
+        assert message["status"] == "READ"
+        events = http.get(f"/v1/public/whatsapp/{result['id']}/timeline", headers=auth).json()
+        assert [e["type"] for e in events["events"]] == [
+            "whatsapp_queued",
+            "whatsapp_processing",
+            "whatsapp_sent",
+            "whatsapp_delivered",
+            "whatsapp_read",
+        ]
+
+    server.send_signal(signal.SIGTERM)
+    assert server.wait(timeout=10) == 0, stderr_of(tmp_path, 0)
+    assert "Traceback" not in stderr_of(tmp_path, 0)
