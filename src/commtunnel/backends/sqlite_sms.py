@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sqlite3
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from commtunnel.backends.sqlite import (
     MESSAGE_COLUMNS,
@@ -47,6 +47,39 @@ def _request_from_row(r: tuple[Any, ...]) -> SenderIdRequest:
         reviewed_at=None if r[8] is None else parse_ts(r[8]),
         created_at=parse_ts(r[9]),
     )
+
+
+#: the tables of the channels' opt-out lists (one row per organization and number).
+OptOutTable = Literal["sms_opt_outs", "whatsapp_opt_outs"]
+
+
+async def insert_opt_out(
+    backend: SqliteBackend, table: OptOutTable, opt_out: OptOut, event: TimelineEvent
+) -> bool:
+    """Put a number on a channel's opt-out list with its event, in one transaction.
+
+    Args:
+        backend: the backend whose group commit runs the write.
+        table: the channel's list.
+        opt_out: the organization, number, source and time.
+        event: the organization-level event recording it.
+
+    Returns:
+        False (nothing written, no event) when the number was already listed.
+    """
+
+    def op(conn: sqlite3.Connection) -> bool:
+        cursor = conn.execute(
+            f"INSERT OR IGNORE INTO {table} (org_id, phone, source, created_at) "  # noqa: S608 - fixed names
+            "VALUES (?, ?, ?, ?)",
+            (opt_out.org_id, opt_out.phone, opt_out.source, ts(opt_out.created_at)),
+        )
+        if not cursor.rowcount:
+            return False
+        insert_event(conn, event)
+        return True
+
+    return await backend.submit(op)
 
 
 def _like_pattern(text: str) -> str:
@@ -155,19 +188,7 @@ class SqliteSmsStore:
 
     async def add_opt_out(self, opt_out: OptOut, event: TimelineEvent) -> bool:
         """Insert the number with its event; False (nothing written) when already listed."""
-
-        def op(conn: sqlite3.Connection) -> bool:
-            cursor = conn.execute(
-                "INSERT OR IGNORE INTO sms_opt_outs (org_id, phone, source, created_at) "
-                "VALUES (?, ?, ?, ?)",
-                (opt_out.org_id, opt_out.phone, opt_out.source, ts(opt_out.created_at)),
-            )
-            if not cursor.rowcount:
-                return False
-            insert_event(conn, event)
-            return True
-
-        return await self._backend.submit(op)
+        return await insert_opt_out(self._backend, "sms_opt_outs", opt_out, event)
 
     async def remove_opt_out(self, org_id: str, phone: str, event: TimelineEvent) -> bool:
         """Delete the number with its event; False (nothing written) when not listed."""

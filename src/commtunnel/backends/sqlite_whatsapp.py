@@ -23,6 +23,7 @@ from commtunnel.backends.sqlite import (
     parse_ts,
     ts,
 )
+from commtunnel.backends.sqlite_sms import insert_opt_out
 from commtunnel.domain.errors import WhatsAppLineInUseError
 from commtunnel.domain.events import TimelineEvent
 from commtunnel.domain.messages import Message, Status
@@ -213,19 +214,7 @@ class SqliteWhatsAppStore:
 
     async def add_opt_out(self, opt_out: OptOut, event: TimelineEvent) -> bool:
         """Record that Meta says the number stopped marketing messages; False if already listed."""
-
-        def op(conn: sqlite3.Connection) -> bool:
-            cursor = conn.execute(
-                "INSERT OR IGNORE INTO whatsapp_opt_outs (org_id, phone, source, created_at) "
-                "VALUES (?, ?, ?, ?)",
-                (opt_out.org_id, opt_out.phone, opt_out.source, ts(opt_out.created_at)),
-            )
-            if not cursor.rowcount:
-                return False
-            insert_event(conn, event)
-            return True
-
-        return await self._backend.submit(op)
+        return await insert_opt_out(self._backend, "whatsapp_opt_outs", opt_out, event)
 
     async def is_opted_out(self, org_id: str, phone: str) -> bool:
         """Whether the number is on the organization's WhatsApp opt-out list."""

@@ -76,14 +76,11 @@ import dataclasses
 import hashlib
 import hmac
 import json
-import math
 import re
 from collections.abc import Mapping
 from datetime import datetime
-from email.utils import parsedate_to_datetime
-from types import TracebackType
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 
@@ -96,6 +93,17 @@ from commtunnel.domain.errors import (
 )
 from commtunnel.domain.messages import Status
 from commtunnel.ports import Clock, DeliveryReceipt, OutgoingSms
+from commtunnel.providers._http import (
+    HttpProvider,
+    check_timeout,
+    classify_exception,
+    header,
+    json_or_none,
+    retry_after_seconds,
+    scrub,
+    timeout_option,
+    url_options,
+)
 
 __all__ = [
     "HttpSmsProvider",
@@ -107,9 +115,6 @@ __all__ = [
 ]
 
 DEFAULT_TIMEOUT = 10.0
-MAX_TIMEOUT = 300.0
-#: the longest ``Retry-After`` honoured, seconds (a larger one is capped).
-MAX_RETRY_AFTER = 86400.0
 SIGNATURE_HEADER = "X-Signature"
 _SIGNATURE_PREFIX = "sha256="
 _OPTIONS = ("timeout",)
@@ -142,8 +147,7 @@ class HttpSmsSettings:
             raise ValueError("the endpoint must be an http(s) URL with a host")
         if parts.username is not None or parts.query or parts.fragment:
             raise ValueError("the endpoint takes no credentials, query or fragment")
-        if not (math.isfinite(self.timeout) and 0 < self.timeout <= MAX_TIMEOUT):
-            raise ValueError(f"timeout must be > 0 and <= {MAX_TIMEOUT:g} seconds")
+        check_timeout(self.timeout)
         if self.token is not None and not _TOKEN.fullmatch(self.token):
             raise ValueError("the token must be non-empty printable ASCII without spaces")
 
@@ -184,21 +188,7 @@ class HttpSmsSettings:
         raw_token = password if password else user
         token = unquote(raw_token) if raw_token else None
 
-        options: dict[str, str] = {}
-        for key, value in parse_qsl(parts.query, keep_blank_values=True):
-            if key not in _OPTIONS:
-                raise ValueError(f"unknown option {key!r} (known: {', '.join(_OPTIONS)})")
-            if key in options:
-                raise ValueError(f"option {key!r} is given twice")
-            options[key] = value
-        timeout = DEFAULT_TIMEOUT
-        if "timeout" in options:
-            try:
-                timeout = float(options["timeout"])
-            except ValueError:
-                raise ValueError(
-                    f"timeout must be a number of seconds, got {options['timeout']!r}"
-                ) from None
+        timeout = timeout_option(url_options(parts.query, _OPTIONS), DEFAULT_TIMEOUT)
 
         host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
         netloc = host if port is None else f"{host}:{port}"
@@ -242,30 +232,10 @@ def message_type(sms: OutgoingSms) -> str:
     return "normal"
 
 
-def _retry_after(value: str | None, *, now: datetime) -> float | None:
-    """Seconds from a ``Retry-After`` header (RFC 9110 §10.2.3: seconds or an HTTP date)."""
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = (parsedate_to_datetime(value) - now).total_seconds()
-        except (TypeError, ValueError):
-            return None
-    if not math.isfinite(seconds):
-        return None
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
-
-
 def _describe(response: httpx.Response) -> str:
     """``HTTP <status>: <the service's words>`` from an error response."""
     words = ""
-    try:
-        payload: Any = response.json()
-    except ValueError:
-        payload = None
+    payload: Any = json_or_none(response)
     if isinstance(payload, dict):
         for key in ("error", "message", "detail", "description"):
             value = payload.get(key)
@@ -294,10 +264,7 @@ def classify_response(response: httpx.Response, *, reference: str, now: datetime
     """
     status = response.status_code
     if 200 <= status < 300:
-        try:
-            payload: Any = response.json()
-        except ValueError:
-            payload = None
+        payload: Any = json_or_none(response)
         if isinstance(payload, dict):
             for key in ("message_id", "id"):
                 value = payload.get(key)
@@ -305,7 +272,7 @@ def classify_response(response: httpx.Response, *, reference: str, now: datetime
                     return ProviderResult.accepted(str(value))
         return ProviderResult.accepted(reference)
     text = _describe(response)
-    retry_after = _retry_after(response.headers.get("Retry-After"), now=now)
+    retry_after = retry_after_seconds(response.headers.get("Retry-After"), now=now)
     if status == 429:
         return ProviderResult.transient(ErrorCategory.RATE_LIMITED, text, retry_after=retry_after)
     if status == 408:
@@ -319,24 +286,6 @@ def classify_response(response: httpx.Response, *, reference: str, now: datetime
             ErrorCategory.PROVIDER_OUTAGE, text, retry_after=retry_after
         )
     return ProviderResult.transient(ErrorCategory.UNKNOWN, f"unexpected answer: {text}")
-
-
-def classify_exception(exc: BaseException) -> ProviderResult:
-    """Turn an exception raised while calling the aggregator into a :class:`ProviderResult`.
-
-    Args:
-        exc: what httpx (or the network) raised.
-
-    Returns:
-        Transient ``TIMEOUT`` for httpx timeouts, ``PROVIDER_OUTAGE`` for other
-        transport errors (refused, DNS, reset, protocol) and ``OSError``, else ``UNKNOWN``.
-    """
-    described = f"{type(exc).__name__}: {exc}".rstrip(": ")
-    if isinstance(exc, httpx.TimeoutException | TimeoutError):
-        return ProviderResult.transient(ErrorCategory.TIMEOUT, f"timed out ({described})")
-    if isinstance(exc, httpx.TransportError | OSError):
-        return ProviderResult.transient(ErrorCategory.PROVIDER_OUTAGE, described)
-    return ProviderResult.transient(ErrorCategory.UNKNOWN, described)
 
 
 # --------------------------------------------------------------------------- callbacks
@@ -354,18 +303,6 @@ def sign_body(body: bytes, token: str) -> str:
     """
     digest = hmac.new(token.encode("utf-8"), body, hashlib.sha256).hexdigest()
     return _SIGNATURE_PREFIX + digest
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    """A header's value, looked up case-insensitively in any mapping."""
-    value = headers.get(name)
-    if value is not None:
-        return value
-    lowered = name.lower()
-    for key, candidate in headers.items():
-        if key.lower() == lowered:
-            return candidate
-    return None
 
 
 def _optional_text(item: Mapping[str, Any], key: str, problems: dict[str, str]) -> str | None:
@@ -406,7 +343,7 @@ def _receipt(item: Any, index: int | None) -> DeliveryReceipt:
 # --------------------------------------------------------------------------- provider
 
 
-class HttpSmsProvider:
+class HttpSmsProvider(HttpProvider):
     """An :class:`~commtunnel.ports.SmsProvider` for a generic JSON-over-HTTP aggregator.
 
     One ``httpx.AsyncClient`` is made on the first send and reused (keep-alive
@@ -436,14 +373,9 @@ class HttpSmsProvider:
         http_client: httpx.AsyncClient | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        if http_client is not None and transport is not None:
-            raise TypeError("give http_client or transport, not both")
+        super().__init__(timeout=settings.timeout, http_client=http_client, transport=transport)
         self.settings = settings
         self._clock = clock
-        self._client = http_client
-        self._owns_client = http_client is None
-        self._transport = transport
-        self._closed = False
 
     @classmethod
     def from_url(
@@ -530,9 +462,9 @@ class HttpSmsProvider:
                 timeout=self.settings.timeout,
             )
         except Exception as exc:
-            return self._scrub(classify_exception(exc))
+            return scrub(classify_exception(exc), self.settings.token)
         result = classify_response(response, reference=sms.message_id, now=self._clock.now())
-        return self._scrub(result)
+        return scrub(result, self.settings.token)
 
     def parse_status_callback(
         self, *, url: str, headers: Mapping[str, str], body: bytes
@@ -558,7 +490,7 @@ class HttpSmsProvider:
             raise NotFoundError(
                 "This HTTP SMS provider has no token, so it takes no signed status callbacks"
             )
-        given = _header(headers, SIGNATURE_HEADER)
+        given = header(headers, SIGNATURE_HEADER)
         if not given:
             raise WebhookSignatureError(f"The {SIGNATURE_HEADER} header is missing")
         given = given.strip()
@@ -575,48 +507,3 @@ class HttpSmsProvider:
                 raise ValidationError.from_fields({"body": "must hold at least one receipt"})
             return [_receipt(item, index) for index, item in enumerate(payload)]
         return [_receipt(payload, None)]
-
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(
-                transport=self._transport,
-                timeout=self.settings.timeout,
-                follow_redirects=False,
-                headers={"User-Agent": "commtunnel"},
-            )
-        return self._client
-
-    def _scrub(self, result: ProviderResult) -> ProviderResult:
-        """Belt and braces: no echo from a server or library may carry the token."""
-        token = self.settings.token
-        message = result.error_message
-        if not token or not message or token not in message:
-            return result
-        return ProviderResult(
-            outcome=result.outcome,
-            provider_message_id=result.provider_message_id,
-            error_category=result.error_category,
-            error_message=message.replace(token, "***"),
-            retry_after=result.retry_after,
-        )
-
-    async def aclose(self) -> None:
-        """Close the HTTP client this provider made (an injected one stays open).
-
-        Safe to call twice. Later sends return a transient ``UNKNOWN`` result.
-        """
-        self._closed = True
-        client, self._client = self._client, None
-        if client is not None and self._owns_client:
-            await client.aclose()
-
-    async def __aenter__(self) -> HttpSmsProvider:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()

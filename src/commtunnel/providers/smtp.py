@@ -48,12 +48,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import re
 import ssl
 from collections.abc import Sequence
 from types import TracebackType
-from urllib.parse import parse_qsl, quote, unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import aiosmtplib
 import anyio
@@ -62,6 +61,13 @@ import attrs
 
 from commtunnel.domain.delivery import ErrorCategory, ProviderResult
 from commtunnel.ports import Clock, OutgoingEmail
+from commtunnel.providers._http import (
+    bool_option,
+    check_timeout,
+    scrub,
+    timeout_option,
+    url_options,
+)
 from commtunnel.providers.mime import build_mime, envelope_recipients, envelope_sender
 
 __all__ = ["SmtpProvider", "SmtpSettings", "classify"]
@@ -75,8 +81,6 @@ MAX_TIMEOUT = 3600.0
 # QUIT on close is a courtesy: never wait long for it.
 _QUIT_TIMEOUT = 5.0
 
-_BOOLS = {"true": True, "1": True, "yes": True, "on": True}
-_BOOLS.update({"false": False, "0": False, "no": False, "off": False})
 _OPTIONS = ("starttls", "tls", "timeout", "pool_size", "local_hostname", "verify")
 
 _RATE_WORDS = re.compile(
@@ -151,16 +155,10 @@ class SmtpSettings:
         if password is not None and not username:
             raise ValueError("a password was given without a user name")
 
-        options: dict[str, str] = {}
-        for key, value in parse_qsl(parts.query, keep_blank_values=True):
-            if key not in _OPTIONS:
-                raise ValueError(f"unknown option {key!r} (known: {', '.join(_OPTIONS)})")
-            if key in options:
-                raise ValueError(f"option {key!r} is given twice")
-            options[key] = value
+        options = url_options(parts.query, _OPTIONS)
 
-        start_tls = _bool_option(options, "starttls")
-        tls = _bool_option(options, "tls")
+        start_tls = bool_option(options, "starttls")
+        tls = bool_option(options, "tls")
         if scheme == "smtps":
             if tls is False:
                 raise ValueError("smtps:// always uses TLS; drop tls=false or use smtp://")
@@ -173,16 +171,8 @@ class SmtpSettings:
         if port is None:
             port = 465 if use_tls else 587 if start_tls else 25
 
-        timeout = DEFAULT_TIMEOUT
-        if "timeout" in options:
-            try:
-                timeout = float(options["timeout"])
-            except ValueError:
-                raise ValueError(
-                    f"timeout must be a number of seconds, got {options['timeout']!r}"
-                ) from None
-            if not (math.isfinite(timeout) and 0 < timeout <= MAX_TIMEOUT):
-                raise ValueError(f"timeout must be > 0 and <= {MAX_TIMEOUT:g} seconds")
+        timeout = timeout_option(options, DEFAULT_TIMEOUT)
+        check_timeout(timeout, MAX_TIMEOUT)
 
         pool_size = DEFAULT_POOL_SIZE
         if "pool_size" in options:
@@ -198,7 +188,7 @@ class SmtpSettings:
             raise ValueError(
                 f"local_hostname must be a host name or [address literal], got {local_hostname!r}"
             )
-        verify = _bool_option(options, "verify")
+        verify = bool_option(options, "verify")
 
         return cls(
             host=host,
@@ -230,15 +220,6 @@ class SmtpSettings:
         if not self.verify:
             query.append("verify=false")
         return f"{scheme}://{userinfo}{host}:{self.port}?{'&'.join(query)}"
-
-
-def _bool_option(options: dict[str, str], key: str) -> bool | None:
-    if key not in options:
-        return None
-    try:
-        return _BOOLS[options[key].lower()]
-    except KeyError:
-        raise ValueError(f"{key} must be true or false, got {options[key]!r}") from None
 
 
 def _reply(code: int, message: str) -> str:
@@ -404,7 +385,7 @@ class SmtpProvider:
             try:
                 await self._transaction(sender, recipients, data)
             except Exception as exc:
-                result = self._scrub(classify(exc))
+                result = scrub(classify(exc), self.settings.password)
                 logger.debug("SMTP send via %s failed: %s", self.redacted_url, result)
                 return result
         return ProviderResult.accepted(email.content.message_id_header.strip().strip("<>"))
@@ -478,13 +459,6 @@ class SmtpProvider:
             # iteration later instead of lingering, possibly past the caller's loop.
             transport.abort()
         self._open -= 1
-
-    def _scrub(self, result: ProviderResult) -> ProviderResult:
-        """Belt and braces: no server echo or library message may carry the password."""
-        password = self.settings.password
-        if password and result.error_message and password in result.error_message:
-            return attrs.evolve(result, error_message=result.error_message.replace(password, "***"))
-        return result
 
     async def aclose(self) -> None:
         """Say QUIT on every pooled connection and close it.

@@ -87,12 +87,9 @@ import base64
 import dataclasses
 import hashlib
 import hmac
-import math
 import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from email.utils import parsedate_to_datetime
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
@@ -102,6 +99,18 @@ from commtunnel.domain.delivery import ErrorCategory, ProviderResult
 from commtunnel.domain.errors import ValidationError, WebhookSignatureError
 from commtunnel.domain.messages import Status
 from commtunnel.ports import Clock, DeliveryReceipt, OutgoingSms
+from commtunnel.providers._http import (
+    HttpProvider,
+    bool_option,
+    check_timeout,
+    classify_exception,
+    header,
+    json_or_none,
+    retry_after_seconds,
+    scrub,
+    timeout_option,
+    url_options,
+)
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -116,14 +125,9 @@ __all__ = [
 
 DEFAULT_BASE_URL = "https://api.twilio.com"
 DEFAULT_TIMEOUT = 10.0
-MAX_TIMEOUT = 300.0
-#: the longest ``Retry-After`` honoured, seconds (a larger one is capped).
-MAX_RETRY_AFTER = 86400.0
 SIGNATURE_HEADER = "X-Twilio-Signature"
 
 _OPTIONS = ("from", "messaging_service_sid", "base_url", "timeout", "use_sender_id")
-_BOOLS = {"true": True, "1": True, "yes": True, "on": True}
-_BOOLS.update({"false": False, "0": False, "no": False, "off": False})
 _ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
 _SERVICE_SID = re.compile(r"MG[0-9a-fA-F]{32}")
 _NUMERIC_SENDER = re.compile(r"\+?[0-9]{3,15}")
@@ -204,8 +208,7 @@ class TwilioSettings:
             self.messaging_service_sid
         ):
             raise ValueError("messaging_service_sid must be MG and 32 hex digits")
-        if not (math.isfinite(self.timeout) and 0 < self.timeout <= MAX_TIMEOUT):
-            raise ValueError(f"timeout must be > 0 and <= {MAX_TIMEOUT:g} seconds")
+        check_timeout(self.timeout)
         _check_base_url(self.base_url)
 
     @classmethod
@@ -230,29 +233,9 @@ class TwilioSettings:
                 "a twilio URL has no host, path or fragment: twilio://SID:TOKEN@?from=... "
                 "(use base_url= for another API origin)"
             )
-        options: dict[str, str] = {}
-        for key, value in parse_qsl(parts.query, keep_blank_values=True):
-            if key not in _OPTIONS:
-                raise ValueError(f"unknown option {key!r} (known: {', '.join(_OPTIONS)})")
-            if key in options:
-                raise ValueError(f"option {key!r} is given twice")
-            options[key] = value
-        timeout = DEFAULT_TIMEOUT
-        if "timeout" in options:
-            try:
-                timeout = float(options["timeout"])
-            except ValueError:
-                raise ValueError(
-                    f"timeout must be a number of seconds, got {options['timeout']!r}"
-                ) from None
-        use_sender_id = True
-        if "use_sender_id" in options:
-            try:
-                use_sender_id = _BOOLS[options["use_sender_id"].lower()]
-            except KeyError:
-                raise ValueError(
-                    f"use_sender_id must be true or false, got {options['use_sender_id']!r}"
-                ) from None
+        options = url_options(parts.query, _OPTIONS)
+        timeout = timeout_option(options, DEFAULT_TIMEOUT)
+        use_sender_id = bool_option(options, "use_sender_id")
         return cls(
             account_sid=unquote(parts.username or ""),
             auth_token=unquote(parts.password or ""),
@@ -260,7 +243,7 @@ class TwilioSettings:
             messaging_service_sid=options.get("messaging_service_sid"),
             base_url=options.get("base_url", DEFAULT_BASE_URL).rstrip("/"),
             timeout=timeout,
-            use_sender_id=use_sender_id,
+            use_sender_id=True if use_sender_id is None else use_sender_id,
         )
 
     @property
@@ -290,37 +273,9 @@ def _check_base_url(base_url: str) -> None:
 # --------------------------------------------------------------------------- classification
 
 
-def retry_after_seconds(value: str | None, *, now: datetime) -> float | None:
-    """Read a ``Retry-After`` header (RFC 9110 §10.2.3).
-
-    Args:
-        value: the header: delay seconds (``"120"``) or an HTTP date; None if absent.
-        now: the current UTC time (from the clock), for HTTP dates.
-
-    Returns:
-        Seconds to wait (0 to :data:`MAX_RETRY_AFTER`), or None when absent or unreadable.
-    """
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = (parsedate_to_datetime(value) - now).total_seconds()
-        except (TypeError, ValueError):
-            return None
-    if not math.isfinite(seconds):
-        return None
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
-
-
 def _twilio_error(response: httpx.Response) -> tuple[int | None, str] | None:
     """``(code, description)`` of Twilio's JSON error body, or None when it has none."""
-    try:
-        payload = response.json()
-    except ValueError:
-        return None
+    payload = json_or_none(response)
     if not isinstance(payload, dict) or ("message" not in payload and "code" not in payload):
         return None
     code = payload.get("code")
@@ -345,10 +300,7 @@ def classify_response(response: httpx.Response, *, now: datetime) -> ProviderRes
     """
     status = response.status_code
     if 200 <= status < 300:
-        try:
-            payload: Any = response.json()
-        except ValueError:
-            payload = None
+        payload: Any = json_or_none(response)
         sid = payload.get("sid") if isinstance(payload, dict) else None
         if isinstance(sid, str) and sid:
             return ProviderResult.accepted(sid)
@@ -384,24 +336,6 @@ def classify_response(response: httpx.Response, *, now: datetime) -> ProviderRes
     # A 4xx that is not Twilio's JSON error (a proxy, a wrong base_url) or a 1xx/3xx:
     # nothing says the message is at fault, so retrying is the safe side.
     return ProviderResult.transient(ErrorCategory.UNKNOWN, f"unexpected answer: {text}")
-
-
-def classify_exception(exc: BaseException) -> ProviderResult:
-    """Turn an exception raised while calling Twilio into a :class:`ProviderResult`.
-
-    Args:
-        exc: what httpx (or the network) raised.
-
-    Returns:
-        Transient ``TIMEOUT`` for httpx timeouts, ``PROVIDER_OUTAGE`` for other
-        transport errors (refused, DNS, reset, protocol) and ``OSError``, else ``UNKNOWN``.
-    """
-    described = f"{type(exc).__name__}: {exc}".rstrip(": ")
-    if isinstance(exc, httpx.TimeoutException | TimeoutError):
-        return ProviderResult.transient(ErrorCategory.TIMEOUT, f"timed out ({described})")
-    if isinstance(exc, httpx.TransportError | OSError):
-        return ProviderResult.transient(ErrorCategory.PROVIDER_OUTAGE, described)
-    return ProviderResult.transient(ErrorCategory.UNKNOWN, described)
 
 
 # --------------------------------------------------------------------------- signatures
@@ -450,22 +384,10 @@ def _url_variants(url: str) -> list[str]:
     return [url]
 
 
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    """A header's value, looked up case-insensitively in any mapping."""
-    value = headers.get(name)
-    if value is not None:
-        return value
-    lowered = name.lower()
-    for key, candidate in headers.items():
-        if key.lower() == lowered:
-            return candidate
-    return None
-
-
 # --------------------------------------------------------------------------- provider
 
 
-class TwilioProvider:
+class TwilioProvider(HttpProvider):
     """An :class:`~commtunnel.ports.SmsProvider` for Twilio Programmable Messaging.
 
     One ``httpx.AsyncClient`` is made on the first send and reused (keep-alive
@@ -495,14 +417,9 @@ class TwilioProvider:
         http_client: httpx.AsyncClient | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        if http_client is not None and transport is not None:
-            raise TypeError("give http_client or transport, not both")
+        super().__init__(timeout=settings.timeout, http_client=http_client, transport=transport)
         self.settings = settings
         self._clock = clock
-        self._client = http_client
-        self._owns_client = http_client is None
-        self._transport = transport
-        self._closed = False
 
     @classmethod
     def from_url(
@@ -590,8 +507,8 @@ class TwilioProvider:
                 timeout=self.settings.timeout,
             )
         except Exception as exc:
-            return self._scrub(classify_exception(exc))
-        return self._scrub(classify_response(response, now=self._clock.now()))
+            return scrub(classify_exception(exc), self.settings.auth_token)
+        return scrub(classify_response(response, now=self._clock.now()), self.settings.auth_token)
 
     def parse_status_callback(
         self, *, url: str, headers: Mapping[str, str], body: bytes
@@ -619,7 +536,7 @@ class TwilioProvider:
             ValidationError: ``MessageSid`` or ``MessageStatus`` is missing, or
                 the status is not one an outbound message reports.
         """
-        signature = _header(headers, SIGNATURE_HEADER)
+        signature = header(headers, SIGNATURE_HEADER)
         if not signature:
             raise WebhookSignatureError(f"The {SIGNATURE_HEADER} header is missing")
         try:
@@ -666,48 +583,3 @@ class TwilioProvider:
                 error_message=error_message,
             )
         ]
-
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(
-                transport=self._transport,
-                timeout=self.settings.timeout,
-                follow_redirects=False,
-                headers={"User-Agent": "commtunnel"},
-            )
-        return self._client
-
-    def _scrub(self, result: ProviderResult) -> ProviderResult:
-        """Belt and braces: no echo from a server or library may carry the auth token."""
-        token = self.settings.auth_token
-        message = result.error_message
-        if not message or token not in message:
-            return result
-        return ProviderResult(
-            outcome=result.outcome,
-            provider_message_id=result.provider_message_id,
-            error_category=result.error_category,
-            error_message=message.replace(token, "***"),
-            retry_after=result.retry_after,
-        )
-
-    async def aclose(self) -> None:
-        """Close the HTTP client this provider made (an injected one stays open).
-
-        Safe to call twice. Later sends return a transient ``UNKNOWN`` result.
-        """
-        self._closed = True
-        client, self._client = self._client, None
-        if client is not None and self._owns_client:
-            await client.aclose()
-
-    async def __aenter__(self) -> TwilioProvider:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()

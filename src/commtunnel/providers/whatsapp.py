@@ -72,11 +72,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import math
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -87,7 +85,14 @@ from commtunnel.domain.delivery import ErrorCategory, ProviderResult
 from commtunnel.domain.errors import ValidationError, WebhookAuthError, WebhookSignatureError
 from commtunnel.domain.messages import Status, WhatsAppContent, _aware
 from commtunnel.ports import Clock, OutgoingWhatsApp
-from commtunnel.providers.twilio import retry_after_seconds
+from commtunnel.providers._http import (
+    HttpProvider,
+    check_timeout,
+    classify_exception,
+    json_or_none,
+    retry_after_seconds,
+    scrub,
+)
 
 __all__ = [
     "DEFAULT_API_VERSION",
@@ -110,7 +115,6 @@ __all__ = [
 DEFAULT_GRAPH_BASE_URL = "https://graph.facebook.com"
 DEFAULT_API_VERSION = "v21.0"
 DEFAULT_TIMEOUT = 15.0
-MAX_TIMEOUT = 300.0
 #: seconds between two messages from one business number to one customer number (131056).
 PAIR_RATE_LIMIT_SECONDS = 6.0
 #: seconds to wait after a throughput limit (130429) when Graph sends no ``Retry-After``.
@@ -209,10 +213,7 @@ class _GraphError:
 
 def _graph_error(response: httpx.Response) -> _GraphError | None:
     """Graph's ``error`` object as (code, "message (details) [fbtrace_id]"), or None."""
-    try:
-        payload = response.json()
-    except ValueError:
-        return None
+    payload = json_or_none(response)
     error = payload.get("error") if isinstance(payload, dict) else None
     if not isinstance(error, dict):
         return None
@@ -253,10 +254,7 @@ def _classify(response: httpx.Response, *, now: datetime) -> tuple[ProviderResul
     """:func:`classify_response`, and the Graph error code it read (None without one)."""
     status = response.status_code
     if 200 <= status < 300:
-        try:
-            payload: Any = response.json()
-        except ValueError:
-            payload = None
+        payload: Any = json_or_none(response)
         messages = payload.get("messages") if isinstance(payload, dict) else None
         first = messages[0] if isinstance(messages, list) and messages else None
         wamid = first.get("id") if isinstance(first, dict) else None
@@ -325,28 +323,10 @@ def _classify_error(
     return ProviderResult.transient(ErrorCategory.UNKNOWN, f"unexpected answer: {text}")
 
 
-def classify_exception(exc: BaseException) -> ProviderResult:
-    """Turn an exception raised while calling Graph into a :class:`ProviderResult`.
-
-    Args:
-        exc: what httpx (or the network) raised.
-
-    Returns:
-        Transient ``TIMEOUT`` for httpx timeouts, ``PROVIDER_OUTAGE`` for other
-        transport errors (refused, DNS, reset, protocol) and ``OSError``, else ``UNKNOWN``.
-    """
-    described = f"{type(exc).__name__}: {exc}".rstrip(": ")
-    if isinstance(exc, httpx.TimeoutException | TimeoutError):
-        return ProviderResult.transient(ErrorCategory.TIMEOUT, f"timed out ({described})")
-    if isinstance(exc, httpx.TransportError | OSError):
-        return ProviderResult.transient(ErrorCategory.PROVIDER_OUTAGE, described)
-    return ProviderResult.transient(ErrorCategory.UNKNOWN, described)
-
-
 # --------------------------------------------------------------------------- provider
 
 
-class WhatsAppCloudProvider:
+class WhatsAppCloudProvider(HttpProvider):
     """A :class:`~commtunnel.ports.WhatsAppProvider` for Meta's WhatsApp Cloud API.
 
     Each message carries its line (phone number id and bearer token), so one
@@ -394,15 +374,14 @@ class WhatsAppCloudProvider:
             raise ValueError("graph_base_url takes no credentials, query or fragment")
         if not _API_VERSION.fullmatch(api_version):
             raise ValueError(f"api_version must look like v21.0, got {api_version!r}")
-        if not (math.isfinite(timeout) and 0 < timeout <= MAX_TIMEOUT):
-            raise ValueError(f"timeout must be > 0 and <= {MAX_TIMEOUT:g} seconds")
+        check_timeout(timeout)
+        super().__init__(
+            timeout=timeout, transport=transport, headers={"Accept": "application/json"}
+        )
         self.graph_base_url = graph_base_url.rstrip("/")
         self.api_version = api_version
         self.timeout = timeout
         self._clock = clock
-        self._transport = transport
-        self._client: httpx.AsyncClient | None = None
-        self._closed = False
         # (phone_number_id, recipient digits) -> end of the 131056 hold (UTC)
         self._pair_holds: dict[tuple[str, str], datetime] = {}
 
@@ -460,13 +439,13 @@ class WhatsAppCloudProvider:
                 timeout=self.timeout,
             )
         except Exception as exc:
-            return _scrub(classify_exception(exc), line.access_token)
+            return scrub(classify_exception(exc), line.access_token)
         now = self._clock.now()
         result, code = _classify(response, now=now)
         if code == _PAIR_RATE_CODE:
             hold = result.retry_after or PAIR_RATE_LIMIT_SECONDS
             self._pair_holds[key] = now + timedelta(seconds=hold)
-        return _scrub(result, line.access_token)
+        return scrub(result, line.access_token)
 
     def _held_for(self, key: tuple[str, str]) -> float | None:
         """Seconds left on ``key``'s pair-rate hold, or None (expired holds are dropped)."""
@@ -476,42 +455,6 @@ class WhatsAppCloudProvider:
                 del self._pair_holds[other]
         until = self._pair_holds.get(key)
         return None if until is None else (until - now).total_seconds()
-
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(
-                transport=self._transport,
-                timeout=self.timeout,
-                follow_redirects=False,
-                headers={"User-Agent": "commtunnel", "Accept": "application/json"},
-            )
-        return self._client
-
-    async def aclose(self) -> None:
-        """Close the HTTP client. Safe to call twice; later sends return transient ``UNKNOWN``."""
-        self._closed = True
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
-
-    async def __aenter__(self) -> WhatsAppCloudProvider:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-
-def _scrub(result: ProviderResult, token: str) -> ProviderResult:
-    """Belt and braces: no echo from Graph or a library may carry the access token."""
-    message = result.error_message
-    if not token or not message or token not in message:
-        return result
-    return attrs.evolve(result, error_message=message.replace(token, "***"))
 
 
 # --------------------------------------------------------------------------- webhook security

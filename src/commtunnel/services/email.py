@@ -9,30 +9,24 @@ runs before that, so a refused request stores nothing.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import attrs
 
 from commtunnel.domain import email as rules
-from commtunnel.domain.errors import (
-    IdempotencyKeyReusedError,
-    InternalError,
-    NotFoundError,
-    SenderNotVerifiedError,
-    ValidationError,
-)
+from commtunnel.domain.errors import SenderNotVerifiedError, ValidationError
 from commtunnel.domain.events import TimelineEvent
 from commtunnel.domain.keys import Principal, Scope
 from commtunnel.domain.messages import Attempt, Channel, EmailContent, Message, Status, event_for
 from commtunnel.ids import new_id
-from commtunnel.ports import Clock, IdempotencyRecord, Storage
-from commtunnel.services import idempotency
+from commtunnel.ports import Clock, Storage
+from commtunnel.services import channel, idempotency
 from commtunnel.services.auth import require
+from commtunnel.services.channel import MAX_TIMELINE_LIMIT as MAX_TIMELINE_LIMIT  # re-exported
 from commtunnel.services.templates import TemplateError, TemplateRenderer
 
 ENDPOINT_SEND = "emails.send"
-MAX_TIMELINE_LIMIT = 1000
 MAX_BODY_CHARS = 5_000_000  # per part; the HTTP body limit is usually lower
 MAX_STATS_WINDOW_DAYS = 366
 
@@ -58,17 +52,7 @@ class EmailSendRequest:
 
     def wire_payload(self) -> dict[str, Any]:
         """The request in wire spelling, without the idempotency key (for fingerprints)."""
-        return {
-            "from": self.from_addr,
-            "to": self.to,
-            "subject": self.subject,
-            "html": self.html,
-            "text": self.text,
-            "templateId": self.template_id,
-            "variables": self.variables,
-            "tracking": self.tracking,
-            "sandboxMode": self.sandbox_mode,
-        }
+        return channel.wire_payload(self, WIRE_FIELDS)
 
 
 #: wire field name -> EmailSendRequest attribute
@@ -96,18 +80,7 @@ def request_from_wire(payload: dict[str, Any], *, header_key: str | None) -> Ema
     Raises:
         ValidationError: unknown fields, or a header key that differs from the body's.
     """
-    unknown = sorted(set(payload) - set(WIRE_FIELDS))
-    if unknown:
-        raise ValidationError.from_fields(dict.fromkeys(unknown, "unknown field"))
-    values = {WIRE_FIELDS[name]: value for name, value in payload.items()}
-    body_key = values.get("idempotency_key")
-    if header_key is not None:
-        if body_key is not None and body_key != header_key:
-            raise ValidationError.from_fields(
-                {"idempotencyKey": "differs from the x-idempotency-key header"}
-            )
-        values["idempotency_key"] = header_key
-    return EmailSendRequest(**values)
+    return EmailSendRequest(**channel.values_from_wire(payload, WIRE_FIELDS, header_key=header_key))
 
 
 @attrs.frozen(kw_only=True)
@@ -174,6 +147,7 @@ class EmailService:
         self._renderer = renderer
         self._retention = idempotency_retention
         self._in_flight = idempotency.InFlight()
+        self._messages = channel.ChannelMessages(storage, Channel.EMAIL, "email")
 
     # ------------------------------------------------------------------ validation
 
@@ -343,28 +317,18 @@ class EmailService:
                 created_at=now,
                 details={"sandbox": message.sandbox} if message.sandbox else {},
             )
-            record = None
-            if key is not None:
-                record = IdempotencyRecord(
-                    org_id=principal.org_id,
-                    key=key,
-                    endpoint=ENDPOINT_SEND,
-                    fingerprint=idempotency.fingerprint(ENDPOINT_SEND, req.wire_payload()),
-                    message_id=message_id,
-                    created_at=now,
-                    expires_at=now + timedelta(seconds=self._retention),
-                )
-            result = await self._storage.accept(message, event, run_at=now, idempotency=record)
-        if result.conflict is not None:
-            same_endpoint = result.conflict.endpoint == ENDPOINT_SEND
-            raise IdempotencyKeyReusedError(
-                "This idempotency key was already used with a different "
-                + ("payload" if same_endpoint else "endpoint"),
-                details={"idempotencyKey": key, "originalEndpoint": result.conflict.endpoint},
+            record = channel.idempotency_record(
+                org_id=principal.org_id,
+                key=key,
+                endpoint=ENDPOINT_SEND,
+                payload=req.wire_payload(),
+                message_id=message_id,
+                now=now,
+                retention=self._retention,
             )
-        if result.message is None:  # pragma: no cover - storage contract violation
-            raise InternalError("storage accepted nothing")
-        return SendResult(message=result.message, duplicate=result.duplicate)
+            result = await self._storage.accept(message, event, run_at=now, idempotency=record)
+        accepted = channel.accepted_message(result, key=key, endpoint=ENDPOINT_SEND)
+        return SendResult(message=accepted, duplicate=result.duplicate)
 
     async def preview(
         self,
@@ -430,10 +394,7 @@ class EmailService:
             NotFoundError: no such email in the caller's organization.
         """
         require(principal, Scope.READ_EMAIL)
-        message = await self._storage.get_message(principal.org_id, message_id)
-        if message is None or message.channel != Channel.EMAIL:
-            raise NotFoundError("No email with this id", details={"id": message_id})
-        attempts = await self._storage.list_attempts(principal.org_id, message_id)
+        message, attempts = await self._messages.with_attempts(principal, message_id)
         return EmailStatus(message=message, attempts=attempts)
 
     async def timeline(
@@ -447,14 +408,7 @@ class EmailService:
             NotFoundError: no such email in the caller's organization.
         """
         require(principal, Scope.READ_EMAIL)
-        if not isinstance(limit, int) or not 1 <= limit <= MAX_TIMELINE_LIMIT:
-            raise ValidationError.from_fields(
-                {"limit": f"must be an integer from 1 to {MAX_TIMELINE_LIMIT}"}
-            )
-        message = await self._storage.get_message(principal.org_id, message_id)
-        if message is None or message.channel != Channel.EMAIL:
-            raise NotFoundError("No email with this id", details={"id": message_id})
-        return await self._storage.list_events(principal.org_id, message_id, limit)
+        return await self._messages.timeline(principal, message_id, limit)
 
     async def stats(self, principal: Principal, *, start: datetime, end: datetime) -> EmailStats:
         """Counts for emails created in ``[start, end)`` and events in that window.

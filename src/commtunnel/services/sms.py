@@ -25,10 +25,7 @@ import attrs
 from commtunnel.domain import sms as rules
 from commtunnel.domain.errors import (
     ConflictError,
-    IdempotencyKeyReusedError,
     InsufficientScopeError,
-    InternalError,
-    MessageNotRetryableError,
     NotFoundError,
     OtpCooldownError,
     SmsBrandNotApprovedError,
@@ -46,7 +43,6 @@ from commtunnel.ports import (
     Clock,
     CooldownClaim,
     DeliveryReceipt,
-    IdempotencyRecord,
     InboundMessage,
     OptOut,
     SenderIdRequest,
@@ -54,15 +50,15 @@ from commtunnel.ports import (
     SmsStorage,
     Storage,
 )
-from commtunnel.services import idempotency
+from commtunnel.services import channel, idempotency
 from commtunnel.services.auth import require
+from commtunnel.services.channel import MAX_TIMELINE_LIMIT as MAX_TIMELINE_LIMIT  # re-exported
 
 ENDPOINT_SEND = "sms.send"
 ENDPOINT_OTP = "sms.otp.send"
 FLOWS = ("STANDARD", "OTP")
 LIST_STATUSES = tuple(s.value for s in Status)
 MAX_PAGE_SIZE = 100
-MAX_TIMELINE_LIMIT = 1000
 OPT_OUT_EVENT = "sms_opt_out"
 
 # Receipt words from carriers and aggregators (SMPP ``stat`` values, SMPP v3.4
@@ -107,13 +103,7 @@ class SmsSendRequest:
 
     def wire_payload(self) -> dict[str, Any]:
         """The request in wire spelling without the key (for fingerprints)."""
-        return {
-            "to": self.to,
-            "senderId": self.sender_id,
-            "body": self.body,
-            "sendType": self.send_type,
-            "sandboxMode": self.sandbox_mode,
-        }
+        return channel.wire_payload(self, SEND_WIRE_FIELDS)
 
 
 @attrs.frozen(kw_only=True)
@@ -129,13 +119,7 @@ class OtpSendRequest:
 
     def wire_payload(self) -> dict[str, Any]:
         """The request in wire spelling without the key (for fingerprints)."""
-        return {
-            "to": self.to,
-            "brandName": self.brand_name,
-            "otpCode": self.otp_code,
-            "purpose": self.purpose,
-            "sandboxMode": self.sandbox_mode,
-        }
+        return channel.wire_payload(self, OTP_WIRE_FIELDS)
 
 
 SEND_WIRE_FIELDS = {
@@ -156,30 +140,15 @@ OTP_WIRE_FIELDS = {
 }
 
 
-def _from_wire(
-    payload: dict[str, Any], fields: dict[str, str], header_key: str | None
-) -> dict[str, Any]:
-    unknown = sorted(set(payload) - set(fields))
-    if unknown:
-        raise ValidationError.from_fields(dict.fromkeys(unknown, "unknown field"))
-    values = {fields[name]: value for name, value in payload.items()}
-    if header_key is not None:
-        body_key = values.get("idempotency_key")
-        if body_key is not None and body_key != header_key:
-            raise ValidationError.from_fields(
-                {"idempotencyKey": "differs from the x-idempotency-key header"}
-            )
-        values["idempotency_key"] = header_key
-    return values
-
-
 def send_request_from_wire(payload: dict[str, Any], *, header_key: str | None) -> SmsSendRequest:
     """Build a send request from a JSON object, refusing unknown fields.
 
     Raises:
         ValidationError: unknown fields, or a header key that differs from the body's.
     """
-    return SmsSendRequest(**_from_wire(payload, SEND_WIRE_FIELDS, header_key))
+    return SmsSendRequest(
+        **channel.values_from_wire(payload, SEND_WIRE_FIELDS, header_key=header_key)
+    )
 
 
 def otp_request_from_wire(payload: dict[str, Any], *, header_key: str | None) -> OtpSendRequest:
@@ -188,7 +157,9 @@ def otp_request_from_wire(payload: dict[str, Any], *, header_key: str | None) ->
     Raises:
         ValidationError: unknown fields, or a header key that differs from the body's.
     """
-    return OtpSendRequest(**_from_wire(payload, OTP_WIRE_FIELDS, header_key))
+    return OtpSendRequest(
+        **channel.values_from_wire(payload, OTP_WIRE_FIELDS, header_key=header_key)
+    )
 
 
 # --------------------------------------------------------------------------- results
@@ -339,6 +310,7 @@ class SmsService:
             rules.Keyword.START: start_text,
         }
         self._in_flight = idempotency.InFlight()
+        self._messages = channel.ChannelMessages(storage, Channel.SMS, "SMS")
 
     # ------------------------------------------------------------------ sending
 
@@ -398,7 +370,7 @@ class SmsService:
             result = await self._accept(
                 principal, content, key, ENDPOINT_SEND, req.wire_payload(), values["sandboxMode"]
             )
-        message = self._unwrap(result, key, ENDPOINT_SEND)
+        message = channel.accepted_message(result, key=key, endpoint=ENDPOINT_SEND)
         return SmsSendResult(message=message, duplicate=result.duplicate)
 
     async def send_otp(self, principal: Principal, req: OtpSendRequest) -> OtpSendResult:
@@ -478,7 +450,7 @@ class SmsService:
                 f"An OTP for this number and purpose was sent recently; retry in {wait} s",
                 retry_after=wait,
             )
-        message = self._unwrap(result, key, ENDPOINT_OTP)
+        message = channel.accepted_message(result, key=key, endpoint=ENDPOINT_OTP)
         return OtpSendResult(
             message=message, duplicate=result.duplicate, cooldown_seconds=math.ceil(self._cooldown)
         )
@@ -543,41 +515,20 @@ class SmsService:
             created_at=now,
             details=details,
         )
-        record = None
-        if key is not None:
-            record = IdempotencyRecord(
-                org_id=principal.org_id,
-                key=key,
-                endpoint=endpoint,
-                fingerprint=idempotency.fingerprint(endpoint, payload),
-                message_id=message_id,
-                created_at=now,
-                expires_at=now + timedelta(seconds=self._retention),
-            )
+        record = channel.idempotency_record(
+            org_id=principal.org_id,
+            key=key,
+            endpoint=endpoint,
+            payload=payload,
+            message_id=message_id,
+            now=now,
+            retention=self._retention,
+        )
         return await self._storage.accept(
             message, event, run_at=now, idempotency=record, cooldown=cooldown
         )
 
-    @staticmethod
-    def _unwrap(result: AcceptResult, key: str | None, endpoint: str) -> Message:
-        if result.conflict is not None:
-            same_endpoint = result.conflict.endpoint == endpoint
-            raise IdempotencyKeyReusedError(
-                "This idempotency key was already used with a different "
-                + ("payload" if same_endpoint else "endpoint"),
-                details={"idempotencyKey": key, "originalEndpoint": result.conflict.endpoint},
-            )
-        if result.message is None:  # pragma: no cover - storage contract violation
-            raise InternalError("storage accepted nothing")
-        return result.message
-
     # ------------------------------------------------------------------ reading
-
-    async def _own_sms(self, principal: Principal, message_id: str) -> Message:
-        message = await self._storage.get_message(principal.org_id, message_id)
-        if message is None or message.channel != Channel.SMS:
-            raise NotFoundError("No SMS with this id", details={"id": message_id})
-        return message
 
     async def get(self, principal: Principal, message_id: str) -> SmsStatus:
         """One SMS of the caller's organization with its attempts.
@@ -587,8 +538,7 @@ class SmsService:
             NotFoundError: no such SMS in the caller's organization.
         """
         require(principal, Scope.READ_SMS)
-        message = await self._own_sms(principal, message_id)
-        attempts = await self._storage.list_attempts(principal.org_id, message_id)
+        message, attempts = await self._messages.with_attempts(principal, message_id)
         return SmsStatus(message=message, attempts=attempts)
 
     async def timeline(
@@ -602,14 +552,7 @@ class SmsService:
             NotFoundError: no such SMS in the caller's organization.
         """
         require(principal, Scope.READ_SMS)
-        if isinstance(limit, bool) or not isinstance(limit, int):
-            raise ValidationError.from_fields({"limit": "must be an integer"})
-        if not 1 <= limit <= MAX_TIMELINE_LIMIT:
-            raise ValidationError.from_fields(
-                {"limit": f"must be an integer from 1 to {MAX_TIMELINE_LIMIT}"}
-            )
-        await self._own_sms(principal, message_id)
-        return await self._storage.list_events(principal.org_id, message_id, limit)
+        return await self._messages.timeline(principal, message_id, limit)
 
     async def list_messages(
         self,
@@ -669,27 +612,10 @@ class SmsService:
             MessageNotRetryableError: the message is not FAILED (``details.status``).
         """
         require(principal, Scope.SEND_SMS)
-        await self._own_sms(principal, message_id)
         now = self._clock.now()
-        event = TimelineEvent(
-            id=new_id(),
-            message_id=message_id,
-            org_id=principal.org_id,
-            type=event_for(Channel.SMS, Status.QUEUED),
-            status=Status.QUEUED,
-            created_at=now,
-            details={"retry": True},
+        return await self._messages.requeue_failed(
+            self._store, principal, message_id, now=now, run_at=now
         )
-        outcome = await self._store.requeue(principal.org_id, message_id, event=event, run_at=now)
-        if outcome is None:
-            raise NotFoundError("No SMS with this id", details={"id": message_id})
-        message, requeued = outcome
-        if not requeued:
-            raise MessageNotRetryableError(
-                f"Only FAILED messages can be retried; this one is {message.status}",
-                details={"id": message_id, "status": str(message.status)},
-            )
-        return message
 
     # ------------------------------------------------------------------ sender IDs
 

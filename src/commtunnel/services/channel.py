@@ -1,0 +1,265 @@
+"""What the email, SMS and WhatsApp services do alike.
+
+Each channel's service keeps its own public methods, scopes, errors and
+docstrings; the steps whose logic is the same for every channel live here:
+
+* reading a send request's JSON body (:func:`values_from_wire`) and spelling
+  it back for a fingerprint (:func:`wire_payload`);
+* the idempotency record handed to ``Storage.accept``
+  (:func:`idempotency_record`) and reading its answer (:func:`accepted_message`);
+* reading and re-queuing one message of one channel (:class:`ChannelMessages`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from commtunnel.domain.errors import (
+    IdempotencyKeyReusedError,
+    InternalError,
+    MessageNotRetryableError,
+    NotFoundError,
+    ValidationError,
+)
+from commtunnel.domain.events import TimelineEvent
+from commtunnel.domain.keys import Principal
+from commtunnel.domain.messages import Attempt, Channel, Message, Status, event_for
+from commtunnel.ids import new_id
+from commtunnel.ports import AcceptResult, IdempotencyRecord, SmsStorage, Storage
+from commtunnel.services import idempotency
+
+#: the most events one timeline call returns.
+MAX_TIMELINE_LIMIT = 1000
+#: the request attribute that holds the idempotency key.
+KEY_ATTRIBUTE = "idempotency_key"
+
+
+# --------------------------------------------------------------------------- wire requests
+
+
+def values_from_wire(
+    payload: Mapping[str, Any], fields: Mapping[str, str], *, header_key: str | None
+) -> dict[str, Any]:
+    """A send request's attributes from its JSON body, refusing unknown fields.
+
+    Args:
+        payload: the decoded JSON body.
+        fields: wire field name -> request attribute, ``idempotencyKey`` ->
+            ``idempotency_key`` among them.
+        header_key: the ``x-idempotency-key`` header, if sent.
+
+    Returns:
+        Request attribute -> value, for the request class's constructor; a
+        header key, when sent, is the ``idempotency_key``.
+
+    Raises:
+        ValidationError: unknown fields (each ``"unknown field"``), or a header
+            key that differs from the body's ``idempotencyKey``.
+    """
+    unknown = sorted(set(payload) - set(fields))
+    if unknown:
+        raise ValidationError.from_fields(dict.fromkeys(unknown, "unknown field"))
+    values = {fields[name]: value for name, value in payload.items()}
+    if header_key is not None:
+        body_key = values.get(KEY_ATTRIBUTE)
+        if body_key is not None and body_key != header_key:
+            raise ValidationError.from_fields(
+                {"idempotencyKey": "differs from the x-idempotency-key header"}
+            )
+        values[KEY_ATTRIBUTE] = header_key
+    return values
+
+
+def wire_payload(request: object, fields: Mapping[str, str]) -> dict[str, Any]:
+    """A request in wire spelling without its idempotency key (what a fingerprint covers).
+
+    Args:
+        request: a send request (attributes named by ``fields``' values).
+        fields: wire field name -> request attribute, as for :func:`values_from_wire`.
+
+    Returns:
+        Wire field name -> the request's value, for every field but ``idempotencyKey``.
+    """
+    return {wire: getattr(request, attr) for wire, attr in fields.items() if attr != KEY_ATTRIBUTE}
+
+
+# --------------------------------------------------------------------------- idempotency
+
+
+def idempotency_record(
+    *,
+    org_id: str,
+    key: str | None,
+    endpoint: str,
+    payload: dict[str, Any],
+    message_id: str,
+    now: datetime,
+    retention: float,
+) -> IdempotencyRecord | None:
+    """The claim a keyed send hands to ``Storage.accept``.
+
+    Args:
+        org_id: the sending organization.
+        key: the validated idempotency key, or None (no claim).
+        endpoint: the operation, e.g. ``sms.send``.
+        payload: the request in wire spelling without the key (:func:`wire_payload`).
+        message_id: the message the key produces.
+        now: the time of the send (UTC).
+        retention: seconds the key is remembered.
+
+    Returns:
+        The record, or None without a key.
+    """
+    if key is None:
+        return None
+    return IdempotencyRecord(
+        org_id=org_id,
+        key=key,
+        endpoint=endpoint,
+        fingerprint=idempotency.fingerprint(endpoint, payload),
+        message_id=message_id,
+        created_at=now,
+        expires_at=now + timedelta(seconds=retention),
+    )
+
+
+def accepted_message(result: AcceptResult, *, key: str | None, endpoint: str) -> Message:
+    """The message ``Storage.accept`` stored or found, or the error its answer means.
+
+    Args:
+        result: what ``accept`` answered (a cooldown refusal already handled).
+        key: the request's idempotency key, for the error's details.
+        endpoint: the operation of this request.
+
+    Returns:
+        The new message, or the one an earlier request with the same key created.
+
+    Raises:
+        IdempotencyKeyReusedError: the key was used with another payload or
+            endpoint (``details.idempotencyKey``, ``details.originalEndpoint``).
+        InternalError: the storage answered nothing (a contract violation).
+    """
+    if result.conflict is not None:
+        same_endpoint = result.conflict.endpoint == endpoint
+        raise IdempotencyKeyReusedError(
+            "This idempotency key was already used with a different "
+            + ("payload" if same_endpoint else "endpoint"),
+            details={"idempotencyKey": key, "originalEndpoint": result.conflict.endpoint},
+        )
+    if result.message is None:  # pragma: no cover - storage contract violation
+        raise InternalError("storage accepted nothing")
+    return result.message
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class ChannelMessages:
+    """One channel's messages of the caller's organization, as the read and retry routes see them.
+
+    Scopes are the caller's business: every method assumes they were checked.
+
+    Args:
+        storage: messages, events and attempts.
+        channel: the channel; a message of another channel is "not found".
+        noun: how errors name a message, e.g. ``"SMS"`` for "No SMS with this id".
+    """
+
+    def __init__(self, storage: Storage, channel: Channel, noun: str) -> None:
+        self._storage = storage
+        self._channel = channel
+        self._noun = noun
+
+    def not_found(self, message_id: str) -> NotFoundError:
+        """The error for an id that names no message of this channel (``details.id``)."""
+        return NotFoundError(f"No {self._noun} with this id", details={"id": message_id})
+
+    async def own(self, principal: Principal, message_id: str) -> Message:
+        """The caller's organization's message of this channel.
+
+        Raises:
+            NotFoundError: no such message, another organization's, or another channel's.
+        """
+        message = await self._storage.get_message(principal.org_id, message_id)
+        if message is None or message.channel != self._channel:
+            raise self.not_found(message_id)
+        return message
+
+    async def with_attempts(
+        self, principal: Principal, message_id: str
+    ) -> tuple[Message, list[Attempt]]:
+        """The message and its provider attempts, in order.
+
+        Raises:
+            NotFoundError: as for :meth:`own`.
+        """
+        message = await self.own(principal, message_id)
+        return message, await self._storage.list_attempts(principal.org_id, message_id)
+
+    async def timeline(
+        self, principal: Principal, message_id: str, limit: int
+    ) -> list[TimelineEvent]:
+        """The message's events, oldest first, at most ``limit`` (1..1000).
+
+        Raises:
+            ValidationError: ``limit`` is not an integer from 1 to 1000 (checked first).
+            NotFoundError: as for :meth:`own`.
+        """
+        if (
+            isinstance(limit, bool)
+            or not isinstance(limit, int)
+            or not 1 <= limit <= MAX_TIMELINE_LIMIT
+        ):
+            raise ValidationError.from_fields(
+                {"limit": f"must be an integer from 1 to {MAX_TIMELINE_LIMIT}"}
+            )
+        await self.own(principal, message_id)
+        return await self._storage.list_events(principal.org_id, message_id, limit)
+
+    async def requeue_failed(
+        self,
+        store: SmsStorage,
+        principal: Principal,
+        message_id: str,
+        *,
+        now: datetime,
+        run_at: datetime,
+    ) -> Message:
+        """Move a FAILED message back to QUEUED, with a ``<channel>_queued`` event marked ``retry``.
+
+        Args:
+            store: where re-queues happen (``SmsStorage.requeue``).
+            principal: the caller.
+            message_id: the message to retry.
+            now: the event's time (UTC).
+            run_at: when its new job comes due (UTC).
+
+        Returns:
+            The re-queued message.
+
+        Raises:
+            NotFoundError: as for :meth:`own`.
+            MessageNotRetryableError: the message is not FAILED (``details.status``).
+        """
+        await self.own(principal, message_id)
+        event = TimelineEvent(
+            id=new_id(),
+            message_id=message_id,
+            org_id=principal.org_id,
+            type=event_for(self._channel, Status.QUEUED),
+            status=Status.QUEUED,
+            created_at=now,
+            details={"retry": True},
+        )
+        outcome = await store.requeue(principal.org_id, message_id, event=event, run_at=run_at)
+        if outcome is None:
+            raise self.not_found(message_id)
+        message, requeued = outcome
+        if not requeued:
+            raise MessageNotRetryableError(
+                f"Only FAILED messages can be retried; this one is {message.status}",
+                details={"id": message_id, "status": str(message.status)},
+            )
+        return message
