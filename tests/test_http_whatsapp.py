@@ -483,8 +483,8 @@ async def test_transient_failure_is_502_retrying_and_the_worker_delivers(env: En
     assert len(env.graph.requests) == 2
 
 
-async def test_permanent_failure_is_422_failed_then_retry_202_then_409(env: Env) -> None:
-    """Graph 131026 answers 422 FAILED; retry re-sends it (202 SENT); a second retry is 409."""
+async def test_permanent_failure_is_422_failed_then_retry_200_then_409(env: Env) -> None:
+    """Graph 131026 answers 422 FAILED; retry re-sends it (200 SENT); a second retry is 409."""
     env.graph.error(131026, message="Message undeliverable")
     details = assert_error(await env.send(), 422, "WHATSAPP_SEND_REJECTED")
     assert (details["errorCategory"], details["status"]) == ("UNDELIVERABLE", "FAILED")
@@ -493,7 +493,7 @@ async def test_permanent_failure_is_422_failed_then_retry_202_then_409(env: Env)
     assert message["status"] == "FAILED"
     assert message["lastError"]
     r = await env.post(f"/v1/public/whatsapp/{message_id}/retry", None)
-    assert r.status_code == 202, r.text
+    assert r.status_code == 200, r.text
     assert r.json() == {"id": message_id, "status": "SENT", "providerMessageId": "wamid.HBgL0001"}
     r = await env.post(f"/v1/public/whatsapp/{message_id}/retry", None)
     assert assert_error(r, 409, "MESSAGE_NOT_RETRYABLE")["status"] == "SENT"

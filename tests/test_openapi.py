@@ -142,7 +142,7 @@ def test_whatsapp_routes_document_their_answers_and_authentication() -> None:
     assert {"$ref": "#/components/parameters/IdempotencyKey"} in send["parameters"]
     assert {"201", "200", "409", "422", "502"} <= set(send["responses"])
     assert "Idempotent-Replayed" in send["responses"]["200"]["headers"]
-    assert "202" in paths["/v1/public/whatsapp/{id}/retry"]["post"]["responses"]
+    assert "200" in paths["/v1/public/whatsapp/{id}/retry"]["post"]["responses"]
     line = paths["/v1/account/whatsapp-cloud-line"]
     assert set(line) == {"get", "patch"}
     assert (

@@ -183,9 +183,7 @@ async def test_sandbox_key_never_reaches_the_provider(
 ) -> None:
     await approve(ct, "ACME")
     test_key = Principal(org_id=ct.org.id, scopes=ALL_SCOPES, sandbox=True)
-    result = await ct.sms_service.send(
-        test_key, SmsSendRequest(to=TO, sender_id="ACME", body="hi")
-    )
+    result = await ct.sms_service.send(test_key, SmsSendRequest(to=TO, sender_id="ACME", body="hi"))
     await ct.run_worker_until_idle()
     assert sms_provider.sent == []
     status = await ct.sms.get(result.message.id)
@@ -256,9 +254,7 @@ async def test_outage_leaves_message_retrying_then_failed(
 
 
 async def test_retry_of_a_failed_message_delivers_it(ct: Commtunnel, clock: ManualClock) -> None:
-    outcomes = iter(
-        [ProviderResult.permanent(ErrorCategory.REJECTED, "content refused"), None]
-    )
+    outcomes = iter([ProviderResult.permanent(ErrorCategory.REJECTED, "content refused"), None])
 
     def handler(sms: OutgoingSms) -> ProviderResult:
         result = next(outcomes)
@@ -677,3 +673,49 @@ def test_redact_url_masks_passwords_and_bare_tokens() -> None:
         "sms+https://***@sms.example.com/send"
     )
     assert redact_url("outbox:///var/out") == "outbox:///var/out"
+
+
+async def test_replay_answers_the_original_even_after_an_opt_out(ct: Commtunnel) -> None:
+    """DESIGN.md: the same key and payload answer the original, whatever changed since."""
+    await approve(ct, "ACME")
+    await approve(ct, "Acme", flow="OTP")
+    first = await ct.sms.send(to=TO, sender_id="ACME", body="hi", idempotency_key="k1")
+    otp = await ct.sms.send_otp(to=TO, brand_name="Acme", otp_code="1234", idempotency_key="o1")
+    await ct.sms_service.add_opt_out(Principal(org_id=ct.org.id, scopes=ALL_SCOPES), TO)
+    again = await ct.sms.send(to=TO, sender_id="ACME", body="hi", idempotency_key="k1")
+    assert (again.message.id, again.duplicate) == (first.message.id, True)
+    otp_again = await ct.sms.send_otp(
+        to=TO, brand_name="Acme", otp_code="1234", idempotency_key="o1"
+    )
+    assert (otp_again.message.id, otp_again.duplicate) == (otp.message.id, True)
+    with pytest.raises(IdempotencyKeyReusedError):
+        await ct.sms.send(to=TO, sender_id="ACME", body="changed", idempotency_key="k1")
+    with pytest.raises(SmsRecipientOptedOutError):  # a new key is checked as usual
+        await ct.sms.send(to=TO, sender_id="ACME", body="hi", idempotency_key="k2")
+
+
+async def test_long_otp_brand_is_named_in_the_text_not_used_as_sender(ct: Commtunnel) -> None:
+    """An alphanumeric sender ID holds 11 characters; a 20-character brand does not fit."""
+    await approve(ct, "Acme Holdings Bank", flow="OTP")
+    result = await ct.sms.send_otp(to=TO, brand_name="Acme Holdings Bank", otp_code="1234")
+    assert result.message.sms is not None
+    assert result.message.sms.sender_id == "AcmeHolding"
+    assert "Acme Holdings Bank" in result.message.sms.body
+
+
+async def test_help_text_is_configurable(
+    tmp_path: Path, clock: ManualClock, sms_provider: MockSmsProvider
+) -> None:
+    settings = Settings(embedded_worker=False, sms_help_text="Acme: call 0800 123 456")
+    async with Commtunnel.open(
+        db=tmp_path / "h.db",
+        email_provider=MockProvider(),
+        sms_provider=sms_provider,
+        clock=clock,
+        settings=settings,
+    ) as ct:
+        token = await ct.sms_service.token(ct.org.id)
+        helped = await ct.sms_service.receive_inbound(
+            token, {"sms_from": TO, "sms_to": "1", "sms_message": "HELP"}
+        )
+        assert helped.reply == "Acme: call 0800 123 456"

@@ -550,3 +550,93 @@ async def test_line_state_shows_active_after_a_new_token(wa: Commtunnel, graph: 
 def test_short_secret_key_is_a_configuration_error() -> None:
     with pytest.raises(ValueError, match="COMMTUNNEL_SECRET_KEY"):
         Settings.from_env({"COMMTUNNEL_SECRET_KEY": "short"})
+
+
+async def test_a_paused_line_holds_messages_without_spending_their_retries(
+    tmp_path: Path, clock: ManualClock, graph: FakeGraph
+) -> None:
+    """While the token is expired, messages wait (no Graph calls) instead of ending FAILED."""
+    async with Commtunnel.open(
+        db=tmp_path / "hold.db",
+        email_provider=MockProvider(),
+        sms_provider=MockSmsProvider(),
+        whatsapp_provider=WhatsAppCloudProvider(
+            graph_base_url="https://graph.test",
+            clock=clock,
+            transport=httpx.MockTransport(graph.handle),
+        ),
+        clock=clock,
+        settings=wa_settings(max_attempts=2),
+    ) as ct:
+        graph.error(190, http_status=401, message="Error validating access token")
+        with pytest.raises(WhatsAppProviderError) as caught:
+            await send(ct, to=TO, body="one")
+        message_id = caught.value.details["messageId"]
+        for _ in range(4):
+            clock.advance(3600)
+            await ct.run_worker_until_idle()
+        status = await ct.whatsapp_service.get(admin(ct), message_id)
+        assert status.message.status == Status.RETRYING
+        assert len(graph.requests) == 1
+        assert [a.error_category for a in status.attempts[1:]] == ["LINE_PAUSED"] * 4
+        await ct.whatsapp_service.update_line(admin(ct), {"whatsappAccessToken": TENANT_TOKEN})
+        clock.advance(3600)
+        await ct.run_worker_until_idle()
+        assert (await ct.whatsapp_service.get(admin(ct), message_id)).message.status == Status.SENT
+
+
+async def test_an_undecryptable_token_fails_attempts_instead_of_jamming_the_worker(
+    wa: Commtunnel, graph: FakeGraph, clock: ManualClock
+) -> None:
+    from commtunnel.crypto import SecretBox
+
+    await wa.whatsapp_service.update_line(admin(wa), {"whatsappAccessToken": TENANT_TOKEN})
+    graph.error(131000, http_status=500)
+    with pytest.raises(WhatsAppProviderError) as caught:
+        await send(wa, to=TO, body="hi")
+    message_id = caught.value.details["messageId"]
+    wa.whatsapp_service._box = SecretBox("a-different-secret-key-after-rotation")
+    clock.advance(3600)
+    assert await wa.run_worker_until_idle() == 1  # recorded, not raised
+    status = await wa.whatsapp_service.get(admin(wa), message_id)
+    assert status.message.status == Status.RETRYING
+    assert "decrypt" in (status.attempts[-1].error_message or "")
+    with pytest.raises(SecretKeyMissingError):  # a clear 409 for a new send, not a 500
+        await send(wa, to=TO, body="again")
+
+
+async def test_a_redelivered_inbound_webhook_is_stored_once(wa: Commtunnel) -> None:
+    await wa.whatsapp_service.update_line(admin(wa), {"whatsappPhoneNumberId": "300000000000003"})
+    payload = {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": "WABA",
+                "changes": [
+                    {
+                        "field": "messages",
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": {
+                                "display_phone_number": "15550001111",
+                                "phone_number_id": "300000000000003",
+                            },
+                            "messages": [
+                                {
+                                    "from": "14155552671",
+                                    "id": "wamid.SAME",
+                                    "timestamp": "1767268800",
+                                    "type": "text",
+                                    "text": {"body": "hello"},
+                                }
+                            ],
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+    first = await deliver_webhook(wa, payload)
+    again = await deliver_webhook(wa, payload)
+    assert (first.inbound_stored, again.inbound_stored) == (1, 0)
+    assert wa.backend.conn.execute("SELECT COUNT(*) FROM inbound_messages").fetchone()[0] == 1

@@ -75,7 +75,7 @@ class Settings:
     """Everything configurable, with units in the names' docs (see module table)."""
 
     db: str = DEFAULT_DB
-    email_provider: str = DEFAULT_EMAIL_PROVIDER
+    email_provider: str = attrs.field(default=DEFAULT_EMAIL_PROVIDER, repr=False)
     host: str = "127.0.0.1"
     port: int = 8025
     embedded_worker: bool = True
@@ -87,7 +87,7 @@ class Settings:
     lease_seconds: float = 60.0
     send_timeout: float = 30.0
     worker_concurrency: int = 16
-    sms_provider: str = DEFAULT_SMS_PROVIDER
+    sms_provider: str = attrs.field(default=DEFAULT_SMS_PROVIDER, repr=False)  # may hold a token
     sms_default_sender_id: str | None = None
     otp_cooldown: float = 60.0
     sms_help_text: str = DEFAULT_SMS_HELP_TEXT

@@ -458,6 +458,20 @@ class Storage(Protocol):
         """
         ...
 
+    async def find_replay(
+        self, org_id: str, key: str, *, endpoint: str, fingerprint: str, now: datetime
+    ) -> AcceptResult | None:
+        """What an unexpired idempotency key already answers (read only).
+
+        Services call it before their own checks, so a replay answers the
+        original message even when, say, the recipient opted out since.
+        :meth:`accept` still decides races.
+
+        Returns:
+            None for an unused or expired key; a duplicate; or a conflict.
+        """
+        ...
+
     async def get_message(self, org_id: str, message_id: str) -> Message | None:
         """One message of the organization."""
         ...
@@ -652,8 +666,8 @@ class SmsStorage(Protocol):
         """The organization whose token has this SHA-256 hex digest."""
         ...
 
-    async def add_inbound(self, message: InboundMessage) -> None:
-        """Store one received MO message."""
+    async def add_inbound(self, message: InboundMessage) -> bool:
+        """Store one received MO message; False when a message with its id is stored already."""
         ...
 
     async def list_inbound(

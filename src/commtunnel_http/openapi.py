@@ -1265,7 +1265,7 @@ _PATHS.update(
                 "summary": "Send a FAILED message again now (scope send:whatsapp).",
                 "parameters": [_WA_ID],
                 "responses": {
-                    "202": _json(_ref("WhatsAppRetryResponse"), "Sent again."),
+                    "200": _json(_ref("WhatsAppRetryResponse"), "Sent again."),
                     **_WA_READ_ERRORS,
                     "409": _error(
                         f"MESSAGE_NOT_RETRYABLE: not FAILED (details.status); {_WA_LINE_ERRORS}"

@@ -103,10 +103,10 @@ class WhatsAppRoutes:
         return JSONResponse(self.wire.timeline(message_id, events))
 
     async def retry(self, request: Request) -> Response:
-        """``POST /v1/public/whatsapp/{id}/retry`` -> 202 once re-sent; 409 unless FAILED."""
+        """``POST /v1/public/whatsapp/{id}/retry`` -> 200 once re-sent; 409 unless FAILED."""
         principal = await self._principal(request)
         result = await self.whatsapp.retry(principal, request.path_params["id"])
-        return JSONResponse(self.wire.whatsapp_retry_result(result), status_code=202)
+        return JSONResponse(self.wire.whatsapp_retry_result(result), status_code=200)
 
     # ------------------------------------------------------------------ the tenant line
 

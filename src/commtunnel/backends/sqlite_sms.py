@@ -263,12 +263,16 @@ class SqliteSmsStore:
         ).fetchone()
         return None if row is None else str(row[0])
 
-    async def add_inbound(self, message: InboundMessage) -> None:
-        """Store one MO message."""
-        await self._backend.submit(
+    async def add_inbound(self, message: InboundMessage) -> bool:
+        """Store one MO message; False (nothing written) when its id is already stored.
+
+        Ids derived from the provider's own message id make a redelivered
+        webhook a no-op.
+        """
+        cursor = await self._backend.submit(
             lambda c: c.execute(
-                "INSERT INTO inbound_messages (id, org_id, channel, sender, recipient, body, "
-                "keyword, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO inbound_messages (id, org_id, channel, sender, recipient, "
+                "body, keyword, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     message.id,
                     message.org_id,
@@ -281,6 +285,7 @@ class SqliteSmsStore:
                 ),
             )
         )
+        return bool(cursor.rowcount)
 
     async def list_inbound(
         self, org_id: str, channel: Channel, *, offset: int, limit: int

@@ -125,6 +125,41 @@ def idempotency_record(
     )
 
 
+async def replay(
+    storage: Storage,
+    *,
+    org_id: str,
+    key: str | None,
+    endpoint: str,
+    payload: dict[str, Any],
+    now: datetime,
+) -> Message | None:
+    """The message an earlier request with this key created, checked before anything else.
+
+    DESIGN.md: the same key and payload within the retention window answer the
+    original message, ``duplicate: true``, whatever has changed since (an
+    opt-out, a revoked sender, a disabled channel).
+
+    Returns:
+        The original message, or None when the key is new (or None).
+
+    Raises:
+        IdempotencyKeyReusedError: the key was used with another payload or endpoint.
+    """
+    if key is None:
+        return None
+    found = await storage.find_replay(
+        org_id,
+        key,
+        endpoint=endpoint,
+        fingerprint=idempotency.fingerprint(endpoint, payload),
+        now=now,
+    )
+    if found is None:
+        return None
+    return accepted_message(found, key=key, endpoint=endpoint)
+
+
 def accepted_message(result: AcceptResult, *, key: str | None, endpoint: str) -> Message:
     """The message ``Storage.accept`` stored or found, or the error its answer means.
 

@@ -204,7 +204,13 @@ class Dispatcher:
         message = job.message
         if message.sandbox:
             return SANDBOX_PROVIDER, ProviderResult.accepted(None)
-        call = await self._provider_call(job)
+        try:
+            call = await self._provider_call(job)
+        except Exception as exc:  # e.g. a stored token that no longer decrypts
+            log.exception("preparing the provider call for %s failed", message.id)
+            return "none", ProviderResult.transient(
+                ErrorCategory.UNKNOWN, f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"
+            )
         if isinstance(call, ProviderResult):
             return "none", call
         name, send = call
@@ -234,8 +240,11 @@ class Dispatcher:
         if result.outcome == Outcome.PERMANENT:
             bounced = result.error_category == ErrorCategory.INVALID_RECIPIENT
             return (Status.BOUNCED if bounced else Status.FAILED), None, details
-        # An explicit retry of a FAILED message starts a fresh retry budget.
-        if not self._policy.should_retry(job.attempt_number - job.attempts_before):
+        # An explicit retry of a FAILED message starts a fresh retry budget. A
+        # paused line (its token expired) holds messages without spending it:
+        # they go out once the token is replaced.
+        paused = result.error_category == ErrorCategory.LINE_PAUSED
+        if not paused and not self._policy.should_retry(job.attempt_number - job.attempts_before):
             details["reason"] = f"gave up after {job.attempt_number} attempts"
             return Status.FAILED, None, details
         delay = self._policy.delay(

@@ -276,6 +276,16 @@ class EmailService:
             raise ValidationError.from_fields(problems)
         sender, (to_name, to_addr) = mailboxes["from"], mailboxes["to"]
         with self._in_flight.hold(principal.org_id, key):
+            original = await channel.replay(
+                self._storage,
+                org_id=principal.org_id,
+                key=key,
+                endpoint=ENDPOINT_SEND,
+                payload=req.wire_payload(),
+                now=self._clock.now(),
+            )
+            if original is not None:
+                return SendResult(message=original, duplicate=True)
             rendered = await self._render(
                 principal.org_id,
                 subject=req.subject,

@@ -351,6 +351,16 @@ class SmsService:
             values["sendType"],
         )
         with self._in_flight.hold(principal.org_id, key):
+            original = await channel.replay(
+                self._storage,
+                org_id=principal.org_id,
+                key=key,
+                endpoint=ENDPOINT_SEND,
+                payload=req.wire_payload(),
+                now=self._clock.now(),
+            )
+            if original is not None:
+                return SmsSendResult(message=original, duplicate=True)
             if not await self._sender_id_allowed(principal.org_id, sender_id):
                 raise SmsSenderIdNotApprovedError(
                     f"Sender ID '{sender_id}' is not approved for this organization",
@@ -409,6 +419,18 @@ class SmsService:
             values["purpose"],
         )
         with self._in_flight.hold(principal.org_id, key):
+            original = await channel.replay(
+                self._storage,
+                org_id=principal.org_id,
+                key=key,
+                endpoint=ENDPOINT_OTP,
+                payload=req.wire_payload(),
+                now=self._clock.now(),
+            )
+            if original is not None:
+                return OtpSendResult(
+                    message=original, duplicate=True, cooldown_seconds=math.ceil(self._cooldown)
+                )
             if not await self._store.is_sender_id_approved(principal.org_id, brand, "OTP"):
                 raise SmsBrandNotApprovedError(
                     f"Brand '{brand}' is not approved for OTP in this organization",
@@ -418,7 +440,7 @@ class SmsService:
             body = rules.otp_body(brand, code, purpose)
             info = rules.analyse(body)
             content = SmsContent(
-                sender_id=brand,
+                sender_id=self._otp_sender(brand),
                 to=to,
                 body=body,
                 send_type=int(rules.SendType.NORMAL),
@@ -454,6 +476,21 @@ class SmsService:
         return OtpSendResult(
             message=message, duplicate=result.duplicate, cooldown_seconds=math.ceil(self._cooldown)
         )
+
+    def _otp_sender(self, brand: str) -> str:
+        """The sender ID an OTP goes out under: the brand when it can be one.
+
+        An alphanumeric sender ID holds at most 11 characters (3GPP TS 23.040
+        §9.1.2.5) while a brand may have 20; a longer brand is named in the text
+        and the message is sent from the platform default sender ID, or from the
+        brand's first 11 letters and digits when there is no default.
+        """
+        try:
+            return rules.validate_sender_id(brand)
+        except ValidationError:
+            if self._default_sender_id:
+                return self._default_sender_id
+            return "".join(ch for ch in brand if ch.isascii() and ch.isalnum())[:11]
 
     @staticmethod
     def _check_bool(value: Any, field: str) -> bool:
@@ -986,9 +1023,7 @@ class SmsService:
             problems["error_code"] = "must be a string or integer"
         if error is not None and not isinstance(error, str):
             problems["error"] = "must be a string"
-        unknown = sorted(set(payload) - {"message_id", "status", "error_code", "error"})
-        if unknown:
-            problems.update(dict.fromkeys(unknown, "unknown field"))
+        # Other fields (timestamps, network codes) vary by aggregator and are ignored.
         if problems:
             raise ValidationError.from_fields(problems)
         assert isinstance(message_id, str) and isinstance(raw_status, str)
@@ -1016,8 +1051,11 @@ class SmsService:
         """Apply receipts a provider's signed status callback carried.
 
         Receipts for messages this system does not know are skipped (a
-        provider account may be shared); the result lists those applied or
-        found.
+        provider account may be shared); the result lists those found.
+
+        Raises:
+            NotFoundError: the callback carried receipts and none matched a
+                message here (the issue's "an unknown id -> 4xx").
         """
         results = []
         for receipt in receipts:
@@ -1035,6 +1073,11 @@ class SmsService:
                     error_code=receipt.error_code,
                     error=receipt.error_message,
                 )
+            )
+        if receipts and not results:
+            raise NotFoundError(
+                "No SMS with this provider message id",
+                details={"providerMessageId": receipts[0].provider_message_id},
             )
         return results
 

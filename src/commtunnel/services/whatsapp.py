@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
@@ -68,6 +69,7 @@ _ALLOWED_FROM: dict[Status, frozenset[Status]] = {
     Status.FAILED: frozenset({Status.SENT}),
 }
 _OPTED_OUT_CODE = 131050
+_INBOUND_NAMESPACE = uuid.UUID("6f0c2f4e-6a52-4f1e-9d55-7b0d1d8a9c11")  # inbound ids from wamids
 
 
 @attrs.frozen(kw_only=True)
@@ -251,13 +253,23 @@ class WhatsAppService:
             raise SecretKeyMissingError(
                 "COMMTUNNEL_SECRET_KEY is not set, so the stored access token cannot be read"
             )
-        return self._box.decrypt(token_enc)
+        try:
+            return self._box.decrypt(token_enc)
+        except InternalError:
+            raise SecretKeyMissingError(
+                "The stored access token cannot be decrypted with the current "
+                "COMMTUNNEL_SECRET_KEY; set the token again"
+            ) from None
 
     async def line_for_message(self, message: Message) -> WhatsAppLine | ProviderResult:
         """The worker's view: the line to use, or a result to record without calling Graph."""
         try:
             line = await self.resolve_line(message.org_id)
-        except (WhatsAppDisabledError, WhatsAppLineNotConfiguredError) as exc:
+        except (
+            WhatsAppDisabledError,
+            WhatsAppLineNotConfiguredError,
+            SecretKeyMissingError,
+        ) as exc:
             return ProviderResult.transient(ErrorCategory.UNSUPPORTED, exc.message)
         state = await self._store.get_line_state(line.phone_number_id)
         if (
@@ -340,8 +352,12 @@ class WhatsAppService:
             # paused for a token that has since been replaced: sending works again
             token = self._platform_token
             if own is not None and own.access_token_enc is not None:
-                token = self._decrypt(own.access_token_enc)
-            if token is None or state.token_fingerprint != fingerprint(token):
+                try:
+                    token = self._decrypt(own.access_token_enc)
+                except SecretKeyMissingError:
+                    token = None  # unreadable: the line cannot send, PAUSED stays true
+                    shown = "PAUSED"
+            if token is not None and state.token_fingerprint != fingerprint(token):
                 shown = "ACTIVE"
         return LineInfo(
             whatsapp_phone_number_id=pnid,
@@ -503,9 +519,19 @@ class WhatsAppService:
         require(principal, Scope.SEND_WHATSAPP)
         key = idempotency.validate_key(req.idempotency_key)
         content = self._content(req)
-        line = await self.resolve_line(principal.org_id)
-        content = attrs.evolve(content, phone_number_id=line.phone_number_id)
         with self._in_flight.hold(principal.org_id, key):
+            original = await channel.replay(
+                self._storage,
+                org_id=principal.org_id,
+                key=key,
+                endpoint=ENDPOINT_SEND,
+                payload=req.wire_payload(),
+                now=self._clock.now(),
+            )
+            if original is not None:
+                return WhatsAppSendResult(message=original, duplicate=True)
+            line = await self.resolve_line(principal.org_id)
+            content = attrs.evolve(content, phone_number_id=line.phone_number_id)
             now = self._clock.now()
             message = Message(
                 id=new_id(),
@@ -718,9 +744,11 @@ class WhatsAppService:
             org_id = await self._org_for_line(item.phone_number_id)
             if org_id is None:
                 continue
-            await self._receipts.add_inbound(
+            # Meta redelivers webhooks until answered 200: the id derived from
+            # the wamid makes a redelivery store nothing new.
+            inserted = await self._receipts.add_inbound(
                 InboundMessage(
-                    id=new_id(),
+                    id=str(uuid.uuid5(_INBOUND_NAMESPACE, f"{org_id}:{item.message_id}")),
                     org_id=org_id,
                     channel=Channel.WHATSAPP,
                     sender=item.sender,
@@ -730,7 +758,7 @@ class WhatsAppService:
                     created_at=self._clock.now(),
                 )
             )
-            stored += 1
+            stored += int(inserted)
         return WebhookResult(
             statuses_applied=applied, statuses_ignored=ignored, inbound_stored=stored
         )
