@@ -152,6 +152,25 @@ async def _commtunnel(
         assert pending == messages, (pending, messages)
         sink.reset()
 
+        # Count group commits and claims while timed (harness instrumentation).
+        backend = ct.backend
+        batches: list[int] = []
+        claims: list[int] = []
+        original_flush = backend._flush
+        original_claim = ct.dispatcher.claim
+
+        def counting_flush() -> None:
+            batches.append(len(backend._pending))
+            original_flush()
+
+        async def counting_claim(limit: int) -> list[Any]:
+            jobs = await original_claim(limit)
+            claims.append(len(jobs))
+            return jobs
+
+        backend._flush = counting_flush  # type: ignore[method-assign]
+        ct.dispatcher.claim = counting_claim  # type: ignore[method-assign]
+
         stop = asyncio.Event()
         progress: list[tuple[float, int]] = []
         phase_cm = phase or nullcontext()
@@ -181,6 +200,9 @@ async def _commtunnel(
             phase_cm.__exit__(None, None, None)
             stop.set()
             await worker
+            backend._flush = original_flush  # type: ignore[method-assign]
+        commits = [n for n in batches if n]
+        nonempty_claims = [n for n in claims if n]
         received = await _wait_sink(sink, messages, 10)
         conn = ct.backend.conn
         statuses = dict(conn.execute("SELECT status, COUNT(*) FROM messages GROUP BY status"))
@@ -210,6 +232,12 @@ async def _commtunnel(
             ],
             "progress_delivered": progress,
             "prefill_seconds": round(fill_seconds, 3),
+            "group_commits": len(commits),
+            "mean_group_commit_batch": round(sum(commits) / len(commits), 1) if commits else 0,
+            "claims": len(nonempty_claims),
+            "mean_jobs_per_claim": (
+                round(sum(nonempty_claims) / len(nonempty_claims), 1) if nonempty_claims else 0
+            ),
         }
     finally:
         await ct.aclose()

@@ -5,15 +5,17 @@ from __future__ import annotations
 import email
 import email.policy
 import email.utils
+import re
 from datetime import UTC, datetime, timedelta, timezone
 from email.message import EmailMessage
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from commtunnel.domain.messages import EmailContent
 from commtunnel.ports import OutgoingEmail
+from commtunnel.providers import mime
 from commtunnel.providers.mime import build_mime, envelope_recipients, envelope_sender
 
 CREATED = datetime(2026, 3, 4, 5, 6, 7, 890000, tzinfo=UTC)
@@ -283,3 +285,91 @@ def test_any_bodies_round_trip_within_line_limits(text: str, html: str) -> None:
     msg = parse(raw)
     assert norm(body_of(msg, "plain")) == norm(text)
     assert norm(body_of(msg, "html")) == norm(html)
+
+
+# --------------------------------------------------------------------------- fast output
+
+_BOUNDARY = re.compile(rb"={15}\d{19}==(?:\.\d+)?")
+_name_text = st.text(alphabet=st.characters(exclude_categories=("Cs", "Cc")), max_size=40)
+_short_ascii = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=80)
+
+
+def _generator_output(email_: OutgoingEmail) -> bytes:
+    """What the compat32 generator writes for the same message tree (the reference)."""
+    return mime._message(email_).as_bytes(policy=mime._POLICY)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    subject=st.one_of(_short_ascii, _header_text),
+    text=st.one_of(st.none(), _body_text),
+    html=st.one_of(st.none(), _body_text),
+    from_name=_name_text,
+    to_names=st.lists(_name_text, min_size=1, max_size=3),
+    created_at=st.datetimes(
+        min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+    ),
+    message_id=st.one_of(st.uuids().map(str), _short_ascii.filter(lambda v: v.strip() == v)),
+)
+def test_fast_output_equals_the_generator_byte_for_byte(
+    subject: str,
+    text: str | None,
+    html: str | None,
+    from_name: str,
+    to_names: list[str],
+    created_at: datetime,
+    message_id: str,
+) -> None:
+    """build_mime writes exactly what ``as_bytes`` would, the random MIME boundary aside."""
+    assume(text is not None or html is not None)
+    to = ", ".join(
+        email.utils.formataddr((name, f"user{n}@example.com")) for n, name in enumerate(to_names)
+    )
+    from_addr = email.utils.formataddr((from_name, "shop@example.com"))
+    email_ = outgoing(
+        subject=subject,
+        text=text,
+        html=html,
+        to=to,
+        from_addr=from_addr,
+        message_id=message_id,
+        created_at=created_at,
+    )
+    try:
+        reference = _generator_output(email_)
+    except ValueError as exc:
+        with pytest.raises(ValueError, match=re.escape(str(exc))):
+            build_mime(email_)  # the same refusal
+        return
+    assert _BOUNDARY.sub(b"B", build_mime(email_)) == _BOUNDARY.sub(b"B", reference)
+
+
+def test_fast_output_folds_long_headers_like_the_generator() -> None:
+    """A 78-octet header line is written as is; one octet more is folded as compat32 folds it."""
+    fits = "x" * (78 - len("Subject: "))
+    for subject in (fits, fits + "y", "a " * 40, "Größe " * 20):
+        email_ = outgoing(subject=subject, html=None)
+        assert build_mime(email_) == _generator_output(email_)
+    assert f"Subject: {fits}\r\n".encode() in build_mime(outgoing(subject=fits, html=None))
+
+
+def test_multipart_boundary_never_occurs_in_the_parts() -> None:
+    """The boundary is shaped like the generator's and absent from the part texts."""
+    raw = build_mime(outgoing(text="--=============== not a boundary", html="<p>x</p>"))
+    match = _BOUNDARY.search(raw)
+    assert match is not None
+    boundary = match.group()
+    assert raw.count(b"--" + boundary) == 3  # two delimiters and the close delimiter
+    assert b'Content-Type: multipart/alternative;\r\n boundary="' + boundary + b'"\r\n' in raw
+
+
+def test_address_parsing_is_cached_and_immutable() -> None:
+    """Parsed mailboxes are cached as tuples: repeated sends parse a From value once."""
+    mime._mailboxes.cache_clear()
+    first = mime._mailboxes("Shop <shop@example.com>, bob@example.org")
+    again = mime._mailboxes("Shop <shop@example.com>, bob@example.org")
+    assert first is again
+    assert first == (("Shop", "shop@example.com"), ("", "bob@example.org"))
+    assert mime._mailboxes.cache_info().hits == 1
+    with pytest.raises(ValueError, match="no email address"):
+        mime._mailboxes("")  # errors are raised every time, never cached
