@@ -358,7 +358,10 @@ async def test_otp_send_answers_202_with_cooldown(env: Env) -> None:
     assert (body["status"], body["duplicate"], body["cooldownSeconds"]) == ("QUEUED", False, 60)
     message = (await env.get(f"/v1/public/sms/{body['id']}")).json()
     assert (message["flow"], message["purpose"], message["senderId"]) == ("OTP", "LOGIN", BRAND)
-    assert "482913" in message["body"]
+    assert "482913" not in message["body"]  # the passcode is never read back
+    assert "******" in message["body"]
+    listed = (await env.get("/v1/sms?flow=OTP")).json()["data"]
+    assert all("482913" not in item["body"] for item in listed)
 
 
 async def test_otp_purpose_defaults_to_phone_verification(env: Env) -> None:

@@ -601,3 +601,14 @@ def test_keywords_recognised(text: str, keyword: Keyword) -> None:
 def test_non_keywords(text: str) -> None:
     """Anything beyond the bare keyword is not a keyword."""
     assert sms.classify_keyword(text) is None
+
+
+def test_redact_otp_body_masks_the_code_only() -> None:
+    from commtunnel.domain.sms import OtpPurpose, otp_body, redact_otp_body
+
+    body = otp_body("Acme 24", "0123456", OtpPurpose.LOGIN)
+    redacted = redact_otp_body(body)
+    assert "0123456" not in redacted
+    assert "*******" in redacted
+    assert "Acme 24" in redacted  # short digit runs (a brand's) are kept
+    assert len(redacted) == len(body)

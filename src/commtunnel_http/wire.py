@@ -26,6 +26,7 @@ from cattrs.gen import make_dict_unstructure_fn, override
 
 from commtunnel.domain.events import TimelineEvent
 from commtunnel.domain.messages import Attempt, Message, SmsContent, WhatsAppContent
+from commtunnel.domain.sms import redact_otp_body
 from commtunnel.ports import InboundMessage, OptOut, SenderIdRequest
 from commtunnel.services.email import EmailStats, EmailStatus, Rendered, SendResult
 from commtunnel.services.sms import (
@@ -248,7 +249,8 @@ class Wire:
             "status": self.conv.unstructure(m.status),
             "to": sms.to,
             "senderId": sms.sender_id,
-            "body": sms.body,
+            # the passcode of an OTP is the recipient's secret: never read back
+            "body": redact_otp_body(sms.body) if sms.flow == "OTP" else sms.body,
             "sendType": sms.send_type,
             "encoding": sms.encoding,
             "segments": sms.segments,

@@ -454,3 +454,21 @@ def classify_keyword(text: str) -> Keyword | None:
         The keyword, or None.
     """
     return _KEYWORDS.get(text.strip().casefold())
+
+
+_CODE_IN_TEXT = re.compile(r"(?<![0-9])[0-9]{4,8}(?![0-9])")
+
+
+def redact_otp_body(body: str) -> str:
+    """The OTP text with its code replaced by ``*`` of the same length (for reads).
+
+    A one-time passcode is a secret of the person it was sent to: the API
+    returns what was sent so support can see it, but never the code.
+
+    Args:
+        body: a text built by :func:`otp_body`.
+
+    Returns:
+        The same text with every run of 4-8 digits masked.
+    """
+    return _CODE_IN_TEXT.sub(lambda match: "*" * len(match.group(0)), body)
