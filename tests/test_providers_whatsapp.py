@@ -23,15 +23,15 @@ import pytest
 from commtunnel.domain.delivery import ErrorCategory, Outcome, ProviderResult
 from commtunnel.domain.errors import ValidationError, WebhookAuthError, WebhookSignatureError
 from commtunnel.domain.messages import Status, WhatsAppContent
-from commtunnel.ports import OutgoingWhatsApp, WhatsAppLine, WhatsAppProvider
-from commtunnel.providers.whatsapp import (
+from commtunnel.domain.whatsapp import (
     InboundWhatsApp,
     StatusUpdate,
-    WhatsAppCloudProvider,
     parse_webhook,
     verify_handshake,
     verify_signature,
 )
+from commtunnel.ports import OutgoingWhatsApp, WhatsAppLine, WhatsAppProvider
+from commtunnel.providers.whatsapp import WhatsAppCloudProvider
 from commtunnel.testing import ManualClock
 
 pytestmark = pytest.mark.anyio

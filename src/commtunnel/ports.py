@@ -361,6 +361,44 @@ class ReceiptOutcome:
     applied: bool
 
 
+@attrs.frozen(kw_only=True)
+class TenantLine:
+    """An organization's own WhatsApp line settings (either part may be unset).
+
+    Attributes:
+        phone_number_id: the Meta phone number id the organization sends from.
+        access_token_enc: its Graph token, encrypted (:class:`commtunnel.crypto.SecretBox`).
+    """
+
+    org_id: str
+    phone_number_id: str | None
+    access_token_enc: str | None = attrs.field(repr=False)
+    updated_at: datetime = attrs.field(validator=_aware)
+
+
+@attrs.frozen(kw_only=True)
+class LineState:
+    """Why a line is not simply active.
+
+    Attributes:
+        state: ``ACTIVE``, ``PAUSED`` (no sends: e.g. its token expired) or
+            ``FLAGGED`` (Meta reported a spam or policy block; sends continue).
+        reason: the Graph error that caused it.
+        token_fingerprint: :func:`commtunnel.crypto.fingerprint` of the token in
+            use when the line was paused; a different token un-pauses it.
+    """
+
+    phone_number_id: str
+    state: str
+    reason: str | None
+    token_fingerprint: str | None
+    updated_at: datetime = attrs.field(validator=_aware)
+
+
+#: a value of :meth:`WhatsAppStorage.set_line` that leaves the stored part as it is.
+KEEP = object()
+
+
 # --------------------------------------------------------------------------- ports
 
 
@@ -502,8 +540,12 @@ class Queue(Protocol):
         lease_seconds: float,
         limit: int,
         processing_event: Callable[[Message, int], TimelineEvent],
+        message_id: str | None = None,
     ) -> list[ClaimedJob]:
         """Lease up to ``limit`` due jobs (run_at <= now, no live lease).
+
+        With ``message_id``, only that message's job is leased, due or not (a
+        synchronous hand-off); an empty list when another worker holds it.
 
         Each claimed message moves to PROCESSING with the event built by
         ``processing_event(message, attempt_number)``, in the same transaction.
@@ -745,4 +787,59 @@ class WhatsAppProvider(Protocol):
 
     async def aclose(self) -> None:
         """Close connections."""
+        ...
+
+
+class WhatsAppStorage(Protocol):
+    """Durable records of the WhatsApp channel: tenant lines, line states, opt-outs.
+
+    Receipts, re-queues and inbound messages use the channel-neutral methods of
+    :class:`SmsStorage` (``apply_receipt``, ``requeue``, ``add_inbound`` ...).
+    """
+
+    async def get_line(self, org_id: str) -> TenantLine | None:
+        """The organization's own line settings, if it has any."""
+        ...
+
+    async def set_line(
+        self,
+        org_id: str,
+        *,
+        phone_number_id: str | object | None = KEEP,
+        access_token_enc: str | object | None = KEEP,
+        at: datetime,
+    ) -> TenantLine:
+        """Change one or both parts (None clears, :data:`KEEP` leaves it).
+
+        Raises:
+            WhatsAppLineInUseError: another organization holds ``phone_number_id``.
+        """
+        ...
+
+    async def org_for_phone_number_id(self, phone_number_id: str) -> str | None:
+        """The organization whose own line has this phone number id."""
+        ...
+
+    async def get_line_state(self, phone_number_id: str) -> LineState | None:
+        """The recorded state of a line (None: never paused or flagged)."""
+        ...
+
+    async def set_line_state(
+        self,
+        phone_number_id: str,
+        *,
+        state: str,
+        reason: str | None,
+        token_fingerprint: str | None,
+        event: TimelineEvent,
+    ) -> bool:
+        """Record a line's state with its organization-level event; False if unchanged."""
+        ...
+
+    async def add_opt_out(self, opt_out: OptOut, event: TimelineEvent) -> bool:
+        """Record a number Meta says stopped marketing messages; False if already listed."""
+        ...
+
+    async def is_opted_out(self, org_id: str, phone: str) -> bool:
+        """Whether the number is on the organization's WhatsApp opt-out list."""
         ...

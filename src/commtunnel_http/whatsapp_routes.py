@@ -30,7 +30,7 @@ from starlette.routing import BaseRoute, Route
 from commtunnel.client import Commtunnel
 from commtunnel.domain.errors import WebhookAuthError
 from commtunnel.domain.keys import Principal
-from commtunnel.providers.whatsapp import SIGNATURE_HEADER
+from commtunnel.domain.whatsapp import SIGNATURE_HEADER
 from commtunnel.services.whatsapp import MAX_TIMELINE_LIMIT, send_request_from_wire
 from commtunnel_http.errors import SCOPE_KEY, envelope, request_id_from
 from commtunnel_http.routes import (

@@ -964,8 +964,13 @@ class SqliteBackend:
         lease_seconds: float,
         limit: int,
         processing_event: Callable[[Message, int], TimelineEvent],
+        message_id: str | None = None,
     ) -> list[ClaimedJob]:
-        """Lease up to ``limit`` due jobs and move their messages to PROCESSING."""
+        """Lease up to ``limit`` due jobs and move their messages to PROCESSING.
+
+        With ``message_id``, lease that message's job only, whatever its
+        ``run_at`` (a synchronous hand-off such as a WhatsApp send).
+        """
         now_text = ts(now)
         lease_until = now + timedelta(seconds=lease_seconds)
         lease_text = ts(lease_until)
@@ -974,11 +979,14 @@ class SqliteBackend:
         message_columns = ", ".join(f"m.{c.strip()}" for c in _MESSAGE_COLUMNS.split(","))
 
         def op(conn: sqlite3.Connection) -> list[ClaimedJob]:
+            due, due_args = (
+                ("j.message_id = ?", message_id) if message_id else ("j.run_at <= ?", now_text)
+            )
             rows = conn.execute(
                 f"SELECT j.id, j.attempts_before, {message_columns} FROM jobs j "  # noqa: S608
-                "JOIN messages m ON m.id = j.message_id WHERE j.run_at <= ? "
+                f"JOIN messages m ON m.id = j.message_id WHERE {due} "
                 "AND (j.lease_until IS NULL OR j.lease_until <= ?) ORDER BY j.run_at LIMIT ?",
-                (now_text, now_text, limit),
+                (due_args, now_text, limit),
             ).fetchall()
             claimed: list[ClaimedJob] = []
             events: list[TimelineEvent] = []

@@ -8,64 +8,19 @@ Receipts, re-queues and inbound messages use the channel-neutral methods of
 
 from __future__ import annotations
 
-import secrets
 import sqlite3
-from collections.abc import Callable
-from datetime import datetime, timedelta
-
-import attrs
+from datetime import datetime
 
 from commtunnel.backends.sqlite import (
-    MESSAGE_COLUMNS,
     SqliteBackend,
     insert_event,
-    message_from_row,
     parse_ts,
     ts,
 )
 from commtunnel.backends.sqlite_sms import insert_opt_out
 from commtunnel.domain.errors import WhatsAppLineInUseError
 from commtunnel.domain.events import TimelineEvent
-from commtunnel.domain.messages import Message, Status
-from commtunnel.ports import ClaimedJob, OptOut
-
-
-@attrs.frozen(kw_only=True)
-class TenantLine:
-    """An organization's own WhatsApp line settings (either part may be unset).
-
-    Attributes:
-        phone_number_id: the Meta phone number id the organization sends from.
-        access_token_enc: its Graph token, encrypted (:class:`commtunnel.crypto.SecretBox`).
-    """
-
-    org_id: str
-    phone_number_id: str | None
-    access_token_enc: str | None
-    updated_at: datetime
-
-
-@attrs.frozen(kw_only=True)
-class LineState:
-    """Why a line is not simply active.
-
-    Attributes:
-        state: ``ACTIVE``, ``PAUSED`` (no sends: e.g. its token expired) or
-            ``FLAGGED`` (Meta reported a spam or policy block; sends continue).
-        reason: the Graph error that caused it.
-        token_fingerprint: :func:`commtunnel.crypto.fingerprint` of the token in
-            use when the line was paused; a different token un-pauses it.
-    """
-
-    phone_number_id: str
-    state: str
-    reason: str | None
-    token_fingerprint: str | None
-    updated_at: datetime
-
-
-#: a value of ``set_line`` that leaves the column as it is.
-KEEP = object()
+from commtunnel.ports import KEEP, LineState, OptOut, TenantLine
 
 
 class SqliteWhatsAppStore:
@@ -108,37 +63,36 @@ class SqliteWhatsAppStore:
         access_token_enc: str | object | None = KEEP,
         at: datetime,
     ) -> TenantLine:
-        """Change one or both parts (None clears, :data:`KEEP` leaves it).
+        """Change one or both parts (None clears, :data:`~commtunnel.ports.KEEP` leaves it).
 
         Raises:
             WhatsAppLineInUseError: another organization holds ``phone_number_id``.
         """
-        current = await self.get_line(org_id)
-        pnid = current.phone_number_id if current else None
-        token = current.access_token_enc if current else None
-        if phone_number_id is not KEEP:
-            pnid = phone_number_id  # type: ignore[assignment]
-        if access_token_enc is not KEEP:
-            token = access_token_enc  # type: ignore[assignment]
+        # One upsert; a KEEP part keeps the stored value (or NULL for a new row).
+        keep_pnid, keep_token = phone_number_id is KEEP, access_token_enc is KEEP
+        new_pnid = None if keep_pnid else phone_number_id
+        new_token = None if keep_token else access_token_enc
         try:
             self._backend.transaction(
                 lambda c: c.execute(
                     "INSERT INTO whatsapp_lines (org_id, phone_number_id, access_token_enc, "
                     "updated_at) VALUES (?, ?, ?, ?) ON CONFLICT (org_id) DO UPDATE SET "
-                    "phone_number_id = excluded.phone_number_id, "
-                    "access_token_enc = excluded.access_token_enc, "
+                    "phone_number_id = CASE WHEN ? THEN phone_number_id "
+                    "ELSE excluded.phone_number_id END, "
+                    "access_token_enc = CASE WHEN ? THEN access_token_enc "
+                    "ELSE excluded.access_token_enc END, "
                     "updated_at = excluded.updated_at",
-                    (org_id, pnid, token, ts(at)),
+                    (org_id, new_pnid, new_token, ts(at), keep_pnid, keep_token),
                 )
             )
         except sqlite3.IntegrityError:
             raise WhatsAppLineInUseError(
                 "Another organization already uses this WhatsApp phone number id",
-                details={"whatsappPhoneNumberId": pnid},
+                details={"whatsappPhoneNumberId": new_pnid},
             ) from None
-        return TenantLine(
-            org_id=org_id, phone_number_id=pnid, access_token_enc=token, updated_at=at
-        )
+        line = await self.get_line(org_id)
+        assert line is not None  # just written
+        return line
 
     async def org_for_phone_number_id(self, phone_number_id: str) -> str | None:
         """The organization whose own line has this phone number id."""
@@ -173,7 +127,7 @@ class SqliteWhatsAppStore:
         state: str,
         reason: str | None,
         token_fingerprint: str | None,
-        event: TimelineEvent | None,
+        event: TimelineEvent,
     ) -> bool:
         """Record a line's state with its (organization-level) event.
 
@@ -201,11 +155,10 @@ class SqliteWhatsAppStore:
                     state,
                     reason,
                     token_fingerprint,
-                    ts(event.created_at if event else datetime.fromisoformat(_EPOCH)),
+                    ts(event.created_at),
                 ),
             )
-            if event is not None:
-                insert_event(conn, event)
+            insert_event(conn, event)
             return True
 
         return await self._backend.submit(op)
@@ -222,60 +175,3 @@ class SqliteWhatsAppStore:
             "SELECT 1 FROM whatsapp_opt_outs WHERE org_id = ? AND phone = ?", (org_id, phone)
         ).fetchone()
         return row is not None
-
-    # ------------------------------------------------------------------ inline claim
-
-    async def claim_message(
-        self,
-        message_id: str,
-        *,
-        worker_id: str,
-        now: datetime,
-        lease_seconds: float,
-        processing_event: Callable[[Message, int], TimelineEvent],
-    ) -> ClaimedJob | None:
-        """Lease one message's job now, whatever its ``run_at`` (a synchronous hand-off).
-
-        Returns None when the job is gone or another worker holds a live lease.
-        """
-        now_text = ts(now)
-        lease_until = now + timedelta(seconds=lease_seconds)
-
-        def op(conn: sqlite3.Connection) -> ClaimedJob | None:
-            job = conn.execute(
-                "SELECT id, attempts_before FROM jobs WHERE message_id = ? "
-                "AND (lease_until IS NULL OR lease_until <= ?)",
-                (message_id, now_text),
-            ).fetchone()
-            if job is None:
-                return None
-            token = secrets.token_hex(8)
-            conn.execute(
-                "UPDATE jobs SET lease_owner = ?, lease_token = ?, lease_until = ? WHERE id = ?",
-                (worker_id, token, ts(lease_until), job[0]),
-            )
-            message = message_from_row(
-                conn.execute(
-                    f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?",  # noqa: S608
-                    (message_id,),
-                ).fetchone()
-            )
-            number = message.attempt_count + 1
-            conn.execute(
-                "UPDATE messages SET status = ?, updated_at = ? WHERE id = ?",
-                (str(Status.PROCESSING), now_text, message_id),
-            )
-            insert_event(conn, processing_event(message, number))
-            return ClaimedJob(
-                job_id=job[0],
-                lease_token=token,
-                lease_until=lease_until,
-                message=message,
-                attempt_number=number,
-                attempts_before=job[1],
-            )
-
-        return await self._backend.submit(op)
-
-
-_EPOCH = "1970-01-01T00:00:00+00:00"

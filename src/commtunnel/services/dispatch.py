@@ -126,21 +126,32 @@ class Dispatcher:
             details=details,
         )
 
-    async def claim(self, limit: int) -> list[ClaimedJob]:
-        """Lease up to ``limit`` due jobs (moving them to PROCESSING)."""
+    async def claim(self, limit: int, *, message_id: str | None = None) -> list[ClaimedJob]:
+        """Lease up to ``limit`` due jobs (moving them to PROCESSING).
+
+        With ``message_id``, lease that message's job now, whether due or not.
+        """
         return await self._queue.claim(
             worker_id=self.worker_id,
             now=self._clock.now(),
             lease_seconds=self._lease_seconds,
             limit=limit,
             processing_event=self._processing_event,
+            message_id=message_id,
         )
 
-    # ------------------------------------------------------------------ one attempt
+    async def deliver_now(self, message_id: str) -> bool:
+        """Lease one message's job and make its attempt in this task (a synchronous hand-off).
 
-    def processing_event(self, message: Message, attempt_number: int) -> TimelineEvent:
-        """The ``<channel>_processing`` event recorded when ``message`` is claimed."""
-        return self._processing_event(message, attempt_number)
+        Returns:
+            False when another worker holds the job (it makes the attempt), else True.
+        """
+        jobs = await self.claim(1, message_id=message_id)
+        for job in jobs:
+            await self.process(job)
+        return bool(jobs)
+
+    # ------------------------------------------------------------------ one attempt
 
     async def _whatsapp_call(
         self, job: ClaimedJob

@@ -22,10 +22,9 @@ from typing import Any
 
 import attrs
 
-from commtunnel.backends.sqlite_sms import SqliteSmsStore
-from commtunnel.backends.sqlite_whatsapp import KEEP, SqliteWhatsAppStore
 from commtunnel.crypto import SecretBox, fingerprint
 from commtunnel.domain import sms as sms_rules
+from commtunnel.domain import whatsapp as whatsapp_webhooks
 from commtunnel.domain.delivery import ErrorCategory, ProviderResult
 from commtunnel.domain.errors import (
     InternalError,
@@ -43,14 +42,15 @@ from commtunnel.domain.keys import Principal, Scope
 from commtunnel.domain.messages import Attempt, Channel, Message, Status, WhatsAppContent, event_for
 from commtunnel.ids import new_id
 from commtunnel.ports import (
-    ClaimedJob,
+    KEEP,
     Clock,
     InboundMessage,
     OptOut,
+    SmsStorage,
     Storage,
     WhatsAppLine,
+    WhatsAppStorage,
 )
-from commtunnel.providers import whatsapp as whatsapp_webhooks
 from commtunnel.services import channel, idempotency
 from commtunnel.services.auth import require
 from commtunnel.services.channel import MAX_TIMELINE_LIMIT as MAX_TIMELINE_LIMIT  # re-exported
@@ -189,8 +189,8 @@ class WhatsAppService:
     def __init__(
         self,
         storage: Storage,
-        sms_store: SqliteSmsStore,
-        store: SqliteWhatsAppStore,
+        sms_store: SmsStorage,
+        store: WhatsAppStorage,
         clock: Clock,
         *,
         enabled: bool = False,
@@ -580,15 +580,7 @@ class WhatsAppService:
         if self._dispatcher is None:
             raise InternalError("no dispatcher is wired to the WhatsApp service")
         dispatcher = self._dispatcher()
-        job: ClaimedJob | None = await self._store.claim_message(
-            message.id,
-            worker_id=dispatcher.worker_id,
-            now=self._clock.now(),
-            lease_seconds=self._lease_seconds,
-            processing_event=dispatcher.processing_event,
-        )
-        if job is not None:
-            await dispatcher.process(job)
+        await dispatcher.deliver_now(message.id)
         stored = await self._storage.get_message(message.org_id, message.id)
         if stored is None:  # pragma: no cover - it was just written
             raise InternalError("the message vanished during the hand-off")
