@@ -363,6 +363,18 @@ def test_multipart_boundary_never_occurs_in_the_parts() -> None:
     assert b'Content-Type: multipart/alternative;\r\n boundary="' + boundary + b'"\r\n' in raw
 
 
+def test_a_boundary_found_in_a_part_is_drawn_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the first random boundary occurs in a part's text, another one is drawn."""
+    taken = f"{'=' * 15}{7:019d}=="
+    draws = iter([7, 8])
+    monkeypatch.setattr(mime.secrets, "randbelow", lambda _n: next(draws))
+    raw = build_mime(outgoing(text=f"--{taken}", html="<p>x</p>"))
+    boundary = f"{'=' * 15}{8:019d}==".encode()
+    assert b'boundary="' + boundary + b'"' in raw
+    assert raw.count(b"--" + boundary) == 3
+    assert next(draws, None) is None  # both draws were used
+
+
 def test_address_parsing_is_cached_and_immutable() -> None:
     """Parsed mailboxes are cached as tuples: repeated sends parse a From value once."""
     mime._mailboxes.cache_clear()

@@ -744,6 +744,7 @@ def test_from_url_reads_every_option() -> None:
         ("smtp://h:99999", "port"),
         ("smtp://h:abc", "port"),
         ("smtp://h/path", "no path"),
+        ("smtp://h#top", "fragment"),
         ("smtp://:secret@h", "without a user name"),
         ("imap://h", "expected an smtp"),
     ],

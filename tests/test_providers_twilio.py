@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
@@ -22,40 +21,25 @@ import pytest
 
 from commtunnel.domain.delivery import ErrorCategory, Outcome
 from commtunnel.domain.errors import ProviderConfigError, ValidationError, WebhookSignatureError
-from commtunnel.domain.messages import SmsContent, Status
-from commtunnel.ports import DeliveryReceipt, OutgoingSms, SmsProvider
+from commtunnel.domain.messages import Status
+from commtunnel.ports import DeliveryReceipt, SmsProvider
 from commtunnel.providers import load_provider
-from commtunnel.providers.twilio import TwilioProvider, compute_signature, is_valid_sender
+from commtunnel.providers.twilio import (
+    TwilioProvider,
+    TwilioSettings,
+    compute_signature,
+    is_valid_sender,
+)
 from commtunnel.testing import ManualClock
+from http_fakes import CALLBACK, FakeService, Handler, Responder
+from http_fakes import outgoing_sms as outgoing
 
 SID = "AC" + "0123456789abcdef" * 2
 TOKEN = "f00dfacecafebeef0123456789abcdef"
 SERVICE = "MG" + "fedcba9876543210" * 2
 FROM = "+15005550006"
 URL = f"twilio://{SID}:{TOKEN}@?from=%2B15005550006"
-MESSAGE_ID = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"
-CALLBACK = "https://ct.example.com/v1/webhooks/sms/provider"
 SM_SID = "SM" + "1" * 32
-
-Handler = Callable[[httpx.Request], httpx.Response]
-
-
-def outgoing(
-    *,
-    sender_id: str = "ACME",
-    to: str = "+2348012345678",
-    body: str = "Your code is 123456",
-    send_type: int = 0,
-    callback: str | None = CALLBACK,
-) -> OutgoingSms:
-    content = SmsContent(sender_id=sender_id, to=to, body=body, send_type=send_type)
-    return OutgoingSms(
-        message_id=MESSAGE_ID,
-        org_id="org-1",
-        content=content,
-        created_at=datetime(2026, 1, 1, 12, tzinfo=UTC),
-        status_callback_url=callback,
-    )
 
 
 def created(request: httpx.Request) -> httpx.Response:
@@ -94,10 +78,10 @@ def twilio_error(status: int, code: int, message: str, **headers: str) -> Handle
     return handler
 
 
-def provider_for(handler: Handler, url: str = URL, clock: ManualClock | None = None) -> Any:
-    return TwilioProvider.from_url(
-        url, clock=clock or ManualClock(), transport=httpx.MockTransport(handler)
-    )
+def provider_for(answer: Responder, url: str = URL, clock: ManualClock | None = None) -> Any:
+    """The provider for ``url``, its requests answered by a fake (or a FakeService itself)."""
+    service = answer if isinstance(answer, FakeService) else FakeService(answer)
+    return TwilioProvider.from_url(url, clock=clock or ManualClock(), transport=service.transport())
 
 
 def twilio_sign(token: str, url: str, params: dict[str, str]) -> str:
@@ -115,19 +99,14 @@ def twilio_sign(token: str, url: str, params: dict[str, str]) -> str:
 @pytest.mark.anyio
 async def test_send_posts_the_documented_form_with_basic_auth() -> None:
     """send_sms POSTs To/From/Body/StatusCallback to Messages.json with SID:TOKEN Basic auth."""
-    seen: list[httpx.Request] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return created(request)
-
-    async with provider_for(handler) as provider:
+    twilio = FakeService(created)
+    async with provider_for(twilio) as provider:
         assert isinstance(provider, SmsProvider)
         result = await provider.send_sms(outgoing())
 
     assert result.outcome is Outcome.ACCEPTED
     assert result.provider_message_id == SM_SID
-    (request,) = seen
+    (request,) = twilio.requests
     assert request.method == "POST"
     assert str(request.url) == f"https://api.twilio.com/2010-04-01/Accounts/{SID}/Messages.json"
     assert request.headers["Content-Type"] == "application/x-www-form-urlencoded"
@@ -164,63 +143,46 @@ async def test_from_is_the_message_sender_id_else_the_configured_sender(
     sender_id: str, query: str, expected: dict[str, str]
 ) -> None:
     """A sender ID of a valid shape is sent as From; otherwise the URL's from is the fallback."""
-    seen: list[dict[str, str]] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(dict(parse_qsl(request.content.decode())))
-        return created(request)
-
-    async with provider_for(handler, URL + query) as provider:
+    twilio = FakeService(created)
+    async with provider_for(twilio, URL + query) as provider:
         await provider.send_sms(outgoing(sender_id=sender_id))
-    sender_fields = {k: v for k, v in seen[0].items() if k in ("From", "MessagingServiceSid")}
+    form = twilio.forms()[0]
+    sender_fields = {k: v for k, v in form.items() if k in ("From", "MessagingServiceSid")}
     assert sender_fields == expected
 
 
 @pytest.mark.anyio
 async def test_messaging_service_alone_sends_no_from_for_an_invalid_sender_id() -> None:
     """With only messaging_service_sid configured, an unusable sender ID leaves From out."""
-    seen: list[dict[str, str]] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(dict(parse_qsl(request.content.decode())))
-        return created(request)
-
+    twilio = FakeService(created)
     url = f"twilio://{SID}:{TOKEN}@?messaging_service_sid={SERVICE}"
-    async with provider_for(handler, url) as provider:
+    async with provider_for(twilio, url) as provider:
         await provider.send_sms(outgoing(sender_id="bad sender!"))
-    assert "From" not in seen[0]
-    assert seen[0]["MessagingServiceSid"] == SERVICE
+    (form,) = twilio.forms()
+    assert "From" not in form
+    assert form["MessagingServiceSid"] == SERVICE
 
 
 @pytest.mark.anyio
 async def test_no_status_callback_field_without_a_callback_url_and_flash_is_sent_normally() -> None:
     """No StatusCallback when unset; a flash SMS goes out as a normal one (no extra field)."""
-    seen: list[dict[str, str]] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(dict(parse_qsl(request.content.decode())))
-        return created(request)
-
-    async with provider_for(handler) as provider:
+    twilio = FakeService(created)
+    async with provider_for(twilio) as provider:
         result = await provider.send_sms(outgoing(callback=None, send_type=1))
     assert result.outcome is Outcome.ACCEPTED
-    assert set(seen[0]) == {"To", "From", "Body"}
+    assert set(twilio.forms()[0]) == {"To", "From", "Body"}
 
 
 @pytest.mark.anyio
 async def test_timeout_and_base_url_options_reach_the_request() -> None:
     """base_url redirects the API origin (loopback fake) and timeout applies to every phase."""
-    seen: list[httpx.Request] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return created(request)
-
+    twilio = FakeService(created)
     url = URL + "&base_url=http%3A%2F%2F127.0.0.1%3A8080%2F&timeout=2.5"
-    async with provider_for(handler, url) as provider:
+    async with provider_for(twilio, url) as provider:
         await provider.send_sms(outgoing())
-    assert str(seen[0].url) == f"http://127.0.0.1:8080/2010-04-01/Accounts/{SID}/Messages.json"
-    assert seen[0].extensions["timeout"] == {"connect": 2.5, "read": 2.5, "write": 2.5, "pool": 2.5}
+    (request,) = twilio.requests
+    assert str(request.url) == f"http://127.0.0.1:8080/2010-04-01/Accounts/{SID}/Messages.json"
+    assert request.extensions["timeout"] == {"connect": 2.5, "read": 2.5, "write": 2.5, "pool": 2.5}
 
 
 # --------------------------------------------------------------------------- classification
@@ -297,7 +259,7 @@ async def test_retry_after_http_date_is_measured_on_the_clock() -> None:
 @pytest.mark.anyio
 async def test_http_401_without_a_body_is_auth() -> None:
     """A bare 401 (no Twilio body) is still a transient AUTH failure."""
-    async with provider_for(lambda request: httpx.Response(401)) as provider:
+    async with provider_for(httpx.Response(401)) as provider:
         result = await provider.send_sms(outgoing())
     assert (result.outcome, result.error_category) == (Outcome.TRANSIENT, ErrorCategory.AUTH)
 
@@ -305,8 +267,7 @@ async def test_http_401_without_a_body_is_auth() -> None:
 @pytest.mark.anyio
 async def test_a_4xx_that_is_not_twilios_error_body_is_transient_unknown() -> None:
     """A proxy's HTML 404 says nothing about the message: transient UNKNOWN, not a lost message."""
-    handler: Handler = lambda request: httpx.Response(404, text="<h1>Not Found</h1>")  # noqa: E731
-    async with provider_for(handler) as provider:
+    async with provider_for(httpx.Response(404, text="<h1>Not Found</h1>")) as provider:
         result = await provider.send_sms(outgoing())
     assert (result.outcome, result.error_category) == (Outcome.TRANSIENT, ErrorCategory.UNKNOWN)
     assert result.error_message is not None
@@ -316,30 +277,9 @@ async def test_a_4xx_that_is_not_twilios_error_body_is_transient_unknown() -> No
 @pytest.mark.anyio
 async def test_201_without_a_sid_is_transient_unknown() -> None:
     """A 2xx with no message sid is not Twilio's answer: transient UNKNOWN."""
-    async with provider_for(lambda request: httpx.Response(201, text="ok")) as provider:
+    async with provider_for(httpx.Response(201, text="ok")) as provider:
         result = await provider.send_sms(outgoing())
     assert (result.outcome, result.error_category) == (Outcome.TRANSIENT, ErrorCategory.UNKNOWN)
-
-
-@pytest.mark.anyio
-@pytest.mark.parametrize(
-    ("exc", "category"),
-    [
-        (httpx.ReadTimeout("read timed out"), ErrorCategory.TIMEOUT),
-        (httpx.ConnectTimeout("connect timed out"), ErrorCategory.TIMEOUT),
-        (httpx.ConnectError("[Errno 111] Connection refused"), ErrorCategory.PROVIDER_OUTAGE),
-        (httpx.RemoteProtocolError("peer closed connection"), ErrorCategory.PROVIDER_OUTAGE),
-    ],
-)
-async def test_network_failures_are_transient(exc: Exception, category: ErrorCategory) -> None:
-    """Timeouts are TIMEOUT, refused/reset connections PROVIDER_OUTAGE; nothing is raised."""
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        raise exc
-
-    async with provider_for(handler) as provider:
-        result = await provider.send_sms(outgoing())
-    assert (result.outcome, result.error_category) == (Outcome.TRANSIENT, category)
 
 
 @pytest.mark.anyio
@@ -358,49 +298,10 @@ async def test_the_auth_token_never_appears_in_error_messages() -> None:
         assert "***" in result.error_message
 
 
-# --------------------------------------------------------------------------- client lifecycle
-
-
-@pytest.mark.anyio
-async def test_one_client_is_reused_and_closed_once() -> None:
-    """Sends share one client; aclose() closes it, is safe twice, and later sends are transient."""
-    provider = provider_for(created)
-    await provider.send_sms(outgoing())
-    client = provider._client
-    await provider.send_sms(outgoing())
-    assert provider._client is client
-    await provider.aclose()
-    await provider.aclose()
-    assert client.is_closed
-    result = await provider.send_sms(outgoing())
-    assert (result.outcome, result.error_category) == (Outcome.TRANSIENT, ErrorCategory.UNKNOWN)
-
-
-@pytest.mark.anyio
-async def test_an_injected_client_is_used_and_left_open() -> None:
-    """A caller's httpx.AsyncClient is used for sends and not closed by aclose()."""
-    async with httpx.AsyncClient(transport=httpx.MockTransport(created)) as client:
-        provider = TwilioProvider.from_url(URL, clock=ManualClock(), http_client=client)
-        result = await provider.send_sms(outgoing())
-        await provider.aclose()
-        assert result.provider_message_id == SM_SID
-        assert not client.is_closed
-
-
-def test_client_and_transport_are_exclusive() -> None:
-    """Passing both an http_client and a transport is a programming error."""
-    with pytest.raises(TypeError):
-        TwilioProvider.from_url(
-            URL,
-            clock=ManualClock(),
-            http_client=httpx.AsyncClient(),
-            transport=httpx.MockTransport(created),
-        )
-
-
 # --------------------------------------------------------------------------- signatures
 
 DOC_URL = "https://mycompany.com/myapp.php?foo=1&bar=2"
+SIGNATURE = "X-Twilio-Signature"
 
 
 @pytest.mark.parametrize(
@@ -509,6 +410,41 @@ def test_signature_over_the_url_with_its_default_port_is_accepted() -> None:
     assert parse(form, signature=sig)[0].status is Status.DELIVERED
 
 
+def test_signature_over_the_url_without_its_default_port_is_accepted() -> None:
+    """The other way round: a callback URL with :443 also matches a signature without it."""
+    form = status_callback("delivered")
+    sig = twilio_sign(TOKEN, CALLBACK, form)
+    url = "https://ct.example.com:443/v1/webhooks/sms/provider"
+    assert parse(form, url=url, signature=sig)[0].status is Status.DELIVERED
+
+
+@pytest.mark.parametrize(
+    ("signed", "called"),
+    [
+        ("https://ct.example.com/hook", "https://ct.example.com:8443/hook"),
+        ("https://ct.example.com/hook", "https://ct.example.com:80/hook"),
+        ("https://ct.example.com:8443/hook", "https://ct.example.com/hook"),
+    ],
+)
+def test_only_the_default_port_is_optional(signed: str, called: str) -> None:
+    """Another port (or the other scheme's default) is part of what is signed."""
+    form = status_callback("delivered")
+    with pytest.raises(WebhookSignatureError):
+        parse(form, url=called, signature=twilio_sign(TOKEN, signed, form))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"MessageSid=SM1&MessageStatus=sent&Body=\xff", b"&".join([b"a=1"] * 201)],
+    ids=["not-utf8", "too-many-fields"],
+)
+def test_bodies_that_cannot_be_verified_are_refused(body: bytes) -> None:
+    """A body that is not UTF-8, or has more than 200 fields, is refused as unsigned."""
+    provider = TwilioProvider.from_url(URL, clock=ManualClock())
+    with pytest.raises(WebhookSignatureError, match="cannot be verified"):
+        provider.parse_status_callback(url=CALLBACK, headers={SIGNATURE: "x"}, body=body)
+
+
 @pytest.mark.parametrize(
     "tamper",
     ["missing", "wrong-token", "other-url", "changed-body", "garbage"],
@@ -569,6 +505,10 @@ def test_load_provider_builds_twilio_through_the_entry_point() -> None:
         (f"twilio://{SID}:{TOKEN}@?from=+15005550006", "%2B"),
         (f"twilio://{SID}:{TOKEN}@?messaging_service_sid=MG123", "messaging_service_sid"),
         (f"twilio://{SID}:{TOKEN}@?from=ACME&base_url=ftp%3A%2F%2Fx", "base_url"),
+        (f"twilio://{SID}:{TOKEN}@?from=ACME&base_url=https%3A%2F%2Fu%3Ap%40x.test", "credentials"),
+        (f"twilio://{SID}:{TOKEN}@?from=ACME&base_url=https%3A%2F%2Fx.test%3Fa%3D1", "query"),
+        (f"twilio://{SID}:{TOKEN}@/Messages.json?from=ACME", "no host, path"),
+        (f"twilio://{SID}:{TOKEN}@?from=ACME#frag", "fragment"),
         (f"twilio://{SID}:{TOKEN}@api.twilio.com?from=ACME", "no host"),
         (f"twilio://{SID}:{TOKEN}@?from=ACME&use_sender_id=maybe", "use_sender_id"),
         (f"twilio://{SID}:{TOKEN}@?from=ACME&from=BETA", "twice"),
@@ -580,6 +520,24 @@ def test_bad_urls_are_config_errors_without_the_token(url: str, reason: str) -> 
         load_provider(url, clock=ManualClock())
     assert reason in str(excinfo.value)
     assert TOKEN not in str(excinfo.value)
+
+
+def test_another_scheme_is_refused() -> None:
+    """TwilioSettings.from_url takes twilio:// URLs only."""
+    with pytest.raises(ValueError, match="expected a twilio:// URL"):
+        TwilioSettings.from_url(f"sms+https://{SID}:{TOKEN}@?from=ACME")
+
+
+def test_redacted_url_lists_every_option_and_masks_the_token() -> None:
+    """redacted_url writes back each non-default option (encoded) and *** for the token."""
+    url = (
+        f"twilio://{SID}:{TOKEN}@?from=%2B15005550006&messaging_service_sid={SERVICE}"
+        "&base_url=http%3A%2F%2F127.0.0.1%3A8080&timeout=2.5&use_sender_id=false"
+    )
+    assert TwilioSettings.from_url(url).redacted_url == (
+        f"twilio://{SID}:***@?from=%2B15005550006&messaging_service_sid={SERVICE}"
+        "&base_url=http%3A%2F%2F127.0.0.1%3A8080&timeout=2.5&use_sender_id=false"
+    )
 
 
 @pytest.mark.parametrize(

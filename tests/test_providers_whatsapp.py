@@ -1,12 +1,14 @@
-"""The WhatsApp Cloud provider and webhook helpers against a fake of Meta's Graph API.
+"""The WhatsApp Cloud provider against a fake of Meta's Graph API, and Meta's webhook rules.
 
-The fake (httpx.MockTransport) answers like the Cloud API messages endpoint
+The fake (``tests/http_fakes.py``'s FakeService) answers like the Cloud API messages endpoint
 (https://developers.facebook.com/docs/whatsapp/cloud-api/reference/messages) and
 with Graph's documented error body ``{"error": {"message", "type", "code",
 "error_data": {"messaging_product", "details"}, "fbtrace_id"}}``
 (https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes).
 Webhook payloads follow https://developers.facebook.com/docs/whatsapp/cloud-api/webhooks/components;
-signatures are computed here independently (HMAC-SHA256 of the raw body).
+their rules live in ``commtunnel.domain.whatsapp`` (pure, no provider involved) and
+signatures are computed here independently (HMAC-SHA256 of the raw body). What every
+HTTP provider does alike (network failures, closing, the client) is in test_providers_http.py.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ from commtunnel.domain.whatsapp import (
     verify_signature,
 )
 from commtunnel.ports import OutgoingWhatsApp, WhatsAppLine, WhatsAppProvider
-from commtunnel.providers.whatsapp import WhatsAppCloudProvider
+from commtunnel.providers.whatsapp import WhatsAppCloudProvider, classify_response
 from commtunnel.testing import ManualClock
+from http_fakes import FakeService
 
 pytestmark = pytest.mark.anyio
 
@@ -76,6 +79,11 @@ def sent_ok(request: httpx.Request) -> httpx.Response:
     )
 
 
+def sent_ok_for(to: str) -> httpx.Response:
+    """Graph's 200 answer to a message for ``to``."""
+    return sent_ok(httpx.Request("POST", BASE, json={"to": to.removeprefix("+")}))
+
+
 def graph_error(
     status: int, code: int, message: str, details: str, *, headers: dict[str, str] | None = None
 ) -> httpx.Response:
@@ -95,37 +103,15 @@ def graph_error(
     )
 
 
-class FakeGraph:
-    """Records every request and answers with ``responder`` (default: success)."""
-
-    def __init__(self, responder: Any = sent_ok) -> None:
-        self.requests: list[httpx.Request] = []
-        self.responder = responder
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        answer = self.responder
-        if isinstance(answer, httpx.Response):
-            return answer
-        if isinstance(answer, Exception):
-            raise answer
-        result: httpx.Response = answer(request)
-        return result
-
-    def bodies(self) -> list[Any]:
-        return [json.loads(r.content) for r in self.requests]
+@pytest.fixture
+def graph() -> FakeService:
+    """The fake Graph API; it answers success until a test sets its responder."""
+    return FakeService(sent_ok)
 
 
 @pytest.fixture
-def graph() -> FakeGraph:
-    return FakeGraph()
-
-
-@pytest.fixture
-async def wa(graph: FakeGraph, clock: ManualClock) -> Any:
-    provider = WhatsAppCloudProvider(
-        graph_base_url=BASE, clock=clock, transport=httpx.MockTransport(graph)
-    )
+async def wa(graph: FakeService, clock: ManualClock) -> Any:
+    provider = WhatsAppCloudProvider(graph_base_url=BASE, clock=clock, transport=graph.transport())
     yield provider
     await provider.aclose()
 
@@ -139,7 +125,7 @@ async def test_is_a_whatsapp_provider(wa: WhatsAppCloudProvider) -> None:
     assert wa.name == "whatsapp_cloud"
 
 
-async def test_text_message_exact_request(wa: WhatsAppCloudProvider, graph: FakeGraph) -> None:
+async def test_text_message_exact_request(wa: WhatsAppCloudProvider, graph: FakeService) -> None:
     """A text message is POSTed to the line's messages endpoint with Meta's documented JSON."""
     result = await wa.send_whatsapp(outgoing())
     assert result == ProviderResult.accepted(WAMID)
@@ -158,7 +144,7 @@ async def test_text_message_exact_request(wa: WhatsAppCloudProvider, graph: Fake
 
 
 async def test_template_with_positional_variables(
-    wa: WhatsAppCloudProvider, graph: FakeGraph
+    wa: WhatsAppCloudProvider, graph: FakeService
 ) -> None:
     """A list of variables becomes the body component's positional text parameters."""
     content = WhatsAppContent(
@@ -191,7 +177,7 @@ async def test_template_with_positional_variables(
     ]
 
 
-async def test_template_with_named_variables(wa: WhatsAppCloudProvider, graph: FakeGraph) -> None:
+async def test_template_with_named_variables(wa: WhatsAppCloudProvider, graph: FakeService) -> None:
     """A dict of variables becomes named parameters (parameter_name), in the dict's order."""
     content = WhatsAppContent(
         to=ALICE,
@@ -218,7 +204,7 @@ async def test_template_with_named_variables(wa: WhatsAppCloudProvider, graph: F
 
 @pytest.mark.parametrize("variables", [None, [], {}])
 async def test_template_without_variables_has_no_components(
-    wa: WhatsAppCloudProvider, graph: FakeGraph, variables: Any
+    wa: WhatsAppCloudProvider, graph: FakeService, variables: Any
 ) -> None:
     """A template with no variables is sent without a components array."""
     content = WhatsAppContent(
@@ -233,7 +219,7 @@ async def test_template_without_variables_has_no_components(
 
 
 async def test_each_line_uses_its_own_token_and_path(
-    wa: WhatsAppCloudProvider, graph: FakeGraph
+    wa: WhatsAppCloudProvider, graph: FakeService
 ) -> None:
     """Two lines send with two bearer tokens to two phone-number-id paths."""
     await wa.send_whatsapp(outgoing(line=PLATFORM))
@@ -247,12 +233,12 @@ async def test_each_line_uses_its_own_token_and_path(
 
 async def test_api_version_and_base_url_are_configurable(clock: ManualClock) -> None:
     """The path carries the configured Graph version on the configured origin."""
-    graph = FakeGraph()
+    graph = FakeService(sent_ok)
     provider = WhatsAppCloudProvider(
         graph_base_url="http://127.0.0.1:9999/graph/",
         api_version="v19.0",
         clock=clock,
-        transport=httpx.MockTransport(graph),
+        transport=graph.transport(),
     )
     async with provider:
         await provider.send_whatsapp(outgoing())
@@ -266,6 +252,9 @@ async def test_api_version_and_base_url_are_configurable(clock: ManualClock) -> 
     [
         ({"graph_base_url": "ftp://graph.test"}, "http"),
         ({"graph_base_url": "https://graph.test?x=1"}, "query"),
+        ({"graph_base_url": "https://graph.test/#top"}, "fragment"),
+        ({"graph_base_url": "https://me:pw@graph.test"}, "credentials"),
+        ({"graph_base_url": "graph.test"}, "with a host"),
         ({"api_version": "21.0"}, "v21.0"),
         ({"timeout": 0}, "timeout"),
     ],
@@ -278,12 +267,12 @@ def test_constructor_refuses_bad_settings(
         WhatsAppCloudProvider(clock=clock, **kwargs)
 
 
-async def test_client_is_reused(wa: WhatsAppCloudProvider) -> None:
-    """One httpx client serves every send."""
-    await wa.send_whatsapp(outgoing())
-    first = wa._client
-    await wa.send_whatsapp(outgoing(line=TENANT))
-    assert first is not None and wa._client is first
+def test_a_refused_base_url_is_quoted_without_its_password(clock: ManualClock) -> None:
+    """The refusal quotes the base URL with its password masked."""
+    with pytest.raises(ValueError, match="http") as excinfo:
+        WhatsAppCloudProvider(clock=clock, graph_base_url="ftp://me:s3cret@graph.test")
+    assert "s3cret" not in str(excinfo.value)
+    assert "ftp://me:***@graph.test" in str(excinfo.value)
 
 
 @pytest.mark.parametrize(
@@ -295,7 +284,7 @@ async def test_client_is_reused(wa: WhatsAppCloudProvider) -> None:
     ],
 )
 async def test_unsendable_content_is_refused_without_a_request(
-    wa: WhatsAppCloudProvider, graph: FakeGraph, content: WhatsAppContent, category: ErrorCategory
+    wa: WhatsAppCloudProvider, graph: FakeService, content: WhatsAppContent, category: ErrorCategory
 ) -> None:
     """Content Graph cannot take fails permanently and nothing is sent."""
     result = await wa.send_whatsapp(outgoing(content))
@@ -305,7 +294,7 @@ async def test_unsendable_content_is_refused_without_a_request(
 
 
 async def test_success_without_message_id_is_transient_unknown(
-    wa: WhatsAppCloudProvider, graph: FakeGraph
+    wa: WhatsAppCloudProvider, graph: FakeService
 ) -> None:
     """A 200 that carries no messages[0].id is not Graph's answer: retried."""
     graph.responder = httpx.Response(200, json={"messaging_product": "whatsapp"})
@@ -378,7 +367,7 @@ DOCUMENTED_ERRORS = [
 )
 async def test_graph_error_codes_are_classified(
     wa: WhatsAppCloudProvider,
-    graph: FakeGraph,
+    graph: FakeService,
     status: int,
     code: int,
     message: str,
@@ -403,7 +392,7 @@ async def test_graph_error_codes_are_classified(
 
 
 async def test_template_required_says_a_template_is_needed(
-    wa: WhatsAppCloudProvider, graph: FakeGraph
+    wa: WhatsAppCloudProvider, graph: FakeService
 ) -> None:
     """131047's message tells the caller a template message is needed."""
     graph.responder = graph_error(400, 131047, "(#131047) Re-engagement message", "24 hours")
@@ -412,7 +401,7 @@ async def test_template_required_says_a_template_is_needed(
     assert "template message is needed" in result.error_message
 
 
-async def test_code_as_string_is_understood(wa: WhatsAppCloudProvider, graph: FakeGraph) -> None:
+async def test_code_as_string_is_understood(wa: WhatsAppCloudProvider, graph: FakeService) -> None:
     """A Graph code sent as a digit string is classified like the number."""
     graph.responder = httpx.Response(
         400, json={"error": {"message": "(#131050) stopped", "code": "131050"}}
@@ -421,8 +410,23 @@ async def test_code_as_string_is_understood(wa: WhatsAppCloudProvider, graph: Fa
     assert result.error_category is ErrorCategory.RECIPIENT_OPTED_OUT
 
 
+def test_classify_response_is_the_providers_classification() -> None:
+    """The public classify_response gives what a send gets for the same answer, no request."""
+    now = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    answer = graph_error(400, 131056, "(#131056) pair rate limit hit", "too many")
+    result = classify_response(answer, now=now)
+    assert (result.outcome, result.error_category, result.retry_after) == (
+        Outcome.TRANSIENT,
+        ErrorCategory.RATE_LIMITED,
+        6.0,
+    )
+    assert result.error_message is not None
+    assert result.error_message.startswith("pair rate limit: wait 6 s")
+    assert classify_response(sent_ok_for(ALICE), now=now) == ProviderResult.accepted(WAMID)
+
+
 async def test_throughput_limit_honours_retry_after(
-    wa: WhatsAppCloudProvider, graph: FakeGraph
+    wa: WhatsAppCloudProvider, graph: FakeService
 ) -> None:
     """130429 with a Retry-After header waits that many seconds."""
     graph.responder = graph_error(
@@ -433,7 +437,7 @@ async def test_throughput_limit_honours_retry_after(
 
 
 async def test_server_error_honours_retry_after(
-    wa: WhatsAppCloudProvider, graph: FakeGraph
+    wa: WhatsAppCloudProvider, graph: FakeService
 ) -> None:
     """An HTTP 5xx without a Graph body is a transient outage with the asked-for wait."""
     graph.responder = httpx.Response(503, text="upstream down", headers={"Retry-After": "30"})
@@ -446,7 +450,7 @@ async def test_server_error_honours_retry_after(
 
 
 async def test_plain_4xx_without_graph_body_is_transient_unknown(
-    wa: WhatsAppCloudProvider, graph: FakeGraph
+    wa: WhatsAppCloudProvider, graph: FakeService
 ) -> None:
     """A 404 from something that is not Graph (wrong base URL) does not fail the message."""
     graph.responder = httpx.Response(404, text="<html>Not Found</html>")
@@ -455,7 +459,7 @@ async def test_plain_4xx_without_graph_body_is_transient_unknown(
 
 
 async def test_token_echoed_by_graph_is_scrubbed(
-    wa: WhatsAppCloudProvider, graph: FakeGraph
+    wa: WhatsAppCloudProvider, graph: FakeService
 ) -> None:
     """Even if Graph echoed the access token, the error message never carries it."""
     graph.responder = graph_error(
@@ -466,35 +470,6 @@ async def test_token_echoed_by_graph_is_scrubbed(
     assert result.error_message is not None
     assert PLATFORM.access_token not in result.error_message
     assert "***" in result.error_message
-
-
-@pytest.mark.parametrize(
-    ("exc", "category"),
-    [
-        (httpx.ReadTimeout("read timed out"), ErrorCategory.TIMEOUT),
-        (httpx.ConnectTimeout("connect timed out"), ErrorCategory.TIMEOUT),
-        (httpx.ConnectError("[Errno 111] Connection refused"), ErrorCategory.PROVIDER_OUTAGE),
-        (httpx.RemoteProtocolError("peer closed connection"), ErrorCategory.PROVIDER_OUTAGE),
-    ],
-)
-async def test_network_failures_are_transient(
-    wa: WhatsAppCloudProvider, graph: FakeGraph, exc: Exception, category: ErrorCategory
-) -> None:
-    """Timeouts and connection errors never escape: they are transient results."""
-    graph.responder = exc
-    result = await wa.send_whatsapp(outgoing())
-    assert (result.outcome, result.error_category) == (Outcome.TRANSIENT, category)
-
-
-async def test_closed_provider_returns_transient(
-    wa: WhatsAppCloudProvider, graph: FakeGraph
-) -> None:
-    """After aclose a send is transient and makes no request; aclose is idempotent."""
-    await wa.aclose()
-    await wa.aclose()
-    result = await wa.send_whatsapp(outgoing())
-    assert result.outcome is Outcome.TRANSIENT
-    assert graph.requests == []
 
 
 def test_repr_has_no_token(clock: ManualClock) -> None:
@@ -522,7 +497,7 @@ def pair_limited_for(recipient: str) -> Any:
 
 
 async def test_pair_rate_limit_holds_the_recipient(
-    wa: WhatsAppCloudProvider, graph: FakeGraph, clock: ManualClock
+    wa: WhatsAppCloudProvider, graph: FakeService, clock: ManualClock
 ) -> None:
     """After 131056, sends to that recipient within 6 s make no request; after 6 s they do."""
     graph.responder = pair_limited_for(ALICE)
@@ -551,7 +526,7 @@ async def test_pair_rate_limit_holds_the_recipient(
 
 
 async def test_pair_hold_is_per_line(
-    wa: WhatsAppCloudProvider, graph: FakeGraph, clock: ManualClock
+    wa: WhatsAppCloudProvider, graph: FakeService, clock: ManualClock
 ) -> None:
     """A hold on one business line does not stop another line messaging the same customer."""
     graph.responder = pair_limited_for(ALICE)
@@ -563,7 +538,7 @@ async def test_pair_hold_is_per_line(
 
 
 async def test_throughput_limit_does_not_hold_the_recipient(
-    wa: WhatsAppCloudProvider, graph: FakeGraph
+    wa: WhatsAppCloudProvider, graph: FakeService
 ) -> None:
     """130429 is a line-wide limit: the next send is still attempted."""
     graph.responder = graph_error(400, 130429, "(#130429) Rate limit hit", "throughput")

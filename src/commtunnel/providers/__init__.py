@@ -57,17 +57,26 @@ def load_provider(url: str, *, clock: Clock) -> Any:
         raise ProviderConfigError(f"Invalid provider URL {redact_url(url)}: {exc}") from None
 
 
-def redact_url(url: str) -> str:
+def redact_url(url: str, *, keep_user: bool = True) -> str:
     """The URL with its secret replaced by ``***`` (safe to log).
 
-    The password is masked; a user part with no password (``sms+https://TOKEN@host``,
-    where the token *is* the credential) is masked whole.
+    Args:
+        url: any URL; one without a user part comes back unchanged.
+        keep_user: show the user name of a ``user:password@`` part (the password
+            is masked). False masks the whole user part, for schemes whose user
+            name may be the secret.
+
+    Returns:
+        The URL with ``user:***@`` or ``***@``. A user part with no password
+        (``sms+https://TOKEN@host``, where the token *is* the credential) is
+        always masked whole. Nothing after the ``@`` is changed (a secret in the
+        query would be shown).
     """
     parts = urlsplit(url)
     if "@" not in parts.netloc:
         return url
     host = parts.netloc.rsplit("@", 1)[1]
-    if parts.password is None:
+    if parts.password is None or not keep_user:
         return urlunsplit(parts._replace(netloc=f"***@{host}"))
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

@@ -4,13 +4,18 @@
 Each provider keeps its own translation (payload, endpoint, classification
 table); this module holds what does not depend on the service at the other end:
 
-* :class:`HttpProvider`, the base class owning the lazily made ``httpx.AsyncClient``;
+* :class:`HttpProvider`, the base class owning the lazily made ``httpx.AsyncClient``
+  and posting with the provider's timeout; :class:`ConfiguredHttpProvider` adds the
+  constructor, ``from_url``, ``redacted_url`` and ``repr`` of a provider configured
+  by one settings object parsed from its URL;
 * :func:`retry_after_seconds`, :func:`header` and :func:`json_or_none` for reading answers
   and callbacks;
-* :func:`classify_exception` for what httpx raises, and :func:`scrub` so that no
-  result carries a secret;
-* :func:`url_options`, :func:`bool_option`, :func:`timeout_option` and
-  :func:`check_timeout` for provider URLs.
+* :func:`answer_text` and :func:`classify_other_status` for the part of an answer's
+  classification every HTTP provider shares, :func:`classify_exception` for what
+  httpx raises, and :func:`scrub` so that no result carries a secret;
+* :func:`url_options`, :func:`bool_option`, :func:`timeout_option`,
+  :func:`check_timeout`, :func:`url_port`, :func:`url_host` and
+  :func:`check_http_url` for provider URLs.
 """
 
 from __future__ import annotations
@@ -20,13 +25,15 @@ from collections.abc import Mapping
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Any, Self
-from urllib.parse import parse_qsl
+from typing import Any, Generic, Protocol, Self, TypeVar
+from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 import attrs
 import httpx
 
 from commtunnel.domain.delivery import ErrorCategory, ProviderResult
+from commtunnel.ports import Clock
+from commtunnel.providers import redact_url
 
 #: the longest ``Retry-After`` honoured, seconds (a larger one is capped).
 MAX_RETRY_AFTER = 86400.0
@@ -92,6 +99,51 @@ def json_or_none(response: httpx.Response) -> Any:
 
 
 # --------------------------------------------------------------------------- results
+
+
+def answer_text(response: httpx.Response, words: str | None = None, *, label: str = "") -> str:
+    """What an error answer says, for ``error_message``.
+
+    Args:
+        response: the HTTP response (its body read).
+        words: the service's own words, read from its error body; None quotes
+            the first 200 characters of the body instead.
+        label: put after the status, e.g. ``Twilio error 21211``; empty for none.
+
+    Returns:
+        ``HTTP <status>[ <label>]: <words>``, without the colon when there are no words.
+    """
+    head = f"HTTP {response.status_code} {label}".rstrip()
+    if words is None:
+        words = response.text.strip()[:200]
+    return f"{head}: {words}" if words else head
+
+
+def classify_other_status(
+    status: int, text: str, *, retry_after: float | None, service_error: bool
+) -> ProviderResult:
+    """The last rows of every HTTP provider's table, for an answer its own rules left open.
+
+    Args:
+        status: the HTTP status code (not 2xx).
+        text: the error message, e.g. from :func:`answer_text`.
+        retry_after: seconds from the ``Retry-After`` header, or None.
+        service_error: whether the body is the service's own error format, i.e.
+            the service itself answered (not a proxy or a wrong URL).
+
+    Returns:
+        5xx: transient ``PROVIDER_OUTAGE`` with ``retry_after``. A 4xx carrying the
+        service's error: permanent ``REJECTED``. Anything else (a 4xx from
+        something else, 1xx, 3xx) says nothing against the message, so retrying is
+        the safe side: transient ``UNKNOWN``.
+    """
+    if 500 <= status < 600:
+        return ProviderResult.transient(
+            ErrorCategory.PROVIDER_OUTAGE, text, retry_after=retry_after
+        )
+    if 400 <= status < 500 and service_error:
+        return ProviderResult.permanent(ErrorCategory.REJECTED, text)
+    return ProviderResult.transient(ErrorCategory.UNKNOWN, f"unexpected answer: {text}")
 
 
 def classify_exception(exc: BaseException) -> ProviderResult:
@@ -198,18 +250,56 @@ def check_timeout(timeout: float, maximum: float = MAX_TIMEOUT) -> None:
         raise ValueError(f"timeout must be > 0 and <= {maximum:g} seconds")
 
 
-# --------------------------------------------------------------------------- base class
+def url_port(parts: SplitResult) -> int | None:
+    """The port a split provider URL names, or None when it names none.
+
+    Raises:
+        ValueError: not a number from 1 to 65535.
+    """
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise ValueError("the port must be a number from 1 to 65535")
+    return port
+
+
+def url_host(hostname: str) -> str:
+    """``hostname`` as written in a URL: an IPv6 address in brackets (RFC 3986 §3.2.2)."""
+    return f"[{hostname}]" if ":" in hostname else hostname
+
+
+def check_http_url(url: str, name: str) -> None:
+    """Refuse an API origin or endpoint that is not ``http(s)://host[:port][/path]``.
+
+    Args:
+        url: the URL to check.
+        name: what it is, to start the message with (``base_url``, ``the endpoint``).
+
+    Raises:
+        ValueError: another scheme or no host (the URL is quoted with its
+            password masked), or credentials, a query or a fragment.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{name} must be an http(s) URL with a host, got {redact_url(url)!r}")
+    if parts.username is not None or parts.query or parts.fragment:
+        raise ValueError(f"{name} takes no credentials, query or fragment")
+
+
+# --------------------------------------------------------------------------- base classes
 
 
 class HttpProvider:
     """The HTTP client of a provider: made on the first send, reused (keep-alive) until closed.
 
-    Each request should still carry the provider's timeout, so an injected
-    client behaves the same.
+    Requests go through :meth:`_post`, which gives each one the provider's
+    timeout, so an injected client behaves the same as the one made here.
 
     Args:
-        timeout: seconds for connecting and for each read and write, for the
-            client this makes.
+        timeout: seconds for connecting and for each read and write, of every
+            request (and of the client this makes).
         http_client: a client to use instead of making one (tests, shared
             pools); the caller owns it, so :meth:`aclose` leaves it open.
         transport: a transport for the client this makes (e.g.
@@ -218,6 +308,9 @@ class HttpProvider:
 
     Raises:
         TypeError: both ``http_client`` and ``transport``.
+
+    Attributes:
+        timeout: the ``timeout`` given, seconds.
     """
 
     def __init__(
@@ -230,10 +323,10 @@ class HttpProvider:
     ) -> None:
         if http_client is not None and transport is not None:
             raise TypeError("give http_client or transport, not both")
+        self.timeout = timeout
         self._client = http_client
         self._owns_client = http_client is None
         self._transport = transport
-        self._client_timeout = timeout
         self._client_headers = {"User-Agent": USER_AGENT, **(headers or {})}
         self._closed = False
 
@@ -241,11 +334,31 @@ class HttpProvider:
         if self._client is None:
             self._client = httpx.AsyncClient(
                 transport=self._transport,
-                timeout=self._client_timeout,
+                timeout=self.timeout,
                 follow_redirects=False,
                 headers=self._client_headers,
             )
         return self._client
+
+    async def _post(
+        self, url: str, *, secret: str | None, **request: Any
+    ) -> httpx.Response | ProviderResult:
+        """POST with this provider's timeout; what httpx raises comes back classified.
+
+        Args:
+            url: the endpoint.
+            secret: the credential the request carries, kept out of a failure's message.
+            **request: ``httpx.AsyncClient.post`` arguments (``json``, ``data``,
+                ``headers``, ``auth``), except ``timeout``.
+
+        Returns:
+            The response (any status), or the :func:`classify_exception` result of
+            the exception raised (timeouts, connection errors...), with ``secret`` scrubbed.
+        """
+        try:
+            return await self._http().post(url, timeout=self.timeout, **request)
+        except Exception as exc:
+            return scrub(classify_exception(exc), secret)
 
     async def aclose(self) -> None:
         """Close the HTTP client this provider made (an injected one stays open).
@@ -267,3 +380,101 @@ class HttpProvider:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+class HttpSettings(Protocol):
+    """What :class:`ConfiguredHttpProvider` reads of a provider's settings."""
+
+    @property
+    def timeout(self) -> float:
+        """Seconds for connecting and for each read and write."""
+        ...
+
+    @property
+    def redacted_url(self) -> str:
+        """The settings as a provider URL with the secret shown as ``***``."""
+        ...
+
+
+SettingsT = TypeVar("SettingsT", bound=HttpSettings)
+
+
+class ConfiguredHttpProvider(HttpProvider, Generic[SettingsT]):
+    """An :class:`HttpProvider` configured by one validated settings object.
+
+    A subclass parses and validates its URL in :meth:`parse_settings` and gets
+    the constructor, :meth:`from_url`, :attr:`redacted_url` and a ``repr``
+    that shows no secret.
+
+    Args:
+        settings: validated settings (see :meth:`from_url`); their ``timeout``
+            applies to every request.
+        clock: where "now" comes from (for ``Retry-After`` dates).
+        http_client: a client to use instead of making one (tests, shared
+            pools); the caller owns it, so :meth:`aclose` leaves it open.
+        transport: a transport for the client this provider makes (e.g.
+            ``httpx.MockTransport`` in tests). Not together with ``http_client``.
+
+    Raises:
+        TypeError: both ``http_client`` and ``transport``.
+
+    Attributes:
+        settings: the settings in use.
+    """
+
+    def __init__(
+        self,
+        settings: SettingsT,
+        *,
+        clock: Clock,
+        http_client: httpx.AsyncClient | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        super().__init__(timeout=settings.timeout, http_client=http_client, transport=transport)
+        self.settings = settings
+        self._clock = clock
+
+    @classmethod
+    def parse_settings(cls, url: str) -> SettingsT:
+        """Parse and validate this provider's URL (the subclass's module docstring).
+
+        Raises:
+            ValueError: an invalid URL or option; the message never contains a secret.
+        """
+        raise NotImplementedError
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        clock: Clock,
+        http_client: httpx.AsyncClient | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> Self:
+        """Build the provider from its URL (options in the subclass's module docstring).
+
+        Args:
+            url: the provider URL, e.g. ``twilio://AC...:TOKEN@?from=%2B15005550006``.
+            clock: the clock to hand to the provider.
+            http_client: optional client (see the class docstring).
+            transport: optional transport (see the class docstring).
+
+        Returns:
+            The provider; nothing is connected until the first send.
+
+        Raises:
+            ValueError: an invalid URL or option (see :meth:`parse_settings`).
+            TypeError: both ``http_client`` and ``transport``.
+        """
+        return cls(
+            cls.parse_settings(url), clock=clock, http_client=http_client, transport=transport
+        )
+
+    @property
+    def redacted_url(self) -> str:
+        """This provider's URL with its secret as ``***``, safe to log."""
+        return self.settings.redacted_url
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.redacted_url!r})"

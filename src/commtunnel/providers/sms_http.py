@@ -35,7 +35,7 @@ status callbacks. Options:
 The token never appears in ``repr``, logs or error messages
 (:attr:`HttpSmsProvider.redacted_url`); :meth:`HttpSmsProvider.from_url`
 raises :class:`~commtunnel.domain.errors.ProviderConfigError` itself, with the
-token masked wherever it was written.
+whole user part of the URL masked (``user:TOKEN@`` and ``TOKEN:x@`` alike).
 
 Classification (``../shared/DESIGN.md``, "Provider results"), see
 :func:`classify_response` and :func:`classify_exception`:
@@ -92,17 +92,23 @@ from commtunnel.domain.errors import (
     WebhookSignatureError,
 )
 from commtunnel.domain.messages import Status
-from commtunnel.ports import Clock, DeliveryReceipt, OutgoingSms
+from commtunnel.ports import DeliveryReceipt, OutgoingSms
+from commtunnel.providers import redact_url
 from commtunnel.providers._http import (
-    HttpProvider,
+    ConfiguredHttpProvider,
+    answer_text,
+    check_http_url,
     check_timeout,
     classify_exception,
+    classify_other_status,
     header,
     json_or_none,
     retry_after_seconds,
     scrub,
     timeout_option,
+    url_host,
     url_options,
+    url_port,
 )
 
 __all__ = [
@@ -142,11 +148,7 @@ class HttpSmsSettings:
     timeout: float = DEFAULT_TIMEOUT
 
     def __post_init__(self) -> None:
-        parts = urlsplit(self.endpoint)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("the endpoint must be an http(s) URL with a host")
-        if parts.username is not None or parts.query or parts.fragment:
-            raise ValueError("the endpoint takes no credentials, query or fragment")
+        check_http_url(self.endpoint, "the endpoint")
         check_timeout(self.timeout)
         if self.token is not None and not _TOKEN.fullmatch(self.token):
             raise ValueError("the token must be non-empty printable ASCII without spaces")
@@ -174,12 +176,7 @@ class HttpSmsSettings:
             raise ValueError("the URL needs a host (sms+https://TOKEN@host/path)")
         if parts.fragment:
             raise ValueError("the URL has no '#' fragment")
-        try:
-            port = parts.port
-        except ValueError:
-            raise ValueError("the port must be a number from 1 to 65535") from None
-        if port == 0:
-            raise ValueError("the port must be a number from 1 to 65535")
+        port = url_port(parts)
         user, password = parts.username, parts.password
         if user and password:
             raise ValueError(
@@ -190,7 +187,7 @@ class HttpSmsSettings:
 
         timeout = timeout_option(url_options(parts.query, _OPTIONS), DEFAULT_TIMEOUT)
 
-        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        host = url_host(parts.hostname)
         netloc = host if port is None else f"{host}:{port}"
         endpoint = urlunsplit((scheme, netloc, parts.path or "/", "", ""))
         return cls(endpoint=endpoint, token=token, timeout=timeout)
@@ -202,14 +199,6 @@ class HttpSmsSettings:
         netloc = f"***@{parts.netloc}" if self.token else parts.netloc
         query = f"timeout={self.timeout:g}"
         return urlunsplit((f"sms+{parts.scheme}", netloc, parts.path, query, ""))
-
-
-def _redact_any(url: str) -> str:
-    """``url`` with its whole user-info (user name and password) shown as ``***``."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
 
 
 # --------------------------------------------------------------------------- send
@@ -233,7 +222,7 @@ def message_type(sms: OutgoingSms) -> str:
 
 
 def _describe(response: httpx.Response) -> str:
-    """``HTTP <status>: <the service's words>`` from an error response."""
+    """``HTTP <status>: <the service's words>`` from an error response (:func:`answer_text`)."""
     words = ""
     payload: Any = json_or_none(response)
     if isinstance(payload, dict):
@@ -245,9 +234,7 @@ def _describe(response: httpx.Response) -> str:
         code = payload.get("code", payload.get("error_code"))
         if isinstance(code, str | int) and not isinstance(code, bool) and str(code):
             words = f"[{code}] {words}".strip()
-    if not words:
-        words = response.text.strip()[:200]
-    return f"HTTP {response.status_code}: {words}" if words else f"HTTP {response.status_code}"
+    return answer_text(response, words or None)
 
 
 def classify_response(response: httpx.Response, *, reference: str, now: datetime) -> ProviderResult:
@@ -281,11 +268,9 @@ def classify_response(response: httpx.Response, *, reference: str, now: datetime
         return ProviderResult.transient(ErrorCategory.AUTH, text)
     if status in (400, 413, 422):
         return ProviderResult.permanent(ErrorCategory.REJECTED, text)
-    if 500 <= status < 600:
-        return ProviderResult.transient(
-            ErrorCategory.PROVIDER_OUTAGE, text, retry_after=retry_after
-        )
-    return ProviderResult.transient(ErrorCategory.UNKNOWN, f"unexpected answer: {text}")
+    # No error format of its own to tell the aggregator from a proxy: only 5xx
+    # (PROVIDER_OUTAGE) is known, any other status is UNKNOWN.
+    return classify_other_status(status, text, retry_after=retry_after, service_error=False)
 
 
 # --------------------------------------------------------------------------- callbacks
@@ -343,78 +328,36 @@ def _receipt(item: Any, index: int | None) -> DeliveryReceipt:
 # --------------------------------------------------------------------------- provider
 
 
-class HttpSmsProvider(HttpProvider):
+class HttpSmsProvider(ConfiguredHttpProvider[HttpSmsSettings]):
     """An :class:`~commtunnel.ports.SmsProvider` for a generic JSON-over-HTTP aggregator.
 
     One ``httpx.AsyncClient`` is made on the first send and reused (keep-alive
-    connections) until :meth:`aclose`. Each request carries the configured
-    timeout, so an injected client behaves the same.
-
-    Args:
-        settings: validated settings (see :meth:`from_url`).
-        clock: where "now" comes from (for ``Retry-After`` dates).
-        http_client: a client to use instead of making one (tests, shared
-            pools); the caller owns it, so :meth:`aclose` leaves it open.
-        transport: a transport for the client this provider makes (e.g.
-            ``httpx.MockTransport`` in tests). Not together with ``http_client``.
+    connections) until :meth:`aclose`. Constructor arguments and ``from_url``
+    are :class:`~commtunnel.providers._http.ConfiguredHttpProvider`'s.
 
     Attributes:
         name: ``"sms_http"``, recorded on every attempt.
-        settings: the settings in use.
+        settings: the settings in use (:class:`HttpSmsSettings`).
     """
 
     name = "sms_http"
 
-    def __init__(
-        self,
-        settings: HttpSmsSettings,
-        *,
-        clock: Clock,
-        http_client: httpx.AsyncClient | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        super().__init__(timeout=settings.timeout, http_client=http_client, transport=transport)
-        self.settings = settings
-        self._clock = clock
-
     @classmethod
-    def from_url(
-        cls,
-        url: str,
-        *,
-        clock: Clock,
-        http_client: httpx.AsyncClient | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> HttpSmsProvider:
-        """Build the provider from an ``sms+https://`` or ``sms+http://`` URL.
-
-        Args:
-            url: e.g. ``sms+https://TOKEN@sms.example.com/api/send?timeout=10``.
-            clock: the clock to hand to the provider.
-            http_client: optional client (see the class docstring).
-            transport: optional transport (see the class docstring).
-
-        Returns:
-            The provider; nothing is connected until the first send.
+    def parse_settings(cls, url: str) -> HttpSmsSettings:
+        """Parse an ``sms+https://`` or ``sms+http://`` URL (:meth:`HttpSmsSettings.from_url`).
 
         Raises:
-            ProviderConfigError: an invalid URL or option. Raised here rather
-                than as ``ValueError`` because the token may be the URL's user
-                name, which the registry's redaction (passwords only) would show.
+            ProviderConfigError: an invalid URL or option, the URL's whole user
+                part masked. Raised here rather than left to the registry as a
+                ``ValueError``: the registry's redaction shows the user name of a
+                ``user:password@`` part, and here either part may be the token.
         """
         try:
-            settings = HttpSmsSettings.from_url(url)
+            return HttpSmsSettings.from_url(url)
         except ValueError as exc:
-            raise ProviderConfigError(f"Invalid provider URL {_redact_any(url)}: {exc}") from None
-        return cls(settings, clock=clock, http_client=http_client, transport=transport)
-
-    @property
-    def redacted_url(self) -> str:
-        """This provider's URL with the token as ``***``, safe to log."""
-        return self.settings.redacted_url
-
-    def __repr__(self) -> str:
-        return f"HttpSmsProvider({self.redacted_url!r})"
+            raise ProviderConfigError(
+                f"Invalid provider URL {redact_url(url, keep_user=False)}: {exc}"
+            ) from None
 
     def payload_for(self, sms: OutgoingSms) -> dict[str, str]:
         """The JSON object sent for ``sms`` (fields in the module docstring).
@@ -451,20 +394,17 @@ class HttpSmsProvider(HttpProvider):
             return ProviderResult.transient(
                 ErrorCategory.UNKNOWN, "the HTTP SMS provider is closed"
             )
+        token = self.settings.token
         headers = {"Accept": "application/json"}
-        if self.settings.token:
-            headers["Authorization"] = f"Bearer {self.settings.token}"
-        try:
-            response = await self._http().post(
-                self.settings.endpoint,
-                json=self.payload_for(sms),
-                headers=headers,
-                timeout=self.settings.timeout,
-            )
-        except Exception as exc:
-            return scrub(classify_exception(exc), self.settings.token)
-        result = classify_response(response, reference=sms.message_id, now=self._clock.now())
-        return scrub(result, self.settings.token)
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        answer = await self._post(
+            self.settings.endpoint, secret=token, json=self.payload_for(sms), headers=headers
+        )
+        if isinstance(answer, ProviderResult):
+            return answer
+        result = classify_response(answer, reference=sms.message_id, now=self._clock.now())
+        return scrub(result, token)
 
     def parse_status_callback(
         self, *, url: str, headers: Mapping[str, str], body: bytes

@@ -66,7 +66,9 @@ from commtunnel.providers._http import (
     check_timeout,
     scrub,
     timeout_option,
+    url_host,
     url_options,
+    url_port,
 )
 from commtunnel.providers.mime import build_mime, envelope_recipients, envelope_sender
 
@@ -144,12 +146,7 @@ class SmtpSettings:
         host = parts.hostname
         if not host:
             raise ValueError("the SMTP URL needs a host (smtp://host:port)")
-        try:
-            port = parts.port
-        except ValueError:
-            raise ValueError("the port must be a number from 1 to 65535") from None
-        if port == 0:
-            raise ValueError("the port must be a number from 1 to 65535")
+        port = url_port(parts)
         username = unquote(parts.username) if parts.username else None
         password = unquote(parts.password) if parts.password is not None else None
         if password is not None and not username:
@@ -211,7 +208,7 @@ class SmtpSettings:
         if self.username:
             userinfo = quote(self.username, safe="")
             userinfo += ":***@" if self.password is not None else "@"
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        host = url_host(self.host)
         query = [f"timeout={self.timeout:g}", f"pool_size={self.pool_size}"]
         if self.start_tls is not None and not self.use_tls:
             query.insert(0, f"starttls={str(self.start_tls).lower()}")

@@ -98,17 +98,21 @@ import httpx
 from commtunnel.domain.delivery import ErrorCategory, ProviderResult
 from commtunnel.domain.errors import ValidationError, WebhookSignatureError
 from commtunnel.domain.messages import Status
-from commtunnel.ports import Clock, DeliveryReceipt, OutgoingSms
+from commtunnel.ports import DeliveryReceipt, OutgoingSms
 from commtunnel.providers._http import (
-    HttpProvider,
+    ConfiguredHttpProvider,
+    answer_text,
     bool_option,
+    check_http_url,
     check_timeout,
     classify_exception,
+    classify_other_status,
     header,
     json_or_none,
     retry_after_seconds,
     scrub,
     timeout_option,
+    url_host,
     url_options,
 )
 
@@ -209,7 +213,7 @@ class TwilioSettings:
         ):
             raise ValueError("messaging_service_sid must be MG and 32 hex digits")
         check_timeout(self.timeout)
-        _check_base_url(self.base_url)
+        check_http_url(self.base_url, "base_url")
 
     @classmethod
     def from_url(cls, url: str) -> TwilioSettings:
@@ -262,14 +266,6 @@ class TwilioSettings:
         return f"twilio://{self.account_sid}:***@?{'&'.join(query)}"
 
 
-def _check_base_url(base_url: str) -> None:
-    parts = urlsplit(base_url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"base_url must be an http(s) URL with a host, got {base_url!r}")
-    if parts.username is not None or parts.query or parts.fragment:
-        raise ValueError("base_url takes no credentials, query or fragment")
-
-
 # --------------------------------------------------------------------------- classification
 
 
@@ -308,9 +304,8 @@ def classify_response(response: httpx.Response, *, now: datetime) -> ProviderRes
             ErrorCategory.UNKNOWN, f"HTTP {status} without a message sid: not Twilio's answer"
         )
     error = _twilio_error(response)
-    code, words = error if error is not None else (None, response.text.strip()[:200])
-    text = f"HTTP {status}" + (f" Twilio error {code}" if code is not None else "")
-    text = f"{text}: {words}" if words else text
+    code, words = error if error is not None else (None, None)
+    text = answer_text(response, words, label=f"Twilio error {code}" if code is not None else "")
     retry_after = retry_after_seconds(response.headers.get("Retry-After"), now=now)
 
     if code in _INVALID_RECIPIENT_CODES:
@@ -327,15 +322,11 @@ def classify_response(response: httpx.Response, *, now: datetime) -> ProviderRes
         return ProviderResult.transient(ErrorCategory.AUTH, text)
     if status == 429 or code == _RATE_LIMIT_CODE:
         return ProviderResult.transient(ErrorCategory.RATE_LIMITED, text, retry_after=retry_after)
-    if 500 <= status < 600:
-        return ProviderResult.transient(
-            ErrorCategory.PROVIDER_OUTAGE, text, retry_after=retry_after
-        )
-    if 400 <= status < 500 and error is not None:
-        return ProviderResult.permanent(ErrorCategory.REJECTED, text)
-    # A 4xx that is not Twilio's JSON error (a proxy, a wrong base_url) or a 1xx/3xx:
-    # nothing says the message is at fault, so retrying is the safe side.
-    return ProviderResult.transient(ErrorCategory.UNKNOWN, f"unexpected answer: {text}")
+    # 5xx; any other 4xx is REJECTED if Twilio's own error body says so, else (a proxy,
+    # a wrong base_url) it is retried like a 1xx/3xx.
+    return classify_other_status(
+        status, text, retry_after=retry_after, service_error=error is not None
+    )
 
 
 # --------------------------------------------------------------------------- signatures
@@ -376,7 +367,7 @@ def _url_variants(url: str) -> list[str]:
         return [url]
     userinfo, _, _hostport = parts.netloc.rpartition("@")
     prefix = f"{userinfo}@" if userinfo else ""
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    host = url_host(parts.hostname)
     if port is None:
         return [url, urlunsplit(parts._replace(netloc=f"{prefix}{host}:{default}"))]
     if port == default:
@@ -387,80 +378,31 @@ def _url_variants(url: str) -> list[str]:
 # --------------------------------------------------------------------------- provider
 
 
-class TwilioProvider(HttpProvider):
+class TwilioProvider(ConfiguredHttpProvider[TwilioSettings]):
     """An :class:`~commtunnel.ports.SmsProvider` for Twilio Programmable Messaging.
 
     One ``httpx.AsyncClient`` is made on the first send and reused (keep-alive
-    connections) until :meth:`aclose`. Each request carries the configured
-    timeout, so an injected client behaves the same.
-
-    Args:
-        settings: validated settings (see :meth:`from_url`).
-        clock: where "now" comes from (for ``Retry-After`` dates).
-        http_client: a client to use instead of making one (tests, shared
-            pools); the caller owns it, so :meth:`aclose` leaves it open.
-        transport: a transport for the client this provider makes (e.g.
-            ``httpx.MockTransport`` in tests). Not together with ``http_client``.
+    connections) until :meth:`aclose`. Constructor arguments and :meth:`from_url`
+    are :class:`~commtunnel.providers._http.ConfiguredHttpProvider`'s; the URL is
+    parsed by :meth:`TwilioSettings.from_url`.
 
     Attributes:
         name: ``"twilio"``, recorded on every attempt.
-        settings: the settings in use.
+        settings: the settings in use (:class:`TwilioSettings`).
     """
 
     name = "twilio"
 
-    def __init__(
-        self,
-        settings: TwilioSettings,
-        *,
-        clock: Clock,
-        http_client: httpx.AsyncClient | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        super().__init__(timeout=settings.timeout, http_client=http_client, transport=transport)
-        self.settings = settings
-        self._clock = clock
-
     @classmethod
-    def from_url(
-        cls,
-        url: str,
-        *,
-        clock: Clock,
-        http_client: httpx.AsyncClient | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> TwilioProvider:
-        """Build the provider from a ``twilio://`` URL (options in the module docstring).
-
-        Args:
-            url: e.g. ``twilio://AC...:TOKEN@?messaging_service_sid=MG...``.
-            clock: the clock to hand to the provider.
-            http_client: optional client (see the class docstring).
-            transport: optional transport (see the class docstring).
-
-        Returns:
-            The provider; nothing is connected until the first send.
-
-        Raises:
-            ValueError: an invalid URL or option (see :meth:`TwilioSettings.from_url`).
-        """
-        return cls(
-            TwilioSettings.from_url(url), clock=clock, http_client=http_client, transport=transport
-        )
-
-    @property
-    def redacted_url(self) -> str:
-        """This provider's URL with the auth token as ``***``, safe to log."""
-        return self.settings.redacted_url
+    def parse_settings(cls, url: str) -> TwilioSettings:
+        """:meth:`TwilioSettings.from_url` (raises ``ValueError`` for a bad URL)."""
+        return TwilioSettings.from_url(url)
 
     @property
     def messages_url(self) -> str:
         """The "create a message" endpoint of the configured account."""
         s = self.settings
         return f"{s.base_url}/2010-04-01/Accounts/{s.account_sid}/Messages.json"
-
-    def __repr__(self) -> str:
-        return f"TwilioProvider({self.redacted_url!r})"
 
     def form_for(self, sms: OutgoingSms) -> dict[str, str]:
         """The form fields sent for ``sms`` (sender rule in the module docstring).
@@ -498,17 +440,17 @@ class TwilioProvider(HttpProvider):
         """
         if self._closed:
             return ProviderResult.transient(ErrorCategory.UNKNOWN, "the Twilio provider is closed")
-        try:
-            response = await self._http().post(
-                self.messages_url,
-                data=self.form_for(sms),
-                auth=httpx.BasicAuth(self.settings.account_sid, self.settings.auth_token),
-                headers={"Accept": "application/json"},
-                timeout=self.settings.timeout,
-            )
-        except Exception as exc:
-            return scrub(classify_exception(exc), self.settings.auth_token)
-        return scrub(classify_response(response, now=self._clock.now()), self.settings.auth_token)
+        token = self.settings.auth_token
+        answer = await self._post(
+            self.messages_url,
+            secret=token,
+            data=self.form_for(sms),
+            auth=httpx.BasicAuth(self.settings.account_sid, token),
+            headers={"Accept": "application/json"},
+        )
+        if isinstance(answer, ProviderResult):
+            return answer
+        return scrub(classify_response(answer, now=self._clock.now()), token)
 
     def parse_status_callback(
         self, *, url: str, headers: Mapping[str, str], body: bytes

@@ -70,7 +70,6 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 import attrs
 import httpx
@@ -80,8 +79,11 @@ from commtunnel.domain.messages import WhatsAppContent
 from commtunnel.ports import Clock, OutgoingWhatsApp
 from commtunnel.providers._http import (
     HttpProvider,
+    answer_text,
+    check_http_url,
     check_timeout,
     classify_exception,
+    classify_other_status,
     json_or_none,
     retry_after_seconds,
     scrub,
@@ -239,9 +241,8 @@ def _classify(response: httpx.Response, *, now: datetime) -> tuple[ProviderResul
         ), None
     error = _graph_error(response)
     code = error.code if error is not None else None
-    words = error.text if error is not None else response.text.strip()[:200]
-    text = f"HTTP {status}" + (f" Graph error {code}" if code is not None else "")
-    text = f"{text}: {words}" if words else text
+    words = error.text if error is not None else None
+    text = answer_text(response, words, label=f"Graph error {code}" if code is not None else "")
     retry_after = retry_after_seconds(response.headers.get("Retry-After"), now=now)
     return _classify_error(status, code, text, retry_after, graph=error is not None), code
 
@@ -286,15 +287,9 @@ def _classify_error(
         )
     if code in _REJECTED_CODES:
         return ProviderResult.permanent(ErrorCategory.REJECTED, text)
-    if 500 <= status < 600:
-        return ProviderResult.transient(
-            ErrorCategory.PROVIDER_OUTAGE, text, retry_after=retry_after
-        )
-    if 400 <= status < 500 and graph:
-        return ProviderResult.permanent(ErrorCategory.REJECTED, text)
-    # A 4xx that is not Graph's JSON (a proxy, a wrong graph_base_url) or a 1xx/3xx:
-    # nothing says the message is at fault, so retrying is the safe side.
-    return ProviderResult.transient(ErrorCategory.UNKNOWN, f"unexpected answer: {text}")
+    # 5xx; any other 4xx is REJECTED if Graph's own error body says so, else (a proxy,
+    # a wrong graph_base_url) it is retried like a 1xx/3xx.
+    return classify_other_status(status, text, retry_after=retry_after, service_error=graph)
 
 
 # --------------------------------------------------------------------------- provider
@@ -323,11 +318,15 @@ class WhatsAppCloudProvider(HttpProvider):
         transport: a transport for the client (``httpx.MockTransport`` in tests).
 
     Raises:
-        ValueError: a base URL that is not http(s) with a host, a version not
-            shaped like ``v21.0``, or a timeout out of range.
+        ValueError: a base URL that is not http(s) with a host (or has
+            credentials, a query or a fragment), a version not shaped like
+            ``v21.0``, or a timeout out of range.
 
     Attributes:
         name: ``"whatsapp_cloud"``, recorded on every attempt.
+        graph_base_url: the Graph origin, without a trailing slash.
+        api_version: the Graph API version in the path.
+        timeout: the ``timeout`` given, seconds.
     """
 
     name = "whatsapp_cloud"
@@ -341,11 +340,7 @@ class WhatsAppCloudProvider(HttpProvider):
         timeout: float = DEFAULT_TIMEOUT,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        parts = urlsplit(graph_base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"graph_base_url must be an http(s) URL, got {graph_base_url!r}")
-        if parts.username is not None or parts.query or parts.fragment:
-            raise ValueError("graph_base_url takes no credentials, query or fragment")
+        check_http_url(graph_base_url, "graph_base_url")
         if not _API_VERSION.fullmatch(api_version):
             raise ValueError(f"api_version must look like v21.0, got {api_version!r}")
         check_timeout(timeout)
@@ -354,7 +349,6 @@ class WhatsAppCloudProvider(HttpProvider):
         )
         self.graph_base_url = graph_base_url.rstrip("/")
         self.api_version = api_version
-        self.timeout = timeout
         self._clock = clock
         # (phone_number_id, recipient digits) -> end of the 131056 hold (UTC)
         self._pair_holds: dict[tuple[str, str], datetime] = {}
@@ -405,17 +399,16 @@ class WhatsAppCloudProvider(HttpProvider):
                 f"{held:g} s more; not sent",
                 retry_after=held,
             )
-        try:
-            response = await self._http().post(
-                self.messages_url(line.phone_number_id),
-                json=payload,
-                headers={"Authorization": f"Bearer {line.access_token}"},
-                timeout=self.timeout,
-            )
-        except Exception as exc:
-            return scrub(classify_exception(exc), line.access_token)
+        answer = await self._post(
+            self.messages_url(line.phone_number_id),
+            secret=line.access_token,
+            json=payload,
+            headers={"Authorization": f"Bearer {line.access_token}"},
+        )
+        if isinstance(answer, ProviderResult):
+            return answer
         now = self._clock.now()
-        result, code = _classify(response, now=now)
+        result, code = _classify(answer, now=now)
         if code == _PAIR_RATE_CODE:
             hold = result.retry_after or PAIR_RATE_LIMIT_SECONDS
             self._pair_holds[key] = now + timedelta(seconds=hold)
