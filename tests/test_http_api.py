@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from app_client import ApiEnv, app_client
 from commtunnel import Commtunnel, Settings
 from commtunnel.domain.delivery import ProviderResult
 from commtunnel.ports import OutgoingEmail
@@ -31,23 +32,12 @@ EMAIL_SCOPES = frozenset({"send:email", "read:email"})
 BODY = {"from": "Team <hi@example.com>", "to": "ada@example.org", "subject": "Hi", "text": "Hello"}
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @attrs.define
-class Env:
-    """A started facade, an HTTP client on its app, and a live key with email scopes."""
+class Env(ApiEnv):
+    """The env (:class:`~app_client.ApiEnv`) with email scopes, its clock and its provider."""
 
-    ct: Commtunnel
     clock: ManualClock
     provider: MockProvider
-    client: httpx.AsyncClient
-    key: str
-
-    def auth(self, key: str | None = None, **extra: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {key or self.key}", **extra}
 
     async def send(self, body: dict[str, Any] | None = None, **headers: str) -> httpx.Response:
         return await self.client.post(SEND, json=body or BODY, headers=self.auth(**headers))
@@ -57,21 +47,16 @@ class Env:
 async def open_env(tmp_path: Path, settings: Settings | None = None) -> AsyncIterator[Env]:
     """Build an :class:`Env` (the app's lifespan is not run: the facade is started here)."""
     clock, provider = ManualClock(), MockProvider()
-    ct = Commtunnel.open(
+    async with Commtunnel.open(
         db=tmp_path / "ct.db",
         email_provider=provider,
         clock=clock,
         settings=settings or Settings(embedded_worker=False),
-    )
-    await ct.start()
-    try:
+    ) as ct:
         await ct.admin.add_sender(ct.org.id, "example.com")
         _, key = await ct.keys.create(ct.org.id, scopes=EMAIL_SCOPES)
-        transport = httpx.ASGITransport(app=create_app(ct))
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            yield Env(ct=ct, clock=clock, provider=provider, client=client, key=key)
-    finally:
-        await ct.aclose()
+        async with app_client(create_app(ct)) as client:
+            yield Env(ct=ct, client=client, key=key, clock=clock, provider=provider)
 
 
 @pytest.fixture
@@ -314,11 +299,10 @@ async def test_lifespan_starts_worker_and_closes_facade(tmp_path: Path, anyio_ba
         db=tmp_path / "ct.db", email_provider=provider, clock=ManualClock(), settings=Settings()
     )
     app = create_app(ct)
-    transport = httpx.ASGITransport(app=app)
     async with app.router.lifespan_context(app):
         await ct.admin.add_sender(ct.org.id, "example.com")
         _, key = await ct.keys.create(ct.org.id, scopes=EMAIL_SCOPES)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with app_client(app) as client:
             r = await client.post(SEND, json=BODY, headers={"Authorization": f"Bearer {key}"})
         assert r.status_code == 202
         with anyio.fail_after(5):

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
+from app_client import ApiEnv, app_client, assert_error
 from commtunnel import Commtunnel, Settings
 from commtunnel.domain.errors import ProviderConfigError, RateLimitedError
 from commtunnel.testing import ManualClock, MockProvider
@@ -29,22 +30,11 @@ BODY = {"from": "hi@example.com", "to": "ada@example.org", "subject": "Hi", "tex
 LIMIT = 4096
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @attrs.define
-class Env:
-    """A started facade (body limit :data:`LIMIT` bytes), a client on its app, a live key."""
+class Env(ApiEnv):
+    """The env (:class:`~app_client.ApiEnv`) with a :data:`LIMIT`-byte body limit, and its app."""
 
-    ct: Commtunnel
     app: Starlette
-    client: httpx.AsyncClient
-    key: str
-
-    def auth(self, key: str | None = None, **extra: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {key or self.key}", **extra}
 
     async def send(self, body: Any = None, **headers: str) -> httpx.Response:
         return await self.client.post(
@@ -57,40 +47,23 @@ class Env:
 
 @asynccontextmanager
 async def open_env(tmp_path: Path) -> AsyncIterator[Env]:
-    ct = Commtunnel.open(
+    async with Commtunnel.open(
         db=tmp_path / "ct.db",
         email_provider=MockProvider(),
         clock=ManualClock(),
         settings=Settings(embedded_worker=False, max_body_bytes=LIMIT),
-    )
-    await ct.start()
-    try:
+    ) as ct:
         await ct.admin.add_sender(ct.org.id, "example.com")
         _, key = await ct.keys.create(ct.org.id, scopes=EMAIL_SCOPES)
         app = create_app(ct)
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            yield Env(ct=ct, app=app, client=client, key=key)
-    finally:
-        await ct.aclose()
+        async with app_client(app) as client:
+            yield Env(ct=ct, client=client, key=key, app=app)
 
 
 @pytest.fixture
 async def env(tmp_path: Path, anyio_backend: str) -> AsyncIterator[Env]:
     async with open_env(tmp_path) as e:
         yield e
-
-
-def assert_envelope(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    """Check the envelope's shape, status, code and request id; return its details."""
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert set(body) == {"error", "code", "requestId", "details"}
-    assert body["code"] == code
-    assert isinstance(body["error"], str) and body["error"]
-    assert body["requestId"] == r.headers["x-request-id"]
-    details: dict[str, Any] = body["details"]
-    return details
 
 
 # --------------------------------------------------------------------------- bad bodies
@@ -115,7 +88,7 @@ async def test_body_that_is_not_a_json_object_is_invalid_json(
     """Malformed JSON, a non-object, or a non-JSON content type answer 400 INVALID_JSON."""
     headers = env.auth(**{"content-type": content_type, "x-idempotency-key": "k"})
     r = await env.client.post(SEND, content=content, headers=headers)
-    assert_envelope(r, 400, "INVALID_JSON")
+    assert_error(r, 400, "INVALID_JSON")
     assert await env.pending() == 0
 
 
@@ -155,7 +128,7 @@ async def test_invalid_field_is_400_and_stores_nothing(
     """A bad field answers 400 VALIDATION_ERROR naming it; the key is then still free."""
     body = {k: v for k, v in {**BODY, **change}.items() if v is not None}
     r = await env.send(body, **{"x-idempotency-key": "k1"})
-    details = assert_envelope(r, 400, "VALIDATION_ERROR")
+    details = assert_error(r, 400, "VALIDATION_ERROR")
     assert field in details
     assert await env.pending() == 0
     fixed = await env.send(**{"x-idempotency-key": "k1"})
@@ -166,7 +139,7 @@ async def test_invalid_field_is_400_and_stores_nothing(
 @pytest.mark.parametrize("key", ["", "k" * 256], ids=["empty", "256-chars"])
 async def test_bad_idempotency_key_is_400(env: Env, key: str) -> None:
     """An empty or over-long x-idempotency-key answers 400 VALIDATION_ERROR."""
-    details = assert_envelope(await env.send(**{"x-idempotency-key": key}), 400, "VALIDATION_ERROR")
+    details = assert_error(await env.send(**{"x-idempotency-key": key}), 400, "VALIDATION_ERROR")
     assert "idempotencyKey" in details
     assert await env.pending() == 0
 
@@ -180,7 +153,7 @@ async def test_preview_unknown_field_and_bad_tracking_are_400(env: Env) -> None:
     """Preview refuses fields it does not know and a non-boolean ``tracking``."""
     body = {"text": "x", "to": "a@b.org", "tracking": "yes"}
     r = await env.client.post("/v1/public/emails/preview", json=body, headers=env.auth())
-    details = assert_envelope(r, 400, "VALIDATION_ERROR")
+    details = assert_error(r, 400, "VALIDATION_ERROR")
     assert details == {"to": "unknown field", "tracking": "must be a boolean"}
 
 
@@ -194,7 +167,7 @@ async def test_bad_timeline_limit_is_400(env: Env, limit: str) -> None:
     r = await env.client.get(
         f"/v1/public/emails/{message_id}/timeline", params={"limit": limit}, headers=env.auth()
     )
-    assert "limit" in assert_envelope(r, 400, "VALIDATION_ERROR")
+    assert "limit" in assert_error(r, 400, "VALIDATION_ERROR")
 
 
 @pytest.mark.parametrize(
@@ -211,7 +184,7 @@ async def test_bad_timeline_limit_is_400(env: Env, limit: str) -> None:
 async def test_bad_stats_window_is_400(env: Env, params: dict[str, str], fields: set[str]) -> None:
     """Missing, unparsable, naive or reversed stats dates answer 400 with details per parameter."""
     r = await env.client.get("/v1/public/emails/stats", params=params, headers=env.auth())
-    assert set(assert_envelope(r, 400, "VALIDATION_ERROR")) == fields
+    assert set(assert_error(r, 400, "VALIDATION_ERROR")) == fields
 
 
 # --------------------------------------------------------------------------- who may call
@@ -226,7 +199,7 @@ async def test_no_valid_key_is_401(env: Env, authorization: str | None) -> None:
     """Missing, malformed or unknown keys answer 401 UNAUTHORIZED with WWW-Authenticate."""
     headers = {} if authorization is None else {"Authorization": authorization}
     r = await env.client.post(SEND, json=BODY, headers=headers)
-    assert_envelope(r, 401, "UNAUTHORIZED")
+    assert_error(r, 401, "UNAUTHORIZED")
     assert r.headers["www-authenticate"] == "Bearer"
     assert await env.pending() == 0
 
@@ -237,7 +210,7 @@ async def test_revoked_key_is_401_on_the_next_request(env: Env) -> None:
     assert (await env.client.post(SEND, json=BODY, headers=env.auth(key))).status_code == 202
     await env.ct.keys.revoke(env.ct.org.id, record.id)
     r = await env.client.post(SEND, json=BODY, headers=env.auth(key))
-    assert_envelope(r, 401, "UNAUTHORIZED")
+    assert_error(r, 401, "UNAUTHORIZED")
 
 
 @pytest.mark.parametrize(
@@ -258,14 +231,14 @@ async def test_missing_scope_is_403(
     params = {"start": "2026-01-01T00:00:00Z", "end": "2026-01-02T00:00:00Z"}
     body = BODY if path == SEND else {"text": "Hello"}
     r = await env.client.request(method, path, json=body, params=params, headers=env.auth(key))
-    assert assert_envelope(r, 403, "INSUFFICIENT_SCOPE") == {"requiredScope": required}
+    assert assert_error(r, 403, "INSUFFICIENT_SCOPE") == {"requiredScope": required}
     assert await env.pending() == 0
 
 
 async def test_unverified_sender_is_403(env: Env) -> None:
     """A from address outside the verified senders answers 403 SENDER_NOT_VERIFIED."""
     r = await env.send({**BODY, "from": "hi@elsewhere.example"})
-    assert_envelope(r, 403, "SENDER_NOT_VERIFIED")
+    assert_error(r, 403, "SENDER_NOT_VERIFIED")
     assert await env.pending() == 0
 
 
@@ -284,14 +257,14 @@ async def test_declared_content_length_over_limit_is_413(env: Env) -> None:
 
     headers = env.auth(**{"content-type": "application/json", "content-length": str(2 * LIMIT)})
     r = await env.client.post(SEND, content=body(), headers=headers)
-    assert assert_envelope(r, 413, "PAYLOAD_TOO_LARGE") == {"limitBytes": LIMIT}
+    assert assert_error(r, 413, "PAYLOAD_TOO_LARGE") == {"limitBytes": LIMIT}
     assert pulled == 0
 
 
 async def test_oversized_json_body_is_413(env: Env) -> None:
     """A plain JSON body over the limit answers 413 and stores nothing."""
     r = await env.send({**BODY, "text": "x" * LIMIT})
-    assert assert_envelope(r, 413, "PAYLOAD_TOO_LARGE") == {"limitBytes": LIMIT}
+    assert assert_error(r, 413, "PAYLOAD_TOO_LARGE") == {"limitBytes": LIMIT}
     assert await env.pending() == 0
 
 
@@ -307,7 +280,7 @@ async def test_chunked_body_over_limit_is_413_without_reading_it_all(env: Env) -
 
     r = await env.client.post(SEND, content=body(), headers=env.auth())
     assert "content-length" not in r.request.headers
-    assert_envelope(r, 413, "PAYLOAD_TOO_LARGE")
+    assert_error(r, 413, "PAYLOAD_TOO_LARGE")
     assert pulled == LIMIT // 256 + 1
 
 
@@ -317,13 +290,13 @@ async def test_chunked_body_over_limit_is_413_without_reading_it_all(env: Env) -
 async def test_unknown_route_is_404_envelope(env: Env) -> None:
     """An unknown path answers the envelope with NOT_FOUND, a trailing slash included."""
     for path in ("/v1/public/nothing", "/healthz/"):
-        assert_envelope(await env.client.get(path), 404, "NOT_FOUND")
+        assert_error(await env.client.get(path), 404, "NOT_FOUND")
 
 
 async def test_wrong_method_is_405_envelope(env: Env) -> None:
     """A known path with the wrong method answers 405 METHOD_NOT_ALLOWED with Allow."""
     r = await env.client.delete(SEND, headers=env.auth())
-    assert_envelope(r, 405, "METHOD_NOT_ALLOWED")
+    assert_error(r, 405, "METHOD_NOT_ALLOWED")
     assert r.headers["allow"] == "POST"
 
 
@@ -334,7 +307,7 @@ async def test_unexpected_failure_is_500_without_traceback(
     await env.ct.backend.aclose()  # storage now raises RuntimeError on every call
     with caplog.at_level(logging.ERROR, logger="commtunnel.http"):
         r = await env.send()
-    assert assert_envelope(r, 500, "INTERNAL_ERROR") == {}
+    assert assert_error(r, 500, "INTERNAL_ERROR") == {}
     assert "Traceback" not in r.text
     assert "RuntimeError" not in r.text
     assert "not open" not in r.text

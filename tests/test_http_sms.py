@@ -20,6 +20,7 @@ import attrs
 import httpx
 import pytest
 
+from app_client import ApiEnv, app_client, assert_error
 from commtunnel import Commtunnel, Settings
 from commtunnel.config import DEFAULT_SMS_HELP_TEXT, DEFAULT_SMS_STOP_TEXT
 from commtunnel.ports import SmsProvider
@@ -47,31 +48,12 @@ BODY = {"to": PHONE, "senderId": SENDER, "body": "Hello from Acme"}
 OTP_BODY = {"to": PHONE, "brandName": BRAND, "otpCode": "482913", "purpose": "LOGIN"}
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @attrs.define
-class Env:
-    """A started facade, an HTTP client on its app, an org key and a platform-admin key."""
+class Env(ApiEnv):
+    """The env (:class:`~app_client.ApiEnv`) with SMS scopes, its clock, a platform-admin key."""
 
-    ct: Commtunnel
     clock: ManualClock
-    client: httpx.AsyncClient
-    key: str
     admin_key: str
-
-    def auth(self, key: str | None = None, **extra: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {key or self.key}", **extra}
-
-    async def post(
-        self, path: str, body: Any, /, key: str | None = None, **headers: str
-    ) -> httpx.Response:
-        return await self.client.post(path, json=body, headers=self.auth(key, **headers))
-
-    async def get(self, path: str, key: str | None = None, **params: Any) -> httpx.Response:
-        return await self.client.get(path, params=params, headers=self.auth(key))
 
     async def send(self, body: dict[str, Any] | None = None, /, **headers: str) -> httpx.Response:
         return await self.post(SEND, BODY if body is None else body, **headers)
@@ -123,44 +105,28 @@ async def open_env(
 ) -> AsyncIterator[Env]:
     """Build an :class:`Env` with :data:`SENDER` and the OTP brand :data:`BRAND` approved."""
     clock = ManualClock()
-    ct = Commtunnel.open(
+    async with Commtunnel.open(
         db=tmp_path / "ct.db",
         email_provider=MockProvider(),
         sms_provider=sms_provider if sms_provider is not None else MockSmsProvider(),
         clock=clock,
         settings=settings or Settings(embedded_worker=False),
-    )
-    await ct.start()
-    try:
+    ) as ct:
         _, key = await ct.keys.create(ct.org.id, scopes=SCOPES)
         platform = await ct.admin.create_org("platform")
         _, admin_key = await ct.keys.create(platform.id, scopes=frozenset({"platform:admin"}))
-        transport = httpx.ASGITransport(app=create_app(ct))
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            env = Env(ct=ct, clock=clock, client=client, key=key, admin_key=admin_key)
+        async with app_client(create_app(ct)) as client:
+            env = Env(ct=ct, client=client, key=key, clock=clock, admin_key=admin_key)
             if approve:
                 await env.approve(SENDER)
                 await env.approve(BRAND, flow="OTP")
             yield env
-    finally:
-        await ct.aclose()
 
 
 @pytest.fixture
 async def env(tmp_path: Path, anyio_backend: str) -> AsyncIterator[Env]:
     async with open_env(tmp_path) as e:
         yield e
-
-
-def assert_error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    """The envelope with ``status`` and ``code``; returns its details."""
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert set(body) == {"error", "code", "requestId", "details"}
-    assert body["code"] == code
-    assert body["requestId"] == r.headers["x-request-id"]
-    details: dict[str, Any] = body["details"]
-    return details
 
 
 async def sms_total(env: Env) -> int:
@@ -360,8 +326,9 @@ async def test_otp_send_answers_202_with_cooldown(env: Env) -> None:
     assert (message["flow"], message["purpose"], message["senderId"]) == ("OTP", "LOGIN", BRAND)
     assert "482913" not in message["body"]  # the passcode is never read back
     assert "******" in message["body"]
-    listed = (await env.get("/v1/sms?flow=OTP")).json()["data"]
-    assert all("482913" not in item["body"] for item in listed)
+    [listed] = (await env.get("/v1/sms?flow=OTP")).json()["data"]
+    assert "482913" not in listed["body"]
+    assert listed["body"] == message["body"]
 
 
 async def test_otp_purpose_defaults_to_phone_verification(env: Env) -> None:
@@ -620,6 +587,30 @@ async def test_page_size_100_is_allowed(env: Env) -> None:
     assert (await env.get("/v1/sms", pageSize="100")).json()["pageSize"] == 100
 
 
+@pytest.mark.parametrize(
+    ("path", "default_size"),
+    [("/v1/sms", 20), ("/v1/public/sms/inbound", 50), (OPT_OUTS, 50)],
+)
+async def test_empty_paging_parameters_mean_the_defaults(
+    env: Env, path: str, default_size: int
+) -> None:
+    """``page=`` and ``pageSize=`` left empty are the listing's defaults (page 1, its size)."""
+    listing = (await env.get(path, page="", pageSize="")).json()
+    assert (listing["page"], listing["pageSize"]) == (1, default_size)
+
+
+@pytest.mark.parametrize("path", ["/v1/public/sms/inbound", OPT_OUTS])
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [({"pageSize": "101"}, "pageSize"), ({"pageSize": "x"}, "pageSize"), ({"page": "0"}, "page")],
+)
+async def test_bad_paging_of_the_other_listings_is_400(
+    env: Env, path: str, params: dict[str, str], field: str
+) -> None:
+    """The inbound and opt-out listings refuse bad paging like ``/v1/sms`` does."""
+    assert field in assert_error(await env.get(path, **params), 400, "VALIDATION_ERROR")
+
+
 # --------------------------------------------------------------------------- sender IDs
 
 
@@ -732,6 +723,16 @@ async def test_bad_review_is_400_and_unknown_request_is_404(env: Env) -> None:
     assert_error(r, 404, "NOT_FOUND")
 
 
+async def test_review_with_an_unknown_field_is_400_and_reviews_nothing(env: Env) -> None:
+    """A review body with a field the route does not know is refused naming it; still PENDING."""
+    request_id = (await env.post(REQUESTS, {"senderId": "TYPO"})).json()["id"]
+    review = {"decision": "approve", "reasn": "typo"}
+    r = await env.post(f"{REQUESTS}/{request_id}/review", review, key=env.admin_key)
+    assert assert_error(r, 400, "VALIDATION_ERROR") == {"reasn": "unknown field"}
+    [pending] = (await env.get(REQUESTS, status="PENDING")).json()["data"]
+    assert pending["id"] == request_id
+
+
 async def test_listing_every_organizations_requests_needs_platform_admin(env: Env) -> None:
     """?all=true needs platform:admin; the admin sees other organizations' requests and filters."""
     r = await env.get(REQUESTS, all="true")
@@ -777,9 +778,9 @@ async def test_opt_out_add_list_and_remove(env: Env) -> None:
     assert (await env.send()).status_code == 202
 
 
-@pytest.mark.parametrize("written", ["+14155552671", "14155552671"])
+@pytest.mark.parametrize("written", ["+14155552671", "14155552671", " 14155552671"])
 async def test_opt_out_delete_accepts_a_literal_plus_and_digits(env: Env, written: str) -> None:
-    """DELETE takes the number as %2B..., a literal + or digits only."""
+    """DELETE takes the number as %2B..., a literal + or digits only (a + turned into a space)."""
     await env.post(OPT_OUTS, {"phone": OTHER_PHONE})
     r = await env.client.delete(f"{OPT_OUTS}/{written}", headers=env.auth())
     assert r.status_code == 200, r.text
@@ -931,6 +932,22 @@ async def test_rotated_token_replaces_the_old_one(env: Env) -> None:
             "VALIDATION_ERROR",
         ),
         ({"files": {"sms_message": ("stop.txt", b"STOP")}}, "VALIDATION_ERROR"),
+        ({"data": {f"f{i}": "x" for i in range(51)}}, "VALIDATION_ERROR"),
+        ({"files": {f"f{i}": (None, "x") for i in range(51)}}, "VALIDATION_ERROR"),
+        (
+            {"content": b"sms_from=1", "headers": {"Content-Type": "multipart/form-data"}},
+            "VALIDATION_ERROR",
+        ),
+        (
+            {
+                "content": (
+                    b"--x\r\nContent-Disposition: form-data; name=sms_message\r\n"
+                    b"Content-Type: text/plain; charset=no-such-charset\r\n\r\nSTOP\r\n--x--\r\n"
+                ),
+                "headers": {"Content-Type": "multipart/form-data; boundary=x"},
+            },
+            "VALIDATION_ERROR",
+        ),
     ],
 )
 async def test_malformed_inbound_is_400_and_stores_nothing(
@@ -1210,4 +1227,14 @@ async def test_twilio_callback_for_unknown_or_pending_messages(
 async def test_provider_without_signed_callbacks_is_404(env: Env) -> None:
     """A provider with no status callbacks (the mock) answers 404 NOT_FOUND."""
     r = await env.client.post(PROVIDER, content=b"MessageSid=x")
+    assert_error(r, 404, "NOT_FOUND")
+
+
+async def test_provider_callback_without_an_sms_provider_is_404(env: Env) -> None:
+    """With no SMS provider at all, nobody sends status callbacks: 404 NOT_FOUND."""
+    provider, env.ct.sms_provider = env.ct.sms_provider, None
+    try:
+        r = await env.client.post(PROVIDER, content=b"MessageSid=x")
+    finally:
+        env.ct.sms_provider = provider
     assert_error(r, 404, "NOT_FOUND")

@@ -21,6 +21,7 @@ import attrs
 import httpx
 import pytest
 
+from app_client import ApiEnv, app_client, assert_error
 from commtunnel import Commtunnel, Settings
 from commtunnel.domain.messages import Channel
 from commtunnel.providers.whatsapp import WhatsAppCloudProvider
@@ -42,11 +43,6 @@ VERIFY_TOKEN = "verify-me"
 TO = "+14155552671"
 TEXT = {"to": TO, "body": "Your order shipped"}
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 class FakeGraph:
@@ -104,25 +100,11 @@ def wa_settings(**overrides: Any) -> Settings:
 
 
 @attrs.define
-class Env:
-    """A started facade on a fake Graph, an HTTP client on its app and an org key."""
+class Env(ApiEnv):
+    """The env (:class:`~app_client.ApiEnv`) with WhatsApp scopes, its clock and its fake Graph."""
 
-    ct: Commtunnel
     clock: ManualClock
     graph: FakeGraph
-    client: httpx.AsyncClient
-    key: str
-
-    def auth(self, key: str | None = None, **extra: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {key or self.key}", **extra}
-
-    async def post(
-        self, path: str, body: Any, /, key: str | None = None, **headers: str
-    ) -> httpx.Response:
-        return await self.client.post(path, json=body, headers=self.auth(key, **headers))
-
-    async def get(self, path: str, key: str | None = None, **params: Any) -> httpx.Response:
-        return await self.client.get(path, params=params, headers=self.auth(key))
 
     async def patch_line(self, body: Any, key: str | None = None) -> httpx.Response:
         return await self.client.patch(LINE, json=body, headers=self.auth(key))
@@ -155,8 +137,8 @@ class Env:
         return org.id, key
 
     async def webhook(self, payload: Any, secret: str = APP_SECRET) -> httpx.Response:
-        body, signature = signed(payload, secret)
-        headers = {"Content-Type": "application/json", "X-Hub-Signature-256": signature}
+        body, header = signed(payload, secret)
+        headers = {"Content-Type": "application/json", "X-Hub-Signature-256": header}
         return await self.client.post(WEBHOOK, content=body, headers=headers)
 
 
@@ -170,22 +152,17 @@ async def open_env(tmp_path: Path, *, settings: Settings | None = None) -> Async
         clock=clock,
         transport=httpx.MockTransport(graph.handle),
     )
-    ct = Commtunnel.open(
+    async with Commtunnel.open(
         db=tmp_path / "ct.db",
         email_provider=MockProvider(),
         sms_provider=MockSmsProvider(),
         whatsapp_provider=provider,
         clock=clock,
         settings=settings or wa_settings(),
-    )
-    await ct.start()
-    try:
+    ) as ct:
         _, key = await ct.keys.create(ct.org.id, scopes=SCOPES)
-        transport = httpx.ASGITransport(app=create_app(ct))
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            yield Env(ct=ct, clock=clock, graph=graph, client=client, key=key)
-    finally:
-        await ct.aclose()
+        async with app_client(create_app(ct)) as client:
+            yield Env(ct=ct, client=client, key=key, clock=clock, graph=graph)
 
 
 @pytest.fixture
@@ -194,20 +171,15 @@ async def env(tmp_path: Path, anyio_backend: str) -> AsyncIterator[Env]:
         yield e
 
 
-def assert_error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    """The envelope with ``status`` and ``code``; returns its details."""
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert set(body) == {"error", "code", "requestId", "details"}
-    assert body["code"] == code
-    assert body["requestId"] == r.headers["x-request-id"]
-    details: dict[str, Any] = body["details"]
-    return details
+def signature(body: bytes, secret: str = APP_SECRET) -> str:
+    """``X-Hub-Signature-256`` as Meta computes it: HMAC-SHA256 of the raw body."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
 def signed(payload: Any, secret: str = APP_SECRET) -> tuple[bytes, str]:
+    """``payload`` as a JSON body and its signature."""
     body = json.dumps(payload).encode()
-    return body, "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return body, signature(body, secret)
 
 
 def change(value: dict[str, Any], pnid: str = PLATFORM_PNID) -> dict[str, Any]:
@@ -846,8 +818,8 @@ async def test_malformed_signed_webhook_is_400(env: Env, payload: Any) -> None:
 async def test_signed_body_that_is_not_json_is_400(env: Env) -> None:
     """Signed garbage is refused after the signature check, with 400."""
     body = b"not json"
-    signature = "sha256=" + hmac.new(APP_SECRET.encode(), body, hashlib.sha256).hexdigest()
-    r = await env.client.post(WEBHOOK, content=body, headers={"X-Hub-Signature-256": signature})
+    headers = {"X-Hub-Signature-256": signature(body)}
+    r = await env.client.post(WEBHOOK, content=body, headers=headers)
     assert_error(r, 400, "VALIDATION_ERROR")
 
 

@@ -12,17 +12,13 @@ from openapi_spec_validator import validate
 from starlette.applications import Starlette
 from starlette.routing import Route
 
+from app_client import app_client
 from commtunnel import Commtunnel, Settings
 from commtunnel.testing import ManualClock, MockProvider
 from commtunnel_http import create_app
 from commtunnel_http.openapi import openapi_document
 
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.fixture
@@ -37,13 +33,8 @@ def ct(tmp_path: Path) -> Commtunnel:
 
 @pytest.fixture
 async def client(ct: Commtunnel, anyio_backend: str) -> AsyncIterator[httpx.AsyncClient]:
-    await ct.start()
-    try:
-        transport = httpx.ASGITransport(app=create_app(ct))
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-            yield c
-    finally:
-        await ct.aclose()
+    async with ct, app_client(create_app(ct)) as c:
+        yield c
 
 
 def served_operations(app: Starlette) -> set[tuple[str, str]]:
@@ -99,15 +90,18 @@ def test_document_declares_auth_envelope_and_idempotency_header() -> None:
 
 
 def test_every_documented_operation_answers_errors_in_the_envelope() -> None:
-    """Every operation's 4xx and default responses point at the Error schema."""
+    """Every operation's 4xx, 5xx and default responses are the Error schema (or a ref to one)."""
     document = openapi_document()
+    shared = document["components"]["responses"]
     for path, method in documented_operations(document):
         responses = document["paths"][path][method]["responses"]
         for status, response in responses.items():
-            if status.startswith("4") or status == "default":
-                schema = response.get("content", {}).get("application/json", {}).get("schema")
+            if status[0] in "45" or status == "default":
                 ref = response.get("$ref")
-                assert schema == {"$ref": "#/components/schemas/Error"} or ref, (path, status)
+                if ref is not None:
+                    response = shared[ref.removeprefix("#/components/responses/")]
+                schema = response["content"]["application/json"]["schema"]
+                assert schema == {"$ref": "#/components/schemas/Error"}, (path, status)
 
 
 @pytest.mark.anyio

@@ -71,7 +71,7 @@ def create_app(ct: Commtunnel, *, run_worker: bool | None = None) -> Starlette:
 
     wire = Wire()
     routes = [
-        *EmailRoutes(ct).routes(),
+        *EmailRoutes(ct, wire).routes(),
         *SmsRoutes(ct, wire).routes(),
         *SmsWebhookRoutes(ct, wire).routes(),
         *WhatsAppRoutes(ct, wire).routes(),

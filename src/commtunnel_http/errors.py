@@ -80,7 +80,12 @@ def envelope(
     details: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    """The error response: the envelope as JSON with ``status``."""
+    """The error response: the envelope as JSON with ``status``.
+
+    Returns:
+        ``{"error": message, "code": code, "requestId": request_id, "details": details or {}}``
+        with ``status`` and ``headers``.
+    """
     body = {"error": message, "code": code, "requestId": request_id, "details": details or {}}
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -121,10 +126,15 @@ def error_response(exc: Exception, request_id: str) -> JSONResponse:
     return envelope(_INTERNAL_MESSAGE, codes.INTERNAL_ERROR, request_id, status=500)
 
 
+def request_id(request: Request) -> str:
+    """The id :class:`RequestIdMiddleware` gave the request (else one read as it would)."""
+    given: str | None = request.scope.get(SCOPE_KEY)
+    return given or request_id_from(request.scope)
+
+
 async def handle_exception(request: Request, exc: Exception) -> Response:
     """Exception handler for ``HTTPException`` and ``CommtunnelError``: the envelope."""
-    request_id = request.scope.get(SCOPE_KEY) or request_id_from(request.scope)
-    return error_response(exc, request_id)
+    return error_response(exc, request_id(request))
 
 
 class RequestIdMiddleware:

@@ -20,7 +20,7 @@ from commtunnel.domain.email import MAX_SUBJECT_CHARS
 from commtunnel.domain.messages import Status
 from commtunnel.services import sms as sms_service
 from commtunnel.services import whatsapp as whatsapp_service
-from commtunnel.services.email import MAX_TIMELINE_LIMIT
+from commtunnel.services.channel import MAX_TIMELINE_LIMIT
 from commtunnel.services.idempotency import MAX_KEY_CHARS
 
 
@@ -36,22 +36,82 @@ def _error(description: str) -> dict[str, Any]:
     return _json(_ref("Error"), description)
 
 
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": schema,
+    }
+
+
 _STRING = {"type": "string"}
 _NULLABLE_STRING = {"type": "string", "nullable": True}
+_UUID = {"type": "string", "format": "uuid"}
 _TIMESTAMP = {
     "type": "string",
     "format": "date-time",
     "description": "UTC, ISO 8601 with milliseconds and Z: 2026-06-03T12:00:00.000Z",
 }
+_IDEMPOTENCY_KEY = {"type": "string", "minLength": 1, "maxLength": MAX_KEY_CHARS}
+_DUPLICATE = {"type": "boolean", "description": "A replay of an earlier send."}
+_ATTEMPTS = {"type": "array", "items": _ref("Attempt")}
+#: what every channel's message shows besides id, channel, status and its content.
+_MESSAGE_PROPERTIES: dict[str, Any] = {
+    "sandbox": {"type": "boolean"},
+    "providerMessageId": _NULLABLE_STRING,
+    "attemptCount": {"type": "integer"},
+    "lastError": _NULLABLE_STRING,
+    "createdAt": _TIMESTAMP,
+    "updatedAt": _TIMESTAMP,
+}
+
+_ID = {"name": "id", "in": "path", "required": True, "schema": _STRING}
+_LIMIT = _query(
+    "limit",
+    {"type": "integer", "minimum": 1, "maximum": MAX_TIMELINE_LIMIT, "default": 100},
+    "Most events returned.",
+)
+_IDEMPOTENCY_HEADER = [{"$ref": "#/components/parameters/IdempotencyKey"}]
+
+_TOO_LARGE = _error("PAYLOAD_TOO_LARGE (details.limitBytes)")
 _AUTH_ERRORS = {
     "401": {"$ref": "#/components/responses/Unauthorized"},
     "403": _error("INSUFFICIENT_SCOPE (details.requiredScope)"),
 }
-_READ_ERRORS = {**_AUTH_ERRORS, "404": _error("NOT_FOUND: no such email in your organization")}
 _BODY_ERRORS = {
     "400": _error("INVALID_JSON (body not a JSON object) or VALIDATION_ERROR (details per field)"),
-    "413": _error("PAYLOAD_TOO_LARGE (details.limitBytes)"),
+    "413": _TOO_LARGE,
 }
+_SEND_ERRORS = {
+    **_BODY_ERRORS,
+    **_AUTH_ERRORS,
+    "409": _error("IDEMPOTENCY_KEY_IN_USE: the key's first request is in flight"),
+    "422": _error("IDEMPOTENCY_KEY_REUSED: the key was used with another payload"),
+}
+
+
+def _read_errors(what: str) -> dict[str, Any]:
+    """Refusals of a read of one message: no key, no scope, not the caller's ``what``."""
+    return {**_AUTH_ERRORS, "404": _error(f"NOT_FOUND: no such {what} in your organization")}
+
+
+def _timeline(operation_id: str, what: str, scope: str) -> dict[str, Any]:
+    """The ``GET /{id}/timeline`` operation of a channel."""
+    return {
+        "get": {
+            "operationId": operation_id,
+            "summary": f"Lifecycle events of one {what}, oldest first (scope {scope}).",
+            "parameters": [_ID, _LIMIT],
+            "responses": {
+                "200": _json(_ref("Timeline"), "The events."),
+                "400": _error("VALIDATION_ERROR (details.limit)"),
+                **_read_errors(what),
+            },
+        }
+    }
+
 
 _SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -83,21 +143,21 @@ _SCHEMAS: dict[str, Any] = {
             },
             "html": {"type": "string", "description": "HTML body (html and/or text)."},
             "text": {"type": "string", "description": "Plain-text body."},
-            "templateId": {"type": "string", "format": "uuid"},
+            "templateId": _UUID,
             "variables": {"type": "object", "additionalProperties": True},
             "tracking": {"type": "boolean", "default": False},
             "sandboxMode": {"type": "boolean", "default": False},
-            "idempotencyKey": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_CHARS},
+            "idempotencyKey": _IDEMPOTENCY_KEY,
         },
     },
     "SendEmailResponse": {
         "type": "object",
         "required": ["id", "status", "createdAt", "duplicate"],
         "properties": {
-            "id": {"type": "string", "format": "uuid"},
+            "id": _UUID,
             "status": _ref("Status"),
             "createdAt": _TIMESTAMP,
-            "duplicate": {"type": "boolean", "description": "A replay of an earlier send."},
+            "duplicate": _DUPLICATE,
         },
     },
     "PreviewEmailRequest": {
@@ -107,7 +167,7 @@ _SCHEMAS: dict[str, Any] = {
             "subject": _STRING,
             "html": _STRING,
             "text": _STRING,
-            "templateId": {"type": "string", "format": "uuid"},
+            "templateId": _UUID,
             "variables": {"type": "object", "additionalProperties": True},
             "tracking": {"type": "boolean", "default": False},
         },
@@ -145,7 +205,7 @@ _SCHEMAS: dict[str, Any] = {
     "Email": {
         "type": "object",
         "properties": {
-            "id": {"type": "string", "format": "uuid"},
+            "id": _UUID,
             "channel": {"type": "string", "enum": ["email"]},
             "status": _ref("Status"),
             "from": _STRING,
@@ -155,14 +215,9 @@ _SCHEMAS: dict[str, Any] = {
             "text": _NULLABLE_STRING,
             "templateId": _NULLABLE_STRING,
             "tracking": {"type": "boolean"},
-            "sandbox": {"type": "boolean"},
             "messageId": {"type": "string", "description": "The RFC 5322 Message-ID header."},
-            "providerMessageId": _NULLABLE_STRING,
-            "attemptCount": {"type": "integer"},
-            "lastError": _NULLABLE_STRING,
-            "createdAt": _TIMESTAMP,
-            "updatedAt": _TIMESTAMP,
-            "attempts": {"type": "array", "items": _ref("Attempt")},
+            **_MESSAGE_PROPERTIES,
+            "attempts": _ATTEMPTS,
         },
     },
     "TimelineEvent": {
@@ -206,8 +261,6 @@ _SCHEMAS: dict[str, Any] = {
     },
 }
 
-_EMAIL_ID = {"name": "id", "in": "path", "required": True, "schema": _STRING}
-
 
 def _window(name: str, what: str) -> dict[str, Any]:
     return {
@@ -224,14 +277,11 @@ _PATHS: dict[str, Any] = {
         "post": {
             "operationId": "sendEmail",
             "summary": "Queue an email for delivery (scope send:email).",
-            "parameters": [{"$ref": "#/components/parameters/IdempotencyKey"}],
+            "parameters": _IDEMPOTENCY_HEADER,
             "requestBody": {"required": True, **_json(_ref("SendEmailRequest"), "The email.")},
             "responses": {
                 "202": _json(_ref("SendEmailResponse"), "Accepted; a replay has duplicate=true"),
-                **_BODY_ERRORS,
-                **_AUTH_ERRORS,
-                "409": _error("IDEMPOTENCY_KEY_IN_USE: the key's first request is in flight"),
-                "422": _error("IDEMPOTENCY_KEY_REUSED: the key was used with another payload"),
+                **_SEND_ERRORS,
             },
         }
     },
@@ -263,35 +313,11 @@ _PATHS: dict[str, Any] = {
         "get": {
             "operationId": "getEmail",
             "summary": "Status, content and attempts of one email (scope read:email).",
-            "parameters": [_EMAIL_ID],
-            "responses": {"200": _json(_ref("Email"), "The email."), **_READ_ERRORS},
+            "parameters": [_ID],
+            "responses": {"200": _json(_ref("Email"), "The email."), **_read_errors("email")},
         }
     },
-    "/v1/public/emails/{id}/timeline": {
-        "get": {
-            "operationId": "getEmailTimeline",
-            "summary": "Lifecycle events of one email, oldest first (scope read:email).",
-            "parameters": [
-                _EMAIL_ID,
-                {
-                    "name": "limit",
-                    "in": "query",
-                    "required": False,
-                    "schema": {
-                        "type": "integer",
-                        "minimum": 1,
-                        "maximum": MAX_TIMELINE_LIMIT,
-                        "default": 100,
-                    },
-                },
-            ],
-            "responses": {
-                "200": _json(_ref("Timeline"), "The events."),
-                "400": _error("VALIDATION_ERROR (details.limit)"),
-                **_READ_ERRORS,
-            },
-        }
-    },
+    "/v1/public/emails/{id}/timeline": _timeline("getEmailTimeline", "email", "read:email"),
     "/v1/public/openapi.json": {
         "get": {
             "operationId": "getOpenApi",
@@ -312,15 +338,13 @@ _PATHS: dict[str, Any] = {
 
 # --------------------------------------------------------------------------- SMS
 
-_UUID = {"type": "string", "format": "uuid"}
 _E164 = {"type": "string", "pattern": r"^\+[1-9][0-9]{1,14}$", "example": "+2348012345678"}
 _FLOW = {"type": "string", "enum": list(sms_service.FLOWS)}
-_SMS_READ_ERRORS = {**_AUTH_ERRORS, "404": _error("NOT_FOUND: no such SMS in your organization")}
 _QUERY_ERRORS = {"400": _error("VALIDATION_ERROR (details per parameter)"), **_AUTH_ERRORS}
 _WEBHOOK_ERRORS = {
     "400": _error("INVALID_JSON or VALIDATION_ERROR: a malformed payload (details per field)"),
     "401": _error("INVALID_WEBHOOK_TOKEN: missing or unknown ?token="),
-    "413": _error("PAYLOAD_TOO_LARGE (details.limitBytes)"),
+    "413": _TOO_LARGE,
 }
 
 
@@ -354,12 +378,7 @@ _SMS_PROPERTIES: dict[str, Any] = {
         "enum": [*(p.value for p in sms_rules.OtpPurpose), None],
         "description": "OTP purpose; null for STANDARD messages.",
     },
-    "sandbox": {"type": "boolean"},
-    "providerMessageId": _NULLABLE_STRING,
-    "attemptCount": {"type": "integer"},
-    "lastError": _NULLABLE_STRING,
-    "createdAt": _TIMESTAMP,
-    "updatedAt": _TIMESTAMP,
+    **_MESSAGE_PROPERTIES,
 }
 _MO_PROPERTIES: dict[str, Any] = {
     "sms_from": {
@@ -409,7 +428,7 @@ _SCHEMAS.update(
                     "description": "0 normal, 1 flash, 2 unicode (UCS-2 forced).",
                 },
                 "sandboxMode": {"type": "boolean", "default": False},
-                "idempotencyKey": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_CHARS},
+                "idempotencyKey": _IDEMPOTENCY_KEY,
             },
         },
         "SendSmsResponse": {
@@ -428,7 +447,7 @@ _SCHEMAS.update(
                 "senderId": _STRING,
                 "status": _ref("Status"),
                 "createdAt": _TIMESTAMP,
-                "duplicate": {"type": "boolean", "description": "A replay of an earlier send."},
+                "duplicate": _DUPLICATE,
                 "segments": {"type": "integer", "minimum": 1},
                 "encoding": _SMS_PROPERTIES["encoding"],
             },
@@ -452,7 +471,7 @@ _SCHEMAS.update(
                     "default": "PHONE_VERIFICATION",
                 },
                 "sandboxMode": {"type": "boolean", "default": False},
-                "idempotencyKey": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_CHARS},
+                "idempotencyKey": _IDEMPOTENCY_KEY,
             },
         },
         "SendOtpResponse": {
@@ -462,7 +481,7 @@ _SCHEMAS.update(
                 "id": _UUID,
                 "status": _ref("Status"),
                 "createdAt": _TIMESTAMP,
-                "duplicate": {"type": "boolean"},
+                "duplicate": _DUPLICATE,
                 "cooldownSeconds": {
                     "type": "integer",
                     "description": "Seconds before another OTP to this number and purpose.",
@@ -472,10 +491,7 @@ _SCHEMAS.update(
         "Sms": {"type": "object", "properties": _SMS_PROPERTIES},
         "SmsWithAttempts": {
             "type": "object",
-            "properties": {
-                **_SMS_PROPERTIES,
-                "attempts": {"type": "array", "items": _ref("Attempt")},
-            },
+            "properties": {**_SMS_PROPERTIES, "attempts": _ATTEMPTS},
         },
         "SmsPage": _page_of("Sms"),
         "SmsRetryResponse": {
@@ -656,18 +672,7 @@ _SCHEMAS.update(
     }
 )
 
-_SMS_ID = {"name": "id", "in": "path", "required": True, "schema": _STRING}
 _TOKEN: list[dict[str, list[str]]] = [{"webhookToken": []}]
-
-
-def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "in": "query",
-        "required": False,
-        "description": description,
-        "schema": schema,
-    }
 
 
 def _paging(default: int) -> list[dict[str, Any]]:
@@ -698,20 +703,13 @@ def _mo_body(description: str) -> dict[str, Any]:
     }
 
 
-_SEND_ERRORS = {
-    **_BODY_ERRORS,
-    **_AUTH_ERRORS,
-    "409": _error("IDEMPOTENCY_KEY_IN_USE: the key's first request is in flight"),
-    "422": _error("IDEMPOTENCY_KEY_REUSED: the key was used with another payload"),
-}
-
 _PATHS.update(
     {
         "/v1/public/sms/send": {
             "post": {
                 "operationId": "sendSms",
                 "summary": "Queue an SMS (scope send:sms).",
-                "parameters": [{"$ref": "#/components/parameters/IdempotencyKey"}],
+                "parameters": _IDEMPOTENCY_HEADER,
                 "requestBody": {"required": True, **_json(_ref("SendSmsRequest"), "The SMS.")},
                 "responses": {
                     "202": _json(_ref("SendSmsResponse"), "Accepted; a replay has duplicate=true"),
@@ -726,7 +724,7 @@ _PATHS.update(
             "post": {
                 "operationId": "sendOtp",
                 "summary": "Queue a one-time passcode under an OTP brand (scope send:sms).",
-                "parameters": [{"$ref": "#/components/parameters/IdempotencyKey"}],
+                "parameters": _IDEMPOTENCY_HEADER,
                 "requestBody": {"required": True, **_json(_ref("SendOtpRequest"), "The OTP.")},
                 "responses": {
                     "202": _json(_ref("SendOtpResponse"), "Accepted; a replay has duplicate=true"),
@@ -804,45 +802,22 @@ _PATHS.update(
             "get": {
                 "operationId": "getSms",
                 "summary": "Status, content and attempts of one SMS (scope read:sms).",
-                "parameters": [_SMS_ID],
+                "parameters": [_ID],
                 "responses": {
                     "200": _json(_ref("SmsWithAttempts"), "The SMS."),
-                    **_SMS_READ_ERRORS,
+                    **_read_errors("SMS"),
                 },
             }
         },
-        "/v1/public/sms/{id}/timeline": {
-            "get": {
-                "operationId": "getSmsTimeline",
-                "summary": "Lifecycle events of one SMS, oldest first (scope read:sms).",
-                "parameters": [
-                    _SMS_ID,
-                    _query(
-                        "limit",
-                        {
-                            "type": "integer",
-                            "minimum": 1,
-                            "maximum": sms_service.MAX_TIMELINE_LIMIT,
-                            "default": 100,
-                        },
-                        "Most events returned.",
-                    ),
-                ],
-                "responses": {
-                    "200": _json(_ref("Timeline"), "The events."),
-                    "400": _error("VALIDATION_ERROR (details.limit)"),
-                    **_SMS_READ_ERRORS,
-                },
-            }
-        },
+        "/v1/public/sms/{id}/timeline": _timeline("getSmsTimeline", "SMS", "read:sms"),
         "/v1/public/sms/{id}/retry": {
             "post": {
                 "operationId": "retrySms",
                 "summary": "Re-queue a FAILED SMS (scope send:sms).",
-                "parameters": [_SMS_ID],
+                "parameters": [_ID],
                 "responses": {
                     "202": _json(_ref("SmsRetryResponse"), "Re-queued."),
-                    **_SMS_READ_ERRORS,
+                    **_read_errors("SMS"),
                     "409": _error("MESSAGE_NOT_RETRYABLE: not FAILED (details.status)"),
                 },
             }
@@ -995,7 +970,7 @@ _PATHS.update(
                     "400": _error("VALIDATION_ERROR: not a status callback of this provider"),
                     "401": _error("INVALID_WEBHOOK_SIGNATURE: missing or wrong signature"),
                     "404": _error("NOT_FOUND: the provider has no signed status callbacks"),
-                    "413": _error("PAYLOAD_TOO_LARGE (details.limitBytes)"),
+                    "413": _TOO_LARGE,
                 },
             }
         },
@@ -1004,11 +979,7 @@ _PATHS.update(
 
 # --------------------------------------------------------------------------- WhatsApp
 
-_WA_ID = {"name": "id", "in": "path", "required": True, "schema": _STRING}
-_WA_READ_ERRORS = {
-    **_AUTH_ERRORS,
-    "404": _error("NOT_FOUND: no such WhatsApp message in your organization"),
-}
+_WA_READ_ERRORS = _read_errors("WhatsApp message")
 # Mirrors WhatsAppService's checks (Meta's numeric phone number id, template names).
 _PHONE_NUMBER_ID = {"type": "string", "pattern": "^[0-9]{1,32}$", "example": "106540352242922"}
 _WA_GRAPH_ERRORS = {
@@ -1069,7 +1040,7 @@ _SCHEMAS.update(
                     "maxLength": whatsapp_service.MAX_TEXT_CHARACTERS,
                 },
                 "template": _ref("WhatsAppTemplate"),
-                "idempotencyKey": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_CHARS},
+                "idempotencyKey": _IDEMPOTENCY_KEY,
             },
         },
         "SendWhatsAppResponse": {
@@ -1078,7 +1049,7 @@ _SCHEMAS.update(
             "properties": {
                 "id": _UUID,
                 "status": _ref("Status"),
-                "duplicate": {"type": "boolean", "description": "A replay of an earlier send."},
+                "duplicate": _DUPLICATE,
                 "providerMessageId": {
                     "type": "string",
                     "nullable": True,
@@ -1097,13 +1068,8 @@ _SCHEMAS.update(
                 "body": {**_NULLABLE_STRING, "description": "The text; null for templates."},
                 "template": {"allOf": [_ref("WhatsAppTemplate")], "nullable": True},
                 "phoneNumberId": {**_PHONE_NUMBER_ID, "description": "The line it is sent from."},
-                "providerMessageId": _NULLABLE_STRING,
-                "sandbox": {"type": "boolean"},
-                "attemptCount": {"type": "integer"},
-                "lastError": _NULLABLE_STRING,
-                "createdAt": _TIMESTAMP,
-                "updatedAt": _TIMESTAMP,
-                "attempts": {"type": "array", "items": _ref("Attempt")},
+                **_MESSAGE_PROPERTIES,
+                "attempts": _ATTEMPTS,
             },
         },
         "WhatsAppRetryResponse": {
@@ -1201,7 +1167,7 @@ _PATHS.update(
                     "The message is handed to Meta's Graph API before the answer: 201 with "
                     "status SENT and the wamid, or the Error envelope when Graph failed."
                 ),
-                "parameters": [{"$ref": "#/components/parameters/IdempotencyKey"}],
+                "parameters": _IDEMPOTENCY_HEADER,
                 "requestBody": {
                     "required": True,
                     **_json(_ref("SendWhatsAppRequest"), "The message."),
@@ -1228,42 +1194,21 @@ _PATHS.update(
             "get": {
                 "operationId": "getWhatsApp",
                 "summary": "Status, content and attempts of one message (scope read:whatsapp).",
-                "parameters": [_WA_ID],
+                "parameters": [_ID],
                 "responses": {
                     "200": _json(_ref("WhatsAppMessage"), "The message."),
                     **_WA_READ_ERRORS,
                 },
             }
         },
-        "/v1/public/whatsapp/{id}/timeline": {
-            "get": {
-                "operationId": "getWhatsAppTimeline",
-                "summary": "Lifecycle events of one message, oldest first (scope read:whatsapp).",
-                "parameters": [
-                    _WA_ID,
-                    _query(
-                        "limit",
-                        {
-                            "type": "integer",
-                            "minimum": 1,
-                            "maximum": whatsapp_service.MAX_TIMELINE_LIMIT,
-                            "default": 100,
-                        },
-                        "Most events returned.",
-                    ),
-                ],
-                "responses": {
-                    "200": _json(_ref("Timeline"), "The events."),
-                    "400": _error("VALIDATION_ERROR (details.limit)"),
-                    **_WA_READ_ERRORS,
-                },
-            }
-        },
+        "/v1/public/whatsapp/{id}/timeline": _timeline(
+            "getWhatsAppTimeline", "WhatsApp message", "read:whatsapp"
+        ),
         "/v1/public/whatsapp/{id}/retry": {
             "post": {
                 "operationId": "retryWhatsApp",
                 "summary": "Send a FAILED message again now (scope send:whatsapp).",
-                "parameters": [_WA_ID],
+                "parameters": [_ID],
                 "responses": {
                     "200": _json(_ref("WhatsAppRetryResponse"), "Sent again."),
                     **_WA_READ_ERRORS,
@@ -1340,7 +1285,7 @@ _PATHS.update(
                     "200": _json(_ref("WhatsAppWebhookResult"), "Applied."),
                     "400": _error("VALIDATION_ERROR: not a WhatsApp Business webhook"),
                     "401": _error("INVALID_WEBHOOK_SIGNATURE: missing or wrong signature"),
-                    "413": _error("PAYLOAD_TOO_LARGE (details.limitBytes)"),
+                    "413": _TOO_LARGE,
                 },
             },
         },
@@ -1388,7 +1333,7 @@ OPENAPI: dict[str, Any] = {
                 "in": "header",
                 "required": False,
                 "description": "Deduplicates sends within the retention window (default 24 h).",
-                "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_CHARS},
+                "schema": _IDEMPOTENCY_KEY,
             }
         },
         "responses": {

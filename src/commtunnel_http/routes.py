@@ -1,123 +1,30 @@
-"""The public routes: parse the request, call the email service, serialize.
+"""The email routes, the OpenAPI document and the health check.
 
 Contract: ``../shared/seeds/000_427ee8481191f61a.txt``, "Email (public API)".
 Every rule about messages (scopes, fields, senders, idempotency) lives in
 :class:`~commtunnel.services.email.EmailService`; what is here is HTTP:
-the bearer token, the JSON body and its size limit, query parameters, and
-the status codes of success.
+the request readers of :mod:`commtunnel_http.handlers`, the stats window's
+query parameters, and the status codes of success.
 """
 
 from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from commtunnel.client import Commtunnel
-from commtunnel.domain.errors import (
-    InvalidJsonError,
-    PayloadTooLargeError,
-    UnauthorizedError,
-    ValidationError,
-)
-from commtunnel.domain.keys import Principal
-from commtunnel.services.email import MAX_TIMELINE_LIMIT, request_from_wire
+from commtunnel.domain.errors import ValidationError
+from commtunnel.services.email import request_from_wire
+from commtunnel_http.handlers import Handlers, limit_param, send_answer
 from commtunnel_http.openapi import openapi_document
 from commtunnel_http.wire import Wire
 
-IDEMPOTENCY_HEADER = "x-idempotency-key"
+#: the fields ``POST /emails/preview`` takes.
 PREVIEW_FIELDS = frozenset({"subject", "html", "text", "templateId", "variables", "tracking"})
-
-
-def bearer_token(request: Request) -> str | None:
-    """The key from ``Authorization: Bearer <key>``; None when the header is absent.
-
-    Raises:
-        UnauthorizedError: the header is there but is not a bearer token.
-    """
-    header = request.headers.get("authorization")
-    if header is None:
-        return None
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise UnauthorizedError("Malformed Authorization header: expected 'Bearer <key>'")
-    return token.strip()
-
-
-def _too_large(limit: int) -> PayloadTooLargeError:
-    return PayloadTooLargeError(
-        f"Request body exceeds {limit} bytes", details={"limitBytes": limit}
-    )
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused as soon as it is known to exceed ``limit`` bytes.
-
-    A declared ``Content-Length`` over the limit is refused before reading;
-    a chunked body is read chunk by chunk and refused at the chunk that
-    crosses the limit, so no more than one chunk past it is ever read.
-
-    Raises:
-        PayloadTooLargeError: with ``details.limitBytes``.
-    """
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
-    # Straight from ASGI receive: Request.stream() adds an async generator per request.
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect
-        chunk: bytes = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-# One decoder for every request (json.loads with options builds one per call).
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
-
-
-def parse_json_object(body: bytes, content_type: str | None) -> dict[str, Any]:
-    """Decode a JSON object body.
-
-    A missing ``Content-Type`` is accepted (JSON is the only format); a
-    present one must be ``application/json`` or ``*/*+json``.
-
-    Raises:
-        InvalidJsonError: wrong content type, not UTF-8, not JSON, or not an object.
-    """
-    if content_type is not None:
-        media = content_type.partition(";")[0].strip().lower()
-        if media != "application/json" and not media.endswith("+json"):
-            raise InvalidJsonError(
-                "Content-Type must be application/json", details={"contentType": media}
-            )
-    try:
-        payload = _DECODER.decode(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise InvalidJsonError(
-            "Request body is not valid JSON", details={"reason": str(exc)}
-        ) from None
-    if not isinstance(payload, dict):
-        raise InvalidJsonError(
-            "Request body must be a JSON object", details={"type": type(payload).__name__}
-        )
-    return payload
 
 
 def _parse_datetime(params: dict[str, str], name: str, problems: dict[str, str]) -> datetime | None:
@@ -136,53 +43,39 @@ def _parse_datetime(params: dict[str, str], name: str, problems: dict[str, str])
     return value
 
 
-def parse_limit(raw: str | None, *, maximum: int = MAX_TIMELINE_LIMIT) -> int:
-    """A timeline's ``?limit=`` (100 when absent); the service checks the range.
-
-    Raises:
-        ValidationError: ``limit`` is not a plain decimal integer.
-    """
-    if raw is None:
-        return 100
-    if not (raw.isascii() and raw.isdigit()):  # int() would take " 5", "+5", non-ASCII digits
-        raise ValidationError.from_fields({"limit": f"must be an integer from 1 to {maximum}"})
-    return int(raw)
-
-
-class EmailRoutes:
-    """Handlers of the public email API, bound to one facade.
+class EmailRoutes(Handlers):
+    """Handlers of the public email API, ``/v1/public/openapi.json`` and ``/healthz``.
 
     Args:
         ct: the facade (started by the app's lifespan): services, storage, settings.
+        wire: the response shapes (a fresh :class:`~commtunnel_http.wire.Wire` by default).
     """
 
-    def __init__(self, ct: Commtunnel) -> None:
-        self.ct = ct
-        self.wire = Wire()
+    def __init__(self, ct: Commtunnel, wire: Wire | None = None) -> None:
+        super().__init__(ct, wire)
         self._openapi = json.dumps(openapi_document(), separators=(",", ":")).encode()
 
-    async def _principal(self, request: Request) -> Principal:
-        return await self.ct.authenticate(bearer_token(request))
-
-    async def _json_body(self, request: Request) -> dict[str, Any]:
-        body = await read_body(request, self.ct.settings.max_body_bytes)
-        return parse_json_object(body, request.headers.get("content-type"))
-
     async def send(self, request: Request) -> Response:
-        """``POST /v1/public/emails/send`` -> 202 (a replay too, with ``Idempotent-Replayed``)."""
-        principal = await self._principal(request)
-        payload = await self._json_body(request)
-        send_request = request_from_wire(
-            payload, header_key=request.headers.get(IDEMPOTENCY_HEADER)
-        )
+        """``POST /v1/public/emails/send`` -> 202 ``{id, status, createdAt, duplicate}``.
+
+        A replay answers 202 too, ``duplicate: true`` and ``Idempotent-Replayed: true``.
+        Refusals: the envelope (400, 401, 403, 409, 413, 422; see the OpenAPI document).
+        """
+        principal, send_request = await self.send_request(request, request_from_wire)
         result = await self.ct.emails.send(principal, send_request)
-        headers = {"Idempotent-Replayed": "true"} if result.duplicate else None
-        return JSONResponse(self.wire.send_result(result), status_code=202, headers=headers)
+        return send_answer(self.wire.send_result(result), replayed=result.duplicate, status=202)
 
     async def preview(self, request: Request) -> Response:
-        """``POST /v1/public/emails/preview`` -> 200 rendered parts."""
-        principal = await self._principal(request)
-        payload = await self._json_body(request)
+        """``POST /v1/public/emails/preview`` -> 200 the rendered parts and an estimated size.
+
+        Raises:
+            ValidationError: unknown fields and a non-boolean ``tracking``, in one
+                400 together; then what ``EmailService.preview`` refuses.
+        """
+        principal = await self.principal(request)
+        payload = await self.json_body(request)
+        # A request rule that belongs in EmailService.preview, which takes no
+        # ``tracking`` yet; until it does, both problems are refused here in one 400.
         problems = dict.fromkeys(sorted(set(payload) - PREVIEW_FIELDS), "unknown field")
         tracking = payload.get("tracking", False)
         if not isinstance(tracking, bool):
@@ -200,8 +93,15 @@ class EmailRoutes:
         return JSONResponse(self.wire.preview(rendered, tracking=tracking))
 
     async def stats(self, request: Request) -> Response:
-        """``GET /v1/public/emails/stats?start=&end=`` -> 200 counts."""
-        principal = await self._principal(request)
+        """``GET /v1/public/emails/stats?start=&end=`` -> 200 counts for the window.
+
+        The answer is ``{start, end, total, byStatus, events}``.
+
+        Raises:
+            ValidationError: ``start``/``end`` missing, not ISO 8601 or without a
+                timezone (each named); the service refuses a reversed or too long window.
+        """
+        principal = await self.principal(request)
         params = dict(request.query_params)
         problems: dict[str, str] = {}
         start = _parse_datetime(params, "start", problems)
@@ -212,17 +112,18 @@ class EmailRoutes:
         return JSONResponse(self.wire.stats(stats))
 
     async def get(self, request: Request) -> Response:
-        """``GET /v1/public/emails/{id}`` -> 200 status, content, attempts."""
-        principal = await self._principal(request)
+        """``GET /v1/public/emails/{id}`` -> 200 status, content, attempts; else 404."""
+        principal = await self.principal(request)
         status = await self.ct.emails.get(principal, request.path_params["id"])
         return JSONResponse(self.wire.email_status(status))
 
     async def timeline(self, request: Request) -> Response:
-        """``GET /v1/public/emails/{id}/timeline?limit=`` -> 200 events, oldest first."""
-        principal = await self._principal(request)
-        limit = parse_limit(request.query_params.get("limit"))
+        """``GET /v1/public/emails/{id}/timeline?limit=`` -> 200 ``{id, events}``, oldest first."""
+        principal = await self.principal(request)
         message_id = request.path_params["id"]
-        events = await self.ct.emails.timeline(principal, message_id, limit=limit)
+        events = await self.ct.emails.timeline(
+            principal, message_id, **limit_param(request.query_params)
+        )
         return JSONResponse(self.wire.timeline(message_id, events))
 
     async def openapi(self, request: Request) -> Response:
@@ -230,7 +131,7 @@ class EmailRoutes:
         return Response(self._openapi, media_type="application/json")
 
     async def healthz(self, request: Request) -> Response:
-        """``GET /healthz`` (no auth) -> 200 with the schema version and pending jobs."""
+        """``GET /healthz`` (no auth) -> 200 ``{status: "ok", schemaVersion, pendingJobs}``."""
         backend = self.ct.backend
         return JSONResponse(
             {

@@ -33,7 +33,7 @@ from starlette.routing import BaseRoute, Route
 
 from commtunnel.client import Commtunnel
 from commtunnel.domain.errors import InvalidJsonError, NotFoundError, ValidationError
-from commtunnel_http.routes import parse_json_object, read_body
+from commtunnel_http.handlers import Handlers, parse_json_object
 from commtunnel_http.wire import Wire
 
 PROVIDER_PATH = "/v1/webhooks/sms/provider"
@@ -91,15 +91,20 @@ def parse_mo_body(body: bytes, content_type: str | None) -> dict[str, Any]:
         body: the raw request body.
         content_type: the ``Content-Type`` header; JSON when absent.
 
+    Returns:
+        Field name -> value (strings from a form; any JSON value from JSON).
+
     Raises:
-        ValidationError: a form that cannot be parsed (``details.body``).
-        InvalidJsonError: a JSON body that is not an object, or another content type.
+        ValidationError: 400, a form that cannot be parsed (``details.body``):
+            not UTF-8, more than :data:`MAX_FORM_FIELDS` fields, a multipart
+            body without a boundary, a part that is not a named text field.
+        InvalidJsonError: 400, a JSON body that is not an object, or another content type.
     """
     media = (content_type or "").partition(";")[0].strip().lower()
     if media == FORM_URLENCODED:
-        return dict(_parse_urlencoded(body))
+        return _parse_urlencoded(body)
     if media == FORM_MULTIPART and content_type is not None:
-        return dict(_parse_multipart(body, content_type))
+        return _parse_multipart(body, content_type)
     if media and media != "application/json" and not media.endswith("+json"):
         raise InvalidJsonError(
             f"Content-Type must be application/json, {FORM_URLENCODED} or {FORM_MULTIPART}",
@@ -108,47 +113,47 @@ def parse_mo_body(body: bytes, content_type: str | None) -> dict[str, Any]:
     return parse_json_object(body, content_type)
 
 
-class SmsWebhookRoutes:
+class SmsWebhookRoutes(Handlers):
     """Handlers of the SMS ingress webhooks, bound to one facade.
 
     Args:
         ct: the facade (its SMS service, provider and settings).
-        wire: the response shapes.
+        wire: the response shapes (a fresh :class:`~commtunnel_http.wire.Wire` by default).
     """
 
     def __init__(self, ct: Commtunnel, wire: Wire | None = None) -> None:
-        self.ct = ct
+        super().__init__(ct, wire)
         self.sms = ct.sms_service
-        self.wire = wire or Wire()
 
     async def _token(self, request: Request) -> str | None:
-        """The ``?token=`` value, refused (401) before anything else is read."""
+        """The ``?token=`` value, refused (401) before anything else is read.
+
+        Raises:
+            WebhookAuthError: 401 ``INVALID_WEBHOOK_TOKEN``, no token or an unknown one.
+        """
         token = request.query_params.get("token")
         await self.sms.org_for_token(token)
         return token
 
-    async def _body(self, request: Request) -> bytes:
-        return await read_body(request, self.ct.settings.max_body_bytes)
+    async def _mo_body(self, request: Request) -> dict[str, Any]:
+        return parse_mo_body(await self.body(request), request.headers.get("content-type"))
 
     async def inbound(self, request: Request) -> Response:
         """``POST /v1/webhooks/sms/inbound?token=`` -> 200 ``{id, keyword, optedOut?, ...}``."""
         token = await self._token(request)
-        payload = parse_mo_body(await self._body(request), request.headers.get("content-type"))
-        result = await self.sms.receive_inbound(token, payload)
+        result = await self.sms.receive_inbound(token, await self._mo_body(request))
         return JSONResponse(self.wire.inbound_result(result))
 
     async def inbound_opt_out(self, request: Request) -> Response:
         """``POST /v1/webhooks/sms/inbound-opt-out?token=`` -> 200 ``{keyword, recorded, ...}``."""
         token = await self._token(request)
-        payload = parse_mo_body(await self._body(request), request.headers.get("content-type"))
-        result = await self.sms.inbound_opt_out(token, payload)
+        result = await self.sms.inbound_opt_out(token, await self._mo_body(request))
         return JSONResponse(self.wire.inbound_opt_out_result(result))
 
     async def dlr(self, request: Request) -> Response:
         """``POST /v1/webhooks/sms/dlr?token=`` (JSON) -> 202 ``{messageId, status, applied}``."""
         token = await self._token(request)
-        payload = parse_json_object(await self._body(request), request.headers.get("content-type"))
-        result = await self.sms.receive_dlr(token, payload)
+        result = await self.sms.receive_dlr(token, await self.json_body(request))
         return JSONResponse(self.wire.receipt_result(result), status_code=202)
 
     def callback_url(self, request: Request) -> str:
@@ -160,11 +165,21 @@ class SmsWebhookRoutes:
         return public.rstrip("/") + PROVIDER_PATH + (f"?{query}" if query else "")
 
     async def provider(self, request: Request) -> Response:
-        """``POST /v1/webhooks/sms/provider`` (signed) -> 200 ``{received, applied}``."""
+        """``POST /v1/webhooks/sms/provider`` (signed) -> 200 ``{received, applied}``.
+
+        ``received`` counts the receipts the callback carried, ``applied`` those
+        that moved a message.
+
+        Raises:
+            NotFoundError: 404, no SMS provider, a provider without signed
+                callbacks, or receipts none of which names a message here.
+            WebhookSignatureError: 401, a missing or wrong signature.
+            ValidationError: 400, not a status callback of this provider.
+        """
         provider = self.ct.sms_provider
         if provider is None:
             raise NotFoundError("No SMS provider is configured, so none sends status callbacks")
-        body = await self._body(request)
+        body = await self.body(request)
         receipts = provider.parse_status_callback(
             url=self.callback_url(request), headers=request.headers, body=body
         )

@@ -21,32 +21,23 @@ Authentication differs by route:
 
 from __future__ import annotations
 
-from typing import Any
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from commtunnel.client import Commtunnel
 from commtunnel.domain.errors import WebhookAuthError
-from commtunnel.domain.keys import Principal
 from commtunnel.domain.whatsapp import SIGNATURE_HEADER
-from commtunnel.services.whatsapp import MAX_TIMELINE_LIMIT, send_request_from_wire
-from commtunnel_http.errors import SCOPE_KEY, envelope, request_id_from
-from commtunnel_http.routes import (
-    IDEMPOTENCY_HEADER,
-    bearer_token,
-    parse_json_object,
-    parse_limit,
-    read_body,
-)
+from commtunnel.services.whatsapp import send_request_from_wire
+from commtunnel_http.errors import envelope, request_id
+from commtunnel_http.handlers import Handlers, limit_param, send_answer
 from commtunnel_http.wire import Wire
 
 LINE_PATH = "/v1/account/whatsapp-cloud-line"
 WEBHOOK_PATH = "/v1/webhooks/whatsapp"
 
 
-class WhatsAppRoutes:
+class WhatsAppRoutes(Handlers):
     """Handlers of the WhatsApp API and of Meta's webhook, bound to one facade.
 
     Args:
@@ -55,56 +46,53 @@ class WhatsAppRoutes:
     """
 
     def __init__(self, ct: Commtunnel, wire: Wire | None = None) -> None:
-        self.ct = ct
+        super().__init__(ct, wire)
         self.whatsapp = ct.whatsapp_service
-        self.wire = wire or Wire()
-
-    async def _principal(self, request: Request) -> Principal:
-        return await self.ct.authenticate(bearer_token(request))
-
-    async def _json_body(self, request: Request) -> dict[str, Any]:
-        body = await read_body(request, self.ct.settings.max_body_bytes)
-        return parse_json_object(body, request.headers.get("content-type"))
 
     # ------------------------------------------------------------------ messages
 
     async def send(self, request: Request) -> Response:
-        """``POST /v1/public/whatsapp/send`` -> 201 SENT; a replay 200 with ``Idempotent-Replayed``.
+        """``POST /v1/public/whatsapp/send`` -> 201 ``{id, status, duplicate, providerMessageId}``.
 
-        A Graph failure answers the envelope: 502 ``WHATSAPP_PROVIDER_ERROR``
-        (transient, the worker retries) or 422 ``WHATSAPP_SEND_REJECTED``.
+        The message is handed to Graph before the answer, so 201 means SENT
+        (201 Created); a replay answers 200 (nothing created), ``duplicate: true``
+        and ``Idempotent-Replayed: true``. A Graph failure answers the envelope:
+        502 ``WHATSAPP_PROVIDER_ERROR`` (transient, the worker retries) or 422
+        ``WHATSAPP_SEND_REJECTED``.
         """
-        principal = await self._principal(request)
-        payload = await self._json_body(request)
-        send_request = send_request_from_wire(
-            payload, header_key=request.headers.get(IDEMPOTENCY_HEADER)
-        )
+        principal, send_request = await self.send_request(request, send_request_from_wire)
         result = await self.whatsapp.send(principal, send_request)
-        if result.duplicate:
-            return JSONResponse(
-                self.wire.whatsapp_send_result(result),
-                status_code=200,
-                headers={"Idempotent-Replayed": "true"},
-            )
-        return JSONResponse(self.wire.whatsapp_send_result(result), status_code=201)
+        return send_answer(
+            self.wire.whatsapp_send_result(result),
+            replayed=result.duplicate,
+            status=200 if result.duplicate else 201,
+        )
 
     async def get(self, request: Request) -> Response:
-        """``GET /v1/public/whatsapp/{id}`` -> 200 status, content, attempts."""
-        principal = await self._principal(request)
+        """``GET /v1/public/whatsapp/{id}`` -> 200 status, content, attempts; else 404."""
+        principal = await self.principal(request)
         status = await self.whatsapp.get(principal, request.path_params["id"])
         return JSONResponse(self.wire.whatsapp_status(status))
 
     async def timeline(self, request: Request) -> Response:
-        """``GET /v1/public/whatsapp/{id}/timeline?limit=`` -> 200 events, oldest first."""
-        principal = await self._principal(request)
-        limit = parse_limit(request.query_params.get("limit"), maximum=MAX_TIMELINE_LIMIT)
+        """``GET /v1/public/whatsapp/{id}/timeline?limit=`` -> 200 ``{id, events}``, oldest first.
+
+        400 for a ``limit`` outside 1..1000; 404 if the message is not the caller's.
+        """
+        principal = await self.principal(request)
         message_id = request.path_params["id"]
-        events = await self.whatsapp.timeline(principal, message_id, limit=limit)
+        events = await self.whatsapp.timeline(
+            principal, message_id, **limit_param(request.query_params)
+        )
         return JSONResponse(self.wire.timeline(message_id, events))
 
     async def retry(self, request: Request) -> Response:
-        """``POST /v1/public/whatsapp/{id}/retry`` -> 200 once re-sent; 409 unless FAILED."""
-        principal = await self._principal(request)
+        """``POST /v1/public/whatsapp/{id}/retry`` -> 200 ``{id, status, providerMessageId}``.
+
+        The message is re-sent before the answer; 409 unless it was FAILED, and
+        Graph failures answer as for :meth:`send`.
+        """
+        principal = await self.principal(request)
         result = await self.whatsapp.retry(principal, request.path_params["id"])
         return JSONResponse(self.wire.whatsapp_retry_result(result), status_code=200)
 
@@ -112,15 +100,14 @@ class WhatsAppRoutes:
 
     async def get_line(self, request: Request) -> Response:
         """``GET /v1/account/whatsapp-cloud-line`` -> 200 the line settings (never the token)."""
-        principal = await self._principal(request)
+        principal = await self.principal(request)
         info = await self.whatsapp.get_line(principal)
         return JSONResponse(self.wire.whatsapp_line(info))
 
     async def update_line(self, request: Request) -> Response:
         """``PATCH /v1/account/whatsapp-cloud-line`` -> 200 the line settings after the change."""
-        principal = await self._principal(request)
-        payload = await self._json_body(request)
-        info = await self.whatsapp.update_line(principal, payload)
+        principal = await self.principal(request)
+        info = await self.whatsapp.update_line(principal, await self.json_body(request))
         return JSONResponse(self.wire.whatsapp_line(info))
 
     # ------------------------------------------------------------------ Meta's webhook
@@ -136,18 +123,23 @@ class WhatsAppRoutes:
                 request.query_params, self.ct.settings.whatsapp_verify_token
             )
         except WebhookAuthError as exc:
-            # Meta documents 403 for a refused verification; the error's own status is 401.
-            request_id = request.scope.get(SCOPE_KEY) or request_id_from(request.scope)
-            return envelope(exc.message, exc.code, request_id, status=403, details=exc.details)
+            # Meta documents 403 for a refused verification; WebhookAuthError's own
+            # status is 401 (the same code is 401 on the SMS webhooks).
+            return envelope(
+                exc.message, exc.code, request_id(request), status=403, details=exc.details
+            )
         return PlainTextResponse(challenge)
 
     async def receive(self, request: Request) -> Response:
         """``POST /v1/webhooks/whatsapp`` (signed) -> 200 what the delivery changed.
 
+        The answer is ``{statusesApplied, statusesIgnored, inboundStored}``.
         The signature covers the exact bytes received, so the raw body is
-        handed to the service before any decoding.
+        handed to the service before any decoding: 413 over the body limit,
+        401 ``INVALID_WEBHOOK_SIGNATURE``, then 400 for a body that is not a
+        WhatsApp Business webhook.
         """
-        body = await read_body(request, self.ct.settings.max_body_bytes)
+        body = await self.body(request)
         result = await self.whatsapp.receive_webhook(
             body, request.headers.get(SIGNATURE_HEADER), self.ct.settings.whatsapp_app_secret
         )

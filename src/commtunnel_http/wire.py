@@ -83,40 +83,26 @@ def make_converter() -> cattrs.Converter:
     for base in (enum.Enum, enum.StrEnum):
         conv.register_unstructure_hook(base, _enum_value)
 
-    def camel_case(cls: type[Any]) -> Any:
-        names: dict[str, Any] = {a.name: override(rename=_camel(a.name)) for a in attrs.fields(cls)}
-        return make_dict_unstructure_fn(cls, conv, **names)
-
-    conv.register_unstructure_hook_factory(attrs.has, camel_case)
-    conv.register_unstructure_hook(
-        Attempt,
-        make_dict_unstructure_fn(
-            Attempt,
-            conv,
-            message_id=override(omit=True),
-            outcome=override(rename="status"),
-            error_category=override(rename="errorCategory"),
-            error_message=override(rename="errorMessage"),
-            duration_ms=override(rename="durationMs"),
-            started_at=override(rename="timestamp"),
-        ),
-    )
-    conv.register_unstructure_hook(
-        TimelineEvent,
-        make_dict_unstructure_fn(
-            TimelineEvent,
-            conv,
-            message_id=override(omit=True),
-            org_id=override(omit=True),
-            created_at=override(rename="createdAt"),
-        ),
-    )
-
     def shaped(cls: type[Any], **changes: Any) -> Any:
         """camelCase names, with ``changes`` (renames, omissions) on top."""
         names = {a.name: override(rename=_camel(a.name)) for a in attrs.fields(cls)}
         return make_dict_unstructure_fn(cls, conv, **{**names, **changes})
 
+    # Not ``shaped`` itself: cattrs hands its converter to a factory of two or more parameters.
+    conv.register_unstructure_hook_factory(attrs.has, lambda cls: shaped(cls))
+    conv.register_unstructure_hook(
+        Attempt,
+        shaped(
+            Attempt,
+            message_id=override(omit=True),
+            outcome=override(rename="status"),
+            started_at=override(rename="timestamp"),
+        ),
+    )
+    conv.register_unstructure_hook(
+        TimelineEvent,
+        shaped(TimelineEvent, message_id=override(omit=True), org_id=override(omit=True)),
+    )
     conv.register_unstructure_hook(OptOut, shaped(OptOut, org_id=override(omit=True)))
     conv.register_unstructure_hook(
         InboundMessage,
@@ -149,15 +135,44 @@ class Wire:
     def __init__(self, converter: cattrs.Converter | None = None) -> None:
         self.conv = converter or make_converter()
 
-    def send_result(self, result: SendResult) -> dict[str, Any]:
-        """``POST /emails/send``: id, status, createdAt, duplicate."""
-        m = result.message
+    def _record(self, record: Any, cls: type[Any]) -> dict[str, Any]:
+        """A flat record in the shape :func:`make_converter` registered for ``cls``."""
+        shaped: dict[str, Any] = self.conv.unstructure(record, cls)
+        return shaped
+
+    def _id_status(self, m: Message) -> dict[str, Any]:
+        """What every answer about one message starts with: id and status."""
+        return {"id": m.id, "status": self.conv.unstructure(m.status)}
+
+    def _accepted(self, m: Message, *, duplicate: bool) -> dict[str, Any]:
+        """A queued send's answer: id, status, createdAt, duplicate."""
+        return {
+            **self._id_status(m),
+            "createdAt": format_timestamp(m.created_at),
+            "duplicate": duplicate,
+        }
+
+    def _message(self, m: Message) -> dict[str, Any]:
+        """What every channel's ``GET /{id}`` shows of a message besides its content."""
         return {
             "id": m.id,
+            "channel": self.conv.unstructure(m.channel),
             "status": self.conv.unstructure(m.status),
+            "sandbox": m.sandbox,
+            "providerMessageId": m.provider_message_id,
+            "attemptCount": m.attempt_count,
+            "lastError": m.last_error,
             "createdAt": format_timestamp(m.created_at),
-            "duplicate": result.duplicate,
+            "updatedAt": format_timestamp(m.updated_at),
         }
+
+    def _attempts(self, attempts: list[Attempt]) -> list[dict[str, Any]]:
+        shaped: list[dict[str, Any]] = self.conv.unstructure(attempts, list[Attempt])
+        return shaped
+
+    def send_result(self, result: SendResult) -> dict[str, Any]:
+        """``POST /emails/send``: id, status, createdAt, duplicate."""
+        return self._accepted(result.message, duplicate=result.duplicate)
 
     def email_status(self, status: EmailStatus) -> dict[str, Any]:
         """``GET /emails/{id}``: the message, its content and its attempts."""
@@ -166,9 +181,7 @@ class Wire:
             raise ValueError(f"message {m.id} has no email content")
         e = m.email
         return {
-            "id": m.id,
-            "channel": self.conv.unstructure(m.channel),
-            "status": self.conv.unstructure(m.status),
+            **self._message(m),
             "from": e.from_addr,
             "to": e.to,
             "subject": e.subject,
@@ -176,24 +189,17 @@ class Wire:
             "text": e.text,
             "templateId": e.template_id,
             "tracking": e.tracking,
-            "sandbox": m.sandbox,
             "messageId": e.message_id_header,
-            "providerMessageId": m.provider_message_id,
-            "attemptCount": m.attempt_count,
-            "lastError": m.last_error,
-            "createdAt": format_timestamp(m.created_at),
-            "updatedAt": format_timestamp(m.updated_at),
-            "attempts": self.conv.unstructure(status.attempts, list[Attempt]),
+            "attempts": self._attempts(status.attempts),
         }
 
     def timeline(self, message_id: str, events: list[TimelineEvent]) -> dict[str, Any]:
-        """``GET /{emails,sms}/{id}/timeline``: the message id and its events, oldest first."""
+        """``GET /{channel}/{id}/timeline``: the message id and its events, oldest first."""
         return {"id": message_id, "events": self.conv.unstructure(events, list[TimelineEvent])}
 
     def stats(self, stats: EmailStats) -> dict[str, Any]:
         """``GET /emails/stats``: start, end, total, byStatus, events."""
-        result: dict[str, Any] = self.conv.unstructure(stats, EmailStats)
-        return result
+        return self._record(stats, EmailStats)
 
     @staticmethod
     def preview(rendered: Rendered, *, tracking: bool) -> dict[str, Any]:
@@ -217,26 +223,18 @@ class Wire:
 
     def sms_send_result(self, result: SmsSendResult) -> dict[str, Any]:
         """``POST /sms/send``: id, senderId, status, createdAt, duplicate, segments, encoding."""
-        m = result.message
-        sms = _sms_content(m)
+        sms = _sms_content(result.message)
         return {
-            "id": m.id,
+            **self._accepted(result.message, duplicate=result.duplicate),
             "senderId": sms.sender_id,
-            "status": self.conv.unstructure(m.status),
-            "createdAt": format_timestamp(m.created_at),
-            "duplicate": result.duplicate,
             "segments": sms.segments,
             "encoding": sms.encoding,
         }
 
     def otp_send_result(self, result: OtpSendResult) -> dict[str, Any]:
         """``POST /sms/otp/send``: id, status, createdAt, duplicate, cooldownSeconds."""
-        m = result.message
         return {
-            "id": m.id,
-            "status": self.conv.unstructure(m.status),
-            "createdAt": format_timestamp(m.created_at),
-            "duplicate": result.duplicate,
+            **self._accepted(result.message, duplicate=result.duplicate),
             "cooldownSeconds": result.cooldown_seconds,
         }
 
@@ -244,9 +242,7 @@ class Wire:
         """One SMS as ``GET /v1/sms`` lists it: content, flow, status, provider id, times."""
         sms = _sms_content(m)
         return {
-            "id": m.id,
-            "channel": self.conv.unstructure(m.channel),
-            "status": self.conv.unstructure(m.status),
+            **self._message(m),
             "to": sms.to,
             "senderId": sms.sender_id,
             # the passcode of an OTP is the recipient's secret: never read back
@@ -256,20 +252,15 @@ class Wire:
             "segments": sms.segments,
             "flow": sms.flow,
             "purpose": sms.purpose,
-            "sandbox": m.sandbox,
-            "providerMessageId": m.provider_message_id,
-            "attemptCount": m.attempt_count,
-            "lastError": m.last_error,
-            "createdAt": format_timestamp(m.created_at),
-            "updatedAt": format_timestamp(m.updated_at),
         }
 
     def sms_status(self, status: SmsStatus) -> dict[str, Any]:
         """``GET /sms/{id}``: the listed shape plus the attempts (as for email)."""
-        return {
-            **self.sms_message(status.message),
-            "attempts": self.conv.unstructure(status.attempts, list[Attempt]),
-        }
+        return {**self.sms_message(status.message), "attempts": self._attempts(status.attempts)}
+
+    def sms_retry_result(self, message: Message) -> dict[str, Any]:
+        """``POST /sms/{id}/retry``: id and status (QUEUED again)."""
+        return self._id_status(message)
 
     @staticmethod
     def page(page: Page, item: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
@@ -283,18 +274,16 @@ class Wire:
 
     def opt_out(self, record: OptOut) -> dict[str, Any]:
         """An opt-out list entry: phone, source, createdAt."""
-        result: dict[str, Any] = self.conv.unstructure(record, OptOut)
-        return result
+        return self._record(record, OptOut)
 
     def inbound(self, record: InboundMessage) -> dict[str, Any]:
         """A received MO message: id, from, to, body, keyword, createdAt."""
-        result: dict[str, Any] = self.conv.unstructure(record, InboundMessage)
-        return result
+        return self._record(record, InboundMessage)
 
     def sender_id_request(self, request: SenderIdRequest) -> dict[str, Any]:
-        """A sender-ID (or OTP brand) request with its review, if any."""
-        result: dict[str, Any] = self.conv.unstructure(request, SenderIdRequest)
-        return result
+        """A sender-ID (or OTP brand) request: id, organizationId, senderId, flow, status,
+        reason, createdAt, reviewReason, reviewedAt (the last two null until reviewed)."""
+        return self._record(request, SenderIdRequest)
 
     @staticmethod
     def approved_sender_id(request: SenderIdRequest) -> dict[str, Any]:
@@ -327,9 +316,10 @@ class Wire:
 
     def receipt_result(self, result: ReceiptResult) -> dict[str, Any]:
         """``POST /webhooks/sms/dlr``: message id, its status now, whether the receipt moved it."""
+        m = result.message
         return {
-            "messageId": result.message.id,
-            "status": self.conv.unstructure(result.message.status),
+            "messageId": m.id,
+            "status": self.conv.unstructure(m.status),
             "applied": result.applied,
         }
 
@@ -337,22 +327,12 @@ class Wire:
 
     def whatsapp_send_result(self, result: WhatsAppSendResult) -> dict[str, Any]:
         """``POST /whatsapp/send``: id, status, duplicate, providerMessageId (``wamid.…``)."""
-        m = result.message
-        return {
-            "id": m.id,
-            "status": self.conv.unstructure(m.status),
-            "duplicate": result.duplicate,
-            "providerMessageId": m.provider_message_id,
-        }
+        return {**self.whatsapp_retry_result(result), "duplicate": result.duplicate}
 
     def whatsapp_retry_result(self, result: WhatsAppSendResult) -> dict[str, Any]:
         """``POST /whatsapp/{id}/retry``: id, status, providerMessageId."""
         m = result.message
-        return {
-            "id": m.id,
-            "status": self.conv.unstructure(m.status),
-            "providerMessageId": m.provider_message_id,
-        }
+        return {**self._id_status(m), "providerMessageId": m.provider_message_id}
 
     def whatsapp_status(self, status: WhatsAppStatus) -> dict[str, Any]:
         """``GET /whatsapp/{id}``: the message, its content (text or template), its attempts.
@@ -370,21 +350,13 @@ class Wire:
                 "variables": wa.template_variables,
             }
         return {
-            "id": m.id,
-            "channel": self.conv.unstructure(m.channel),
-            "status": self.conv.unstructure(m.status),
+            **self._message(m),
             "to": wa.to,
             "kind": wa.kind,
             "body": wa.body,
             "template": template,
             "phoneNumberId": wa.phone_number_id,
-            "providerMessageId": m.provider_message_id,
-            "sandbox": m.sandbox,
-            "attemptCount": m.attempt_count,
-            "lastError": m.last_error,
-            "createdAt": format_timestamp(m.created_at),
-            "updatedAt": format_timestamp(m.updated_at),
-            "attempts": self.conv.unstructure(status.attempts, list[Attempt]),
+            "attempts": self._attempts(status.attempts),
         }
 
     def whatsapp_line(self, info: LineInfo) -> dict[str, Any]:
@@ -393,13 +365,11 @@ class Wire:
         ``whatsappPhoneNumberId``, ``usesPlatformDefault``, ``platformLineConfigured``,
         ``hasOwnAccessToken`` and ``state`` (ACTIVE, PAUSED or FLAGGED).
         """
-        result: dict[str, Any] = self.conv.unstructure(info, LineInfo)
-        return result
+        return self._record(info, LineInfo)
 
     def whatsapp_webhook_result(self, result: WebhookResult) -> dict[str, Any]:
         """``POST /webhooks/whatsapp``: statusesApplied, statusesIgnored, inboundStored."""
-        body: dict[str, Any] = self.conv.unstructure(result, WebhookResult)
-        return body
+        return self._record(result, WebhookResult)
 
 
 def _whatsapp_content(message: Message) -> WhatsAppContent:
