@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import random
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import IO
 
 import pytest
 
 from commtunnel import Commtunnel, Settings
 from commtunnel.testing import ManualClock, MockProvider, MockSmsProvider
-from processes import clean_env
+from processes import Spawned
 
 
 @pytest.fixture
@@ -62,22 +60,18 @@ async def ct(
 
 
 @pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    """Start ``python -m commtunnel ARGS``; output goes to files; all are killed afterwards."""
-    procs: list[subprocess.Popen[bytes]] = []
-    files: list[IO[bytes]] = []
+def spawn(tmp_path: Path) -> Iterator[Callable[..., Spawned]]:
+    """Start ``python -m commtunnel ARGS``; output goes to ``procN.out``/``procN.err``.
 
-    def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        n = len(procs)
-        out = (tmp_path / f"proc{n}.out").open("wb")
-        err = (tmp_path / f"proc{n}.err").open("wb")
-        files.extend((out, err))
-        proc = subprocess.Popen(
+    Every process started is killed (if still running) and reaped afterwards.
+    """
+    procs: list[Spawned] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> Spawned:
+        proc = Spawned(
             [sys.executable, "-m", "commtunnel", *args],
-            stdout=out,
-            stderr=err,
-            stdin=subprocess.DEVNULL,
-            env=env or clean_env(),
+            logs=tmp_path / f"proc{len(procs)}",
+            env=env,
         )
         procs.append(proc)
         return proc
@@ -87,5 +81,3 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
         if proc.poll() is None:
             proc.kill()
         proc.wait(timeout=10)
-    for f in files:
-        f.close()

@@ -57,14 +57,19 @@ def ok_json(result: Result) -> Any:
     return json.loads(result.stdout)
 
 
-def authenticate(db: Path, key: str) -> Principal:
-    """Authenticate ``key`` with a facade opened in process on the same database."""
+def in_process(db: Path, action: Callable[[Commtunnel], Awaitable[T]]) -> T:
+    """Run ``action`` with a facade opened in process on the same database."""
 
-    async def go() -> Principal:
+    async def go() -> T:
         async with Commtunnel.open(db=db, email_provider=MockProvider()) as ct:
-            return await ct.authenticate(key)
+            return await action(ct)
 
     return asyncio.run(go())
+
+
+def authenticate(db: Path, key: str) -> Principal:
+    """Authenticate ``key`` with a facade opened in process on the same database."""
+    return in_process(db, lambda ct: ct.authenticate(key))
 
 
 @pytest.fixture
@@ -282,7 +287,19 @@ def test_bad_scopes_are_a_usage_error(
         ("keys", "revoke", "--org", "nope", "some-id"),
         ("senders", "add", "--org", "nope", "example.com"),
         ("senders", "list", "--org", "nope"),
+        ("templates", "add", "--org", "nope", "--name", "w", "--subject", "s"),
         ("templates", "list", "--org", "nope"),
+        ("orgs", "set", "--org", "nope", "--otp-ignores-opt-out", "true"),
+        ("sms", "token", "--org", "nope"),
+        ("sms", "token", "--org", "nope", "--rotate", "--json"),
+        ("sms", "sender-ids", "request", "--org", "nope", "ACME"),
+        ("sms", "sender-ids", "list", "--org", "nope"),
+        ("sms", "sender-ids", "requests", "--org", "nope"),
+        ("sms", "opt-outs", "list", "--org", "nope"),
+        ("sms", "opt-outs", "add", "--org", "nope", "+14155550123"),
+        ("sms", "opt-outs", "remove", "--org", "nope", "+14155550123"),
+        ("sms", "inbound", "--org", "nope"),
+        ("whatsapp", "line", "--org", "nope", "--json"),
     ],
 )
 def test_unknown_org_is_not_found(runner: CliRunner, db: Path, args: tuple[str, ...]) -> None:
@@ -395,6 +412,39 @@ def test_worker_with_unknown_provider_scheme(runner: CliRunner, db: Path) -> Non
     assert "secret" not in result.output
 
 
+def test_serve_with_unknown_provider_scheme(runner: CliRunner, db: Path) -> None:
+    """``serve`` refuses a provider URL no plugin handles before it listens (exit 1)."""
+    result = run(
+        runner, db, "serve", "--port", "0", "--email-provider", "nosuchscheme://u:secret@h"
+    )
+    assert result.exit_code == 1
+    assert "(PROVIDER_CONFIG_ERROR)" in result.stderr
+    assert "secret" not in result.output
+    assert "listening" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args", [("orgs", "list"), ("worker",), ("serve", "--port", "0")], ids=lambda a: a[0]
+)
+def test_unusable_line_map_is_a_configuration_error(
+    runner: CliRunner, db: Path, monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...]
+) -> None:
+    """A WHATSAPP_LINE_MAP that is no map exits 2 naming it, in every command, no traceback."""
+    monkeypatch.setenv("WHATSAPP_LINE_MAP", "garbage")
+    result = run(runner, db, *args)
+    assert result.exit_code == 2
+    assert "invalid configuration: WHATSAPP_LINE_MAP entry 'garbage'" in result.stderr
+    assert result.stdout == ""
+
+
+def test_unopenable_database_is_an_error(runner: CliRunner, tmp_path: Path) -> None:
+    """A --db that SQLite cannot open (here a directory) exits 1 with ``error: database: ``."""
+    result = run(runner, tmp_path, "orgs", "list")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: database: ")
+    assert result.stdout == ""
+
+
 def test_serve_without_http_extra_says_what_to_install(
     runner: CliRunner, db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -447,16 +497,6 @@ REQUEST_KEYS = {
     "id", "organizationId", "senderId", "flow", "status", "reason",
     "reviewReason", "reviewedBy", "reviewedAt", "createdAt",
 }  # fmt: skip
-
-
-def in_process(db: Path, action: Callable[[Commtunnel], Awaitable[T]]) -> T:
-    """Run ``action`` with a facade opened in process on the same database."""
-
-    async def go() -> T:
-        async with Commtunnel.open(db=db, email_provider=MockProvider()) as ct:
-            return await action(ct)
-
-    return asyncio.run(go())
 
 
 def as_org(org: dict[str, Any]) -> Principal:
@@ -515,6 +555,7 @@ def test_sms_token_urls_default_to_host_and_port(
     for var in ("COMMTUNNEL_PUBLIC_URL", "COMMTUNNEL_HOST", "COMMTUNNEL_PORT"):
         monkeypatch.delenv(var, raising=False)
     result = run(runner, db, "sms", "token", "--org", "acme")
+    assert result.exit_code == 0
     assert "http://127.0.0.1:8025/v1/webhooks/sms/dlr?token=smst_" in result.stderr
 
 
@@ -733,7 +774,7 @@ def test_bad_phone_is_refused(
 ) -> None:
     """A number that is not valid E.164 exits non-zero with VALIDATION_ERROR; nothing changes."""
     result = run(runner, db, "sms", "opt-outs", action, "--org", "acme", phone, "--json")
-    assert result.exit_code != 0
+    assert result.exit_code == 1
     assert "VALIDATION_ERROR" in result.output
     assert result.stderr.startswith("error: Validation failed: phone (VALIDATION_ERROR)\n  phone: ")
     assert result.stdout == ""
@@ -810,31 +851,6 @@ def test_keys_create_accepts_the_sms_scopes(
     )
     assert created["scopes"] == sorted(scopes.split(","))
     assert authenticate(db, created["key"]).scopes == set(scopes.split(","))
-
-
-@pytest.mark.parametrize(
-    "args",
-    [
-        ("sms", "token", "--org", "nope"),
-        ("sms", "token", "--org", "nope", "--rotate", "--json"),
-        ("sms", "sender-ids", "request", "--org", "nope", "ACME"),
-        ("sms", "sender-ids", "list", "--org", "nope"),
-        ("sms", "sender-ids", "requests", "--org", "nope"),
-        ("sms", "opt-outs", "list", "--org", "nope"),
-        ("sms", "opt-outs", "add", "--org", "nope", "+14155550123"),
-        ("sms", "opt-outs", "remove", "--org", "nope", "+14155550123"),
-        ("sms", "inbound", "--org", "nope"),
-        ("orgs", "set", "--org", "nope", "--otp-ignores-opt-out", "true"),
-    ],
-)
-def test_sms_commands_unknown_org_is_not_found(
-    runner: CliRunner, db: Path, args: tuple[str, ...]
-) -> None:
-    """Every new --org command answers an unknown organization with exit 1 and NOT_FOUND."""
-    result = run(runner, db, *args)
-    assert result.exit_code == 1
-    assert result.stderr == "error: No organization 'nope' (NOT_FOUND)\n"
-    assert result.stdout == ""
 
 
 def test_sms_commands_never_load_the_sms_provider(
@@ -1001,15 +1017,6 @@ def test_whatsapp_line_bad_flags(
     assert message in result.stderr
     assert result.stdout == ""
     assert ok_json(line(runner, db, "--json"))["usesPlatformDefault"] is True
-
-
-def test_whatsapp_line_unknown_org_is_not_found(
-    runner: CliRunner, db: Path, wa_env: pytest.MonkeyPatch
-) -> None:
-    """An unknown organization answers exit 1 and NOT_FOUND."""
-    result = run(runner, db, "whatsapp", "line", "--org", "nope", "--json")
-    assert result.exit_code == 1
-    assert result.stderr == "error: No organization 'nope' (NOT_FOUND)\n"
 
 
 def test_admin_commands_never_load_the_whatsapp_provider(

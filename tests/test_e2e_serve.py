@@ -1,8 +1,7 @@
 """End to end, with real processes: ``commtunnel serve`` over HTTP to SMTP, and crash recovery.
 
-Every wait here is bounded (a deadline, never a bare sleep-and-hope), every
-process is killed and every SMTP server stopped by fixtures, whatever the
-test's outcome.
+Every wait here is bounded (see ``processes.py``), every process is killed
+and every SMTP server stopped by fixtures, whatever the test's outcome.
 """
 
 from __future__ import annotations
@@ -11,11 +10,8 @@ import asyncio
 import json
 import re
 import signal
-import socket
 import subprocess
-import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
@@ -31,34 +27,20 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from commtunnel import Commtunnel, Settings
 from commtunnel.domain.messages import Status
 from commtunnel.testing import ManualClock, MockProvider
-from processes import clean_env
+from processes import (
+    STARTUP_SECONDS,
+    Spawned,
+    clean_env,
+    cli,
+    free_port,
+    serve,
+    stop_cleanly,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
 ISO_MS_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-STARTUP_SECONDS = 15.0
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def cli(db: Path, *args: str) -> str:
-    """Run ``python -m commtunnel ARGS --db DB`` to completion; return its stdout."""
-    done = subprocess.run(
-        [sys.executable, "-m", "commtunnel", *args, "--db", str(db)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=clean_env(),
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
 
 
 # --------------------------------------------------------------------------- SMTP servers
@@ -111,21 +93,26 @@ def smtp_server() -> Iterator[Callable[[Any], int]]:
         controller.stop()
 
 
-# --------------------------------------------------------------------------- processes
+def stalled_worker(
+    spawn: Callable[..., Spawned],
+    db: Path,
+    smtp_server: Callable[[Any], int],
+    *,
+    send_timeout: str,
+) -> Spawned:
+    """A `commtunnel worker` stuck in SMTP DATA on a server that never answers.
 
-
-def stderr_of(tmp_path: Path, n: int) -> str:
-    """What spawned process number ``n`` wrote on stderr so far."""
-    return (tmp_path / f"proc{n}.err").read_text(errors="replace")
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``predicate`` every 50 ms until it holds; fail naming ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
+    Its lease is 30 s and ``send_timeout`` (seconds) bounds the attempt; the
+    SMTP client itself would wait 60 s. Returns once DATA has started.
+    """
+    stall = StallingHandler()
+    port = smtp_server(stall)
+    worker = spawn(
+        "worker", "--db", str(db), "--email-provider", f"smtp://127.0.0.1:{port}?timeout=60",
+        env=clean_env(COMMTUNNEL_LEASE_SECONDS="30", COMMTUNNEL_SEND_TIMEOUT=send_timeout),
+    )  # fmt: skip
+    assert stall.data_started.wait(STARTUP_SECONDS), worker.stderr_text()
+    return worker
 
 
 # --------------------------------------------------------------------------- serve
@@ -134,7 +121,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
 def test_serve_sends_over_http_to_smtp_and_stops_on_sigterm(
     tmp_path: Path,
     smtp_server: Callable[[Any], int],
-    spawn: Callable[..., subprocess.Popen[bytes]],
+    spawn: Callable[..., Spawned],
 ) -> None:
     """A real HTTP send through `commtunnel serve` reaches an SMTP server, once, as sent.
 
@@ -153,22 +140,8 @@ def test_serve_sends_over_http_to_smtp_and_stops_on_sigterm(
     key = json.loads(created)["key"]
     cli(db, "senders", "add", "--org", "acme", "example.com")
 
-    port = free_port()
-    server = spawn(
-        "serve", "--db", str(db), "--port", str(port),
-        "--email-provider", f"smtp://127.0.0.1:{smtp_port}",
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
+    server, base = serve(spawn, db, "--email-provider", f"smtp://127.0.0.1:{smtp_port}")
     with httpx.Client(base_url=base, timeout=5.0) as http:
-
-        def healthy() -> bool:
-            assert server.poll() is None, stderr_of(tmp_path, 0)
-            try:
-                return http.get("/healthz").status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(healthy, STARTUP_SECONDS, "/healthz")
         auth = {"Authorization": f"Bearer {key}"}
         sent = http.post(
             "/v1/public/emails/send",
@@ -221,11 +194,8 @@ def test_serve_sends_over_http_to_smtp_and_stops_on_sigterm(
         assert all(ISO_MS_Z.match(e["createdAt"]) for e in events)
         assert [e["createdAt"] for e in events] == sorted(e["createdAt"] for e in events)
 
-    server.send_signal(signal.SIGTERM)
-    assert server.wait(timeout=10) == 0, stderr_of(tmp_path, 0)
-    out = (tmp_path / "proc0.out").read_text()
-    assert out.startswith(f"commtunnel listening on http://127.0.0.1:{port} ")
-    assert "Traceback" not in stderr_of(tmp_path, 0)
+    stop_cleanly(server)
+    assert server.stdout_text().startswith(f"commtunnel listening on {base} ")
 
 
 # --------------------------------------------------------------------------- crash recovery
@@ -245,11 +215,12 @@ async def accept_one_email(db: Path) -> str:
         return result.message.id
 
 
-async def state_after_kill(db: Path, message_id: str) -> tuple[Status, int]:
-    """The message status and the number of leased jobs, read from the database."""
+async def read_state(db: Path, message_id: str) -> tuple[Status, list[str], int]:
+    """Status, timeline event types and leased job count of one message."""
     async with Commtunnel.open(db=db, email_provider=MockProvider(), settings=Settings()) as ct:
         status = await ct.email.get(message_id)
-        return status.message.status, await ct.backend.leased_job_count()
+        events = await ct.email.timeline(message_id)
+        return status.message.status, [e.type for e in events], await ct.backend.leased_job_count()
 
 
 async def recover(db: Path, message_id: str, smtp_port: int) -> dict[str, Any]:
@@ -273,7 +244,7 @@ async def recover(db: Path, message_id: str, smtp_port: int) -> dict[str, Any]:
 def test_worker_killed_mid_send_is_recovered_after_its_lease(
     tmp_path: Path,
     smtp_server: Callable[[Any], int],
-    spawn: Callable[..., subprocess.Popen[bytes]],
+    spawn: Callable[..., Spawned],
 ) -> None:
     """A worker SIGKILLed mid-send leaves a lease; once it expires the email is sent once more.
 
@@ -285,17 +256,12 @@ def test_worker_killed_mid_send_is_recovered_after_its_lease(
     db = tmp_path / "ct.db"
     message_id = asyncio.run(accept_one_email(db))
 
-    stall = StallingHandler()
-    stall_port = smtp_server(stall)
-    worker = spawn(
-        "worker", "--db", str(db), "--email-provider", f"smtp://127.0.0.1:{stall_port}?timeout=60",
-        env=clean_env(COMMTUNNEL_LEASE_SECONDS="30", COMMTUNNEL_SEND_TIMEOUT="20"),
-    )  # fmt: skip
-    assert stall.data_started.wait(STARTUP_SECONDS), stderr_of(tmp_path, 0)
+    worker = stalled_worker(spawn, db, smtp_server, send_timeout="20")
     worker.kill()
     assert worker.wait(timeout=10) == -signal.SIGKILL
 
-    assert asyncio.run(state_after_kill(db, message_id)) == (Status.PROCESSING, 1)
+    status, _, leased = asyncio.run(read_state(db, message_id))
+    assert (status, leased) == (Status.PROCESSING, 1)
 
     sink = RecordingHandler()
     result = asyncio.run(recover(db, message_id, smtp_server(sink)))
@@ -317,18 +283,10 @@ def test_worker_killed_mid_send_is_recovered_after_its_lease(
 # --------------------------------------------------------------------------- worker
 
 
-async def read_state(db: Path, message_id: str) -> tuple[Status, list[str], int]:
-    """Status, timeline event types and leased job count of one message."""
-    async with Commtunnel.open(db=db, email_provider=MockProvider(), settings=Settings()) as ct:
-        status = await ct.email.get(message_id)
-        events = await ct.email.timeline(message_id)
-        return status.message.status, [e.type for e in events], await ct.backend.leased_job_count()
-
-
 def test_worker_delivers_and_stops_on_sigterm(
     tmp_path: Path,
     smtp_server: Callable[[Any], int],
-    spawn: Callable[..., subprocess.Popen[bytes]],
+    spawn: Callable[..., Spawned],
 ) -> None:
     """`commtunnel worker` delivers what another process accepted, and SIGTERM ends it with 0."""
     db = tmp_path / "ct.db"
@@ -337,9 +295,8 @@ def test_worker_delivers_and_stops_on_sigterm(
     port = smtp_server(sink)
     worker = spawn("worker", "--db", str(db), "--email-provider", f"smtp://127.0.0.1:{port}")
     wait_until(lambda: len(sink.messages) == 1, STARTUP_SECONDS, "the SMTP sink to get a message")
-    worker.send_signal(signal.SIGTERM)
-    assert worker.wait(timeout=10) == 0, stderr_of(tmp_path, 0)
-    assert (tmp_path / "proc0.out").read_text().splitlines()[-1] == "worker stopped"
+    stop_cleanly(worker)
+    assert worker.stdout_text().splitlines()[-1] == "worker stopped"
     status, types, leased = asyncio.run(read_state(db, message_id))
     assert status == Status.SENT
     assert types == ["email_queued", "email_processing", "email_sent"]
@@ -349,21 +306,46 @@ def test_worker_delivers_and_stops_on_sigterm(
 def test_worker_sigterm_lets_the_attempt_in_flight_finish(
     tmp_path: Path,
     smtp_server: Callable[[Any], int],
-    spawn: Callable[..., subprocess.Popen[bytes]],
+    spawn: Callable[..., Spawned],
 ) -> None:
     """SIGTERM mid-send waits for the attempt (here: its send timeout) and records it."""
     db = tmp_path / "ct.db"
     message_id = asyncio.run(accept_one_email(db))
-    stall = StallingHandler()
-    port = smtp_server(stall)
-    worker = spawn(
-        "worker", "--db", str(db), "--email-provider", f"smtp://127.0.0.1:{port}?timeout=60",
-        env=clean_env(COMMTUNNEL_LEASE_SECONDS="30", COMMTUNNEL_SEND_TIMEOUT="1.5"),
-    )  # fmt: skip
-    assert stall.data_started.wait(STARTUP_SECONDS), stderr_of(tmp_path, 0)
-    worker.send_signal(signal.SIGTERM)
-    assert worker.wait(timeout=10) == 0, stderr_of(tmp_path, 0)
+    worker = stalled_worker(spawn, db, smtp_server, send_timeout="1.5")
+    stop_cleanly(worker)
     status, types, leased = asyncio.run(read_state(db, message_id))
     assert status == Status.RETRYING
     assert types == ["email_queued", "email_processing", "email_retrying"]
     assert leased == 0
+
+
+def test_worker_second_sigterm_stops_at_once(
+    tmp_path: Path,
+    smtp_server: Callable[[Any], int],
+    spawn: Callable[..., Spawned],
+) -> None:
+    """A second SIGTERM abandons the attempt in flight: exit 1, said on stderr, job still leased."""
+    db = tmp_path / "ct.db"
+    message_id = asyncio.run(accept_one_email(db))
+    worker = stalled_worker(spawn, db, smtp_server, send_timeout="20")
+
+    def stopped_after_another_sigterm() -> bool:
+        # the first SIGTERM waits for the attempt (20 s send timeout); signals
+        # sent before the worker handled the previous one merge, so repeat
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    wait_until(stopped_after_another_sigterm, 10, "the worker to stop on a second SIGTERM")
+    assert worker.returncode == 1, worker.stderr_text()
+    assert "worker stopped without waiting for attempts in flight" in worker.stderr_text()
+    assert "Traceback" not in worker.stderr_text()
+    status, types, leased = asyncio.run(read_state(db, message_id))
+    assert (status, types, leased) == (
+        Status.PROCESSING,
+        ["email_queued", "email_processing"],
+        1,
+    )

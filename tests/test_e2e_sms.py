@@ -8,8 +8,6 @@ opts the number out -> the next send is refused with 403.
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,17 +15,15 @@ from typing import Any
 import httpx
 import pytest
 
-from processes import clean_env
-from test_e2e_serve import STARTUP_SECONDS, cli, free_port, stderr_of, wait_until
+from processes import Spawned, clean_env, cli, serve, stop_cleanly, wait_until
 
 pytestmark = pytest.mark.slow
 
 TO = "+14155552671"
 
 
-def test_sms_walkthrough_against_serve(
-    tmp_path: Path, spawn: Callable[..., subprocess.Popen[bytes]]
-) -> None:
+def test_sms_walkthrough_against_serve(tmp_path: Path, spawn: Callable[..., Spawned]) -> None:
+    """Sender ID approved, SMS sent to the outbox, DLR applied once, STOP then refuses sends."""
     db = tmp_path / "ct.db"
     outbox = tmp_path / "outbox"
     cli(db, "orgs", "create", "acme")
@@ -48,23 +44,12 @@ def test_sms_walkthrough_against_serve(
     )["key"]
     token = json.loads(cli(db, "sms", "token", "--org", "acme", "--json"))["token"]
 
-    port = free_port()
     env = clean_env(
         COMMTUNNEL_EMAIL_PROVIDER=f"outbox://{outbox}", COMMTUNNEL_SMS_PROVIDER=f"outbox://{outbox}"
     )
-    server = spawn("serve", "--db", str(db), "--port", str(port), env=env)
+    server, base = serve(spawn, db, env=env)
     auth = {"Authorization": f"Bearer {key}"}
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5.0) as http:
-
-        def healthy() -> bool:
-            assert server.poll() is None, stderr_of(tmp_path, 0)
-            try:
-                return http.get("/healthz").status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(healthy, STARTUP_SECONDS, "/healthz")
-
+    with httpx.Client(base_url=base, timeout=5.0) as http:
         # 1. request a sender ID; 2. the platform admin approves it
         requested = http.post(
             "/v1/sms/sender-id-requests",
@@ -156,6 +141,4 @@ def test_sms_walkthrough_against_serve(
         )
         assert (again.status_code, again.json()["code"]) == (403, "SMS_RECIPIENT_OPTED_OUT")
 
-    server.send_signal(signal.SIGTERM)
-    assert server.wait(timeout=10) == 0, stderr_of(tmp_path, 0)
-    assert "Traceback" not in stderr_of(tmp_path, 0)
+    stop_cleanly(server)

@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import signal
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,8 +19,15 @@ from typing import Any
 import httpx
 import pytest
 
-from processes import clean_env
-from test_e2e_serve import STARTUP_SECONDS, cli, free_port, stderr_of, wait_until
+from processes import (
+    Spawned,
+    clean_env,
+    cli,
+    free_port,
+    serve,
+    stop_cleanly,
+    wait_until_answering,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -32,23 +37,16 @@ PNID = "106540352242922"
 
 
 @pytest.fixture
-def fake_graph() -> Iterator[str]:
+def fake_graph(tmp_path: Path) -> Iterator[str]:
+    """``examples/fake_graph.py`` on a free port; its base URL. Killed afterwards."""
     port = free_port()
-    proc = subprocess.Popen(
+    proc = Spawned(
         [sys.executable, str(ROOT / "examples" / "fake_graph.py"), "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        logs=tmp_path / "fake_graph",
     )
     base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return httpx.get(f"{base}/_requests", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
     try:
-        wait_until(up, STARTUP_SECONDS, "the fake Graph API")
+        wait_until_answering(f"{base}/_requests", proc, "the fake Graph API")
         yield base
     finally:
         proc.kill()
@@ -56,6 +54,7 @@ def fake_graph() -> Iterator[str]:
 
 
 def status_payload(wamid: str, status: str) -> dict[str, Any]:
+    """A Meta ``messages`` webhook carrying one status of ``wamid`` on the platform line."""
     return {
         "object": "whatsapp_business_account",
         "entry": [
@@ -87,8 +86,9 @@ def status_payload(wamid: str, status: str) -> dict[str, Any]:
 
 
 def test_whatsapp_send_and_status_webhook_round_trip(
-    tmp_path: Path, fake_graph: str, spawn: Callable[..., subprocess.Popen[bytes]]
+    tmp_path: Path, fake_graph: str, spawn: Callable[..., Spawned]
 ) -> None:
+    """A send reaches the fake Graph; signed statuses move it to READ; a forged one is 401."""
     db = tmp_path / "ct.db"
     cli(db, "orgs", "create", "acme")
     key = json.loads(
@@ -103,7 +103,6 @@ def test_whatsapp_send_and_status_webhook_round_trip(
             "--json",
         )
     )["key"]
-    port = free_port()
     env = clean_env(
         COMMTUNNEL_EMAIL_PROVIDER=f"outbox://{tmp_path / 'outbox'}",
         COMMTUNNEL_SMS_PROVIDER=f"outbox://{tmp_path / 'outbox'}",
@@ -114,19 +113,9 @@ def test_whatsapp_send_and_status_webhook_round_trip(
         WHATSAPP_APP_SECRET=APP_SECRET,
         WHATSAPP_VERIFY_TOKEN="verify-me",
     )
-    server = spawn("serve", "--db", str(db), "--port", str(port), env=env)
+    server, base = serve(spawn, db, env=env)
     auth = {"Authorization": f"Bearer {key}"}
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10.0) as http:
-
-        def healthy() -> bool:
-            assert server.poll() is None, stderr_of(tmp_path, 0)
-            try:
-                return http.get("/healthz").status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(healthy, STARTUP_SECONDS, "/healthz")
-
+    with httpx.Client(base_url=base, timeout=10.0) as http:
         challenge = http.get(
             "/v1/webhooks/whatsapp",
             params={
@@ -182,6 +171,4 @@ def test_whatsapp_send_and_status_webhook_round_trip(
             "whatsapp_read",
         ]
 
-    server.send_signal(signal.SIGTERM)
-    assert server.wait(timeout=10) == 0, stderr_of(tmp_path, 0)
-    assert "Traceback" not in stderr_of(tmp_path, 0)
+    stop_cleanly(server)

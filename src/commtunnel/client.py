@@ -15,13 +15,15 @@ use. The HTTP adapter uses the same object, with a principal per request.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
@@ -62,6 +64,8 @@ from commtunnel.services.templates import TemplateRenderer
 from commtunnel.services.whatsapp import WhatsAppService, parse_line_map
 
 T = TypeVar("T")
+C = TypeVar("C")
+P = ParamSpec("P")
 
 
 class EmailClient:
@@ -92,7 +96,13 @@ class EmailClient:
         """Queue an email (``from_`` because ``from`` is a Python keyword).
 
         Returns:
-            :class:`SendResult` with the message (status QUEUED) and ``duplicate``.
+            :class:`SendResult` with the message (status QUEUED) and ``duplicate``
+            (True: an idempotent replay of ``idempotency_key``, nothing queued).
+
+        Raises:
+            ValidationError, SenderNotVerifiedError, IdempotencyKeyReusedError,
+            IdempotencyKeyInUseError: see
+            :meth:`~commtunnel.services.email.EmailService.send`.
         """
         request = EmailSendRequest(
             from_addr=from_,
@@ -117,7 +127,11 @@ class EmailClient:
         template_id: str | None = None,
         variables: dict[str, Any] | None = None,
     ) -> Rendered:
-        """Render without queuing."""
+        """Render subject and bodies (``variables`` into a template) without queuing.
+
+        Raises:
+            ValidationError: nothing to render, an unknown template, a render error.
+        """
         return await self._service.preview(
             self.principal,
             subject=subject,
@@ -128,34 +142,29 @@ class EmailClient:
         )
 
     async def get(self, message_id: str) -> EmailStatus:
-        """Status, content and attempts of one email."""
+        """Status, content and attempts of one email.
+
+        Raises:
+            NotFoundError: no such email in this organization.
+        """
         return await self._service.get(self.principal, message_id)
 
     async def timeline(self, message_id: str, *, limit: int = 100) -> list[TimelineEvent]:
-        """Events of one email, oldest first."""
+        """Events of one email, oldest first, at most ``limit`` (1..1000).
+
+        Raises:
+            ValidationError: ``limit`` out of range.
+            NotFoundError: no such email in this organization.
+        """
         return await self._service.timeline(self.principal, message_id, limit=limit)
 
     async def stats(self, *, start: datetime, end: datetime) -> EmailStats:
-        """Counts for a time window ``[start, end)``."""
+        """Counts by status and event type for the window ``[start, end)``.
+
+        Raises:
+            ValidationError: naive datetimes, ``end`` not after ``start``, over 366 days.
+        """
         return await self._service.stats(self.principal, start=start, end=end)
-
-
-def _default_whatsapp(settings: Settings, clock: Clock) -> WhatsAppProvider | None:
-    """The Graph provider the settings describe, when the channel is enabled."""
-    if not settings.whatsapp_enabled:
-        return None
-    from commtunnel.providers.whatsapp import WhatsAppCloudProvider
-
-    return WhatsAppCloudProvider(
-        graph_base_url=settings.whatsapp_graph_base_url,
-        api_version=settings.whatsapp_graph_api_version,
-        clock=clock,
-    )
-
-
-def _same(a: object, b: object) -> bool:
-    """Whether two provider references are one object (one provider may serve two channels)."""
-    return a is b
 
 
 class SmsClient:
@@ -179,7 +188,17 @@ class SmsClient:
         sandbox_mode: bool = False,
         idempotency_key: str | None = None,
     ) -> SmsSendResult:
-        """Queue an SMS; ``to`` in E.164, ``send_type`` 0 normal / 1 flash / 2 unicode."""
+        """Queue an SMS; ``to`` in E.164, ``send_type`` 0 normal / 1 flash / 2 unicode.
+
+        Returns:
+            :class:`SmsSendResult`: the message (QUEUED), its segments and
+            encoding, and ``duplicate`` for an idempotent replay.
+
+        Raises:
+            ValidationError, SmsSenderIdNotApprovedError, SmsRecipientOptedOutError,
+            IdempotencyKeyReusedError, IdempotencyKeyInUseError: see
+            :meth:`~commtunnel.services.sms.SmsService.send`.
+        """
         request = SmsSendRequest(
             to=to,
             sender_id=sender_id,
@@ -200,7 +219,13 @@ class SmsClient:
         sandbox_mode: bool = False,
         idempotency_key: str | None = None,
     ) -> OtpSendResult:
-        """Queue a one-time passcode (``otp_code`` a string of 4-8 digits)."""
+        """Queue a one-time passcode (``otp_code`` a string of 4-8 digits).
+
+        Raises:
+            ValidationError, SmsBrandNotApprovedError, SmsRecipientOptedOutError,
+            OtpCooldownError, IdempotencyKeyReusedError, IdempotencyKeyInUseError:
+            see :meth:`~commtunnel.services.sms.SmsService.send_otp`.
+        """
         request = OtpSendRequest(
             to=to,
             brand_name=brand_name,
@@ -212,15 +237,29 @@ class SmsClient:
         return await self._service.send_otp(self.principal, request)
 
     async def get(self, message_id: str) -> SmsStatus:
-        """Status, content and attempts of one SMS."""
+        """Status, content and attempts of one SMS.
+
+        Raises:
+            NotFoundError: no such SMS in this organization.
+        """
         return await self._service.get(self.principal, message_id)
 
     async def timeline(self, message_id: str, *, limit: int = 100) -> list[TimelineEvent]:
-        """Events of one SMS, oldest first."""
+        """Events of one SMS, oldest first, at most ``limit`` (1..1000).
+
+        Raises:
+            ValidationError: ``limit`` out of range.
+            NotFoundError: no such SMS in this organization.
+        """
         return await self._service.timeline(self.principal, message_id, limit=limit)
 
     async def retry(self, message_id: str) -> Message:
-        """Re-queue a FAILED SMS."""
+        """Re-queue a FAILED SMS; returns the message, QUEUED again.
+
+        Raises:
+            NotFoundError: no such SMS in this organization.
+            MessageNotRetryableError: the SMS is not FAILED (``details.status``).
+        """
         return await self._service.retry(self.principal, message_id)
 
     async def list(
@@ -232,10 +271,39 @@ class SmsClient:
         page: int = 1,
         page_size: int = 20,
     ) -> Page:
-        """SMS of the organization, newest first (filters as ``GET /v1/sms``)."""
+        """SMS of the organization, newest first (filters as ``GET /v1/sms``).
+
+        Returns:
+            :class:`Page` of :class:`Message` (``page`` from 1, ``page_size`` 1..100).
+
+        Raises:
+            ValidationError: an unknown ``flow`` or ``status``, a page out of range.
+        """
         return await self._service.list_messages(
             self.principal, flow=flow, status=status, query=query, page=page, page_size=page_size
         )
+
+
+def _default_whatsapp(settings: Settings, clock: Clock) -> WhatsAppProvider | None:
+    """The Graph provider the settings describe, when the channel is enabled."""
+    if not settings.whatsapp_enabled:
+        return None
+    from commtunnel.providers.whatsapp import WhatsAppCloudProvider
+
+    return WhatsAppCloudProvider(
+        graph_base_url=settings.whatsapp_graph_base_url,
+        api_version=settings.whatsapp_graph_api_version,
+        clock=clock,
+    )
+
+
+def _same(a: object, b: object) -> bool:
+    """Whether two provider references are one object: one provider may serve two channels.
+
+    (A function because mypy holds an ``EmailProvider`` and an ``SmsProvider``
+    never to be the same object, and would refuse a bare ``is``.)
+    """
+    return a is b
 
 
 class Commtunnel:
@@ -246,6 +314,8 @@ class Commtunnel:
         email_provider: the email channel's provider.
         clock: every "now" (``SystemClock`` by default; ``ManualClock`` in tests).
         sms_provider: the SMS channel's provider (None: SMS attempts fail as UNSUPPORTED).
+        whatsapp_provider: the WhatsApp channel's provider (None: the channel
+            sends nothing; :meth:`open` builds the Graph one when enabled).
         settings: limits, retry policy, worker tuning.
         org: the organization ``ct.email`` acts for in process (created if missing).
         rng: jitter source for the worker's backoff (seed it in tests).
@@ -397,12 +467,16 @@ class Commtunnel:
     @property
     def email(self) -> EmailClient:
         """The email channel, acting for :attr:`org` with every scope."""
-        return EmailClient(self.emails, Principal(org_id=self.org.id, scopes=ALL_SCOPES))
+        return EmailClient(self.emails, self._in_process_principal)
 
     @property
     def sms(self) -> SmsClient:
         """The SMS channel, acting for :attr:`org` with every scope."""
-        return SmsClient(self.sms_service, Principal(org_id=self.org.id, scopes=ALL_SCOPES))
+        return SmsClient(self.sms_service, self._in_process_principal)
+
+    @property
+    def _in_process_principal(self) -> Principal:
+        return Principal(org_id=self.org.id, scopes=ALL_SCOPES)
 
     def email_for(self, principal: Principal) -> EmailClient:
         """The email channel acting for ``principal`` (what the HTTP adapter uses)."""
@@ -428,9 +502,7 @@ class Commtunnel:
                 rng=self._rng,
                 sms_provider=self.sms_provider,
                 sms_status_callback_url=(
-                    None
-                    if s.public_url is None
-                    else s.public_url.rstrip("/") + "/v1/webhooks/sms/provider"
+                    None if s.public_url is None else f"{s.base_url}/v1/webhooks/sms/provider"
                 ),
                 whatsapp_provider=self.whatsapp_provider,
                 whatsapp_line=self.whatsapp_service.line_for_message,
@@ -447,7 +519,10 @@ class Commtunnel:
             await self.sms_service.opt_out(message.org_id, message.sms.to, source="provider")
 
     async def run_worker_until_idle(self) -> int:
-        """Deliver everything due at the clock's current time; returns jobs processed."""
+        """Deliver everything due at the clock's current time; returns jobs processed.
+
+        Retries scheduled later stay queued: move a manual clock and call again.
+        """
         return await self.dispatcher.run_until_idle()
 
     async def run_worker(self, stop: asyncio.Event) -> None:
@@ -455,76 +530,45 @@ class Commtunnel:
         await self.dispatcher.run(stop)
 
 
-class _SyncEmailClient:
+class _Blocking(Generic[C]):
+    """Base of the blocking twins: an async client and the portal its calls block on."""
+
+    def __init__(self, portal: BlockingPortal, client: C) -> None:
+        self._portal = portal
+        self._client = client
+
+
+def _blocking(
+    method: Callable[Concatenate[C, P], Awaitable[T]],
+) -> Callable[Concatenate[_Blocking[C], P], T]:
+    """The blocking twin of an async client method: same arguments, result and docstring."""
+
+    @functools.wraps(method)
+    def call(self: _Blocking[C], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return self._portal.call(functools.partial(method, self._client, *args, **kwargs))
+
+    return call
+
+
+class _SyncEmailClient(_Blocking[EmailClient]):
     """Blocking twin of :class:`EmailClient` (same methods, same arguments)."""
 
-    def __init__(self, portal: BlockingPortal, client: EmailClient) -> None:
-        self._portal = portal
-        self._client = client
-
-    def _call(self, fn: Callable[..., Coroutine[Any, Any, T]], **kwargs: Any) -> T:
-        async def bound() -> T:
-            return await fn(**kwargs)
-
-        return self._portal.call(bound)
-
-    def send(self, **kwargs: Any) -> SendResult:
-        """See :meth:`EmailClient.send`."""
-        return self._call(self._client.send, **kwargs)
-
-    def preview(self, **kwargs: Any) -> Rendered:
-        """See :meth:`EmailClient.preview`."""
-        return self._call(self._client.preview, **kwargs)
-
-    def get(self, message_id: str) -> EmailStatus:
-        """See :meth:`EmailClient.get`."""
-        return self._portal.call(self._client.get, message_id)
-
-    def timeline(self, message_id: str, *, limit: int = 100) -> list[TimelineEvent]:
-        """See :meth:`EmailClient.timeline`."""
-        return self._call(self._client.timeline, message_id=message_id, limit=limit)
-
-    def stats(self, *, start: datetime, end: datetime) -> EmailStats:
-        """See :meth:`EmailClient.stats`."""
-        return self._call(self._client.stats, start=start, end=end)
+    send = _blocking(EmailClient.send)
+    preview = _blocking(EmailClient.preview)
+    get = _blocking(EmailClient.get)
+    timeline = _blocking(EmailClient.timeline)
+    stats = _blocking(EmailClient.stats)
 
 
-class _SyncSmsClient:
+class _SyncSmsClient(_Blocking[SmsClient]):
     """Blocking twin of :class:`SmsClient` (same methods, same arguments)."""
 
-    def __init__(self, portal: BlockingPortal, client: SmsClient) -> None:
-        self._portal = portal
-        self._client = client
-
-    def _call(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any, **kwargs: Any) -> T:
-        async def bound() -> T:
-            return await fn(*args, **kwargs)
-
-        return self._portal.call(bound)
-
-    def send(self, **kwargs: Any) -> SmsSendResult:
-        """See :meth:`SmsClient.send`."""
-        return self._call(self._client.send, **kwargs)
-
-    def send_otp(self, **kwargs: Any) -> OtpSendResult:
-        """See :meth:`SmsClient.send_otp`."""
-        return self._call(self._client.send_otp, **kwargs)
-
-    def get(self, message_id: str) -> SmsStatus:
-        """See :meth:`SmsClient.get`."""
-        return self._call(self._client.get, message_id)
-
-    def timeline(self, message_id: str, *, limit: int = 100) -> list[TimelineEvent]:
-        """See :meth:`SmsClient.timeline`."""
-        return self._call(self._client.timeline, message_id, limit=limit)
-
-    def retry(self, message_id: str) -> Message:
-        """See :meth:`SmsClient.retry`."""
-        return self._call(self._client.retry, message_id)
-
-    def list(self, **kwargs: Any) -> Page:
-        """See :meth:`SmsClient.list`."""
-        return self._call(self._client.list, **kwargs)
+    send = _blocking(SmsClient.send)
+    send_otp = _blocking(SmsClient.send_otp)
+    get = _blocking(SmsClient.get)
+    timeline = _blocking(SmsClient.timeline)
+    retry = _blocking(SmsClient.retry)
+    list = _blocking(SmsClient.list)
 
 
 class SyncCommtunnel(AbstractContextManager["SyncCommtunnel"]):
@@ -547,50 +591,41 @@ class SyncCommtunnel(AbstractContextManager["SyncCommtunnel"]):
         except BaseException:
             self._portal_cm.__exit__(None, None, None)
             raise
-        self._stop: asyncio.Event | None = None
-        self._worker_future: Any = None
+        self._stop = asyncio.Event()  # set in the loop thread by close()
+        self._worker: Future[None] | None = None
         if background_worker:
-            self._stop = self._portal.call(self._make_event)
-            self._worker_future = self._portal.start_task_soon(self.ct.run_worker, self._stop)
+            self._worker = self._portal.start_task_soon(self.ct.run_worker, self._stop)
         self.email = _SyncEmailClient(self._portal, self.ct.email)
         self.sms = _SyncSmsClient(self._portal, self.ct.sms)
-
-    @staticmethod
-    async def _make_event() -> asyncio.Event:
-        return asyncio.Event()
 
     @staticmethod
     async def _start(open_kwargs: dict[str, Any]) -> Commtunnel:
         return await Commtunnel.open(**open_kwargs).start()
 
-    def call(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
+    def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run a coroutine function of the async facade and block for its result.
 
         Example: ``sc.call(sc.ct.admin.add_sender, sc.ct.org.id, "example.com")``.
         """
-
-        async def bound() -> T:
-            return await fn(*args)
-
-        return self._portal.call(bound)
+        return self._portal.call(fn, *args)
 
     def run_worker_until_idle(self) -> int:
         """Deliver everything due now; returns jobs processed."""
         return self._portal.call(self.ct.run_worker_until_idle)
 
     def close(self) -> None:
-        """Stop the background worker (if any), close the facade and the loop thread."""
+        """Stop the background worker (if any), close the facade and the loop thread.
+
+        Raises:
+            TimeoutError: the background worker did not stop within 30 seconds.
+        """
         try:
-            if self._stop is not None:
-                self._portal.call(self._set_event, self._stop)
-                self._worker_future.result(timeout=30)
+            if self._worker is not None:
+                self._portal.call(self._stop.set)
+                self._worker.result(timeout=30)
             self._portal.call(self.ct.aclose)
         finally:
             self._portal_cm.__exit__(None, None, None)
-
-    @staticmethod
-    async def _set_event(event: asyncio.Event) -> None:
-        event.set()
 
     def __exit__(
         self,

@@ -160,6 +160,17 @@ class Settings:
         return self.db.removeprefix("sqlite:///")
 
     @property
+    def base_url(self) -> str:
+        """Where this server is reached from outside, without a trailing slash.
+
+        ``public_url`` when set, else ``http://host:port``; webhook and
+        provider-callback URLs are this plus their path.
+        """
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        return f"http://{self.host}:{self.port}"
+
+    @property
     def retry_policy(self) -> RetryPolicy:
         """The retry policy these settings describe."""
         return RetryPolicy(
