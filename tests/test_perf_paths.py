@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 from hypothesis import given
@@ -17,61 +17,49 @@ from hypothesis import strategies as st
 from commtunnel import Commtunnel, Settings
 from commtunnel.backends.sqlite import SqliteBackend, parse_ts, ts
 from commtunnel.domain.delivery import ProviderResult
-from commtunnel.domain.events import TimelineEvent
-from commtunnel.domain.messages import Attempt, Channel, EmailContent, Message, Status
-from commtunnel.ids import new_id
-from commtunnel.ports import ClaimedJob, Completion, OutgoingEmail
+from commtunnel.ports import ClaimedJob, OutgoingEmail
 from commtunnel.services.dispatch import Dispatcher
 from commtunnel.testing import ManualClock, MockProvider
+from test_storage_sqlite import queued_email, sent_completion
 
 pytestmark = pytest.mark.anyio
 
 BASE = {"from_": "shop@example.com", "to": "ann@example.org", "subject": "Hi", "text": "Hello"}
 
 
-def _message(clock: ManualClock) -> tuple[Message, TimelineEvent]:
-    mid = new_id()
-    now = clock.now()
-    message = Message(
-        id=mid,
-        org_id="org-1",
-        channel=Channel.EMAIL,
-        status=Status.QUEUED,
-        sandbox=False,
-        email=EmailContent(
-            from_addr="a@example.com",
-            to="b@example.org",
-            subject="s",
-            html=None,
-            text="t",
-            message_id_header=f"<{mid}@example.com>",
-        ),
-        created_at=now,
-        updated_at=now,
-    )
-    event = TimelineEvent(
-        id=new_id(),
-        message_id=mid,
-        org_id="org-1",
-        type="email_queued",
-        status=Status.QUEUED,
-        created_at=now,
-    )
-    return message, event
+class OpenBackend(Protocol):
+    """The ``open_backend`` fixture: ``await open_backend(name, **SqliteBackend options)``."""
 
-
-async def _open(path: Path | str, clock: ManualClock, **kwargs: Any) -> SqliteBackend:
-    backend = SqliteBackend(path, clock=clock, **kwargs)
-    await backend.open()
-    return backend
+    def __call__(self, name: str, **kwargs: Any) -> Awaitable[SqliteBackend]: ...
 
 
 @pytest.fixture
-async def backend(tmp_path: Path, clock: ManualClock) -> AsyncIterator[SqliteBackend]:
-    b = await _open(tmp_path / "p.db", clock)
+async def open_backend(tmp_path: Path, clock: ManualClock) -> AsyncIterator[OpenBackend]:
+    """Opens a backend on ``tmp_path / name`` (or ``":memory:"``); each is closed at the end."""
+    opened: list[SqliteBackend] = []
+
+    async def open_(name: str, **kwargs: Any) -> SqliteBackend:
+        path = name if name == ":memory:" else tmp_path / name
+        backend = SqliteBackend(path, clock=clock, **kwargs)
+        await backend.open()
+        opened.append(backend)
+        return backend
+
+    yield open_
+    for backend in opened:
+        await backend.aclose()  # closing twice is harmless
+
+
+@pytest.fixture
+async def backend(open_backend: OpenBackend) -> SqliteBackend:
+    b = await open_backend("p.db")
     b.conn.execute("CREATE TABLE scratch (x TEXT PRIMARY KEY)")
-    yield b
-    await b.aclose()
+    return b
+
+
+async def _accept(backend: SqliteBackend, clock: ManualClock) -> None:
+    message, event = queued_email(clock)
+    await backend.accept(message, event, run_at=clock.now(), idempotency=None)
 
 
 def _trace(backend: SqliteBackend) -> list[str]:
@@ -103,7 +91,7 @@ async def test_a_batch_without_failures_commits_once_without_savepoints(
 ) -> None:
     """Concurrent accepts share one BEGIN/COMMIT and run with no SAVEPOINT per write."""
     statements = _trace(backend)
-    pairs = [_message(clock) for _ in range(5)]
+    pairs = [queued_email(clock) for _ in range(5)]
     await asyncio.gather(
         *(backend.accept(m, e, run_at=clock.now(), idempotency=None) for m, e in pairs)
     )
@@ -120,9 +108,9 @@ async def test_one_failing_op_is_undone_alone_and_its_caller_gets_the_exception(
     """The failing op's own write is rolled back; the writes before and after it commit."""
     boom = ValueError("boom")
     results = await asyncio.gather(
-        backend._submit(_insert("a")),
-        backend._submit(_insert("b", then_raise=boom)),
-        backend._submit(_insert("c")),
+        backend.submit(_insert("a")),
+        backend.submit(_insert("b", then_raise=boom)),
+        backend.submit(_insert("c")),
         return_exceptions=True,
     )
     assert results == ["a", boom, "c"]
@@ -134,8 +122,8 @@ async def test_replay_uses_one_savepoint_per_op(backend: SqliteBackend) -> None:
     """After a failure the batch is rolled back and replayed, each op in its own SAVEPOINT."""
     statements = _trace(backend)
     await asyncio.gather(
-        backend._submit(_insert("a")),
-        backend._submit(_insert("b", then_raise=ValueError("no"))),
+        backend.submit(_insert("a")),
+        backend.submit(_insert("b", then_raise=ValueError("no"))),
         return_exceptions=True,
     )
     backend.conn.set_trace_callback(None)
@@ -146,41 +134,12 @@ async def test_replay_uses_one_savepoint_per_op(backend: SqliteBackend) -> None:
     assert statements.count("COMMIT") == 1
 
 
-async def test_constraint_violation_in_an_accept_batch_fails_only_that_accept(
-    backend: SqliteBackend, clock: ManualClock
-) -> None:
-    """A duplicate event id fails its accept after its message row was written: both undone."""
-    m1, e1 = _message(clock)
-    m2, e2 = _message(clock)
-    m3, e3 = _message(clock)
-    clash = TimelineEvent(
-        id=e1.id,
-        message_id=m2.id,
-        org_id="org-1",
-        type="email_queued",
-        status=Status.QUEUED,
-        created_at=clock.now(),
-    )
-    del e2
-    results = await asyncio.gather(
-        backend.accept(m1, e1, run_at=clock.now(), idempotency=None),
-        backend.accept(m2, clash, run_at=clock.now(), idempotency=None),
-        backend.accept(m3, e3, run_at=clock.now(), idempotency=None),
-        return_exceptions=True,
-    )
-    assert isinstance(results[1], sqlite3.IntegrityError)
-    assert await backend.get_message("org-1", m1.id) == m1
-    assert await backend.get_message("org-1", m2.id) is None
-    assert await backend.get_message("org-1", m3.id) == m3
-    assert await backend.pending_job_count() == 2
-
-
 async def test_every_op_failing_commits_nothing(backend: SqliteBackend) -> None:
     """When every op of a batch fails, each caller gets its own exception and nothing is stored."""
     errors = [ValueError("x"), KeyError("y")]
     results = await asyncio.gather(
-        backend._submit(_insert("x", then_raise=errors[0])),
-        backend._submit(_insert("y", then_raise=errors[1])),
+        backend.submit(_insert("x", then_raise=errors[0])),
+        backend.submit(_insert("y", then_raise=errors[1])),
         return_exceptions=True,
     )
     assert results == errors
@@ -190,8 +149,8 @@ async def test_every_op_failing_commits_nothing(backend: SqliteBackend) -> None:
 
 async def test_a_cancelled_caller_does_not_undo_its_write(backend: SqliteBackend) -> None:
     """Cancelling the awaiting caller leaves the write committed with the batch."""
-    task = asyncio.ensure_future(backend._submit(_insert("kept")))
-    other = backend._submit(_insert("other"))
+    task = asyncio.ensure_future(backend.submit(_insert("kept")))
+    other = backend.submit(_insert("other"))
     task.cancel()
     assert await other == "other"
     assert _scratch(backend) == ["kept", "other"]
@@ -227,38 +186,11 @@ def test_ts_equals_strftime_and_round_trips(value: datetime) -> None:
 
 async def _claimed(backend: SqliteBackend, clock: ManualClock, count: int) -> list[ClaimedJob]:
     for _ in range(count):
-        m, e = _message(clock)
-        await backend.accept(m, e, run_at=clock.now(), idempotency=None)
+        await _accept(backend, clock)
     dispatcher = Dispatcher(backend, MockProvider(), clock)
     jobs = await dispatcher.claim(count)
     assert len(jobs) == count
     return jobs
-
-
-def _completion(job: ClaimedJob, clock: ManualClock) -> Completion:
-    message = job.message
-    return Completion(
-        job=job,
-        attempt=Attempt(
-            message_id=message.id,
-            number=job.attempt_number,
-            provider="mock",
-            outcome="accepted",
-            error_category=None,
-            error_message=None,
-            duration_ms=1.0,
-            started_at=clock.now(),
-        ),
-        new_status=Status.SENT,
-        event=TimelineEvent(
-            id=new_id(),
-            message_id=message.id,
-            org_id=message.org_id,
-            type="email_sent",
-            status=Status.SENT,
-            created_at=clock.now(),
-        ),
-    )
 
 
 async def _turns(count: int = 20) -> None:
@@ -268,57 +200,48 @@ async def _turns(count: int = 20) -> None:
 
 
 async def test_a_result_waits_for_the_other_leases_then_all_commit_together(
-    tmp_path: Path, clock: ManualClock
+    open_backend: OpenBackend, clock: ManualClock
 ) -> None:
     """With leases out, a result waits (up to the window); the last result commits them all."""
-    backend = await _open(tmp_path / "w.db", clock, commit_window=3600)
-    try:
-        first, second = await _claimed(backend, clock, 2)
-        statements = _trace(backend)
-        waiting = asyncio.ensure_future(backend.complete(_completion(first, clock)))
-        await _turns()
-        assert not waiting.done() and statements == []
-        assert await backend.complete(_completion(second, clock)) is True
-        assert await waiting is True
-        assert statements.count("COMMIT") == 1
-        assert await backend.pending_job_count() == 0
-    finally:
-        await backend.aclose()
+    backend = await open_backend("w.db", commit_window=3600)
+    first, second = await _claimed(backend, clock, 2)
+    statements = _trace(backend)
+    waiting = asyncio.ensure_future(backend.complete(sent_completion(first, clock)))
+    await _turns()
+    assert not waiting.done() and statements == []
+    assert await backend.complete(sent_completion(second, clock)) is True
+    assert await waiting is True
+    assert statements.count("COMMIT") == 1
+    assert await backend.pending_job_count() == 0
 
 
 async def test_an_accept_takes_waiting_queue_writes_with_it(
-    tmp_path: Path, clock: ManualClock
+    open_backend: OpenBackend, clock: ManualClock
 ) -> None:
     """An accept commits at the next loop turn, and a result waiting in the window goes along."""
-    backend = await _open(tmp_path / "a.db", clock, commit_window=3600)
-    try:
-        first, _second = await _claimed(backend, clock, 2)
-        waiting = asyncio.ensure_future(backend.complete(_completion(first, clock)))
-        await _turns()
-        assert not waiting.done()
-        m, e = _message(clock)
-        statements = _trace(backend)
-        await backend.accept(m, e, run_at=clock.now(), idempotency=None)
-        assert waiting.done() and waiting.result() is True
-        assert statements.count("COMMIT") == 1
-    finally:
-        await backend.aclose()
-
-
-async def test_aclose_commits_a_waiting_result(tmp_path: Path, clock: ManualClock) -> None:
-    """Closing the backend flushes queue writes still inside their window."""
-    path = tmp_path / "c.db"
-    backend = await _open(path, clock, commit_window=3600)
+    backend = await open_backend("a.db", commit_window=3600)
     first, _second = await _claimed(backend, clock, 2)
-    waiting = asyncio.ensure_future(backend.complete(_completion(first, clock)))
+    waiting = asyncio.ensure_future(backend.complete(sent_completion(first, clock)))
+    await _turns()
+    assert not waiting.done()
+    statements = _trace(backend)
+    await _accept(backend, clock)
+    assert waiting.done() and waiting.result() is True
+    assert statements.count("COMMIT") == 1
+
+
+async def test_aclose_commits_a_waiting_result(
+    open_backend: OpenBackend, clock: ManualClock
+) -> None:
+    """Closing the backend flushes queue writes still inside their window."""
+    backend = await open_backend("c.db", commit_window=3600)
+    first, _second = await _claimed(backend, clock, 2)
+    waiting = asyncio.ensure_future(backend.complete(sent_completion(first, clock)))
     await _turns()
     await backend.aclose()
     assert await waiting is True  # answered after the COMMIT that aclose made
-    reopened = await _open(path, clock)
-    try:
-        assert await reopened.pending_job_count() == 1
-    finally:
-        await reopened.aclose()
+    reopened = await open_backend("c.db")
+    assert await reopened.pending_job_count() == 1
 
 
 async def test_run_until_idle_never_waits_for_the_window(
@@ -364,7 +287,7 @@ async def _until(condition: Callable[[], bool], turns: int = 2000) -> None:
 
 
 async def test_the_run_loop_claims_once_a_quarter_of_the_slots_are_free(
-    tmp_path: Path, clock: ManualClock
+    open_backend: OpenBackend, clock: ManualClock
 ) -> None:
     """With 8 slots busy, freeing one slot claims nothing; freeing a second claims two jobs."""
     gates: dict[str, asyncio.Future[None]] = {}
@@ -381,43 +304,39 @@ async def test_the_run_loop_claims_once_a_quarter_of_the_slots_are_free(
 
     # commit_window=0: every write commits at the next loop turn, so loop turns
     # alone drive the worker here (no timer, no time passing).
-    backend = await _open(tmp_path / "b.db", clock, commit_window=0)
-    try:
-        for _ in range(12):
-            m, e = _message(clock)
-            await backend.accept(m, e, run_at=clock.now(), idempotency=None)
-        dispatcher = _RecordingDispatcher(backend, MockProvider(gated), clock, concurrency=8)
-        stop = asyncio.Event()
-        worker = asyncio.create_task(dispatcher.run(stop, poll_interval=3600))
-        await _until(lambda: len(gates) == 8)
-        assert dispatcher.claims == [(8, 8)]
+    backend = await open_backend("b.db", commit_window=0)
+    for _ in range(12):
+        await _accept(backend, clock)
+    dispatcher = _RecordingDispatcher(backend, MockProvider(gated), clock, concurrency=8)
+    stop = asyncio.Event()
+    worker = asyncio.create_task(dispatcher.run(stop, poll_interval=3600))
+    await _until(lambda: len(gates) == 8)
+    assert dispatcher.claims == [(8, 8)]
 
-        release(1)
-        await _turns(200)
-        assert len(gates) == 8 and dispatcher.claims == [(8, 8)]  # 1 free slot of 8: wait
+    release(1)
+    await _turns(200)
+    assert len(gates) == 8 and dispatcher.claims == [(8, 8)]  # 1 free slot of 8: wait
 
-        release(1)
-        await _until(lambda: len(gates) == 10)
-        assert dispatcher.claims == [(8, 8), (2, 2)]
+    release(1)
+    await _until(lambda: len(gates) == 10)
+    assert dispatcher.claims == [(8, 8), (2, 2)]
 
-        stop.set()
-        release(8)
-        await _until(lambda: worker.done() or len(gates) == 12)
-        release(8)  # jobs claimed just before the stop was seen
-        async with asyncio.timeout(30):
-            await worker
-    finally:
-        await backend.aclose()
+    stop.set()
+    release(8)
+    await _until(lambda: worker.done() or len(gates) == 12)
+    release(8)  # jobs claimed just before the stop was seen
+    async with asyncio.timeout(30):
+        await worker
 
 
 # ----------------------------------------------------------------------------- WAL checkpoints
 
 
 async def test_checkpoint_thread_runs_while_open_and_stops_on_close(
-    tmp_path: Path, clock: ManualClock
+    open_backend: OpenBackend,
 ) -> None:
     """A file backend starts the checkpoint thread with autocheckpoint off; aclose joins it."""
-    backend = await _open(tmp_path / "k.db", clock)
+    backend = await open_backend("k.db")
     checkpointer = backend.checkpointer
     assert checkpointer is not None and checkpointer.running
     assert backend.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
@@ -427,60 +346,68 @@ async def test_checkpoint_thread_runs_while_open_and_stops_on_close(
     await backend.aclose()  # closing twice is harmless
 
 
-async def test_checkpoint_thread_checkpoints_the_wal(tmp_path: Path, clock: ManualClock) -> None:
+def _in_database_file(backend: SqliteBackend, text: str) -> bool:
+    """Whether ``text`` is in the database file itself (the WAL file aside)."""
+    return text.encode() in Path(backend.path).read_bytes()
+
+
+async def test_checkpoint_thread_checkpoints_the_wal(
+    open_backend: OpenBackend, clock: ManualClock
+) -> None:
     """Frames committed on the loop's connection reach the database file from the thread."""
-    path = tmp_path / "f.db"
-    backend = await _open(path, clock, checkpoint_interval=0.001)
-    try:
-        checkpointer = backend.checkpointer
-        assert checkpointer is not None
-        m, e = _message(clock)
-        await backend.accept(m, e, run_at=clock.now(), idempotency=None)
-        done = checkpointer.completed
-        assert checkpointer.wait_for(done + 2, timeout=30)  # a full one after the commit
-        # Nothing is left to copy: a checkpoint now reports every WAL frame checkpointed.
-        busy, frames, copied = backend.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        assert busy == 0 and frames == copied
-    finally:
-        await backend.aclose()
+    backend = await open_backend("f.db", checkpoint_interval=0.001)
+    checkpointer = backend.checkpointer
+    assert checkpointer is not None
+    message, event = queued_email(clock)
+    await backend.accept(message, event, run_at=clock.now(), idempotency=None)
+    done = checkpointer.completed
+    assert checkpointer.wait_for(done + 2, timeout=30)  # a full one after the commit
+    # The row is in the database file itself, not only in the WAL: the thread copied it.
+    assert _in_database_file(backend, message.id)
+    # Nothing is left to copy: a checkpoint now reports every WAL frame checkpointed.
+    busy, frames, copied = backend.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    assert busy == 0 and frames == copied
 
 
-async def test_memory_database_has_no_checkpoint_thread(clock: ManualClock) -> None:
+async def test_a_commit_stays_in_the_wal_until_a_checkpoint(
+    open_backend: OpenBackend, clock: ManualClock
+) -> None:
+    """Before any checkpoint a committed row is in the WAL only (so the test above can fail)."""
+    backend = await open_backend("w.db", checkpoint_interval=3600)
+    message, event = queued_email(clock)
+    await backend.accept(message, event, run_at=clock.now(), idempotency=None)
+    assert not _in_database_file(backend, message.id)
+    assert await backend.get_message("org-1", message.id) == message
+
+
+async def test_memory_database_has_no_checkpoint_thread(open_backend: OpenBackend) -> None:
     """``:memory:`` has no WAL: no thread, and SQLite's own setting is left alone."""
-    backend = await _open(":memory:", clock)
-    try:
-        assert backend.checkpointer is None
-        assert backend.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] > 0
-    finally:
-        await backend.aclose()
+    backend = await open_backend(":memory:")
+    assert backend.checkpointer is None
+    assert backend.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] > 0
 
 
-async def test_checkpoints_can_be_left_to_sqlite(tmp_path: Path, clock: ManualClock) -> None:
+async def test_checkpoints_can_be_left_to_sqlite(open_backend: OpenBackend) -> None:
     """``checkpoint_interval=None`` starts no thread and keeps SQLite's auto-checkpoint."""
-    backend = await _open(tmp_path / "n.db", clock, checkpoint_interval=None)
-    try:
-        assert backend.checkpointer is None
-        assert backend.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] > 0
-    finally:
-        await backend.aclose()
+    backend = await open_backend("n.db", checkpoint_interval=None)
+    assert backend.checkpointer is None
+    assert backend.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] > 0
 
 
-async def test_reopening_starts_a_new_checkpoint_thread(tmp_path: Path, clock: ManualClock) -> None:
+async def test_reopening_starts_a_new_checkpoint_thread(open_backend: OpenBackend) -> None:
     """open after aclose starts a fresh thread, and every thread ends with its backend."""
-    backend = await _open(tmp_path / "r.db", clock)
+    backend = await open_backend("r.db")
     first = backend.checkpointer
     await backend.aclose()
     await backend.open()
     second = backend.checkpointer
-    try:
-        assert first is not None and second is not None and first is not second
-        assert not first.running and second.running
-    finally:
-        await backend.aclose()
+    assert first is not None and second is not None and first is not second
+    assert not first.running and second.running
+    await backend.aclose()
     assert not second.running
 
 
-def _wal_frames(path: Path) -> int:
+def _wal_frames(path: Path | str) -> int:
     """Frames in the WAL now, read from another connection (it checkpoints nothing new)."""
     other = sqlite3.connect(path, isolation_level=None)
     try:
@@ -490,90 +417,73 @@ def _wal_frames(path: Path) -> int:
         other.close()
 
 
+def _run_once(backend: SqliteBackend) -> None:
+    """One pass of the backend's checkpoint thread, run here on a connection of its own."""
+    checkpointer = backend.checkpointer
+    assert checkpointer is not None
+    conn = sqlite3.connect(backend.path, isolation_level=None)
+    try:
+        checkpointer.run_once(conn)
+    finally:
+        conn.close()
+
+
 async def test_a_large_wal_makes_the_thread_ask_the_loop_to_finish(
-    tmp_path: Path, clock: ManualClock
+    open_backend: OpenBackend, clock: ManualClock
 ) -> None:
     """Past restart_frames, a pass calls ``finish``, which runs a checkpoint on the loop."""
-    path = tmp_path / "large.db"
     # A thread that never wakes in this test: its pass is run by hand below.
-    backend = await _open(path, clock, checkpoint_interval=3600, checkpoint_restart_frames=20)
-    try:
-        checkpointer = backend.checkpointer
-        assert checkpointer is not None
-        for _ in range(10):
-            m, e = _message(clock)
-            await backend.accept(m, e, run_at=clock.now(), idempotency=None)
-        assert _wal_frames(path) >= 20
-        statements = _trace(backend)
-        conn = sqlite3.connect(path, isolation_level=None)
-        try:
-            checkpointer.run_once(conn)
-        finally:
-            conn.close()
-        assert checkpointer.finishes == 1
-        await _turns()  # the loop runs the finishing checkpoint between commits
-        assert statements == ["PRAGMA wal_checkpoint(PASSIVE)"]
-    finally:
-        await backend.aclose()
+    backend = await open_backend("large.db", checkpoint_interval=3600, checkpoint_restart_frames=20)
+    for _ in range(10):
+        await _accept(backend, clock)
+    assert _wal_frames(backend.path) >= 20
+    statements = _trace(backend)
+    _run_once(backend)
+    assert backend.checkpointer is not None and backend.checkpointer.finishes == 1
+    await _turns()  # the loop runs the finishing checkpoint between commits
+    assert statements == ["PRAGMA wal_checkpoint(PASSIVE)"]
 
 
-def _wal_salt(path: Path) -> bytes:
+def _wal_salt(path: Path | str) -> bytes:
     """Salt-1 of the WAL header: SQLite changes it each time the WAL starts over."""
     with open(f"{path}-wal", "rb") as wal:
         return wal.read(32)[16:20]
 
 
 async def test_the_loop_finishing_checkpoint_lets_the_next_commit_restart_the_wal(
-    tmp_path: Path, clock: ManualClock
+    open_backend: OpenBackend, clock: ManualClock
 ) -> None:
     """Frames written after the thread's pass keep the WAL growing until the loop copies them."""
-    path = tmp_path / "restart.db"
-    backend = await _open(path, clock, checkpoint_interval=3600)
-
-    async def accept() -> None:
-        m, e = _message(clock)
-        await backend.accept(m, e, run_at=clock.now(), idempotency=None)
-
-    try:
-        for _ in range(5):
-            await accept()
-        _wal_frames(path)  # another connection copies every frame (the thread's pass)
-        await accept()  # nothing was written meanwhile: this commit starts the WAL over
-        salt = _wal_salt(path)
-        await accept()
-        await accept()  # frames are left uncopied: the WAL only grows
-        assert _wal_salt(path) == salt
-        backend._finish_checkpoint()
-        await accept()
-        assert _wal_salt(path) != salt  # copied on the loop: this commit started over
-    finally:
-        await backend.aclose()
+    backend = await open_backend("restart.db", checkpoint_interval=3600)
+    for _ in range(5):
+        await _accept(backend, clock)
+    _wal_frames(backend.path)  # another connection copies every frame (the thread's pass)
+    await _accept(backend, clock)  # nothing was written meanwhile: this commit starts the WAL over
+    salt = _wal_salt(backend.path)
+    await _accept(backend, clock)
+    await _accept(backend, clock)  # frames are left uncopied: the WAL only grows
+    assert _wal_salt(backend.path) == salt
+    backend._finish_checkpoint()
+    await _accept(backend, clock)
+    assert _wal_salt(backend.path) != salt  # copied on the loop: this commit started over
 
 
-async def test_a_small_wal_is_left_to_the_thread(tmp_path: Path, clock: ManualClock) -> None:
+async def test_a_small_wal_is_left_to_the_thread(
+    open_backend: OpenBackend, clock: ManualClock
+) -> None:
     """Below restart_frames, a pass only checkpoints: the loop is not asked for anything."""
-    path = tmp_path / "small.db"
-    backend = await _open(path, clock, checkpoint_interval=3600)
-    try:
-        checkpointer = backend.checkpointer
-        assert checkpointer is not None
-        m, e = _message(clock)
-        await backend.accept(m, e, run_at=clock.now(), idempotency=None)
-        conn = sqlite3.connect(path, isolation_level=None)
-        try:
-            checkpointer.run_once(conn)
-        finally:
-            conn.close()
-        assert checkpointer.finishes == 0 and checkpointer.completed == 1
-    finally:
-        await backend.aclose()
+    backend = await open_backend("small.db", checkpoint_interval=3600)
+    await _accept(backend, clock)
+    _run_once(backend)
+    assert backend.checkpointer is not None
+    assert backend.checkpointer.finishes == 0 and backend.checkpointer.completed == 1
 
 
 async def test_a_write_submitted_after_close_fails_instead_of_hanging(
-    tmp_path: Path, clock: ManualClock
+    open_backend: OpenBackend,
 ) -> None:
     """A write that reaches a closed backend raises for its caller (no future left pending)."""
-    backend = await _open(tmp_path / "closed.db", clock)
+    backend = await open_backend("closed.db")
     await backend.aclose()
     with pytest.raises(RuntimeError, match="closed"):
-        await backend._submit(_insert("late"))
+        await backend.submit(_insert("late"))

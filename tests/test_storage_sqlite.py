@@ -1,28 +1,44 @@
-"""The SQLite backend: schema migrations, group commit, tenancy, queue leases."""
+"""The SQLite backend and its sibling stores: schema migrations, group commit,
+tenancy, idempotency keys, queue leases, and the records read back."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+import attrs
 import pytest
 
 from commtunnel.backends import sqlite_schema
 from commtunnel.backends.sqlite import SqliteBackend, parse_ts, ts
+from commtunnel.backends.sqlite_sms import SqliteSmsStore
+from commtunnel.backends.sqlite_whatsapp import SqliteWhatsAppStore
 from commtunnel.domain.errors import ConflictError
 from commtunnel.domain.events import TimelineEvent
-from commtunnel.domain.keys import Organization
-from commtunnel.domain.messages import Channel, EmailContent, Message, Status
+from commtunnel.domain.keys import ApiKey, Organization
+from commtunnel.domain.messages import Attempt, Channel, EmailContent, Message, Status
 from commtunnel.ids import new_id
-from commtunnel.ports import IdempotencyRecord
+from commtunnel.ports import (
+    AcceptResult,
+    ClaimedJob,
+    Completion,
+    IdempotencyRecord,
+    LineState,
+    ReceiptOutcome,
+    Template,
+)
 from commtunnel.testing import ManualClock
 
 pytestmark = pytest.mark.anyio
 
 
-def _message(clock: ManualClock, org_id: str = "org-1") -> tuple[Message, TimelineEvent]:
+def queued_email(clock: ManualClock, org_id: str = "org-1") -> tuple[Message, TimelineEvent]:
+    """A QUEUED email of ``org_id`` created now, and its first event (shared with
+    ``test_perf_paths``)."""
     mid = new_id()
     now = clock.now()
     message = Message(
@@ -54,11 +70,53 @@ def _message(clock: ManualClock, org_id: str = "org-1") -> tuple[Message, Timeli
 
 
 @pytest.fixture
-async def backend(tmp_path: Path, clock: ManualClock) -> SqliteBackend:
+async def backend(tmp_path: Path, clock: ManualClock) -> AsyncIterator[SqliteBackend]:
     b = SqliteBackend(tmp_path / "s.db", clock=clock)
     await b.open()
-    yield b  # type: ignore[misc]
+    yield b
     await b.aclose()
+
+
+def _event(message: Message, clock: ManualClock, status: Status) -> TimelineEvent:
+    return TimelineEvent(
+        id=new_id(),
+        message_id=message.id,
+        org_id=message.org_id,
+        type=f"email_{status.lower()}",
+        status=status,
+        created_at=clock.now(),
+    )
+
+
+def sent_completion(job: ClaimedJob, clock: ManualClock) -> Completion:
+    """The result of one accepted attempt at ``job``: its message is SENT (shared with
+    ``test_perf_paths``)."""
+    message = job.message
+    attempt = Attempt(
+        message_id=message.id,
+        number=job.attempt_number,
+        provider="mock",
+        outcome="accepted",
+        error_category=None,
+        error_message=None,
+        duration_ms=1.0,
+        started_at=clock.now(),
+    )
+    return Completion(
+        job=job, attempt=attempt, new_status=Status.SENT, event=_event(message, clock, Status.SENT)
+    )
+
+
+async def _send_once(backend: SqliteBackend, clock: ManualClock) -> None:
+    """Claim the one due job and record an accepted attempt (its message is SENT)."""
+    (job,) = await backend.claim(
+        worker_id="w",
+        now=clock.now(),
+        lease_seconds=30,
+        limit=1,
+        processing_event=lambda m, _n: _event(m, clock, Status.PROCESSING),
+    )
+    assert await backend.complete(sent_completion(job, clock))
 
 
 def test_timestamps_round_trip_and_sort() -> None:
@@ -133,16 +191,31 @@ async def test_older_file_is_upgraded(
     await b.aclose()
 
 
-async def test_newer_file_is_refused(tmp_path: Path, clock: ManualClock) -> None:
-    """A file from a newer library is refused instead of being guessed at."""
+async def test_newer_file_is_refused(
+    tmp_path: Path, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file from a newer library is refused instead of being guessed at, and left closed."""
     path = tmp_path / "new.db"
     conn = sqlite3.connect(path, isolation_level=None)
     sqlite_schema.migrate(conn, ts(clock.now()))
     conn.execute("INSERT INTO schema_version VALUES (99, 'x')")
     conn.close()
+    opened: list[sqlite3.Connection] = []
+    connect = sqlite3.connect
+
+    def recording_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        opened.append(connect(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(sqlite3, "connect", recording_connect)
     b = SqliteBackend(path, clock=clock)
     with pytest.raises(sqlite_schema.SchemaTooNewError, match="99"):
         await b.open()
+    assert len(opened) == 1
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        opened[0].execute("SELECT 1")
+    with pytest.raises(RuntimeError, match="not open"):
+        b.conn  # noqa: B018 - the property is what is checked
 
 
 async def test_duplicate_org_name_conflicts(backend: SqliteBackend, clock: ManualClock) -> None:
@@ -156,7 +229,7 @@ async def test_accept_writes_message_event_and_job_together(
     backend: SqliteBackend, clock: ManualClock
 ) -> None:
     """One accept leaves the message, its first event and a due job."""
-    message, event = _message(clock)
+    message, event = queued_email(clock)
     result = await backend.accept(message, event, run_at=clock.now(), idempotency=None)
     assert result.message == message and not result.duplicate
     assert await backend.get_message("org-1", message.id) == message
@@ -168,8 +241,11 @@ async def test_reads_are_scoped_to_the_organization(
     backend: SqliteBackend, clock: ManualClock
 ) -> None:
     """Another organization's message reads as missing, events and attempts too."""
-    message, event = _message(clock)
+    message, event = queued_email(clock)
     await backend.accept(message, event, run_at=clock.now(), idempotency=None)
+    await _send_once(backend, clock)
+    assert [a.number for a in await backend.list_attempts("org-1", message.id)] == [1]
+    assert len(await backend.list_events("org-1", message.id, 10)) == 3
     assert await backend.get_message("org-2", message.id) is None
     assert await backend.list_events("org-2", message.id, 10) == []
     assert await backend.list_attempts("org-2", message.id) == []
@@ -178,9 +254,10 @@ async def test_reads_are_scoped_to_the_organization(
 async def test_group_commit_isolates_a_failing_write(
     backend: SqliteBackend, clock: ManualClock
 ) -> None:
-    """In one batch, a write that violates a constraint fails alone; the others commit."""
-    m1, e1 = _message(clock)
-    m2, _e2 = _message(clock)
+    """In one batch, an accept that violates a constraint fails alone (its message row,
+    written before the clashing event, is undone too); the other accepts commit."""
+    m1, e1 = queued_email(clock)
+    m2, _e2 = queued_email(clock)
     bad_event = TimelineEvent(
         id=e1.id,  # duplicate primary key -> IntegrityError inside the batch
         message_id=m2.id,
@@ -189,7 +266,7 @@ async def test_group_commit_isolates_a_failing_write(
         status=Status.QUEUED,
         created_at=clock.now(),
     )
-    m3, e3 = _message(clock)
+    m3, e3 = queued_email(clock)
     results = await asyncio.gather(
         backend.accept(m1, e1, run_at=clock.now(), idempotency=None),
         backend.accept(m2, bad_event, run_at=clock.now(), idempotency=None),
@@ -197,9 +274,9 @@ async def test_group_commit_isolates_a_failing_write(
         return_exceptions=True,
     )
     assert isinstance(results[1], sqlite3.IntegrityError)
-    assert await backend.get_message("org-1", m1.id) is not None
+    assert await backend.get_message("org-1", m1.id) == m1
     assert await backend.get_message("org-1", m2.id) is None  # rolled back to its savepoint
-    assert await backend.get_message("org-1", m3.id) is not None
+    assert await backend.get_message("org-1", m3.id) == m3
     assert await backend.pending_job_count() == 2
 
 
@@ -220,8 +297,8 @@ async def test_idempotency_key_unique_within_one_batch(
             expires_at=now + timedelta(hours=24),
         )
 
-    m1, e1 = _message(clock)
-    m2, e2 = _message(clock)
+    m1, e1 = queued_email(clock)
+    m2, e2 = queued_email(clock)
     r1, r2 = await asyncio.gather(
         backend.accept(m1, e1, run_at=now, idempotency=record(m1.id)),
         backend.accept(m2, e2, run_at=now, idempotency=record(m2.id)),
@@ -235,7 +312,7 @@ async def test_claim_leases_and_expired_lease_is_reclaimed(
     backend: SqliteBackend, clock: ManualClock
 ) -> None:
     """A leased job is invisible to other claims until its lease expires."""
-    message, event = _message(clock)
+    message, event = queued_email(clock)
     await backend.accept(message, event, run_at=clock.now(), idempotency=None)
 
     def processing(m: Message, n: int) -> TimelineEvent:
@@ -269,7 +346,7 @@ async def test_claim_leases_and_expired_lease_is_reclaimed(
 
 async def test_jobs_not_due_are_not_claimed(backend: SqliteBackend, clock: ManualClock) -> None:
     """A job whose run_at is in the future waits."""
-    message, event = _message(clock)
+    message, event = queued_email(clock)
     await backend.accept(
         message, event, run_at=clock.now() + timedelta(seconds=60), idempotency=None
     )
@@ -282,3 +359,207 @@ async def test_jobs_not_due_are_not_claimed(backend: SqliteBackend, clock: Manua
     )
     assert claim == []
     assert await backend.next_run_at() == clock.now() + timedelta(seconds=60)
+
+
+# ----------------------------------------------------------------------------- idempotency keys
+
+
+async def test_an_idempotency_key_answers_the_same_until_it_expires(
+    backend: SqliteBackend, clock: ManualClock
+) -> None:
+    """find_replay and accept answer a stored key alike: the original for the same payload,
+    the conflict for another; once expired, nothing, and the next accept takes the key over."""
+
+    def record(message_id: str, fingerprint: str) -> IdempotencyRecord:
+        return IdempotencyRecord(
+            org_id="org-1",
+            key="k",
+            endpoint="emails.send",
+            fingerprint=fingerprint,
+            message_id=message_id,
+            created_at=clock.now(),
+            expires_at=clock.now() + timedelta(hours=24),
+        )
+
+    async def replay(fingerprint: str, org_id: str = "org-1") -> AcceptResult | None:
+        return await backend.find_replay(
+            org_id, "k", endpoint="emails.send", fingerprint=fingerprint, now=clock.now()
+        )
+
+    assert await replay("f") is None
+    m1, e1 = queued_email(clock)
+    await backend.accept(m1, e1, run_at=clock.now(), idempotency=record(m1.id, "f"))
+    original = AcceptResult(message=m1, duplicate=True)
+    conflict = AcceptResult(message=None, conflict=record(m1.id, "f"))
+    assert await replay("f") == original
+    assert await replay("other") == conflict
+    assert await replay("f", org_id="org-2") is None  # keys are per organization
+    m2, e2 = queued_email(clock)
+    assert await backend.accept(m2, e2, run_at=clock.now(), idempotency=record(m2.id, "f")) == (
+        original
+    )
+    assert await backend.accept(m2, e2, run_at=clock.now(), idempotency=record(m2.id, "x")) == (
+        conflict
+    )
+    clock.advance(24 * 3600)
+    assert await replay("f") is None
+    m3, e3 = queued_email(clock)
+    taken = await backend.accept(m3, e3, run_at=clock.now(), idempotency=record(m3.id, "x"))
+    assert taken == AcceptResult(message=m3)
+    assert await replay("x") == AcceptResult(message=m3, duplicate=True)
+    assert await backend.pending_job_count() == 2
+
+
+# ----------------------------------------------------------------------------- records read back
+
+
+async def test_templates_read_back_and_names_are_unique_per_organization(
+    backend: SqliteBackend, clock: ManualClock
+) -> None:
+    """A template reads back as written; a second one with its name in the organization
+    is refused with ConflictError, while another organization may use the name."""
+    for org_id in ("org-1", "org-2"):
+        await backend.create_org(Organization(id=org_id, name=org_id, created_at=clock.now()))
+    template = Template(
+        id=new_id(),
+        org_id="org-1",
+        name="welcome",
+        subject="Hi {{ name }}",
+        html=None,
+        text="Welcome",
+        created_at=clock.now(),
+        updated_at=clock.now(),
+    )
+    await backend.create_template(template)
+    with pytest.raises(ConflictError, match="welcome") as refused:
+        await backend.create_template(attrs.evolve(template, id=new_id()))
+    assert refused.value.details == {"name": "welcome"}
+    elsewhere = attrs.evolve(template, id=new_id(), org_id="org-2")
+    await backend.create_template(elsewhere)
+    assert await backend.get_template("org-1", template.id) == template
+    assert await backend.get_template("org-2", template.id) is None
+    assert await backend.list_templates("org-1") == [template]
+    assert await backend.list_templates("org-2") == [elsewhere]
+
+
+async def test_api_keys_read_back_and_a_revocation_keeps_its_first_time(
+    backend: SqliteBackend, clock: ManualClock
+) -> None:
+    """A key reads back as written; revoking it again keeps the first revocation time,
+    and another organization cannot revoke it."""
+    await backend.create_org(Organization(id="org-1", name="acme", created_at=clock.now()))
+    key = ApiKey(
+        id=new_id(),
+        org_id="org-1",
+        name="ci",
+        key_hash="hash-1",
+        display="ct_test_abcd",
+        scopes=frozenset({"send:email", "read:email"}),
+        test=True,
+        created_at=clock.now(),
+    )
+    await backend.create_api_key(key)
+    assert await backend.get_api_key_by_hash("hash-1") == key
+    revoked_at = clock.advance(5)
+    assert await backend.revoke_api_key("org-2", key.id, revoked_at) is False
+    assert await backend.revoke_api_key("org-1", key.id, revoked_at) is True
+    assert await backend.revoke_api_key("org-1", key.id, clock.advance(5)) is True
+    assert await backend.list_api_keys("org-1") == [attrs.evolve(key, revoked_at=revoked_at)]
+
+
+async def test_a_receipt_and_a_requeue_answer_the_message_as_stored(
+    backend: SqliteBackend, clock: ManualClock
+) -> None:
+    """apply_receipt and requeue answer the moved message exactly as a later read returns it;
+    a move that is not allowed changes nothing."""
+    store = SqliteSmsStore(backend)
+    message, event = queued_email(clock)
+    await backend.accept(message, event, run_at=clock.now(), idempotency=None)
+    await _send_once(backend, clock)
+    sent_only = frozenset({Status.SENT})
+    clock.advance(1)
+    failed_event = attrs.evolve(_event(message, clock, Status.FAILED), details={"error": "gone"})
+    failed = await store.apply_receipt(
+        message.id, new_status=Status.FAILED, allowed_from=sent_only, event=failed_event
+    )
+    assert failed is not None and failed.applied
+    assert failed.message == await backend.get_message("org-1", message.id)
+    assert (failed.message.status, failed.message.last_error) == (Status.FAILED, "gone")
+    assert failed.message.updated_at == clock.now()
+    late = await store.apply_receipt(
+        message.id,
+        new_status=Status.DELIVERED,
+        allowed_from=sent_only,
+        event=_event(message, clock, Status.DELIVERED),
+    )
+    assert late == ReceiptOutcome(message=failed.message, applied=False)
+    unknown = _event(message, clock, Status.DELIVERED)
+    assert (
+        await store.apply_receipt(
+            "no-such-id", new_status=Status.DELIVERED, allowed_from=sent_only, event=unknown
+        )
+        is None
+    )
+
+    clock.advance(1)
+    requeue_event = _event(message, clock, Status.QUEUED)
+    assert await store.requeue("org-2", message.id, event=requeue_event, run_at=clock.now()) is None
+    requeued = await store.requeue("org-1", message.id, event=requeue_event, run_at=clock.now())
+    assert requeued is not None and requeued[1] is True
+    assert requeued[0] == await backend.get_message("org-1", message.id)
+    assert (requeued[0].status, requeued[0].last_error) == (Status.QUEUED, "gone")
+    assert await backend.pending_job_count() == 1
+    again = _event(message, clock, Status.QUEUED)
+    assert await store.requeue("org-1", message.id, event=again, run_at=clock.now()) == (
+        requeued[0],
+        False,
+    )
+    types = [e.type for e in await backend.list_events("org-1", message.id, 10)]
+    assert types == [
+        "email_queued",
+        "email_processing",
+        "email_sent",
+        "email_failed",
+        "email_queued",
+    ]
+
+
+async def test_an_unchanged_line_state_records_nothing(
+    backend: SqliteBackend, clock: ManualClock
+) -> None:
+    """The same state and token fingerprint again writes no row and no event;
+    a new fingerprint is recorded with its event."""
+    store = SqliteWhatsAppStore(backend)
+
+    def paused() -> TimelineEvent:
+        return TimelineEvent(
+            id=new_id(),
+            message_id=None,
+            org_id="org-1",
+            type="whatsapp_line_paused",
+            status=None,
+            created_at=clock.now(),
+        )
+
+    first = paused()
+    assert await store.set_line_state(
+        "pn-1", state="PAUSED", reason="expired", token_fingerprint="fp-1", event=first
+    )
+    clock.advance(1)
+    assert not await store.set_line_state(
+        "pn-1", state="PAUSED", reason="again", token_fingerprint="fp-1", event=paused()
+    )
+    assert await store.get_line_state("pn-1") == LineState(
+        phone_number_id="pn-1",
+        state="PAUSED",
+        reason="expired",
+        token_fingerprint="fp-1",
+        updated_at=first.created_at,
+    )
+    assert await store.set_line_state(
+        "pn-1", state="PAUSED", reason="expired too", token_fingerprint="fp-2", event=paused()
+    )
+    state = await store.get_line_state("pn-1")
+    assert state is not None and (state.reason, state.token_fingerprint) == ("expired too", "fp-2")
+    events = backend.conn.execute("SELECT COUNT(*) FROM events WHERE message_id IS NULL")
+    assert events.fetchone()[0] == 2

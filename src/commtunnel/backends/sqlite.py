@@ -33,10 +33,10 @@ import logging
 import secrets
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import sqlite_utils
 
@@ -65,6 +65,7 @@ from commtunnel.ports import (
 )
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def ts(value: datetime) -> str:
 
 
 def parse_ts(value: str) -> datetime:
-    """The datetime for storage text written by :func:`ts`."""
+    """The datetime (UTC) for storage text written by :func:`ts`."""
     # fromisoformat reads the trailing Z (Python 3.11+) and is ~10x faster than strptime.
     return datetime.fromisoformat(value)
 
@@ -93,96 +94,161 @@ def _opt_ts(value: str | None) -> datetime | None:
     return None if value is None else parse_ts(value)
 
 
-_MESSAGE_COLUMNS = (
-    "id, org_id, channel, status, sandbox, api_key_id, content, provider_message_id, "
-    "attempt_count, last_error, created_at, updated_at"
-)
+# ---------------------------------------------------------------------------- rows -> records
+
+
+class Rows(Generic[R]):
+    """One table's ``SELECT`` and how each of its rows becomes a record.
+
+    Args:
+        table: the table read (a fixed name, never input).
+        columns: the columns selected, comma-separated, in ``from_row``'s order.
+        from_row: the record for one row.
+    """
+
+    def __init__(self, table: str, columns: str, from_row: Callable[[tuple[Any, ...]], R]) -> None:
+        self.table = table
+        self.columns = columns
+        self.from_row = from_row
+        self._select = f"SELECT {columns} FROM {table}"  # noqa: S608 - fixed names
+
+    def one(self, conn: sqlite3.Connection, where: str, params: Sequence[Any] = ()) -> R | None:
+        """The record of the first row matching ``where`` (SQL text with ``?``), or None."""
+        row = conn.execute(f"{self._select} {where}", params).fetchone()
+        return None if row is None else self.from_row(row)
+
+    def all(self, conn: sqlite3.Connection, where: str, params: Sequence[Any] = ()) -> list[R]:
+        """The records of every row matching ``where`` (which may end in ORDER BY, LIMIT)."""
+        return [self.from_row(row) for row in conn.execute(f"{self._select} {where}", params)]
+
+    def page(
+        self,
+        conn: sqlite3.Connection,
+        where: str,
+        params: Sequence[Any],
+        *,
+        order_by: str,
+        offset: int,
+        limit: int,
+    ) -> tuple[list[R], int]:
+        """(``limit`` records from the ``offset``-th row in ``order_by`` order, all rows' count)."""
+        total = conn.execute(
+            f"SELECT COUNT(*) FROM {self.table} {where}",  # noqa: S608 - fixed names
+            params,
+        ).fetchone()[0]
+        items = self.all(
+            conn, f"{where} ORDER BY {order_by} LIMIT ? OFFSET ?", [*params, limit, offset]
+        )
+        return items, int(total)
+
+
+def record_rows(
+    table: str, record: Callable[..., R], columns: str, **convert: Callable[[Any], Any]
+) -> Rows[R]:
+    """:class:`Rows` whose columns are named like the attributes of ``record``.
+
+    A column named ``*_at`` holds :func:`ts` text (or NULL) and is read with
+    :func:`parse_ts`; every other column is passed as stored unless
+    ``convert`` names it (``bool`` for a 0/1 column, an enum class ...).
+
+    Args:
+        table: the table read.
+        record: the record class, called with one keyword per column.
+        columns: the columns, comma-separated.
+        convert: column name -> the function applied to its stored value.
+    """
+    names = tuple(name.strip() for name in columns.split(","))
+    converters = tuple(
+        convert.get(name, _opt_ts if name.endswith("_at") else None) for name in names
+    )
+
+    def from_row(row: tuple[Any, ...]) -> R:
+        return record(
+            **{
+                name: value if conv is None else conv(value)
+                for name, conv, value in zip(names, converters, row, strict=True)
+            }
+        )
+
+    return Rows(table, columns, from_row)
+
+
+class _ContentColumn(NamedTuple):
+    """How one channel's content is kept in the ``content`` column (JSON)."""
+
+    attribute: str  # the Message attribute holding it
+    make: Callable[..., Any]  # its class
+    keys: dict[str, str]  # field -> JSON key (camelCase, as on the wire)
+
+
+_CONTENT: dict[Channel, _ContentColumn] = {
+    Channel.EMAIL: _ContentColumn(
+        "email",
+        EmailContent,
+        {
+            "from_addr": "from",
+            "to": "to",
+            "subject": "subject",
+            "html": "html",
+            "text": "text",
+            "message_id_header": "messageIdHeader",
+            "template_id": "templateId",
+            "tracking": "tracking",
+        },
+    ),
+    Channel.SMS: _ContentColumn(
+        "sms",
+        SmsContent,
+        {
+            "sender_id": "senderId",
+            "to": "to",
+            "body": "body",
+            "send_type": "sendType",
+            "encoding": "encoding",
+            "segments": "segments",
+            "flow": "flow",
+            "purpose": "purpose",
+        },
+    ),
+    Channel.WHATSAPP: _ContentColumn(
+        "whatsapp",
+        WhatsAppContent,
+        {
+            "to": "to",
+            "kind": "kind",
+            "body": "body",
+            "template_name": "templateName",
+            "template_language": "templateLanguage",
+            "template_variables": "templateVariables",
+            "phone_number_id": "phoneNumberId",
+        },
+    ),
+}
+
+
+def _content(message: Message) -> EmailContent | SmsContent | WhatsAppContent | None:
+    content: EmailContent | SmsContent | WhatsAppContent | None = getattr(
+        message, _CONTENT[message.channel].attribute
+    )
+    return content
 
 
 def _content_json(message: Message) -> str:
-    email = message.email
-    if email is None:
-        wa = message.whatsapp
-        if wa is not None:
-            return json.dumps(
-                {
-                    "to": wa.to,
-                    "kind": wa.kind,
-                    "body": wa.body,
-                    "templateName": wa.template_name,
-                    "templateLanguage": wa.template_language,
-                    "templateVariables": wa.template_variables,
-                    "phoneNumberId": wa.phone_number_id,
-                },
-                separators=(",", ":"),
-            )
-        sms = message.sms
-        if sms is None:
-            return "{}"
-        return json.dumps(
-            {
-                "senderId": sms.sender_id,
-                "to": sms.to,
-                "body": sms.body,
-                "sendType": sms.send_type,
-                "encoding": sms.encoding,
-                "segments": sms.segments,
-                "flow": sms.flow,
-                "purpose": sms.purpose,
-            },
-            separators=(",", ":"),
-        )
+    content = _content(message)
+    if content is None:
+        return "{}"
+    keys = _CONTENT[message.channel].keys
     return json.dumps(
-        {
-            "from": email.from_addr,
-            "to": email.to,
-            "subject": email.subject,
-            "html": email.html,
-            "text": email.text,
-            "messageIdHeader": email.message_id_header,
-            "templateId": email.template_id,
-            "tracking": email.tracking,
-        },
-        separators=(",", ":"),
+        {key: getattr(content, field) for field, key in keys.items()}, separators=(",", ":")
     )
 
 
 def _message_from_row(row: tuple[Any, ...]) -> Message:
     (mid, org_id, channel, status, sandbox, api_key_id, content, pmid, count, err, cat, uat) = row
+    column = _CONTENT[Channel(channel)]
     data = json.loads(content)
-    email = sms = whatsapp = None
-    if channel == Channel.WHATSAPP:
-        whatsapp = WhatsAppContent(
-            to=data["to"],
-            kind=data["kind"],
-            body=data["body"],
-            template_name=data["templateName"],
-            template_language=data["templateLanguage"],
-            template_variables=data["templateVariables"],
-            phone_number_id=data["phoneNumberId"],
-        )
-    elif channel == Channel.SMS:
-        sms = SmsContent(
-            sender_id=data["senderId"],
-            to=data["to"],
-            body=data["body"],
-            send_type=data["sendType"],
-            encoding=data["encoding"],
-            segments=data["segments"],
-            flow=data["flow"],
-            purpose=data["purpose"],
-        )
-    elif channel == Channel.EMAIL:
-        email = EmailContent(
-            from_addr=data["from"],
-            to=data["to"],
-            subject=data["subject"],
-            html=data["html"],
-            text=data["text"],
-            message_id_header=data["messageIdHeader"],
-            template_id=data["templateId"],
-            tracking=data["tracking"],
-        )
+    contents: dict[str, Any] = {"email": None}  # the one Message field without a default
+    contents[column.attribute] = column.make(**{f: data[k] for f, k in column.keys.items()})
     return Message(
         id=mid,
         org_id=org_id,
@@ -190,27 +256,69 @@ def _message_from_row(row: tuple[Any, ...]) -> Message:
         status=Status(status),
         sandbox=bool(sandbox),
         api_key_id=api_key_id,
-        email=email,
-        sms=sms,
-        whatsapp=whatsapp,
         provider_message_id=pmid,
         attempt_count=count,
         last_error=err,
         created_at=parse_ts(cat),
         updated_at=parse_ts(uat),
+        **contents,
     )
 
 
-_ORG_COLUMNS = "id, name, created_at, otp_ignores_opt_out"
+#: messages as records (the sibling stores read them too).
+MESSAGES = Rows(
+    "messages",
+    "id, org_id, channel, status, sandbox, api_key_id, content, provider_message_id, "
+    "attempt_count, last_error, created_at, updated_at",
+    _message_from_row,
+)
+# The same columns of the alias ``m``, for the claim's join with jobs.
+_CLAIM_MESSAGE_COLUMNS = ", ".join(f"m.{c.strip()}" for c in MESSAGES.columns.split(","))
+
+_ORGS = record_rows(
+    "orgs", Organization, "id, name, created_at, otp_ignores_opt_out", otp_ignores_opt_out=bool
+)
+_KEYS = record_rows(
+    "api_keys",
+    ApiKey,
+    "id, org_id, name, key_hash, display, scopes, test, created_at, revoked_at",
+    scopes=lambda text: frozenset(text.split()),
+    test=bool,
+)
+_SENDERS = record_rows("senders", Sender, "id, org_id, value, created_at")
+_TEMPLATES = record_rows(
+    "templates", Template, "id, org_id, name, subject, html, text, created_at, updated_at"
+)
+_EVENTS = record_rows(
+    "events",
+    TimelineEvent,
+    "id, org_id, message_id, type, status, created_at, details",
+    status=lambda text: None if text is None else Status(text),
+    details=json.loads,
+)
+_ATTEMPTS = record_rows(
+    "attempts",
+    Attempt,
+    "message_id, number, provider, outcome, error_category, error_message, duration_ms, started_at",
+)
+_IDEMPOTENCY_KEYS = record_rows(
+    "idempotency_keys",
+    IdempotencyRecord,
+    "org_id, key, endpoint, fingerprint, message_id, created_at, expires_at",
+)
 
 
-def _org_from_row(row: tuple[Any, ...]) -> Organization:
-    return Organization(
-        id=row[0], name=row[1], created_at=parse_ts(row[2]), otp_ignores_opt_out=bool(row[3])
-    )
+def get_message(
+    conn: sqlite3.Connection, message_id: str, org_id: str | None = None
+) -> Message | None:
+    """A message by id, of the organization ``org_id`` when given, else of any."""
+    if org_id is None:
+        return MESSAGES.one(conn, "WHERE id = ?", (message_id,))
+    return MESSAGES.one(conn, "WHERE id = ? AND org_id = ?", (message_id, org_id))
 
 
-def _insert_event(conn: sqlite3.Connection, event: TimelineEvent) -> None:
+def insert_event(conn: sqlite3.Connection, event: TimelineEvent) -> None:
+    """Write one timeline event (a message's, or an organization-level one)."""
     conn.execute(
         "INSERT INTO events (id, org_id, message_id, type, status, created_at, details) "
         "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -226,8 +334,81 @@ def _insert_event(conn: sqlite3.Connection, event: TimelineEvent) -> None:
     )
 
 
+def _insert_message(conn: sqlite3.Connection, m: Message) -> None:
+    content = _content(m)
+    conn.execute(
+        "INSERT INTO messages (id, org_id, channel, status, sandbox, api_key_id, recipient, "
+        "content, provider_message_id, attempt_count, last_error, created_at, updated_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            m.id,
+            m.org_id,
+            str(m.channel),
+            str(m.status),
+            int(m.sandbox),
+            m.api_key_id,
+            "" if content is None else content.to,
+            _content_json(m),
+            m.provider_message_id,
+            m.attempt_count,
+            m.last_error,
+            ts(m.created_at),
+            ts(m.updated_at),
+        ),
+    )
+
+
+def insert_job(
+    conn: sqlite3.Connection,
+    message_id: str,
+    *,
+    run_at: datetime,
+    created_at: datetime,
+    attempts_before: int = 0,
+) -> None:
+    """Write a message's dispatch job, due at ``run_at``.
+
+    Args:
+        attempts_before: provider attempts the message had before this job (a
+            re-queue keeps counting from there).
+
+    Raises:
+        sqlite3.IntegrityError: the message has a job already.
+    """
+    conn.execute(
+        "INSERT INTO jobs (id, message_id, run_at, created_at, attempts_before) "
+        "VALUES (?, ?, ?, ?, ?)",
+        (message_id, message_id, ts(run_at), ts(created_at), attempts_before),
+    )
+
+
+def _replay(
+    conn: sqlite3.Connection,
+    org_id: str,
+    key: str,
+    *,
+    endpoint: str,
+    fingerprint: str,
+    now: datetime,
+) -> AcceptResult | None:
+    """What the stored idempotency key answers at ``now``.
+
+    Returns:
+        None when the key is unused or expired (or its message is gone); the
+        original message as a duplicate when endpoint and fingerprint match;
+        else the stored record as the ``conflict``.
+    """
+    record = _IDEMPOTENCY_KEYS.one(conn, "WHERE org_id = ? AND key = ?", (org_id, key))
+    if record is None or record.expires_at <= now:
+        return None
+    if (record.endpoint, record.fingerprint) != (endpoint, fingerprint):
+        return AcceptResult(message=None, conflict=record)
+    message = get_message(conn, record.message_id, org_id)
+    return None if message is None else AcceptResult(message=message, duplicate=True)
+
+
 class _CooldownRefusal(Exception):
-    """Raised inside an accept op so its SAVEPOINT is rolled back (the key too)."""
+    """Raised inside an accept op so that the whole op is undone (the key too)."""
 
     def __init__(self, until: datetime) -> None:
         super().__init__("cooldown running")
@@ -404,21 +585,29 @@ class SqliteBackend:
     # ------------------------------------------------------------------ lifecycle
 
     async def open(self) -> None:
-        """Open the file, switch to WAL and apply pending migrations."""
+        """Open the file, switch to WAL and apply pending migrations (no-op when open).
+
+        Raises:
+            SchemaTooNewError: the file was written by a newer Commtunnel; it is
+                left untouched and no connection stays open.
+            sqlite3.Error: the file cannot be opened or migrated.
+        """
         if self._conn is not None:
             return
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db = sqlite_utils.Database(conn)
-        if self.path != ":memory:":
-            db.enable_wal()
-        conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout)}")
-        conn.execute(
-            "PRAGMA synchronous = NORMAL"
-        )  # durable at checkpoint; WAL keeps commits atomic
-        conn.execute("PRAGMA foreign_keys = ON")
-        sqlite_schema.migrate(conn, ts(self._clock.now()))
+        try:
+            if self.path != ":memory:":
+                sqlite_utils.Database(conn).enable_wal()
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout)}")
+            # Durable at the next checkpoint; WAL keeps every commit atomic.
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            sqlite_schema.migrate(conn, ts(self._clock.now()))
+        except BaseException:
+            conn.close()
+            raise
         if self.path != ":memory:" and self._checkpoint_interval is not None:
             conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer's job
             loop = asyncio.get_running_loop()
@@ -434,7 +623,6 @@ class SqliteBackend:
                 finish=finish,
             )
             self._checkpointer.start()
-        self._db = db
         self._conn = conn
 
     async def aclose(self) -> None:
@@ -469,7 +657,11 @@ class SqliteBackend:
 
     @property
     def conn(self) -> sqlite3.Connection:
-        """The open connection (raises if :meth:`open` was not awaited)."""
+        """The open connection.
+
+        Raises:
+            RuntimeError: :meth:`open` was not awaited, or :meth:`aclose` was.
+        """
         if self._conn is None:
             raise RuntimeError("SqliteBackend is not open; await open() first")
         return self._conn
@@ -480,18 +672,23 @@ class SqliteBackend:
 
     # ------------------------------------------------------------------ group commit
 
-    def _submit(
+    def submit(
         self, op: Callable[[sqlite3.Connection], T], *, window: float = 0.0
     ) -> asyncio.Future[T]:
         """Queue ``op`` for the next group commit; the future resolves after COMMIT.
 
-        ``op`` may run twice (see :meth:`_flush`): it must only touch the
+        ``op`` may run twice (see :meth:`_run_batch`): it must only touch the
         connection, with no other side effect.
 
         Args:
             op: the write, given the connection inside the transaction.
             window: seconds the commit may wait for more writes while leases
                 taken here are out (queue writes); 0 commits at the next loop turn.
+
+        Returns:
+            A future with ``op``'s value. It raises what ``op`` raised (``op``'s
+            writes alone are undone), or RuntimeError when the backend was
+            closed before the commit.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
@@ -567,8 +764,15 @@ class SqliteBackend:
         conn.execute("COMMIT")
         return results
 
-    def _transaction(self, op: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``op`` in its own immediate transaction, now (admin writes)."""
+    def transaction(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``op`` in its own immediate transaction, now (administrative writes).
+
+        Writes pending for the group commit are committed first.
+
+        Raises:
+            RuntimeError: the backend is not open.
+            Exception: whatever ``op`` raised; its writes are rolled back.
+        """
         if self._pending:
             self._flush()
         conn = self.conn
@@ -584,9 +788,13 @@ class SqliteBackend:
     # ------------------------------------------------------------------ organizations
 
     async def create_org(self, org: Organization) -> None:
-        """Store ``org``; raises ConflictError when the name is taken."""
+        """Store ``org``.
+
+        Raises:
+            ConflictError: another organization has the name.
+        """
         try:
-            self._transaction(
+            self.transaction(
                 lambda c: c.execute(
                     "INSERT INTO orgs (id, name, created_at) VALUES (?, ?, ?)",
                     (org.id, org.name, ts(org.created_at)),
@@ -602,24 +810,17 @@ class SqliteBackend:
     ) -> Organization | None:
         """An organization by id or by name."""
         column, value = ("id", org_id) if org_id is not None else ("name", name)
-        row = self.conn.execute(
-            f"SELECT {_ORG_COLUMNS} FROM orgs WHERE {column} = ?",  # noqa: S608 - fixed names
-            (value,),
-        ).fetchone()
-        return None if row is None else _org_from_row(row)
+        return _ORGS.one(self.conn, f"WHERE {column} = ?", (value,))
 
     async def list_orgs(self) -> list[Organization]:
         """All organizations, oldest first."""
-        rows = self.conn.execute(
-            f"SELECT {_ORG_COLUMNS} FROM orgs ORDER BY created_at, id"  # noqa: S608
-        )
-        return [_org_from_row(r) for r in rows]
+        return _ORGS.all(self.conn, "ORDER BY created_at, id")
 
     # ------------------------------------------------------------------ API keys
 
     async def create_api_key(self, key: ApiKey) -> None:
         """Store a key record (its hash, never the key)."""
-        self._transaction(
+        self.transaction(
             lambda c: c.execute(
                 "INSERT INTO api_keys (id, org_id, name, key_hash, display, scopes, test, "
                 "created_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
@@ -636,42 +837,21 @@ class SqliteBackend:
             )
         )
 
-    @staticmethod
-    def _key_from_row(row: tuple[Any, ...]) -> ApiKey:
-        return ApiKey(
-            id=row[0],
-            org_id=row[1],
-            name=row[2],
-            key_hash=row[3],
-            display=row[4],
-            scopes=frozenset(row[5].split()),
-            test=bool(row[6]),
-            created_at=parse_ts(row[7]),
-            revoked_at=_opt_ts(row[8]),
-        )
-
-    _KEY_COLUMNS = "id, org_id, name, key_hash, display, scopes, test, created_at, revoked_at"
-
     async def get_api_key_by_hash(self, key_hash: str) -> ApiKey | None:
         """The key with this hash, revoked or not."""
-        row = self.conn.execute(
-            f"SELECT {self._KEY_COLUMNS} FROM api_keys WHERE key_hash = ?",  # noqa: S608
-            (key_hash,),
-        ).fetchone()
-        return None if row is None else self._key_from_row(row)
+        return _KEYS.one(self.conn, "WHERE key_hash = ?", (key_hash,))
 
     async def list_api_keys(self, org_id: str) -> list[ApiKey]:
         """Keys of one organization, oldest first."""
-        rows = self.conn.execute(
-            f"SELECT {self._KEY_COLUMNS} FROM api_keys WHERE org_id = ? "  # noqa: S608
-            "ORDER BY created_at, id",
-            (org_id,),
-        )
-        return [self._key_from_row(r) for r in rows]
+        return _KEYS.all(self.conn, "WHERE org_id = ? ORDER BY created_at, id", (org_id,))
 
     async def revoke_api_key(self, org_id: str, key_id: str, at: datetime) -> bool:
-        """Revoke a key of the organization; False when it has no such key."""
-        cursor = self._transaction(
+        """Revoke a key of the organization (a revoked key keeps its first ``at``).
+
+        Returns:
+            False when the organization has no such key.
+        """
+        cursor = self.transaction(
             lambda c: c.execute(
                 "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) "
                 "WHERE id = ? AND org_id = ?",
@@ -684,25 +864,21 @@ class SqliteBackend:
 
     async def add_sender(self, sender: Sender) -> Sender:
         """Add a verified sender; an existing value is returned unchanged."""
-        self._transaction(
+        self.transaction(
             lambda c: c.execute(
                 "INSERT OR IGNORE INTO senders (id, org_id, value, created_at) VALUES (?, ?, ?, ?)",
                 (sender.id, sender.org_id, sender.value, ts(sender.created_at)),
             )
         )
-        row = self.conn.execute(
-            "SELECT id, org_id, value, created_at FROM senders WHERE org_id = ? AND value = ?",
-            (sender.org_id, sender.value),
-        ).fetchone()
-        return Sender(id=row[0], org_id=row[1], value=row[2], created_at=parse_ts(row[3]))
+        stored = _SENDERS.one(
+            self.conn, "WHERE org_id = ? AND value = ?", (sender.org_id, sender.value)
+        )
+        assert stored is not None  # just written, or there already
+        return stored
 
     async def list_senders(self, org_id: str) -> list[Sender]:
-        """Verified senders of one organization."""
-        rows = self.conn.execute(
-            "SELECT id, org_id, value, created_at FROM senders WHERE org_id = ? ORDER BY value",
-            (org_id,),
-        )
-        return [Sender(id=r[0], org_id=r[1], value=r[2], created_at=parse_ts(r[3])) for r in rows]
+        """Verified senders of one organization, by value."""
+        return _SENDERS.all(self.conn, "WHERE org_id = ? ORDER BY value", (org_id,))
 
     async def is_sender_verified(self, org_id: str, address: str, domain: str) -> bool:
         """Whether ``address`` or its ``domain`` is a verified sender (values are lower case)."""
@@ -713,9 +889,13 @@ class SqliteBackend:
         return row is not None
 
     async def create_template(self, template: Template) -> None:
-        """Store a template; raises ConflictError when the name is taken."""
+        """Store a template.
+
+        Raises:
+            ConflictError: the organization has a template with the name.
+        """
         try:
-            self._transaction(
+            self.transaction(
                 lambda c: c.execute(
                     "INSERT INTO templates (id, org_id, name, subject, html, text, created_at, "
                     "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -737,37 +917,13 @@ class SqliteBackend:
                 details={"name": template.name},
             ) from None
 
-    _TEMPLATE_COLUMNS = "id, org_id, name, subject, html, text, created_at, updated_at"
-
-    @staticmethod
-    def _template_from_row(r: tuple[Any, ...]) -> Template:
-        return Template(
-            id=r[0],
-            org_id=r[1],
-            name=r[2],
-            subject=r[3],
-            html=r[4],
-            text=r[5],
-            created_at=parse_ts(r[6]),
-            updated_at=parse_ts(r[7]),
-        )
-
     async def get_template(self, org_id: str, template_id: str) -> Template | None:
         """One template of the organization."""
-        row = self.conn.execute(
-            f"SELECT {self._TEMPLATE_COLUMNS} FROM templates WHERE id = ? AND org_id = ?",  # noqa: S608
-            (template_id, org_id),
-        ).fetchone()
-        return None if row is None else self._template_from_row(row)
+        return _TEMPLATES.one(self.conn, "WHERE id = ? AND org_id = ?", (template_id, org_id))
 
     async def list_templates(self, org_id: str) -> list[Template]:
         """Templates of one organization, oldest first."""
-        rows = self.conn.execute(
-            f"SELECT {self._TEMPLATE_COLUMNS} FROM templates WHERE org_id = ? "  # noqa: S608
-            "ORDER BY created_at, id",
-            (org_id,),
-        )
-        return [self._template_from_row(r) for r in rows]
+        return _TEMPLATES.all(self.conn, "WHERE org_id = ? ORDER BY created_at, id", (org_id,))
 
     # ------------------------------------------------------------------ messages
 
@@ -780,7 +936,14 @@ class SqliteBackend:
         idempotency: IdempotencyRecord | None,
         cooldown: CooldownClaim | None = None,
     ) -> AcceptResult:
-        """Message + first event + job (+ idempotency key, + cooldown) in one transaction."""
+        """Message + first event + job (+ idempotency key, + cooldown) in one transaction.
+
+        The answers are those of :meth:`commtunnel.ports.Storage.accept`.
+
+        Raises:
+            sqlite3.IntegrityError: an id (message, event) is stored already;
+                nothing of this accept is written.
+        """
 
         def op(conn: sqlite3.Connection) -> AcceptResult:
             if idempotency is not None:
@@ -803,33 +966,16 @@ class SqliteBackend:
                     key_values,
                 ).rowcount
                 if not inserted:
-                    existing = conn.execute(
-                        "SELECT endpoint, fingerprint, message_id, created_at, expires_at "
-                        "FROM idempotency_keys WHERE org_id = ? AND key = ?",
-                        (idempotency.org_id, idempotency.key),
-                    ).fetchone()
-                    if existing is None:  # cannot happen: the conflict is in this transaction
-                        raise RuntimeError("idempotency key conflict without a stored key")
-                    record = IdempotencyRecord(
-                        org_id=idempotency.org_id,
-                        key=idempotency.key,
-                        endpoint=existing[0],
-                        fingerprint=existing[1],
-                        message_id=existing[2],
-                        created_at=parse_ts(existing[3]),
-                        expires_at=parse_ts(existing[4]),
+                    replay = _replay(
+                        conn,
+                        idempotency.org_id,
+                        idempotency.key,
+                        endpoint=idempotency.endpoint,
+                        fingerprint=idempotency.fingerprint,
+                        now=idempotency.created_at,
                     )
-                    if record.expires_at > idempotency.created_at:
-                        if (record.endpoint, record.fingerprint) != (
-                            idempotency.endpoint,
-                            idempotency.fingerprint,
-                        ):
-                            return AcceptResult(message=None, conflict=record)
-                        row = conn.execute(
-                            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?",  # noqa: S608
-                            (record.message_id,),
-                        ).fetchone()
-                        return AcceptResult(message=_message_from_row(row), duplicate=True)
+                    if replay is not None:
+                        return replay
                     # The stored key has expired: this request takes it over.
                     conn.execute(
                         "UPDATE idempotency_keys SET endpoint = ?, fingerprint = ?, "
@@ -842,97 +988,51 @@ class SqliteBackend:
                 if blocked_until is not None:
                     # Undo the key inserted above: a refused request stores nothing.
                     raise _CooldownRefusal(blocked_until)
-            self._insert_message(conn, message)
-            _insert_event(conn, event)
-            conn.execute(
-                "INSERT INTO jobs (id, message_id, run_at, created_at) VALUES (?, ?, ?, ?)",
-                (message.id, message.id, ts(run_at), ts(message.created_at)),
-            )
+            _insert_message(conn, message)
+            insert_event(conn, event)
+            insert_job(conn, message.id, run_at=run_at, created_at=message.created_at)
             return AcceptResult(message=message)
 
         try:
-            result = await self._submit(op)
+            result = await self.submit(op)
         except _CooldownRefusal as refusal:
             return AcceptResult(message=None, cooldown_until=refusal.until)
         if not result.duplicate and result.conflict is None:
-            self._work.set()
+            self.notify_work()
         return result
 
-    @staticmethod
-    def _insert_message(conn: sqlite3.Connection, m: Message) -> None:
-        content = m.email or m.sms or m.whatsapp
-        recipient = content.to if content is not None else ""
-        conn.execute(
-            "INSERT INTO messages (id, org_id, channel, status, sandbox, api_key_id, recipient, "
-            "content, provider_message_id, attempt_count, last_error, created_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                m.id,
-                m.org_id,
-                str(m.channel),
-                str(m.status),
-                int(m.sandbox),
-                m.api_key_id,
-                recipient,
-                _content_json(m),
-                m.provider_message_id,
-                m.attempt_count,
-                m.last_error,
-                ts(m.created_at),
-                ts(m.updated_at),
-            ),
-        )
+    async def find_replay(
+        self, org_id: str, key: str, *, endpoint: str, fingerprint: str, now: datetime
+    ) -> AcceptResult | None:
+        """What an unexpired idempotency key already answers, before any other check.
+
+        Returns:
+            None when the key is unused (or expired); the original message as a
+            duplicate when endpoint and fingerprint match; else the ``conflict``.
+        """
+        return _replay(self.conn, org_id, key, endpoint=endpoint, fingerprint=fingerprint, now=now)
 
     async def get_message(self, org_id: str, message_id: str) -> Message | None:
         """One message of the organization."""
-        row = self.conn.execute(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ? AND org_id = ?",  # noqa: S608
-            (message_id, org_id),
-        ).fetchone()
-        return None if row is None else _message_from_row(row)
+        return get_message(self.conn, message_id, org_id)
 
     async def list_events(self, org_id: str, message_id: str, limit: int) -> list[TimelineEvent]:
         """The first ``limit`` events of a message, oldest first."""
-        rows = self.conn.execute(
-            "SELECT id, org_id, message_id, type, status, created_at, details FROM events "
+        return _EVENTS.all(
+            self.conn,
             "WHERE message_id = ? AND org_id = ? ORDER BY created_at, id LIMIT ?",
             (message_id, org_id, limit),
         )
-        return [
-            TimelineEvent(
-                id=r[0],
-                org_id=r[1],
-                message_id=r[2],
-                type=r[3],
-                status=None if r[4] is None else Status(r[4]),
-                created_at=parse_ts(r[5]),
-                details=json.loads(r[6]),
-            )
-            for r in rows
-        ]
 
     async def list_attempts(self, org_id: str, message_id: str) -> list[Attempt]:
         """Every attempt of a message of the organization, in order."""
-        rows = self.conn.execute(
-            "SELECT a.message_id, a.number, a.provider, a.outcome, a.error_category, "
-            "a.error_message, a.duration_ms, a.started_at FROM attempts a "
-            "JOIN messages m ON m.id = a.message_id WHERE a.message_id = ? AND m.org_id = ? "
-            "ORDER BY a.number",
+        return _ATTEMPTS.all(
+            self.conn,
+            # The subquery is NULL (nothing matches) for another organization's message.
+            "WHERE message_id = (SELECT id FROM messages WHERE id = ? AND org_id = ?) "
+            "ORDER BY number",
             (message_id, org_id),
         )
-        return [
-            Attempt(
-                message_id=r[0],
-                number=r[1],
-                provider=r[2],
-                outcome=r[3],
-                error_category=r[4],
-                error_message=r[5],
-                duration_ms=r[6],
-                started_at=parse_ts(r[7]),
-            )
-            for r in rows
-        ]
 
     async def stats(
         self, org_id: str, channel: Channel, start: datetime, end: datetime
@@ -968,22 +1068,30 @@ class SqliteBackend:
     ) -> list[ClaimedJob]:
         """Lease up to ``limit`` due jobs and move their messages to PROCESSING.
 
-        With ``message_id``, lease that message's job only, whatever its
-        ``run_at`` (a synchronous hand-off such as a WhatsApp send).
+        Args:
+            worker_id: recorded as the lease's owner.
+            now: jobs with ``run_at`` at or before it, and no lease alive at it, are due.
+            lease_seconds: how long the lease lasts; after it another claim may take the job.
+            limit: the most jobs claimed.
+            processing_event: the PROCESSING event of a message and its attempt number.
+            message_id: lease that message's job only, whatever its ``run_at`` (a
+                synchronous hand-off such as a WhatsApp send).
+
+        Returns:
+            The claimed jobs, earliest ``run_at`` first (none when nothing is due).
         """
         now_text = ts(now)
         lease_until = now + timedelta(seconds=lease_seconds)
         lease_text = ts(lease_until)
         # Jobs and their messages in one query; the writes then go per statement
         # with executemany (a claim takes several jobs: the worker claims in batches).
-        message_columns = ", ".join(f"m.{c.strip()}" for c in _MESSAGE_COLUMNS.split(","))
 
         def op(conn: sqlite3.Connection) -> list[ClaimedJob]:
             due, due_args = (
                 ("j.message_id = ?", message_id) if message_id else ("j.run_at <= ?", now_text)
             )
             rows = conn.execute(
-                f"SELECT j.id, j.attempts_before, {message_columns} FROM jobs j "  # noqa: S608
+                f"SELECT j.id, j.attempts_before, {_CLAIM_MESSAGE_COLUMNS} FROM jobs j "  # noqa: S608
                 f"JOIN messages m ON m.id = j.message_id WHERE {due} "
                 "AND (j.lease_until IS NULL OR j.lease_until <= ?) ORDER BY j.run_at LIMIT ?",
                 (due_args, now_text, limit),
@@ -991,7 +1099,7 @@ class SqliteBackend:
             claimed: list[ClaimedJob] = []
             events: list[TimelineEvent] = []
             for job_id, attempts_before, *message_row in rows:
-                message = _message_from_row(tuple(message_row))
+                message = MESSAGES.from_row(tuple(message_row))
                 number = message.attempt_count + 1
                 events.append(processing_event(message, number))
                 claimed.append(
@@ -1014,15 +1122,20 @@ class SqliteBackend:
                 [(processing, now_text, c.message.id) for c in claimed],
             )
             for event in events:
-                _insert_event(conn, event)
+                insert_event(conn, event)
             return claimed
 
-        jobs = await self._submit(op, window=self._commit_window)
+        jobs = await self.submit(op, window=self._commit_window)
         self._leases_out += len(jobs)
         return jobs
 
     async def complete(self, completion: Completion) -> bool:
-        """Record one attempt's result if the lease is still ours."""
+        """Record one attempt's result if the lease is still ours.
+
+        Returns:
+            False, with nothing written, when the job's lease token is no longer
+            ``completion.job``'s (the lease expired and another claim took it).
+        """
         job = completion.job
         attempt = completion.attempt
 
@@ -1070,12 +1183,12 @@ class SqliteBackend:
                     attempt.message_id,
                 ),
             )
-            _insert_event(conn, completion.event)
+            insert_event(conn, completion.event)
             return True
 
         # The last result of the leases out here commits at once: nothing else will join.
         self._leases_out = max(0, self._leases_out - 1)
-        return await self._submit(op, window=self._commit_window)
+        return await self.submit(op, window=self._commit_window)
 
     async def wait_for_work(self, max_wait: float) -> None:
         """Wait until a message is accepted in this process, or ``max_wait`` seconds."""
@@ -1085,67 +1198,18 @@ class SqliteBackend:
 
     async def leased_job_count(self) -> int:
         """Jobs holding a lease right now."""
-        return int(
-            self.conn.execute("SELECT COUNT(*) FROM jobs WHERE lease_token IS NOT NULL").fetchone()[
-                0
-            ]
-        )
+        row = self.conn.execute("SELECT COUNT(*) FROM jobs WHERE lease_token IS NOT NULL")
+        return int(row.fetchone()[0])
 
     async def pending_job_count(self) -> int:
         """Jobs not yet finished."""
         return int(self.conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0])
 
     async def next_run_at(self) -> datetime | None:
-        """The earliest run_at among unleased jobs (for the worker's sleep)."""
+        """The earliest ``run_at`` of any job, leased or not; None when there is no job."""
         row = self.conn.execute("SELECT MIN(run_at) FROM jobs").fetchone()
         return None if row[0] is None else parse_ts(row[0])
-
-    async def find_replay(
-        self, org_id: str, key: str, *, endpoint: str, fingerprint: str, now: datetime
-    ) -> AcceptResult | None:
-        """What an unexpired idempotency key already answers, before any other check.
-
-        Returns:
-            None when the key is unused (or expired); the original message as a
-            duplicate when endpoint and fingerprint match; else the ``conflict``.
-        """
-        row = self.conn.execute(
-            "SELECT endpoint, fingerprint, message_id, created_at, expires_at "
-            "FROM idempotency_keys WHERE org_id = ? AND key = ?",
-            (org_id, key),
-        ).fetchone()
-        if row is None or parse_ts(row[4]) <= now:
-            return None
-        if (row[0], row[1]) != (endpoint, fingerprint):
-            record = IdempotencyRecord(
-                org_id=org_id,
-                key=key,
-                endpoint=row[0],
-                fingerprint=row[1],
-                message_id=row[2],
-                created_at=parse_ts(row[3]),
-                expires_at=parse_ts(row[4]),
-            )
-            return AcceptResult(message=None, conflict=record)
-        message = await self.get_message(org_id, row[2])
-        return None if message is None else AcceptResult(message=message, duplicate=True)
-
-    # ------------------------------------------------------------------ for sibling stores
-
-    def submit(self, op: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
-        """Run ``op`` in the next group commit (see the module docstring)."""
-        return self._submit(op)
-
-    def transaction(self, op: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``op`` in its own immediate transaction, now (administrative writes)."""
-        return self._transaction(op)
 
     def notify_work(self) -> None:
         """Wake a worker waiting in :meth:`wait_for_work` (new work was written)."""
         self._work.set()
-
-
-#: shared with the sibling stores (``sqlite_sms``) that use this backend's connection.
-MESSAGE_COLUMNS = _MESSAGE_COLUMNS
-message_from_row = _message_from_row
-insert_event = _insert_event

@@ -264,6 +264,9 @@ def migrate(conn: sqlite3.Connection, applied_at: str, *, target: int | None = N
             )
         for number, script in MIGRATIONS:
             if version < number <= target:
+                # One statement at a time: executescript() would COMMIT the open
+                # transaction first. So no migration may hold a ";" inside a
+                # statement (a string literal, a trigger body).
                 for statement in script.split(";"):
                     if statement.strip():
                         conn.execute(statement)

@@ -5,8 +5,8 @@ connection and its group commit: writes on hot paths (a receipt, a
 re-queue) join the current batch; administrative writes run in their own
 transaction. Every rule that must hold under concurrency is a constraint
 (one live request per sender ID and flow, one opt-out per number) or a
-conditional ``UPDATE`` checked inside the transaction (a receipt never
-moves a message backwards).
+check made inside the write's transaction (a receipt never moves a message
+backwards).
 """
 
 from __future__ import annotations
@@ -15,12 +15,15 @@ import sqlite3
 from datetime import datetime
 from typing import Any, Literal
 
+import attrs
+
 from commtunnel.backends.sqlite import (
-    MESSAGE_COLUMNS,
+    MESSAGES,
     SqliteBackend,
+    get_message,
     insert_event,
-    message_from_row,
-    parse_ts,
+    insert_job,
+    record_rows,
     ts,
 )
 from commtunnel.domain.errors import ConflictError
@@ -28,26 +31,19 @@ from commtunnel.domain.events import TimelineEvent
 from commtunnel.domain.messages import Channel, Message, Status
 from commtunnel.ports import InboundMessage, OptOut, ReceiptOutcome, SenderIdRequest, SmsPage
 
-_REQUEST_COLUMNS = (
+_REQUESTS = record_rows(
+    "sms_sender_ids",
+    SenderIdRequest,
     "id, org_id, sender_id, flow, status, reason, review_reason, reviewed_by, reviewed_at, "
-    "created_at"
+    "created_at",
 )
-
-
-def _request_from_row(r: tuple[Any, ...]) -> SenderIdRequest:
-    return SenderIdRequest(
-        id=r[0],
-        org_id=r[1],
-        sender_id=r[2],
-        flow=r[3],
-        status=r[4],
-        reason=r[5],
-        review_reason=r[6],
-        reviewed_by=r[7],
-        reviewed_at=None if r[8] is None else parse_ts(r[8]),
-        created_at=parse_ts(r[9]),
-    )
-
+_SMS_OPT_OUTS = record_rows("sms_opt_outs", OptOut, "org_id, phone, source, created_at")
+_INBOUND = record_rows(
+    "inbound_messages",
+    InboundMessage,
+    "id, org_id, channel, sender, recipient, body, keyword, created_at",
+    channel=Channel,
+)
 
 #: the tables of the channels' opt-out lists (one row per organization and number).
 OptOutTable = Literal["sms_opt_outs", "whatsapp_opt_outs"]
@@ -82,9 +78,49 @@ async def insert_opt_out(
     return await backend.submit(op)
 
 
+def is_listed(conn: sqlite3.Connection, table: OptOutTable, org_id: str, phone: str) -> bool:
+    """Whether the number is on the organization's opt-out list ``table``."""
+    row = conn.execute(
+        f"SELECT 1 FROM {table} WHERE org_id = ? AND phone = ?",  # noqa: S608 - fixed names
+        (org_id, phone),
+    ).fetchone()
+    return row is not None
+
+
 def _like_pattern(text: str) -> str:
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
+
+
+def _move(
+    conn: sqlite3.Connection,
+    message: Message,
+    event: TimelineEvent,
+    *,
+    status: Status,
+    last_error: str | None = None,
+) -> Message:
+    """Write ``message``'s move to ``status`` with its event; the moved message.
+
+    Args:
+        conn: inside the transaction that read ``message``.
+        message: the message as stored.
+        event: the transition's event; its time becomes ``updated_at``.
+        status: the new status.
+        last_error: the new last error; None keeps the stored one.
+    """
+    moved = attrs.evolve(
+        message,
+        status=status,
+        updated_at=event.created_at,
+        last_error=message.last_error if last_error is None else last_error,
+    )
+    conn.execute(
+        "UPDATE messages SET status = ?, updated_at = ?, last_error = ? WHERE id = ?",
+        (str(moved.status), ts(moved.updated_at), moved.last_error, moved.id),
+    )
+    insert_event(conn, event)
+    return moved
 
 
 class SqliteSmsStore:
@@ -105,11 +141,16 @@ class SqliteSmsStore:
     # ------------------------------------------------------------------ sender IDs
 
     async def create_sender_id_request(self, request: SenderIdRequest) -> None:
-        """Store a PENDING request; ConflictError when a live one has the same value and flow."""
+        """Store a PENDING request.
+
+        Raises:
+            ConflictError: the organization has a live (PENDING or APPROVED)
+                request with the same value (case-insensitive) and flow.
+        """
         try:
             self._backend.transaction(
                 lambda c: c.execute(
-                    f"INSERT INTO sms_sender_ids ({_REQUEST_COLUMNS}) "  # noqa: S608 - fixed names
+                    f"INSERT INTO sms_sender_ids ({_REQUESTS.columns}) "  # noqa: S608 - fixed names
                     "VALUES (?, ?, ?, ?, ?, ?, NULL, NULL, NULL, ?)",
                     (
                         request.id,
@@ -131,11 +172,7 @@ class SqliteSmsStore:
 
     async def get_sender_id_request(self, request_id: str) -> SenderIdRequest | None:
         """One request by id, any organization."""
-        row = self._conn.execute(
-            f"SELECT {_REQUEST_COLUMNS} FROM sms_sender_ids WHERE id = ?",  # noqa: S608
-            (request_id,),
-        ).fetchone()
-        return None if row is None else _request_from_row(row)
+        return _REQUESTS.one(self._conn, "WHERE id = ?", (request_id,))
 
     async def list_sender_id_requests(
         self, *, org_id: str | None, status: str | None, flow: str | None
@@ -147,12 +184,7 @@ class SqliteSmsStore:
                 clauses.append(f"{column} = ?")
                 params.append(value)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = self._conn.execute(
-            f"SELECT {_REQUEST_COLUMNS} FROM sms_sender_ids {where} "  # noqa: S608
-            "ORDER BY created_at, id",
-            params,
-        )
-        return [_request_from_row(r) for r in rows]
+        return _REQUESTS.all(self._conn, f"{where} ORDER BY created_at, id", params)
 
     async def review_sender_id_request(
         self,
@@ -206,27 +238,20 @@ class SqliteSmsStore:
 
     async def is_opted_out(self, org_id: str, phone: str) -> bool:
         """Whether the number is on the list."""
-        row = self._conn.execute(
-            "SELECT 1 FROM sms_opt_outs WHERE org_id = ? AND phone = ?", (org_id, phone)
-        ).fetchone()
-        return row is not None
+        return is_listed(self._conn, "sms_opt_outs", org_id, phone)
 
     async def list_opt_outs(
         self, org_id: str, *, offset: int, limit: int
     ) -> tuple[list[OptOut], int]:
-        """A page of the list, newest first, and the total."""
-        rows = self._conn.execute(
-            "SELECT org_id, phone, source, created_at FROM sms_opt_outs WHERE org_id = ? "
-            "ORDER BY created_at DESC, phone LIMIT ? OFFSET ?",
-            (org_id, limit, offset),
-        ).fetchall()
-        total = self._conn.execute(
-            "SELECT COUNT(*) FROM sms_opt_outs WHERE org_id = ?", (org_id,)
-        ).fetchone()[0]
-        items = [
-            OptOut(org_id=r[0], phone=r[1], source=r[2], created_at=parse_ts(r[3])) for r in rows
-        ]
-        return items, int(total)
+        """(``limit`` opt-outs from the ``offset``-th, newest first; the total count)."""
+        return _SMS_OPT_OUTS.page(
+            self._conn,
+            "WHERE org_id = ?",
+            (org_id,),
+            order_by="created_at DESC, phone",
+            offset=offset,
+            limit=limit,
+        )
 
     async def has_sent_sms_to(self, org_id: str, phone: str) -> bool:
         """Whether any SMS of the organization went (or is going) to the number."""
@@ -239,7 +264,7 @@ class SqliteSmsStore:
     # ------------------------------------------------------------------ tokens, inbound
 
     async def set_sms_token(self, org_id: str, token: str, token_hash: str, at: datetime) -> None:
-        """Store or replace the organization's webhook token."""
+        """Store or replace the organization's webhook token (``token_hash``: its SHA-256 hex)."""
         self._backend.transaction(
             lambda c: c.execute(
                 "INSERT INTO sms_tokens (org_id, token, token_hash, created_at) "
@@ -290,31 +315,15 @@ class SqliteSmsStore:
     async def list_inbound(
         self, org_id: str, channel: Channel, *, offset: int, limit: int
     ) -> tuple[list[InboundMessage], int]:
-        """A page of MO messages, newest first, and the total."""
-        rows = self._conn.execute(
-            "SELECT id, org_id, channel, sender, recipient, body, keyword, created_at "
-            "FROM inbound_messages WHERE org_id = ? AND channel = ? "
-            "ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
-            (org_id, str(channel), limit, offset),
-        ).fetchall()
-        total = self._conn.execute(
-            "SELECT COUNT(*) FROM inbound_messages WHERE org_id = ? AND channel = ?",
+        """(``limit`` MO messages from the ``offset``-th, newest first; the total count)."""
+        return _INBOUND.page(
+            self._conn,
+            "WHERE org_id = ? AND channel = ?",
             (org_id, str(channel)),
-        ).fetchone()[0]
-        items = [
-            InboundMessage(
-                id=r[0],
-                org_id=r[1],
-                channel=Channel(r[2]),
-                sender=r[3],
-                recipient=r[4],
-                body=r[5],
-                keyword=r[6],
-                created_at=parse_ts(r[7]),
-            )
-            for r in rows
-        ]
-        return items, int(total)
+            order_by="created_at DESC, id DESC",
+            offset=offset,
+            limit=limit,
+        )
 
     # ------------------------------------------------------------------ messages
 
@@ -328,7 +337,11 @@ class SqliteSmsStore:
         offset: int,
         limit: int,
     ) -> SmsPage:
-        """SMS of the organization, newest first, with optional filters."""
+        """SMS of the organization, newest first, with optional filters.
+
+        ``query`` matches a substring of the recipient, body, id or provider
+        message id (case-insensitive for ASCII, as SQLite's ``LIKE``).
+        """
         clauses = ["org_id = ?", "channel = 'sms'"]
         params: list[Any] = [org_id]
         if flow is not None:
@@ -344,28 +357,25 @@ class SqliteSmsStore:
                 "ESCAPE '\\' OR id LIKE ? ESCAPE '\\' OR provider_message_id LIKE ? ESCAPE '\\')"
             )
             params.extend([pattern] * 4)
-        where = " AND ".join(clauses)
-        total = self._conn.execute(
-            f"SELECT COUNT(*) FROM messages WHERE {where}",  # noqa: S608 - fixed clauses
+        messages, total = MESSAGES.page(
+            self._conn,
+            f"WHERE {' AND '.join(clauses)}",
             params,
-        ).fetchone()[0]
-        rows = self._conn.execute(
-            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE {where} "  # noqa: S608
-            "ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
-            [*params, limit, offset],
-        ).fetchall()
-        return SmsPage(messages=[message_from_row(r) for r in rows], total=int(total))
+            order_by="created_at DESC, id DESC",
+            offset=offset,
+            limit=limit,
+        )
+        return SmsPage(messages=messages, total=total)
 
     async def find_by_provider_message_id(
         self, channel: Channel, provider_message_id: str
     ) -> Message | None:
         """The message a provider knows by this id, in any organization."""
-        row = self._conn.execute(
-            f"SELECT {MESSAGE_COLUMNS} FROM messages "  # noqa: S608
+        return MESSAGES.one(
+            self._conn,
             "WHERE provider_message_id = ? AND channel = ? LIMIT 1",
             (provider_message_id, str(channel)),
-        ).fetchone()
-        return None if row is None else message_from_row(row)
+        )
 
     async def apply_receipt(
         self,
@@ -375,31 +385,19 @@ class SqliteSmsStore:
         allowed_from: frozenset[Status],
         event: TimelineEvent,
     ) -> ReceiptOutcome | None:
-        """Move the message only from an allowed status; the check and the write are atomic."""
+        """Move the message only from an allowed status; the check and the write are atomic.
+
+        A move to FAILED records the event's ``error`` detail as the last error.
+        """
 
         def op(conn: sqlite3.Connection) -> ReceiptOutcome | None:
-            row = conn.execute(
-                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?",  # noqa: S608
-                (message_id,),
-            ).fetchone()
-            if row is None:
+            message = get_message(conn, message_id)
+            if message is None:
                 return None
-            message = message_from_row(row)
             if message.status not in allowed_from:
                 return ReceiptOutcome(message=message, applied=False)
             last_error = event.details.get("error") if new_status == Status.FAILED else None
-            conn.execute(
-                "UPDATE messages SET status = ?, updated_at = ?, "
-                "last_error = COALESCE(?, last_error) WHERE id = ?",
-                (str(new_status), ts(event.created_at), last_error, message_id),
-            )
-            insert_event(conn, event)
-            moved = message_from_row(
-                conn.execute(
-                    f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?",  # noqa: S608
-                    (message_id,),
-                ).fetchone()
-            )
+            moved = _move(conn, message, event, status=new_status, last_error=last_error)
             return ReceiptOutcome(message=moved, applied=True)
 
         return await self._backend.submit(op)
@@ -407,33 +405,26 @@ class SqliteSmsStore:
     async def requeue(
         self, org_id: str, message_id: str, *, event: TimelineEvent, run_at: datetime
     ) -> tuple[Message, bool] | None:
-        """FAILED -> QUEUED with its event and a fresh job, or nothing."""
+        """FAILED -> QUEUED with its event and a fresh job due at ``run_at``, or nothing.
+
+        Returns:
+            (the re-queued message, True); (the unchanged message, False) when
+            it was not FAILED; None when the organization has no such message.
+        """
 
         def op(conn: sqlite3.Connection) -> tuple[Message, bool] | None:
-            row = conn.execute(
-                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ? AND org_id = ?",  # noqa: S608
-                (message_id, org_id),
-            ).fetchone()
-            if row is None:
+            message = get_message(conn, message_id, org_id)
+            if message is None:
                 return None
-            message = message_from_row(row)
             if message.status != Status.FAILED:
                 return message, False
-            conn.execute(
-                "UPDATE messages SET status = ?, updated_at = ? WHERE id = ?",
-                (str(Status.QUEUED), ts(event.created_at), message_id),
-            )
-            insert_event(conn, event)
-            conn.execute(
-                "INSERT INTO jobs (id, message_id, run_at, created_at, attempts_before) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (message_id, message_id, ts(run_at), ts(event.created_at), message.attempt_count),
-            )
-            moved = message_from_row(
-                conn.execute(
-                    f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?",  # noqa: S608
-                    (message_id,),
-                ).fetchone()
+            moved = _move(conn, message, event, status=Status.QUEUED)
+            insert_job(
+                conn,
+                message_id,
+                run_at=run_at,
+                created_at=event.created_at,
+                attempts_before=message.attempt_count,
             )
             return moved, True
 
@@ -443,7 +434,7 @@ class SqliteSmsStore:
         return result
 
     async def set_otp_ignores_opt_out(self, org_id: str, value: bool) -> bool:
-        """Set the organization's OTP opt-out policy."""
+        """Set the organization's OTP opt-out policy; False for an unknown organization."""
         cursor = self._backend.transaction(
             lambda c: c.execute(
                 "UPDATE orgs SET otp_ignores_opt_out = ? WHERE id = ?", (int(value), org_id)

@@ -11,16 +11,20 @@ from __future__ import annotations
 import sqlite3
 from datetime import datetime
 
-from commtunnel.backends.sqlite import (
-    SqliteBackend,
-    insert_event,
-    parse_ts,
-    ts,
-)
-from commtunnel.backends.sqlite_sms import insert_opt_out
+from commtunnel.backends.sqlite import SqliteBackend, insert_event, record_rows, ts
+from commtunnel.backends.sqlite_sms import insert_opt_out, is_listed
 from commtunnel.domain.errors import WhatsAppLineInUseError
 from commtunnel.domain.events import TimelineEvent
 from commtunnel.ports import KEEP, LineState, OptOut, TenantLine
+
+_LINES = record_rows(
+    "whatsapp_lines", TenantLine, "org_id, phone_number_id, access_token_enc, updated_at"
+)
+_LINE_STATES = record_rows(
+    "whatsapp_line_states",
+    LineState,
+    "phone_number_id, state, reason, token_fingerprint, updated_at",
+)
 
 
 class SqliteWhatsAppStore:
@@ -41,19 +45,7 @@ class SqliteWhatsAppStore:
 
     async def get_line(self, org_id: str) -> TenantLine | None:
         """The organization's own line settings, if it has any."""
-        row = self._conn.execute(
-            "SELECT org_id, phone_number_id, access_token_enc, updated_at FROM whatsapp_lines "
-            "WHERE org_id = ?",
-            (org_id,),
-        ).fetchone()
-        if row is None:
-            return None
-        return TenantLine(
-            org_id=row[0],
-            phone_number_id=row[1],
-            access_token_enc=row[2],
-            updated_at=parse_ts(row[3]),
-        )
+        return _LINES.one(self._conn, "WHERE org_id = ?", (org_id,))
 
     async def set_line(
         self,
@@ -105,20 +97,7 @@ class SqliteWhatsAppStore:
 
     async def get_line_state(self, phone_number_id: str) -> LineState | None:
         """The recorded state of a line (None: never paused or flagged)."""
-        row = self._conn.execute(
-            "SELECT phone_number_id, state, reason, token_fingerprint, updated_at "
-            "FROM whatsapp_line_states WHERE phone_number_id = ?",
-            (phone_number_id,),
-        ).fetchone()
-        if row is None:
-            return None
-        return LineState(
-            phone_number_id=row[0],
-            state=row[1],
-            reason=row[2],
-            token_fingerprint=row[3],
-            updated_at=parse_ts(row[4]),
-        )
+        return _LINE_STATES.one(self._conn, "WHERE phone_number_id = ?", (phone_number_id,))
 
     async def set_line_state(
         self,
@@ -137,27 +116,19 @@ class SqliteWhatsAppStore:
         """
 
         def op(conn: sqlite3.Connection) -> bool:
-            row = conn.execute(
-                "SELECT state, token_fingerprint FROM whatsapp_line_states "
-                "WHERE phone_number_id = ?",
-                (phone_number_id,),
-            ).fetchone()
-            if row is not None and (row[0], row[1]) == (state, token_fingerprint):
-                return False
-            conn.execute(
+            # The upsert's WHERE skips an unchanged state: no row counts as written.
+            written = conn.execute(
                 "INSERT INTO whatsapp_line_states (phone_number_id, state, reason, "
                 "token_fingerprint, updated_at) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (phone_number_id) DO UPDATE SET state = excluded.state, "
                 "reason = excluded.reason, token_fingerprint = excluded.token_fingerprint, "
-                "updated_at = excluded.updated_at",
-                (
-                    phone_number_id,
-                    state,
-                    reason,
-                    token_fingerprint,
-                    ts(event.created_at),
-                ),
-            )
+                "updated_at = excluded.updated_at "
+                "WHERE state IS NOT excluded.state "
+                "OR token_fingerprint IS NOT excluded.token_fingerprint",
+                (phone_number_id, state, reason, token_fingerprint, ts(event.created_at)),
+            ).rowcount
+            if not written:
+                return False
             insert_event(conn, event)
             return True
 
@@ -171,7 +142,4 @@ class SqliteWhatsAppStore:
 
     async def is_opted_out(self, org_id: str, phone: str) -> bool:
         """Whether the number is on the organization's WhatsApp opt-out list."""
-        row = self._conn.execute(
-            "SELECT 1 FROM whatsapp_opt_outs WHERE org_id = ? AND phone = ?", (org_id, phone)
-        ).fetchone()
-        return row is not None
+        return is_listed(self._conn, "whatsapp_opt_outs", org_id, phone)
