@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import itertools
 import random
-from datetime import datetime
+from datetime import UTC, datetime
 
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -22,7 +23,9 @@ from commtunnel.domain.messages import (
     can_transition,
     check_transition,
     event_for,
+    receipt_allowed_from,
 )
+from commtunnel.domain.whatsapp import StatusUpdate, message_content
 
 
 def test_happy_path_transitions_are_allowed() -> None:
@@ -67,6 +70,29 @@ def test_event_names_follow_the_vocabulary() -> None:
     assert event_for(Channel.EMAIL, Status.SENT) == "email_sent"
     assert event_for(Channel.SMS, Status.RETRYING) == "sms_retrying"
     assert event_for(Channel.WHATSAPP, Status.READ) == "whatsapp_read"
+
+
+@pytest.mark.parametrize(
+    ("new", "allowed"),
+    [
+        (Status.DELIVERED, {Status.SENT}),
+        (Status.READ, {Status.SENT, Status.DELIVERED}),
+        (Status.FAILED, {Status.SENT}),
+        (Status.BOUNCED, {Status.SENT, Status.DELIVERED}),
+        (Status.SENT, set()),
+        (Status.QUEUED, set()),
+    ],
+)
+def test_receipts_move_forward_from_sent_only(new: Status, allowed: set[Status]) -> None:
+    """A receipt moves a message the provider holds, forward along the status machine."""
+    assert receipt_allowed_from(new) == allowed
+
+
+@given(st.sampled_from(list(Status)))
+def test_receipt_moves_are_transitions(new: Status) -> None:
+    """Every move a receipt may make is a transition of the status machine."""
+    for current in receipt_allowed_from(new):
+        check_transition(current, new)
 
 
 def test_naive_datetimes_are_rejected() -> None:
@@ -171,3 +197,66 @@ def test_validation_error_lists_fields() -> None:
     err = ValidationError.from_fields({"to": "is required", "subject": "too long"})
     assert err.details == {"to": "is required", "subject": "too long"}
     assert err.code == "VALIDATION_ERROR" and err.http_status == 400
+
+
+def test_whatsapp_text_and_template_content() -> None:
+    """A text carries its body; a template its name, language (en_US by default) and variables."""
+    text = message_content(to="14155552671", body="hi", template=None)
+    assert (text.to, text.kind, text.body) == ("+14155552671", "text", "hi")
+    template = message_content(
+        to="+14155552671", body=None, template={"name": "order_update", "variables": {"n": "42"}}
+    )
+    assert (template.kind, template.template_name, template.template_language) == (
+        "template",
+        "order_update",
+        "en_US",
+    )
+    assert template.template_variables == {"n": "42"}
+
+
+@pytest.mark.parametrize(
+    ("fields", "problems"),
+    [
+        ({"to": "12", "body": "hi"}, {"to"}),
+        ({"body": " "}, {"to", "body"}),
+        ({"to": "+14155552671"}, {"body"}),
+        ({"to": "+14155552671", "body": "x" * 4097}, {"body"}),
+        ({"to": "+14155552671", "body": "hi", "template": {"name": "t"}}, {"template"}),
+        ({"to": "+14155552671", "template": "order_update"}, {"template"}),
+        (
+            {"to": "+14155552671", "template": {"name": "Bad!", "language": "English", "x": 1}},
+            {"template.name", "template.language", "template.x"},
+        ),
+        (
+            {"to": "+14155552671", "template": {"name": "t", "variables": {"n": 1}}},
+            {"template.variables"},
+        ),
+        (
+            {"to": "+14155552671", "template": {"name": "t", "variables": "a"}},
+            {"template.variables"},
+        ),
+    ],
+)
+def test_whatsapp_content_refusals(fields: dict[str, object], problems: set[str]) -> None:
+    """Every bad field of a WhatsApp send is named at once."""
+    with pytest.raises(ValidationError) as info:
+        message_content(
+            to=fields.get("to"), body=fields.get("body"), template=fields.get("template")
+        )
+    assert set(info.value.details) == problems
+
+
+def test_whatsapp_opted_out_error_code() -> None:
+    """A failed status carrying Graph error 131050 says the recipient opted out."""
+    update = StatusUpdate(
+        phone_number_id="1",
+        provider_message_id="wamid.1",
+        status=Status.FAILED,
+        provider_status="failed",
+        recipient_id=None,
+        timestamp=datetime(2026, 1, 1, tzinfo=UTC),
+        errors=[{"code": 131026, "title": None, "message": None, "details": None}],
+    )
+    assert update.recipient_opted_out is False
+    opted = attrs.evolve(update, errors=[*update.errors, {"code": 131050, "title": "stopped"}])
+    assert opted.recipient_opted_out is True

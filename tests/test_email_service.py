@@ -219,6 +219,28 @@ async def test_stats_count_statuses_and_events(
         await ct.email.stats(start=start, end=start)
 
 
+async def test_stats_window_refusals(ct: Commtunnel, clock: ManualClock) -> None:
+    """Naive datetimes and windows over 366 days are refused, naming the parameter."""
+    start = clock.now()
+    with pytest.raises(ValidationError) as info:
+        await ct.email.stats(start=start.replace(tzinfo=None), end=start + timedelta(days=1))
+    assert set(info.value.details) == {"start"}
+    with pytest.raises(ValidationError) as info:
+        await ct.email.stats(start=start, end=start + timedelta(days=367))
+    assert info.value.details == {"end": "window must be at most 366 days"}
+    assert (await ct.email.stats(start=start, end=start + timedelta(days=366))).total == 0
+
+
+async def test_preview_names_the_part_that_fails_to_render(ct: Commtunnel) -> None:
+    """An inline source that is not valid liquid is refused on its own field."""
+    with pytest.raises(ValidationError) as info:
+        await ct.email.preview(subject="Hi", html="{% if %}", text="{{ n | nope }}")
+    assert set(info.value.details) == {"html", "text"}
+    with pytest.raises(ValidationError) as info:
+        await ct.email.preview(html=5)
+    assert info.value.details == {"html": "must be a string"}
+
+
 async def test_runaway_template_is_stopped(ct: Commtunnel) -> None:
     """A template that loops without bound fails to render instead of hanging the server."""
     template = await ct.admin.add_template(

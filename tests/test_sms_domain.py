@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from commtunnel.domain import sms
 from commtunnel.domain.errors import ValidationError
+from commtunnel.domain.messages import Status
 from commtunnel.domain.sms import Keyword, OtpPurpose, SegmentInfo, SendType, SmsEncoding
 
 # --- Reference: 3GPP TS 23.038 §6.2.1 written out by code position -----------------------
@@ -416,6 +417,18 @@ def test_e164_error_names_the_given_field() -> None:
     assert set(caught.value.details) == {"phoneNumber"}
 
 
+def test_e164_digits_alone_only_when_the_plus_is_optional() -> None:
+    """Carriers and Meta write numbers without the +: read so only when asked."""
+    assert sms.normalise_e164(" 14155552671 ", plus_optional=True) == "+14155552671"
+    assert sms.normalise_e164("+1 415 555 2671", plus_optional=True) == "+14155552671"
+    with pytest.raises(ValidationError) as caught:
+        sms.normalise_e164("14155552671")
+    assert caught.value.details == {"to": "must start with + and a country code"}
+    with pytest.raises(ValidationError) as caught:
+        sms.normalise_e164("0044207946", field="sms_from", plus_optional=True)
+    assert caught.value.details == {"sms_from": "not a phone number"}
+
+
 # --- sender ID ---------------------------------------------------------------------------
 
 
@@ -604,6 +617,7 @@ def test_non_keywords(text: str) -> None:
 
 
 def test_redact_otp_body_masks_the_code_only() -> None:
+    """Reads mask the OTP code but keep the rest of the text, brand digits included."""
     from commtunnel.domain.sms import OtpPurpose, otp_body, redact_otp_body
 
     body = otp_body("Acme 24", "0123456", OtpPurpose.LOGIN)
@@ -612,3 +626,42 @@ def test_redact_otp_body_masks_the_code_only() -> None:
     assert "*******" in redacted
     assert "Acme 24" in redacted  # short digit runs (a brand's) are kept
     assert len(redacted) == len(body)
+
+
+@pytest.mark.parametrize(
+    ("brand", "default", "expected"),
+    [
+        ("Acme", None, "Acme"),
+        ("Acme", "INFO", "Acme"),
+        ("Acme Holdings Bank", "INFO", "INFO"),
+        ("Acme Holdings Bank", None, "AcmeHolding"),
+        ("A.B & C-D Company", None, "ABCDCompany"),
+    ],
+)
+def test_otp_sender_id(brand: str, default: str | None, expected: str) -> None:
+    """A brand that is a valid sender ID is one; else the default, or its first 11 alnum."""
+    assert sms.otp_sender_id(brand, default=default) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("DELIVRD", ("DELIVRD", Status.DELIVERED)),
+        (" delivered ", ("DELIVERED", Status.DELIVERED)),
+        ("undeliv", ("UNDELIV", Status.FAILED)),
+        ("EXPIRED", ("EXPIRED", Status.FAILED)),
+        ("enroute", ("ENROUTE", Status.SENT)),
+    ],
+)
+def test_receipt_words(value: str, expected: tuple[str, object]) -> None:
+    """SMPP stat words and JSON spellings, in any case, read as SENT, DELIVERED or FAILED."""
+    assert sms.parse_receipt_status(value) == expected
+
+
+@pytest.mark.parametrize("value", [None, "", "GREAT", 2, "DELIVERED!"])
+def test_unknown_receipt_word_is_refused(value: object) -> None:
+    """Anything else is refused on ``status``, listing the known words."""
+    with pytest.raises(ValidationError) as caught:
+        sms.parse_receipt_status(value)
+    assert set(caught.value.details) == {"status"}
+    assert "DELIVRD" in caught.value.details["status"]

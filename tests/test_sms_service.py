@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -26,7 +27,7 @@ from commtunnel.domain.errors import (
 )
 from commtunnel.domain.keys import ALL_SCOPES, Principal, Scope
 from commtunnel.domain.messages import Status
-from commtunnel.ports import OutgoingSms
+from commtunnel.ports import DeliveryReceipt, OutgoingSms
 from commtunnel.services.sms import OtpSendRequest, SmsSendRequest
 from commtunnel.testing import ManualClock, MockProvider, MockSmsProvider
 
@@ -47,12 +48,26 @@ def count(ct: Commtunnel, sql: str, *params: object) -> int:
     return int(ct.backend.conn.execute(sql, params).fetchone()[0])
 
 
+def open_sms(
+    db: Path, clock: ManualClock, provider: MockSmsProvider | None = None, **settings: Any
+) -> Commtunnel:
+    """A facade on its own database, with ``settings`` and no embedded worker."""
+    return Commtunnel.open(
+        db=db,
+        email_provider=MockProvider(),
+        sms_provider=provider or MockSmsProvider(),
+        clock=clock,
+        settings=Settings(embedded_worker=False, **settings),
+    )
+
+
 # --------------------------------------------------------------------------- sending
 
 
 async def test_send_is_queued_then_delivered_with_segments(
     ct: Commtunnel, sms_provider: MockSmsProvider
 ) -> None:
+    """A send is QUEUED with its encoding and segments, then SENT by the worker with one attempt."""
     await approve(ct, "ACME")
     result = await ct.sms.send(to="+1 (415) 555-2671", sender_id="ACME", body="x" * 161)
     message = result.message
@@ -73,6 +88,7 @@ async def test_send_is_queued_then_delivered_with_segments(
 
 
 async def test_unicode_and_flash_send_types(ct: Commtunnel) -> None:
+    """sendType 2 forces UCS-2, non-GSM text picks it alone, sendType 1 is kept as flash."""
     await approve(ct, "ACME")
     forced = await ct.sms.send(to=TO, sender_id="ACME", body="hello", send_type=2)
     assert forced.message.sms is not None
@@ -84,6 +100,7 @@ async def test_unicode_and_flash_send_types(ct: Commtunnel) -> None:
 
 
 async def test_every_bad_field_is_reported_and_nothing_is_stored(ct: Commtunnel) -> None:
+    """Every bad send field is named in one error, and nothing is stored."""
     request = SmsSendRequest(to="12345", sender_id="WAY_TOO_LONG_ID", body="", send_type=7)
     with pytest.raises(ValidationError) as caught:
         await ct.sms_service.send(Principal(org_id=ct.org.id, scopes=ALL_SCOPES), request)
@@ -92,6 +109,7 @@ async def test_every_bad_field_is_reported_and_nothing_is_stored(ct: Commtunnel)
 
 
 async def test_body_over_1600_characters_is_refused(ct: Commtunnel) -> None:
+    """1601 characters are refused; 1600 are sent in 11 GSM-7 parts."""
     await approve(ct, "ACME")
     with pytest.raises(ValidationError) as caught:
         await ct.sms.send(to=TO, sender_id="ACME", body="a" * 1601)
@@ -101,6 +119,7 @@ async def test_body_over_1600_characters_is_refused(ct: Commtunnel) -> None:
 
 
 async def test_unapproved_sender_id_is_refused(ct: Commtunnel) -> None:
+    """A sender ID the organization has not had approved is refused, naming it."""
     with pytest.raises(SmsSenderIdNotApprovedError) as caught:
         await ct.sms.send(to=TO, sender_id="ACME", body="hi")
     assert caught.value.details == {"senderId": "ACME"}
@@ -108,6 +127,7 @@ async def test_unapproved_sender_id_is_refused(ct: Commtunnel) -> None:
 
 
 async def test_pending_and_rejected_requests_do_not_approve(ct: Commtunnel) -> None:
+    """Only an approved request lets a sender ID send; one live request per value."""
     org = Principal(org_id=ct.org.id, scopes=ALL_SCOPES)
     pending = await ct.sms_service.request_sender_id(org, sender_id="ACME", reason="brand")
     with pytest.raises(SmsSenderIdNotApprovedError):
@@ -129,6 +149,7 @@ async def test_pending_and_rejected_requests_do_not_approve(ct: Commtunnel) -> N
 
 
 async def test_review_needs_platform_admin(ct: Commtunnel) -> None:
+    """Reviewing needs platform:admin; an unknown request is NotFound."""
     tenant = Principal(org_id=ct.org.id, scopes=frozenset({Scope.SENDER_IDS_REQUEST}))
     request = await ct.sms_service.request_sender_id(tenant, sender_id="ACME")
     with pytest.raises(InsufficientScopeError) as caught:
@@ -141,6 +162,7 @@ async def test_review_needs_platform_admin(ct: Commtunnel) -> None:
 
 
 async def test_approval_is_per_organization(ct: Commtunnel) -> None:
+    """A sender ID approved for one organization is refused for another."""
     await approve(ct, "ACME")
     other = await ct.admin.ensure_org("other")
     with pytest.raises(SmsSenderIdNotApprovedError):
@@ -153,14 +175,8 @@ async def test_approval_is_per_organization(ct: Commtunnel) -> None:
 async def test_platform_default_sender_id(
     tmp_path: Path, clock: ManualClock, sms_provider: MockSmsProvider
 ) -> None:
-    settings = Settings(embedded_worker=False, sms_default_sender_id="INFO")
-    async with Commtunnel.open(
-        db=tmp_path / "d.db",
-        email_provider=MockProvider(),
-        sms_provider=sms_provider,
-        clock=clock,
-        settings=settings,
-    ) as ct:
+    """The platform default sender ID needs no approval; others still do."""
+    async with open_sms(tmp_path / "d.db", clock, sms_provider, sms_default_sender_id="INFO") as ct:
         result = await ct.sms.send(to=TO, sender_id="INFO", body="hi")
         assert result.message.sms is not None and result.message.sms.sender_id == "INFO"
         with pytest.raises(SmsSenderIdNotApprovedError):
@@ -168,6 +184,7 @@ async def test_platform_default_sender_id(
 
 
 async def test_idempotent_send(ct: Commtunnel, sms_provider: MockSmsProvider) -> None:
+    """The same key and body replay the first SMS; another body is refused; one is sent."""
     await approve(ct, "ACME")
     first = await ct.sms.send(to=TO, sender_id="ACME", body="hi", idempotency_key="k1")
     again = await ct.sms.send(to=TO, sender_id="ACME", body="hi", idempotency_key="k1")
@@ -181,6 +198,7 @@ async def test_idempotent_send(ct: Commtunnel, sms_provider: MockSmsProvider) ->
 async def test_sandbox_key_never_reaches_the_provider(
     ct: Commtunnel, sms_provider: MockSmsProvider
 ) -> None:
+    """A ct_test_ key's SMS walks the timeline to SENT through the sandbox only."""
     await approve(ct, "ACME")
     test_key = Principal(org_id=ct.org.id, scopes=ALL_SCOPES, sandbox=True)
     result = await ct.sms_service.send(test_key, SmsSendRequest(to=TO, sender_id="ACME", body="hi"))
@@ -192,6 +210,7 @@ async def test_sandbox_key_never_reaches_the_provider(
 
 
 async def test_scopes(ct: Commtunnel) -> None:
+    """Sending, reading and opt-out management each need their scope."""
     reader = Principal(org_id=ct.org.id, scopes=frozenset({Scope.READ_SMS}))
     with pytest.raises(InsufficientScopeError) as caught:
         await ct.sms_service.send(reader, SmsSendRequest(to=TO, sender_id="A", body="x"))
@@ -209,16 +228,12 @@ async def test_scopes(ct: Commtunnel) -> None:
 async def test_outage_leaves_message_retrying_then_failed(
     tmp_path: Path, clock: ManualClock
 ) -> None:
+    """Transient outages leave the SMS RETRYING, then FAILED once attempts are used up."""
     provider = MockSmsProvider(
         lambda sms: ProviderResult.transient(ErrorCategory.PROVIDER_OUTAGE, "connection refused")
     )
-    settings = Settings(embedded_worker=False, max_attempts=2, retry_base_delay=10)
-    async with Commtunnel.open(
-        db=tmp_path / "o.db",
-        email_provider=MockProvider(),
-        sms_provider=provider,
-        clock=clock,
-        settings=settings,
+    async with open_sms(
+        tmp_path / "o.db", clock, provider, max_attempts=2, retry_base_delay=10
     ) as ct:
         await approve(ct, "ACME")
         message = (await ct.sms.send(to=TO, sender_id="ACME", body="hi")).message
@@ -254,6 +269,7 @@ async def test_outage_leaves_message_retrying_then_failed(
 
 
 async def test_retry_of_a_failed_message_delivers_it(ct: Commtunnel, clock: ManualClock) -> None:
+    """A FAILED SMS retried is sent again; a second retry is refused."""
     outcomes = iter([ProviderResult.permanent(ErrorCategory.REJECTED, "content refused"), None])
 
     def handler(sms: OutgoingSms) -> ProviderResult:
@@ -275,6 +291,7 @@ async def test_retry_of_a_failed_message_delivers_it(ct: Commtunnel, clock: Manu
 
 
 async def test_retry_of_unknown_or_other_channel_is_not_found(ct: Commtunnel) -> None:
+    """Retrying an email's id or an unknown id as an SMS is NotFound."""
     email = await ct.email.send(from_="a@example.com", to="b@example.org", subject="s", text="t")
     with pytest.raises(NotFoundError):
         await ct.sms.retry(email.message.id)
@@ -286,6 +303,7 @@ async def test_retry_of_unknown_or_other_channel_is_not_found(ct: Commtunnel) ->
 
 
 async def test_otp_send_cooldown_and_purposes(ct: Commtunnel, clock: ManualClock) -> None:
+    """An OTP is built from brand, code and purpose; the cooldown is per number and purpose."""
     await approve(ct, "Acme Bank", flow="OTP")
     first = await ct.sms.send_otp(to=TO, brand_name="Acme Bank", otp_code="012345")
     assert first.cooldown_seconds == 60
@@ -309,6 +327,7 @@ async def test_otp_send_cooldown_and_purposes(ct: Commtunnel, clock: ManualClock
 
 
 async def test_otp_refusals(ct: Commtunnel) -> None:
+    """Unapproved brands (a STANDARD approval is not one), bad codes and purposes store nothing."""
     with pytest.raises(SmsBrandNotApprovedError):
         await ct.sms.send_otp(to=TO, brand_name="Acme", otp_code="1234")
     await approve(ct, "ACME")  # a STANDARD sender ID is not an OTP brand
@@ -327,6 +346,7 @@ async def test_otp_refusals(ct: Commtunnel) -> None:
 
 
 async def test_otp_replay_is_a_duplicate_not_a_cooldown(ct: Commtunnel) -> None:
+    """Replaying an OTP's key answers the original, not a cooldown refusal."""
     await approve(ct, "Acme", flow="OTP")
     first = await ct.sms.send_otp(
         to=TO, brand_name="Acme", otp_code="1234", idempotency_key="otp-1"
@@ -340,6 +360,7 @@ async def test_otp_replay_is_a_duplicate_not_a_cooldown(ct: Commtunnel) -> None:
 async def test_otp_refused_by_cooldown_stores_nothing_and_frees_its_key(
     ct: Commtunnel, clock: ManualClock
 ) -> None:
+    """A cooldown refusal stores no idempotency key, so the key works once it passes."""
     await approve(ct, "Acme", flow="OTP")
     await ct.sms.send_otp(to=TO, brand_name="Acme", otp_code="1234")
     with pytest.raises(OtpCooldownError):
@@ -351,6 +372,7 @@ async def test_otp_refused_by_cooldown_stores_nothing_and_frees_its_key(
 
 
 async def test_concurrent_otps_yield_one_message(ct: Commtunnel) -> None:
+    """Concurrent OTPs to one number and purpose: one is queued, the rest wait out the cooldown."""
     await approve(ct, "Acme", flow="OTP")
     outcomes = await asyncio.gather(
         *(ct.sms.send_otp(to=TO, brand_name="Acme", otp_code="1234") for _ in range(12)),
@@ -366,6 +388,7 @@ async def test_concurrent_otps_yield_one_message(ct: Commtunnel) -> None:
 
 
 async def test_opted_out_number_is_refused_for_standard_and_otp(ct: Commtunnel) -> None:
+    """An opted-out number gets nothing, unless the organization lets OTP through."""
     await approve(ct, "ACME")
     await approve(ct, "ACME", flow="OTP")
     number, created = await ct.sms_service.add_opt_out(
@@ -387,6 +410,7 @@ async def test_opted_out_number_is_refused_for_standard_and_otp(ct: Commtunnel) 
 
 
 async def test_opt_out_changes_emit_events(ct: Commtunnel) -> None:
+    """Adding and removing a number record one sms_opt_out event each; repeats record none."""
     admin = Principal(org_id=ct.org.id, scopes=ALL_SCOPES)
     assert (await ct.sms_service.add_opt_out(admin, TO))[1] is True
     assert (await ct.sms_service.add_opt_out(admin, TO))[1] is False  # no second event
@@ -407,6 +431,7 @@ async def test_opt_out_changes_emit_events(ct: Commtunnel) -> None:
 
 
 async def test_inbound_keywords(ct: Commtunnel) -> None:
+    """STOP opts out, START opts in, HELP answers the help text; every MO is stored."""
     await approve(ct, "ACME")
     token = await ct.sms_service.token(ct.org.id)
     assert await ct.sms_service.token(ct.org.id) == token  # stable until rotated
@@ -437,6 +462,7 @@ async def test_inbound_keywords(ct: Commtunnel) -> None:
 
 
 async def test_inbound_refusals_store_nothing(ct: Commtunnel) -> None:
+    """Bad tokens and malformed MO bodies store nothing; a rotated token replaces the old one."""
     token = await ct.sms_service.token(ct.org.id)
     for bad in (None, "", "smst_wrong"):
         with pytest.raises(WebhookAuthError):
@@ -460,6 +486,7 @@ async def test_inbound_refusals_store_nothing(ct: Commtunnel) -> None:
 
 
 async def test_inbound_opt_out_needs_an_earlier_send(ct: Commtunnel) -> None:
+    """The inbound-opt-out route changes the list only for numbers sent to before."""
     await approve(ct, "ACME")
     token = await ct.sms_service.token(ct.org.id)
     stop = {"sms_from": TO, "sms_to": "12345", "sms_message": "STOP"}
@@ -486,6 +513,7 @@ async def sent_message(ct: Commtunnel) -> str:
 
 
 async def test_dlr_moves_sent_to_delivered_once(ct: Commtunnel) -> None:
+    """A DLR moves SENT to DELIVERED once; duplicates and late failures change nothing."""
     message_id = await sent_message(ct)
     token = await ct.sms_service.token(ct.org.id)
     first = await ct.sms_service.receive_dlr(token, {"message_id": message_id, "status": "DELIVRD"})
@@ -501,6 +529,7 @@ async def test_dlr_moves_sent_to_delivered_once(ct: Commtunnel) -> None:
 
 
 async def test_dlr_refusals_change_nothing(ct: Commtunnel) -> None:
+    """Bad tokens, unknown ids, bad words and another organization's token change nothing."""
     message_id = await sent_message(ct)
     token = await ct.sms_service.token(ct.org.id)
     with pytest.raises(WebhookAuthError):
@@ -523,6 +552,7 @@ async def test_dlr_refusals_change_nothing(ct: Commtunnel) -> None:
 
 
 async def test_failed_dlr_then_retry(ct: Commtunnel, sms_provider: MockSmsProvider) -> None:
+    """A failed DLR records the error; a retry sends the SMS again."""
     message_id = await sent_message(ct)
     token = await ct.sms_service.token(ct.org.id)
     failed = await ct.sms_service.receive_dlr(
@@ -538,6 +568,7 @@ async def test_failed_dlr_then_retry(ct: Commtunnel, sms_provider: MockSmsProvid
 
 
 async def test_receipt_before_the_send_is_recorded_changes_nothing(ct: Commtunnel) -> None:
+    """A receipt for a message the worker has not sent yet is not applied."""
     await approve(ct, "ACME")
     message = (await ct.sms.send(to=TO, sender_id="ACME", body="hi")).message
     token = await ct.sms_service.token(ct.org.id)
@@ -564,13 +595,7 @@ async def test_receipts_in_any_order_never_move_backwards(
 ) -> None:
     """Whatever receipts arrive, in whatever order, the first final one wins, once."""
     clock = ManualClock()
-    async with Commtunnel.open(
-        db=tmp_path_factory.mktemp("dlr") / "ct.db",
-        email_provider=MockProvider(),
-        sms_provider=MockSmsProvider(),
-        clock=clock,
-        settings=Settings(embedded_worker=False),
-    ) as ct:
+    async with open_sms(tmp_path_factory.mktemp("dlr") / "ct.db", clock) as ct:
         message_id = await sent_message(ct)
         token = await ct.sms_service.token(ct.org.id)
         for word in words:
@@ -587,6 +612,7 @@ async def test_receipts_in_any_order_never_move_backwards(
 
 
 async def test_listing_filters_and_pages(ct: Commtunnel, clock: ManualClock) -> None:
+    """Listing pages newest first and filters by flow, status and literal query text."""
     await approve(ct, "ACME")
     await approve(ct, "Acme", flow="OTP")
     ids = []
@@ -612,6 +638,7 @@ async def test_listing_filters_and_pages(ct: Commtunnel, clock: ManualClock) -> 
 
 
 async def test_reads_are_scoped_to_the_organization(ct: Commtunnel) -> None:
+    """Another organization's SMS is NotFound and not listed."""
     message_id = await sent_message(ct)
     other = await ct.admin.ensure_org("other")
     outsider = Principal(org_id=other.id, scopes=ALL_SCOPES)
@@ -623,6 +650,7 @@ async def test_reads_are_scoped_to_the_organization(ct: Commtunnel) -> None:
 
 
 async def test_sync_facade_sends_sms(tmp_path: Path) -> None:
+    """The blocking facade sends and reads SMS like the async one."""
     from commtunnel import SyncCommtunnel
 
     sms_provider = MockSmsProvider()
@@ -638,9 +666,6 @@ async def test_sync_facade_sends_sms(tmp_path: Path) -> None:
         assert sms_provider.sent[0].content.body == "from sync code"
 
 
-_ = OtpSendRequest  # the request type is part of the public API used by the HTTP adapter
-
-
 async def test_provider_opt_out_answer_feeds_the_opt_out_list(
     tmp_path: Path, clock: ManualClock
 ) -> None:
@@ -648,13 +673,7 @@ async def test_provider_opt_out_answer_feeds_the_opt_out_list(
     provider = MockSmsProvider(
         lambda sms: ProviderResult.permanent(ErrorCategory.RECIPIENT_OPTED_OUT, "21610")
     )
-    async with Commtunnel.open(
-        db=tmp_path / "p.db",
-        email_provider=MockProvider(),
-        sms_provider=provider,
-        clock=clock,
-        settings=Settings(embedded_worker=False),
-    ) as ct:
+    async with open_sms(tmp_path / "p.db", clock, provider) as ct:
         await approve(ct, "ACME")
         message = (await ct.sms.send(to=TO, sender_id="ACME", body="hi")).message
         await ct.run_worker_until_idle()
@@ -666,6 +685,7 @@ async def test_provider_opt_out_answer_feeds_the_opt_out_list(
 
 
 def test_redact_url_masks_passwords_and_bare_tokens() -> None:
+    """Provider URLs print with passwords and bare tokens masked."""
     from commtunnel.providers import redact_url
 
     assert redact_url("smtp://user:secret@host:587") == "smtp://user:***@host:587"
@@ -706,16 +726,122 @@ async def test_long_otp_brand_is_named_in_the_text_not_used_as_sender(ct: Commtu
 async def test_help_text_is_configurable(
     tmp_path: Path, clock: ManualClock, sms_provider: MockSmsProvider
 ) -> None:
-    settings = Settings(embedded_worker=False, sms_help_text="Acme: call 0800 123 456")
-    async with Commtunnel.open(
-        db=tmp_path / "h.db",
-        email_provider=MockProvider(),
-        sms_provider=sms_provider,
-        clock=clock,
-        settings=settings,
-    ) as ct:
+    """The HELP reply is the configured help text."""
+    help_text = "Acme: call 0800 123 456"
+    async with open_sms(tmp_path / "h.db", clock, sms_provider, sms_help_text=help_text) as ct:
         token = await ct.sms_service.token(ct.org.id)
         helped = await ct.sms_service.receive_inbound(
             token, {"sms_from": TO, "sms_to": "1", "sms_message": "HELP"}
         )
         assert helped.reply == "Acme: call 0800 123 456"
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+async def test_sandbox_mode_must_be_a_boolean(ct: Commtunnel) -> None:
+    """``sandboxMode: "yes"`` is refused for both sends, named with the other bad fields."""
+    admin = Principal(org_id=ct.org.id, scopes=ALL_SCOPES)
+    with pytest.raises(ValidationError) as caught:
+        await ct.sms_service.send(
+            admin, SmsSendRequest(to=TO, sender_id="ACME", body="", sandbox_mode="yes")
+        )
+    assert set(caught.value.details) == {"body", "sandboxMode"}
+    with pytest.raises(ValidationError) as caught:
+        await ct.sms_service.send_otp(
+            admin, OtpSendRequest(to=TO, brand_name="Acme", otp_code="1234", sandbox_mode=1)
+        )
+    assert caught.value.details == {"sandboxMode": "must be a boolean"}
+    assert count(ct, "SELECT COUNT(*) FROM messages") == 0
+
+
+async def test_reasons_over_500_characters_are_refused(ct: Commtunnel) -> None:
+    """A request's or a review's reason is a string of at most 500 characters."""
+    admin = Principal(org_id=ct.org.id, scopes=ALL_SCOPES)
+    with pytest.raises(ValidationError) as caught:
+        await ct.sms_service.request_sender_id(admin, sender_id="ACME", reason="x" * 501)
+    assert set(caught.value.details) == {"reason"}
+    request = await ct.sms_service.request_sender_id(admin, sender_id="ACME", reason="x" * 500)
+    with pytest.raises(ValidationError) as caught:
+        await ct.sms_service.review_sender_id(admin, request.id, decision="maybe", reason=5)
+    assert set(caught.value.details) == {"decision", "reason"}
+    assert (await ct.sms_service.list_sender_id_requests(admin))[0].status == "PENDING"
+
+
+async def test_listing_refusals_and_alternative_scopes(ct: Commtunnel) -> None:
+    """Listings take either of their scopes, name the first when both lack, and check filters."""
+    manager = Principal(org_id=ct.org.id, scopes=frozenset({Scope.OPT_OUTS_MANAGE}))
+    assert (await ct.sms_service.list_opt_outs(manager)).total == 0
+    sender = Principal(org_id=ct.org.id, scopes=frozenset({Scope.SEND_SMS}))
+    with pytest.raises(InsufficientScopeError) as caught:
+        await ct.sms_service.list_opt_outs(sender)
+    assert caught.value.details == {"requiredScope": "read:sms"}
+    with pytest.raises(InsufficientScopeError) as caught:
+        await ct.sms_service.list_sender_ids(sender)
+    assert caught.value.details == {"requiredScope": "read:sms"}
+    requester = Principal(org_id=ct.org.id, scopes=frozenset({Scope.SENDER_IDS_REQUEST}))
+    assert await ct.sms_service.list_sender_ids(requester) == []
+    with pytest.raises(ValidationError) as caught:
+        await ct.sms_service.list_sender_ids(requester, flow="PROMO")
+    assert set(caught.value.details) == {"flow"}
+    with pytest.raises(ValidationError) as caught:
+        await ct.sms_service.list_sender_id_requests(requester, status="DONE")
+    assert set(caught.value.details) == {"status"}
+    with pytest.raises(InsufficientScopeError) as caught:
+        await ct.sms_service.list_sender_id_requests(requester, all_orgs=True)
+    assert caught.value.details == {"requiredScope": "platform:admin"}
+    with pytest.raises(ValidationError) as caught:
+        await ct.sms.list(query="x" * 201)
+    assert set(caught.value.details) == {"query"}
+
+
+async def test_webhook_token_and_mo_field_refusals(ct: Commtunnel) -> None:
+    """An over-long token is refused before any lookup; MO fields keep their types and limits."""
+    token = await ct.sms_service.token(ct.org.id)
+    assert token.startswith("smst_") and len(token) == 5 + 43
+    with pytest.raises(WebhookAuthError):
+        await ct.sms_service.org_for_token(token + "x" * 200)
+    with pytest.raises(ValidationError) as caught:
+        await ct.sms_service.receive_inbound(
+            token, {"sms_from": TO, "sms_to": 12345, "sms_message": "hi"}
+        )
+    assert caught.value.details == {"sms_to": "must be a string"}
+    with pytest.raises(ValidationError) as caught:
+        await ct.sms_service.receive_inbound(
+            token, {"sms_from": TO, "sms_to": "1", "sms_message": "x" * 1601}
+        )
+    assert caught.value.details == {"sms_message": "must be at most 1600 characters"}
+    assert count(ct, "SELECT COUNT(*) FROM inbound_messages") == 0
+
+
+async def test_dlr_error_code_must_be_text_or_a_number(ct: Commtunnel) -> None:
+    """An ``error_code`` that is neither a string nor an integer is refused; nothing moves."""
+    message_id = await sent_message(ct)
+    token = await ct.sms_service.token(ct.org.id)
+    with pytest.raises(ValidationError) as caught:
+        await ct.sms_service.receive_dlr(
+            token, {"message_id": message_id, "status": "FAILED", "error_code": [1]}
+        )
+    assert caught.value.details == {"error_code": "must be a string or integer"}
+    assert (await ct.sms.get(message_id)).message.status == Status.SENT
+
+
+async def test_provider_receipts_for_unknown_messages_are_404(ct: Commtunnel) -> None:
+    """Receipts none of which names a message here answer NotFound; a 'sent' one moves nothing."""
+    message_id = await sent_message(ct)
+    unknown = DeliveryReceipt(
+        provider_message_id="SMnope", status=Status.DELIVERED, provider_status="delivered"
+    )
+    with pytest.raises(NotFoundError) as caught:
+        await ct.sms_service.receive_provider_receipts([unknown], provider="twilio")
+    assert caught.value.details == {"providerMessageId": "SMnope"}
+    assert await ct.sms_service.receive_provider_receipts([], provider="twilio") == []
+    sent = DeliveryReceipt(
+        provider_message_id="mock-sms-1", status=Status.SENT, provider_status="sent"
+    )
+    [result] = await ct.sms_service.receive_provider_receipts([unknown, sent], provider="twilio")
+    assert (result.applied, result.message.id, result.message.status) == (
+        False,
+        message_id,
+        Status.SENT,
+    )

@@ -107,22 +107,27 @@ def wa_settings(**overrides: Any) -> Settings:
     return Settings(**values)
 
 
-@pytest.fixture
-async def wa(tmp_path: Path, clock: ManualClock, graph: FakeGraph) -> AsyncIterator[Commtunnel]:
+def open_wa(db: Path, clock: ManualClock, graph: FakeGraph, **settings: Any) -> Commtunnel:
+    """A facade whose WhatsApp provider talks to ``graph``, with :func:`wa_settings`."""
     provider = WhatsAppCloudProvider(
         graph_base_url="https://graph.test",
         api_version="v21.0",
         clock=clock,
         transport=httpx.MockTransport(graph.handle),
     )
-    async with Commtunnel.open(
-        db=tmp_path / "wa.db",
+    return Commtunnel.open(
+        db=db,
         email_provider=MockProvider(),
         sms_provider=MockSmsProvider(),
         whatsapp_provider=provider,
         clock=clock,
-        settings=wa_settings(),
-    ) as ct:
+        settings=wa_settings(**settings),
+    )
+
+
+@pytest.fixture
+async def wa(tmp_path: Path, clock: ManualClock, graph: FakeGraph) -> AsyncIterator[Commtunnel]:
+    async with open_wa(tmp_path / "wa.db", clock, graph) as ct:
         yield ct
 
 
@@ -172,6 +177,31 @@ def status_webhook(wamid: str, status: str, *, errors: list[dict[str, Any]] | No
     }
 
 
+def inbound_webhook(
+    wamid: str, text: str, *, phone_number_id: str, contacts: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """A messages webhook carrying one inbound text from TO to the line ``phone_number_id``."""
+    value: dict[str, Any] = {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550001111", "phone_number_id": phone_number_id},
+        "messages": [
+            {
+                "from": TO.lstrip("+"),
+                "id": wamid,
+                "timestamp": "1767268800",
+                "type": "text",
+                "text": {"body": text},
+            }
+        ],
+    }
+    if contacts is not None:
+        value["contacts"] = contacts
+    return {
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "WABA", "changes": [{"field": "messages", "value": value}]}],
+    }
+
+
 async def deliver_webhook(ct: Commtunnel, payload: dict[str, Any]) -> Any:
     body, signature = signed(payload)
     return await ct.whatsapp_service.receive_webhook(body, signature, APP_SECRET)
@@ -181,6 +211,7 @@ async def deliver_webhook(ct: Commtunnel, payload: dict[str, Any]) -> Any:
 
 
 async def test_text_send_is_handed_off_synchronously(wa: Commtunnel, graph: FakeGraph) -> None:
+    """A text send reaches Graph before the call returns: SENT, with the exact request."""
     result = await send(wa, to="14155552671", body="Your order shipped")
     message = result.message
     assert (message.status, message.provider_message_id) == (Status.SENT, "wamid.HBgL0001")
@@ -202,6 +233,7 @@ async def test_text_send_is_handed_off_synchronously(wa: Commtunnel, graph: Fake
 
 
 async def test_template_send(wa: Commtunnel, graph: FakeGraph) -> None:
+    """A template send carries its name, language and body parameters to Graph."""
     template = {"name": "order_update", "language": "en_US", "variables": ["Ada", "#42"]}
     result = await send(wa, to=TO, template=template)
     assert result.message.whatsapp.kind == "template"
@@ -218,6 +250,7 @@ async def test_template_send(wa: Commtunnel, graph: FakeGraph) -> None:
 
 
 async def test_bad_input_is_refused_and_nothing_is_sent(wa: Commtunnel, graph: FakeGraph) -> None:
+    """Each bad field is named; nothing is stored or sent."""
     cases: list[tuple[dict[str, Any], str]] = [
         ({"to": "12", "body": "hi"}, "to"),
         ({"to": TO, "body": "x" * 4097}, "body"),
@@ -237,12 +270,13 @@ async def test_bad_input_is_refused_and_nothing_is_sent(wa: Commtunnel, graph: F
 async def test_transient_graph_failure_is_recorded_and_retried(
     wa: Commtunnel, graph: FakeGraph, clock: ManualClock
 ) -> None:
+    """A Graph 5xx is a WhatsAppProviderError; RETRYING, then sent by the worker."""
     graph.error(131000, http_status=500, message="Something went wrong")
     with pytest.raises(WhatsAppProviderError) as caught:
         await send(wa, to=TO, body="hi")
     details = caught.value.details
     assert caught.value.http_status == 502
-    assert details["errorCategory"] in ("PROVIDER_OUTAGE", "UNKNOWN")
+    assert details["errorCategory"] == "PROVIDER_OUTAGE"  # Graph 131000 over HTTP 500
     message_id = details["messageId"]
     status = await wa.whatsapp_service.get(admin(wa), message_id)
     assert status.message.status == Status.RETRYING
@@ -257,6 +291,7 @@ async def test_transient_graph_failure_is_recorded_and_retried(
 async def test_permanent_graph_failure_is_failed_and_retry_works_once(
     wa: Commtunnel, graph: FakeGraph
 ) -> None:
+    """A permanent Graph refusal is FAILED; a retry sends it once, a second retry is refused."""
     graph.error(131047, message="Re-engagement message")
     with pytest.raises(WhatsAppSendRejectedError) as caught:
         await send(wa, to=TO, body="hi")
@@ -273,6 +308,7 @@ async def test_permanent_graph_failure_is_failed_and_retry_works_once(
 
 
 async def test_idempotent_send(wa: Commtunnel, graph: FakeGraph) -> None:
+    """The same key and body replay the first message; another body is refused; one Graph call."""
     first = await send(wa, to=TO, body="hi", idempotency_key="wa-1")
     again = await send(wa, to=TO, body="hi", idempotency_key="wa-1")
     assert (again.message.id, again.duplicate) == (first.message.id, True)
@@ -285,6 +321,7 @@ async def test_idempotent_send(wa: Commtunnel, graph: FakeGraph) -> None:
 async def test_expired_token_pauses_the_line_without_a_retry_storm(
     wa: Commtunnel, graph: FakeGraph, clock: ManualClock
 ) -> None:
+    """An expired token pauses the line (one alert) until a new token resumes it."""
     graph.error(190, http_status=401, message="Error validating access token")
     with pytest.raises(WhatsAppProviderError) as caught:
         await send(wa, to=TO, body="one")
@@ -313,6 +350,7 @@ async def test_expired_token_pauses_the_line_without_a_retry_storm(
 async def test_policy_block_flags_the_line_and_opt_out_is_recorded(
     wa: Commtunnel, graph: FakeGraph
 ) -> None:
+    """A policy block flags the line; error 131050 records an opt-out."""
     graph.error(368, message="Temporarily blocked for policies violations")
     with pytest.raises(WhatsAppSendRejectedError) as caught:
         await send(wa, to=TO, body="hi")
@@ -328,6 +366,7 @@ async def test_policy_block_flags_the_line_and_opt_out_is_recorded(
 async def test_channel_disabled_and_no_line_are_clear_refusals(
     tmp_path: Path, clock: ManualClock
 ) -> None:
+    """A disabled channel or no line answers 409 and stores nothing."""
     for settings, error in (
         (wa_settings(whatsapp_enabled=False), WhatsAppDisabledError),
         (wa_settings(whatsapp_access_token=None), WhatsAppLineNotConfiguredError),
@@ -346,6 +385,7 @@ async def test_channel_disabled_and_no_line_are_clear_refusals(
 
 
 async def test_scopes(wa: Commtunnel) -> None:
+    """Sending needs send:whatsapp and the line settings account:manage."""
     reader = Principal(org_id=wa.org.id, scopes=frozenset({Scope.READ_WHATSAPP}))
     with pytest.raises(InsufficientScopeError):
         await wa.whatsapp_service.send(reader, WhatsAppSendRequest(to=TO, body="x"))
@@ -360,6 +400,7 @@ async def test_scopes(wa: Commtunnel) -> None:
 async def test_tenant_line_override_and_conflicts(
     wa: Commtunnel, graph: FakeGraph, tmp_path: Path
 ) -> None:
+    """An organization's own line and encrypted token are used; nobody else may claim it."""
     info = await wa.whatsapp_service.get_line(admin(wa))
     assert (info.uses_platform_default, info.platform_line_configured) == (True, True)
     info = await wa.whatsapp_service.update_line(
@@ -397,6 +438,7 @@ async def test_tenant_line_override_and_conflicts(
 
 
 async def test_storing_a_token_needs_a_secret_key(tmp_path: Path, clock: ManualClock) -> None:
+    """Without COMMTUNNEL_SECRET_KEY a token is refused and nothing is stored."""
     async with Commtunnel.open(
         db=tmp_path / "nokey.db",
         email_provider=MockProvider(),
@@ -413,6 +455,7 @@ async def test_storing_a_token_needs_a_secret_key(tmp_path: Path, clock: ManualC
 
 
 async def test_status_webhooks_move_forward_once_and_never_back(wa: Commtunnel) -> None:
+    """Status webhooks move a message forward once; late or repeated ones change nothing."""
     message = (await send(wa, to=TO, body="hi")).message
     wamid = message.provider_message_id
     read = await deliver_webhook(wa, status_webhook(wamid, "read"))
@@ -427,6 +470,7 @@ async def test_status_webhooks_move_forward_once_and_never_back(wa: Commtunnel) 
 
 
 async def test_failed_status_webhook(wa: Commtunnel) -> None:
+    """A failed status with error 131050 fails the message and records an opt-out."""
     message = (await send(wa, to=TO, body="hi")).message
     errors = [{"code": 131050, "title": "User stopped marketing messages"}]
     result = await deliver_webhook(
@@ -439,6 +483,7 @@ async def test_failed_status_webhook(wa: Commtunnel) -> None:
 
 
 async def test_webhook_signature_is_required(wa: Commtunnel) -> None:
+    """Tampered, wrongly signed, unsigned or unverifiable webhooks change nothing."""
     message = (await send(wa, to=TO, body="hi")).message
     payload = status_webhook(message.provider_message_id, "delivered")
     body, good = signed(payload)
@@ -454,37 +499,14 @@ async def test_webhook_signature_is_required(wa: Commtunnel) -> None:
 
 
 async def test_inbound_messages_go_to_the_line_owner(wa: Commtunnel) -> None:
+    """An inbound message is stored for the organization owning the receiving line."""
     await wa.whatsapp_service.update_line(admin(wa), {"whatsappPhoneNumberId": "300000000000003"})
-    payload = {
-        "object": "whatsapp_business_account",
-        "entry": [
-            {
-                "id": "WABA",
-                "changes": [
-                    {
-                        "field": "messages",
-                        "value": {
-                            "messaging_product": "whatsapp",
-                            "metadata": {
-                                "display_phone_number": "15550001111",
-                                "phone_number_id": "300000000000003",
-                            },
-                            "contacts": [{"profile": {"name": "Ada"}, "wa_id": "14155552671"}],
-                            "messages": [
-                                {
-                                    "from": "14155552671",
-                                    "id": "wamid.IN1",
-                                    "timestamp": "1767268800",
-                                    "type": "text",
-                                    "text": {"body": "Where is my order?"},
-                                }
-                            ],
-                        },
-                    }
-                ],
-            }
-        ],
-    }
+    payload = inbound_webhook(
+        "wamid.IN1",
+        "Where is my order?",
+        phone_number_id="300000000000003",
+        contacts=[{"profile": {"name": "Ada"}, "wa_id": "14155552671"}],
+    )
     result = await deliver_webhook(wa, payload)
     assert result.inbound_stored == 1
     rows = wa.backend.conn.execute(
@@ -494,6 +516,7 @@ async def test_inbound_messages_go_to_the_line_owner(wa: Commtunnel) -> None:
 
 
 async def test_handshake(wa: Commtunnel) -> None:
+    """The handshake echoes the challenge for the right token only."""
     params = {
         "hub.mode": "subscribe",
         "hub.verify_token": "verify-me",
@@ -505,28 +528,22 @@ async def test_handshake(wa: Commtunnel) -> None:
 
 
 def test_line_map_forms() -> None:
+    """WHATSAPP_LINE_MAP reads as pairs or JSON; other shapes are refused."""
     assert parse_line_map("111=acme, 222=beta") == {"111": "acme", "222": "beta"}
     assert parse_line_map('{"111": "org-1"}') == {"111": "org-1"}
     assert parse_line_map(None) == {}
     with pytest.raises(ValueError, match="not phone_number_id=org"):
         parse_line_map("111")
+    with pytest.raises(ValueError, match="map strings to strings"):
+        parse_line_map('{"111": 42}')
 
 
 async def test_the_platform_line_and_mapped_lines_cannot_be_claimed(
     tmp_path: Path, clock: ManualClock, graph: FakeGraph
 ) -> None:
-    settings = wa_settings(whatsapp_line_map="400000000000004=beta")
-    async with Commtunnel.open(
-        db=tmp_path / "claim.db",
-        email_provider=MockProvider(),
-        sms_provider=MockSmsProvider(),
-        whatsapp_provider=WhatsAppCloudProvider(
-            graph_base_url="https://graph.test",
-            clock=clock,
-            transport=httpx.MockTransport(graph.handle),
-        ),
-        clock=clock,
-        settings=settings,
+    """The platform line and another organization's mapped line cannot be claimed."""
+    async with open_wa(
+        tmp_path / "claim.db", clock, graph, whatsapp_line_map="400000000000004=beta"
     ) as ct:
         beta = await ct.admin.ensure_org("beta")
         for pnid in ("106540352242922", "400000000000004"):
@@ -539,6 +556,7 @@ async def test_the_platform_line_and_mapped_lines_cannot_be_claimed(
 
 
 async def test_line_state_shows_active_after_a_new_token(wa: Commtunnel, graph: FakeGraph) -> None:
+    """A paused line shows ACTIVE once its token is replaced."""
     graph.error(190, http_status=401, message="Error validating access token")
     with pytest.raises(WhatsAppProviderError):
         await send(wa, to=TO, body="one")
@@ -548,6 +566,7 @@ async def test_line_state_shows_active_after_a_new_token(wa: Commtunnel, graph: 
 
 
 def test_short_secret_key_is_a_configuration_error() -> None:
+    """A COMMTUNNEL_SECRET_KEY under 16 characters is a configuration error."""
     with pytest.raises(ValueError, match="COMMTUNNEL_SECRET_KEY"):
         Settings.from_env({"COMMTUNNEL_SECRET_KEY": "short"})
 
@@ -556,18 +575,7 @@ async def test_a_paused_line_holds_messages_without_spending_their_retries(
     tmp_path: Path, clock: ManualClock, graph: FakeGraph
 ) -> None:
     """While the token is expired, messages wait (no Graph calls) instead of ending FAILED."""
-    async with Commtunnel.open(
-        db=tmp_path / "hold.db",
-        email_provider=MockProvider(),
-        sms_provider=MockSmsProvider(),
-        whatsapp_provider=WhatsAppCloudProvider(
-            graph_base_url="https://graph.test",
-            clock=clock,
-            transport=httpx.MockTransport(graph.handle),
-        ),
-        clock=clock,
-        settings=wa_settings(max_attempts=2),
-    ) as ct:
+    async with open_wa(tmp_path / "hold.db", clock, graph, max_attempts=2) as ct:
         graph.error(190, http_status=401, message="Error validating access token")
         with pytest.raises(WhatsAppProviderError) as caught:
             await send(ct, to=TO, body="one")
@@ -588,6 +596,7 @@ async def test_a_paused_line_holds_messages_without_spending_their_retries(
 async def test_an_undecryptable_token_fails_attempts_instead_of_jamming_the_worker(
     wa: Commtunnel, graph: FakeGraph, clock: ManualClock
 ) -> None:
+    """A token the key cannot decrypt is a recorded transient attempt, and a 409 for new sends."""
     from commtunnel.crypto import SecretBox
 
     await wa.whatsapp_service.update_line(admin(wa), {"whatsappAccessToken": TENANT_TOKEN})
@@ -606,37 +615,61 @@ async def test_an_undecryptable_token_fails_attempts_instead_of_jamming_the_work
 
 
 async def test_a_redelivered_inbound_webhook_is_stored_once(wa: Commtunnel) -> None:
+    """Meta's redelivery of an inbound message stores it once."""
     await wa.whatsapp_service.update_line(admin(wa), {"whatsappPhoneNumberId": "300000000000003"})
-    payload = {
-        "object": "whatsapp_business_account",
-        "entry": [
-            {
-                "id": "WABA",
-                "changes": [
-                    {
-                        "field": "messages",
-                        "value": {
-                            "messaging_product": "whatsapp",
-                            "metadata": {
-                                "display_phone_number": "15550001111",
-                                "phone_number_id": "300000000000003",
-                            },
-                            "messages": [
-                                {
-                                    "from": "14155552671",
-                                    "id": "wamid.SAME",
-                                    "timestamp": "1767268800",
-                                    "type": "text",
-                                    "text": {"body": "hello"},
-                                }
-                            ],
-                        },
-                    }
-                ],
-            }
-        ],
-    }
+    payload = inbound_webhook("wamid.SAME", "hello", phone_number_id="300000000000003")
     first = await deliver_webhook(wa, payload)
     again = await deliver_webhook(wa, payload)
     assert (first.inbound_stored, again.inbound_stored) == (1, 0)
     assert wa.backend.conn.execute("SELECT COUNT(*) FROM inbound_messages").fetchone()[0] == 1
+
+
+async def test_template_fields_are_checked_before_anything_is_stored(
+    wa: Commtunnel, graph: FakeGraph
+) -> None:
+    """A template's language, unknown fields and variables are named; nothing is stored."""
+    with pytest.raises(ValidationError) as caught:
+        await send(
+            wa,
+            to=TO,
+            template={"name": "t", "language": "English", "colour": "red", "variables": 1},
+        )
+    assert set(caught.value.details) == {
+        "template.language",
+        "template.colour",
+        "template.variables",
+    }
+    assert graph.requests == []
+    assert wa.backend.conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 0
+
+
+async def test_access_token_shape_is_checked(wa: Commtunnel) -> None:
+    """A token outside 20-1024 characters, or with surrounding spaces, is refused unstored."""
+    for bad in ("short", " " + TENANT_TOKEN, "x" * 1025, 42):
+        with pytest.raises(ValidationError) as caught:
+            await wa.whatsapp_service.update_line(admin(wa), {"whatsappAccessToken": bad})
+        assert set(caught.value.details) == {"whatsappAccessToken"}
+    assert (await wa.whatsapp_service.get_line(admin(wa))).has_own_access_token is False
+
+
+async def test_signed_body_that_is_not_json_is_refused(wa: Commtunnel) -> None:
+    """A correctly signed body that does not parse as JSON is a validation error on ``body``."""
+    body = b"{not json"
+    signature = "sha256=" + hmac.new(APP_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    with pytest.raises(ValidationError) as caught:
+        await wa.whatsapp_service.receive_webhook(body, signature, APP_SECRET)
+    assert caught.value.details == {"body": "is not JSON"}
+
+
+async def test_reads_need_read_whatsapp_and_retry_needs_send(wa: Commtunnel) -> None:
+    """get and timeline name read:whatsapp; retry names send:whatsapp."""
+    message = (await send(wa, to=TO, body="hi")).message
+    sender = Principal(org_id=wa.org.id, scopes=frozenset({Scope.SEND_WHATSAPP}))
+    for read in (wa.whatsapp_service.get, wa.whatsapp_service.timeline):
+        with pytest.raises(InsufficientScopeError) as caught:
+            await read(sender, message.id)
+        assert caught.value.details == {"requiredScope": "read:whatsapp"}
+    reader = Principal(org_id=wa.org.id, scopes=frozenset({Scope.READ_WHATSAPP}))
+    with pytest.raises(InsufficientScopeError) as caught:
+        await wa.whatsapp_service.retry(reader, message.id)
+    assert caught.value.details == {"requiredScope": "send:whatsapp"}

@@ -102,6 +102,32 @@ def check_transition(current: Status, new: Status) -> None:
         )
 
 
+# Where a provider holds the message; a delivery receipt can only speak of these.
+_WITH_PROVIDER = frozenset({Status.SENT, Status.DELIVERED, Status.READ})
+_RECEIPT_FROM: dict[Status, frozenset[Status]] = {
+    new: frozenset(s for s in _WITH_PROVIDER if new in TRANSITIONS[s]) for new in Status
+}
+
+
+def receipt_allowed_from(new: Status) -> frozenset[Status]:
+    """The statuses a delivery receipt saying ``new`` may move a message from.
+
+    A receipt (an SMS DLR, a WhatsApp status webhook) moves a message forward
+    along :data:`TRANSITIONS`, and only once the provider has it: a duplicate,
+    a late ``delivered`` after ``read``, or a receipt that overtakes the
+    worker's own record (the message still QUEUED or PROCESSING) changes nothing.
+
+    Args:
+        new: the status the receipt reports.
+
+    Returns:
+        A subset of SENT, DELIVERED and READ, e.g. ``{SENT, DELIVERED}`` for
+        READ; empty when no receipt saying ``new`` moves a message (``SENT``:
+        the worker recorded it when the provider accepted).
+    """
+    return _RECEIPT_FROM[new]
+
+
 def event_for(channel: Channel, status: Status) -> str:
     """The event type recorded on entering ``status``, e.g. ``email_sent``."""
     return f"{channel}_{_EVENT_SUFFIX[status]}"

@@ -12,6 +12,7 @@ Sources:
   checked with ``phonenumbers`` (libphonenumber's metadata).
 - CTIA Messaging Principles and Best Practices and common carrier practice for
   the STOP / START / HELP keywords of inbound (MO) messages.
+- SMPP v3.4 Appendix B (the ``stat`` words of delivery receipts).
 
 Every refusal is a :class:`~commtunnel.domain.errors.ValidationError` naming
 the wire field (camelCase) and the reason.
@@ -27,6 +28,7 @@ import attrs
 import phonenumbers
 
 from commtunnel.domain.errors import ValidationError
+from commtunnel.domain.messages import Status
 
 # 3GPP TS 23.038 §6.2.1, in table order 0x00..0x7F; ESC (0x1B) is left out
 # because it is the escape to the extension table, never a character of text.
@@ -137,6 +139,15 @@ def _invalid(field: str, reason: str) -> ValidationError:
     return ValidationError.from_fields({field: reason})
 
 
+def _required_str(value: object, field: str) -> str:
+    """``value`` when it is a string; the first two refusals every text field shares."""
+    if value is None:
+        raise _invalid(field, "is required")
+    if not isinstance(value, str):
+        raise _invalid(field, "must be a string")
+    return value
+
+
 def validate_body(body: object) -> str:
     """Check the ``body`` of an SMS.
 
@@ -151,10 +162,7 @@ def validate_body(body: object) -> str:
     Raises:
         ValidationError: on ``body`` when missing, not a string, blank or too long.
     """
-    if body is None:
-        raise _invalid("body", "is required")
-    if not isinstance(body, str):
-        raise _invalid("body", "must be a string")
+    body = _required_str(body, "body")
     if not body.strip():
         raise _invalid("body", "must not be empty")
     if len(body) > MAX_BODY_CHARACTERS:
@@ -166,7 +174,7 @@ def validate_body(body: object) -> str:
 _PHONE_CHARS = re.compile(r"\+?[0-9 ().\-/]+")
 
 
-def normalise_e164(raw: object, *, field: str = "to") -> str:
+def normalise_e164(raw: object, *, field: str = "to", plus_optional: bool = False) -> str:
     """Parse an international phone number into E.164 form.
 
     The number must carry its country code, after ``+`` or the ``00``
@@ -176,6 +184,9 @@ def normalise_e164(raw: object, *, field: str = "to") -> str:
     Args:
         raw: the wire value.
         field: the wire field name used in the error (``to`` unless told).
+        plus_optional: also read a string of digits alone as ``+`` and those
+            digits (``"14155552671"``), the form carriers' MO webhooks and
+            Meta's Graph API use.
 
     Returns:
         ``+`` and at most 15 digits (ITU-T E.164), e.g. ``"+2348012345678"``.
@@ -185,12 +196,10 @@ def normalise_e164(raw: object, *, field: str = "to") -> str:
             + and a country code", "not a phone number", or "not a valid
             number for its country" (libphonenumber metadata).
     """
-    if raw is None:
-        raise _invalid(field, "is required")
-    if not isinstance(raw, str):
-        raise _invalid(field, "must be a string")
-    text = raw.strip()
-    if text.startswith("00"):
+    text = _required_str(raw, field).strip()
+    if plus_optional and text.isdigit():
+        text = "+" + text
+    elif text.startswith("00"):
         text = "+" + text[2:]
     if not text.startswith("+"):
         raise _invalid(field, "must start with + and a country code")
@@ -232,11 +241,7 @@ def validate_sender_id(value: object) -> str:
         ValidationError: on ``senderId`` when missing, empty, too long or
             with other characters.
     """
-    if value is None:
-        raise _invalid("senderId", "is required")
-    if not isinstance(value, str):
-        raise _invalid("senderId", "must be a string")
-    sender = value.strip()
+    sender = _required_str(value, "senderId").strip()
     if not sender:
         raise _invalid("senderId", "must not be empty")
     if _NUMERIC_SENDER.fullmatch(sender):
@@ -281,11 +286,7 @@ def validate_brand_name(value: object) -> str:
         ValidationError: on ``brandName`` when missing, too short, too long
             or with other characters.
     """
-    if value is None:
-        raise _invalid("brandName", "is required")
-    if not isinstance(value, str):
-        raise _invalid("brandName", "must be a string")
-    brand = value.strip()
+    brand = _required_str(value, "brandName").strip()
     if not MIN_BRAND_CHARACTERS <= len(brand) <= MAX_BRAND_CHARACTERS:
         raise _invalid(
             "brandName",
@@ -344,12 +345,9 @@ def validate_otp_code(value: object) -> str:
     Raises:
         ValidationError: on ``otpCode`` when missing, not a string or not 4-8 digits.
     """
-    if value is None:
-        raise _invalid("otpCode", "is required")
     if isinstance(value, int | float):
         raise _invalid("otpCode", "must be a string of digits, not a number (keeps leading zeros)")
-    if not isinstance(value, str):
-        raise _invalid("otpCode", "must be a string")
+    value = _required_str(value, "otpCode")
     if not _OTP_CODE.fullmatch(value):
         raise _invalid("otpCode", "must be 4 to 8 digits (0-9)")
     return value
@@ -420,6 +418,30 @@ def otp_body(brand: str, code: str, purpose: OtpPurpose) -> str:
     return _OTP_TEMPLATES[OtpPurpose(purpose)].format(brand=checked_brand, code=checked_code)
 
 
+def otp_sender_id(brand: str, *, default: str | None) -> str:
+    """The sender ID an OTP goes out under: the brand when it can be one.
+
+    An alphanumeric sender ID holds at most 11 characters (3GPP TS 23.040
+    §9.1.2.5) while a brand may have 20; a longer brand is named in the text
+    only, and the message is sent from the platform default sender ID, or from
+    the brand's first 11 ASCII letters and digits when there is no default.
+
+    Args:
+        brand: the approved brand name (3-20 characters).
+        default: the platform default sender ID, or None.
+
+    Returns:
+        E.g. ``"Acme"``; ``"INFO"`` or ``"AcmeHolding"`` for ``"Acme Holdings Bank"``.
+    """
+    try:
+        return validate_sender_id(brand)
+    except ValidationError:
+        if default:
+            return default
+        alphanumeric = "".join(ch for ch in brand if ch.isascii() and ch.isalnum())
+        return alphanumeric[:MAX_ALPHANUMERIC_SENDER]
+
+
 class Keyword(enum.StrEnum):
     """What an inbound (MO) keyword asks for."""
 
@@ -472,3 +494,42 @@ def redact_otp_body(body: str) -> str:
         The same text with every run of 4-8 digits masked.
     """
     return _CODE_IN_TEXT.sub(lambda match: "*" * len(match.group(0)), body)
+
+
+# Receipt words from carriers and aggregators (SMPP v3.4 Appendix B ``stat``
+# values, and the usual JSON spellings) -> the status they mean.
+RECEIPT_WORDS: dict[str, Status] = {
+    "DELIVERED": Status.DELIVERED,
+    "DELIVRD": Status.DELIVERED,
+    "FAILED": Status.FAILED,
+    "UNDELIV": Status.FAILED,
+    "UNDELIVERED": Status.FAILED,
+    "REJECTD": Status.FAILED,
+    "REJECTED": Status.FAILED,
+    "EXPIRED": Status.FAILED,
+    "EXPIRD": Status.FAILED,
+    "SENT": Status.SENT,
+    "ACCEPTD": Status.SENT,
+    "ACCEPTED": Status.SENT,
+    "ENROUTE": Status.SENT,
+    "BUFFERED": Status.SENT,
+}
+
+
+def parse_receipt_status(value: object) -> tuple[str, Status]:
+    """Read the ``status`` of a delivery receipt (DLR).
+
+    Args:
+        value: the wire value: a word of :data:`RECEIPT_WORDS` in any case,
+            surrounding whitespace ignored (``"delivrd"``, ``" UNDELIV "``).
+
+    Returns:
+        (the word upper-cased, the status it means: SENT, DELIVERED or FAILED).
+
+    Raises:
+        ValidationError: on ``status``, listing the known words.
+    """
+    word = value.strip().upper() if isinstance(value, str) else None
+    if word is None or word not in RECEIPT_WORDS:
+        raise _invalid("status", f"must be one of {', '.join(sorted(RECEIPT_WORDS))}")
+    return word, RECEIPT_WORDS[word]

@@ -1,10 +1,11 @@
-"""Meta's WhatsApp Cloud webhooks: the handshake, the signature and the payload (pure rules).
+"""WhatsApp Cloud rules (pure): what a send may carry, and Meta's webhooks.
 
-https://developers.facebook.com/docs/whatsapp/cloud-api/webhooks/components.
-No I/O here: :func:`verify_handshake` (the ``GET`` subscription check),
-:func:`verify_signature` (``X-Hub-Signature-256`` on each ``POST``: the
-HMAC-SHA256 of the raw body with the app secret) and :func:`parse_webhook`
-(status updates and inbound messages).
+No I/O here. :func:`message_content` checks a send request's recipient, text
+and template (https://developers.facebook.com/docs/whatsapp/cloud-api/reference/messages).
+For the webhooks (https://developers.facebook.com/docs/whatsapp/cloud-api/webhooks/components):
+:func:`verify_handshake` (the ``GET`` subscription check), :func:`verify_signature`
+(``X-Hub-Signature-256`` on each ``POST``: the HMAC-SHA256 of the raw body with
+the app secret) and :func:`parse_webhook` (status updates and inbound messages).
 """
 
 from __future__ import annotations
@@ -19,19 +20,28 @@ from typing import Any
 import attrs
 
 from commtunnel.domain.errors import ValidationError, WebhookAuthError, WebhookSignatureError
-from commtunnel.domain.messages import Status, _aware
+from commtunnel.domain.messages import Status, WhatsAppContent, _aware
+from commtunnel.domain.sms import normalise_e164
 
 __all__ = [
+    "MAX_TEXT_CHARACTERS",
+    "OPTED_OUT_ERROR_CODE",
     "SIGNATURE_HEADER",
     "WEBHOOK_OBJECT",
     "InboundWhatsApp",
     "StatusUpdate",
     "WebhookBatch",
     "compute_signature",
+    "message_content",
     "parse_webhook",
     "verify_handshake",
     "verify_signature",
 ]
+
+MAX_TEXT_CHARACTERS = 4096
+"""Longest text ``body``, in characters (Meta: ``text.body`` is limited to 4096)."""
+#: Graph error "user stopped marketing messages": the recipient opted out.
+OPTED_OUT_ERROR_CODE = 131050
 
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 WEBHOOK_OBJECT = "whatsapp_business_account"
@@ -44,6 +54,92 @@ _STATUSES = {
     "read": Status.READ,
     "failed": Status.FAILED,
 }
+
+
+# --------------------------------------------------------------------------- sends
+
+_TEMPLATE_NAME = re.compile(r"[a-z0-9_]{1,512}")
+_LANGUAGE = re.compile(r"[a-z]{2,3}(_[A-Za-z]{2,4})?")
+_TEMPLATE_FIELDS = frozenset({"name", "language", "variables"})
+Variables = list[str] | dict[str, str] | None
+
+
+def message_content(*, to: object, body: object, template: object) -> WhatsAppContent:
+    """Check a send request and build its content (``phone_number_id`` not yet set).
+
+    Args:
+        to: the recipient: E.164, or the digits alone as Meta writes them.
+        body: a text message: a non-blank string of at most
+            :data:`MAX_TEXT_CHARACTERS` (4096) characters; None for a template.
+        template: a template message: ``{"name": "order_update", "language":
+            "en_US", "variables": [...] or {...}}``; ``language`` defaults to
+            ``en_US``; None for a text message.
+
+    Returns:
+        ``kind="text"`` content with the body, or ``kind="template"`` content.
+
+    Raises:
+        ValidationError: every bad field at once: ``to``, ``body`` (neither or
+            not a usable text), ``template`` (both given, or not an object),
+            ``template.name`` (lower case, digits, ``_``), ``template.language``
+            (``en`` / ``en_US``), ``template.variables`` (strings only),
+            ``template.<other>`` (unknown field).
+    """
+    problems: dict[str, str] = {}
+    e164 = None
+    try:
+        e164 = normalise_e164(to, plus_optional=True)
+    except ValidationError as exc:
+        problems.update(exc.details)
+    if template is None and body is None:
+        problems["body"] = "give body (text) or template"
+    if template is not None and body is not None:
+        problems["template"] = "give body or template, not both"
+    if body is not None:
+        if not isinstance(body, str) or not body.strip():
+            problems["body"] = "must be a non-empty string"
+        elif len(body) > MAX_TEXT_CHARACTERS:
+            problems["body"] = f"must be at most {MAX_TEXT_CHARACTERS} characters"
+    name = language = variables = None
+    if template is not None:
+        name, language, variables = _template(template, problems)
+    if problems:
+        raise ValidationError.from_fields(problems)
+    assert e164 is not None
+    if template is not None:
+        return WhatsAppContent(
+            to=e164,
+            kind="template",
+            template_name=name,
+            template_language=language,
+            template_variables=variables,
+        )
+    assert isinstance(body, str)
+    return WhatsAppContent(to=e164, kind="text", body=body)
+
+
+def _template(template: object, problems: dict[str, str]) -> tuple[Any, Any, Variables]:
+    """(name, language, variables) of a ``template`` object; its problems go to ``problems``."""
+    if not isinstance(template, dict):
+        problems["template"] = "must be an object {name, language, variables}"
+        return None, None, None
+    for field in sorted(set(template) - _TEMPLATE_FIELDS):
+        problems[f"template.{field}"] = "unknown field"
+    name, language = template.get("name"), template.get("language", "en_US")
+    if not isinstance(name, str) or not _TEMPLATE_NAME.fullmatch(name):
+        problems["template.name"] = "must be a template name (lower case, digits, _)"
+    if not isinstance(language, str) or not _LANGUAGE.fullmatch(language):
+        problems["template.language"] = "must be a language code such as en or en_US"
+    variables = template.get("variables")
+    if isinstance(variables, list) and not all(isinstance(v, str) for v in variables):
+        problems["template.variables"] = "list items must be strings"
+    elif isinstance(variables, dict) and not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in variables.items()
+    ):
+        problems["template.variables"] = "object values must be strings"
+    elif variables is not None and not isinstance(variables, list | dict):
+        problems["template.variables"] = "must be a list or an object of strings"
+    return name, language, variables
 
 
 # --------------------------------------------------------------------------- webhook security
@@ -147,6 +243,11 @@ class StatusUpdate:
     recipient_id: str | None
     timestamp: datetime = attrs.field(validator=_aware)
     errors: list[dict[str, Any]] = attrs.field(factory=list)
+
+    @property
+    def recipient_opted_out(self) -> bool:
+        """Whether an error says the recipient stopped marketing messages (code 131050)."""
+        return any(error["code"] == OPTED_OUT_ERROR_CODE for error in self.errors)
 
 
 @attrs.frozen(kw_only=True)

@@ -16,9 +16,14 @@ from commtunnel.ids import new_id
 from commtunnel.ports import Clock, Storage
 
 
-def require(principal: Principal, scope: str) -> None:
-    """Raise :class:`InsufficientScopeError` naming ``scope`` unless the principal has it."""
-    if not principal.has(scope):
+def require(principal: Principal, scope: str, *alternatives: str) -> None:
+    """Check that the principal carries ``scope`` or one of the ``alternatives``.
+
+    Raises:
+        InsufficientScopeError: it carries none of them (``details.requiredScope``
+            names ``scope``).
+    """
+    if not any(principal.has(s) for s in (scope, *alternatives)):
         raise InsufficientScopeError(scope)
 
 

@@ -1,20 +1,26 @@
 """What the email, SMS and WhatsApp services do alike.
 
-Each channel's service keeps its own public methods, scopes, errors and
-docstrings; the steps whose logic is the same for every channel live here:
+Each channel's service keeps its own public methods, errors and docstrings
+(and names its scopes to :class:`ChannelMessages`); the steps whose logic is
+the same for every channel live here:
 
 * reading a send request's JSON body (:func:`values_from_wire`) and spelling
-  it back for a fingerprint (:func:`wire_payload`);
+  it back for a fingerprint (:func:`wire_payload`), and checking its fields
+  (:func:`check_fields`, :func:`check_bool`, :func:`is_int_in`);
 * the idempotency record handed to ``Storage.accept``
   (:func:`idempotency_record`) and reading its answer (:func:`accepted_message`);
-* reading and re-queuing one message of one channel (:class:`ChannelMessages`).
+* what a send answers (:class:`SendResult`);
+* reading and re-queuing one message of one channel (:class:`ChannelMessages`,
+  answering :class:`MessageStatus`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
+
+import attrs
 
 from commtunnel.domain.errors import (
     IdempotencyKeyReusedError,
@@ -25,15 +31,38 @@ from commtunnel.domain.errors import (
 )
 from commtunnel.domain.events import TimelineEvent
 from commtunnel.domain.keys import Principal
-from commtunnel.domain.messages import Attempt, Channel, Message, Status, event_for
-from commtunnel.ids import new_id
+from commtunnel.domain.messages import Attempt, Channel, Message, Status
 from commtunnel.ports import AcceptResult, IdempotencyRecord, SmsStorage, Storage
 from commtunnel.services import idempotency
+from commtunnel.services.auth import require
+from commtunnel.services.timeline import status_event
 
 #: the most events one timeline call returns.
 MAX_TIMELINE_LIMIT = 1000
 #: the request attribute that holds the idempotency key.
 KEY_ATTRIBUTE = "idempotency_key"
+
+
+@attrs.frozen(kw_only=True)
+class SendResult:
+    """What a send answers: the message, and whether it replays an earlier request.
+
+    Attributes:
+        message: the accepted message, or with ``duplicate`` the one an earlier
+            request with the same idempotency key created (whatever its status now).
+        duplicate: True for a replay (nothing new was stored or sent).
+    """
+
+    message: Message
+    duplicate: bool
+
+
+@attrs.frozen(kw_only=True)
+class MessageStatus:
+    """A message with its provider attempts, in order (``GET /v1/public/<channel>/{id}``)."""
+
+    message: Message
+    attempts: list[Attempt]
 
 
 # --------------------------------------------------------------------------- wire requests
@@ -83,6 +112,52 @@ def wire_payload(request: object, fields: Mapping[str, str]) -> dict[str, Any]:
         Wire field name -> the request's value, for every field but ``idempotencyKey``.
     """
     return {wire: getattr(request, attr) for wire, attr in fields.items() if attr != KEY_ATTRIBUTE}
+
+
+# --------------------------------------------------------------------------- field checks
+
+
+def check_fields(*checks: Callable[[], Any]) -> tuple[Any, ...]:
+    """Run every field's check and report every problem at once.
+
+    Args:
+        checks: functions returning a checked value or raising
+            :class:`ValidationError` naming its field in ``details``.
+
+    Returns:
+        The checked values, in the order of ``checks``.
+
+    Raises:
+        ValidationError: the union of every check's ``details``.
+    """
+    values: list[Any] = []
+    problems: dict[str, str] = {}
+    for check in checks:
+        try:
+            values.append(check())
+        except ValidationError as exc:
+            problems.update({str(k): str(v) for k, v in exc.details.items()})
+    if problems:
+        raise ValidationError.from_fields(problems)
+    return tuple(values)
+
+
+def check_bool(value: Any, field: str) -> bool:
+    """``value`` when it is a JSON boolean (``1`` and ``"true"`` are not).
+
+    Raises:
+        ValidationError: on ``field``, "must be a boolean".
+    """
+    if not isinstance(value, bool):
+        raise ValidationError.from_fields({field: "must be a boolean"})
+    return value
+
+
+def is_int_in(value: Any, low: int, high: int | None = None) -> bool:
+    """Whether ``value`` is an integer (not a boolean) from ``low`` to ``high`` (no bound: None)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return False
+    return low <= value and (high is None or value <= high)
 
 
 # --------------------------------------------------------------------------- idempotency
@@ -194,25 +269,29 @@ def accepted_message(result: AcceptResult, *, key: str | None, endpoint: str) ->
 class ChannelMessages:
     """One channel's messages of the caller's organization, as the read and retry routes see them.
 
-    Scopes are the caller's business: every method assumes they were checked.
-
     Args:
         storage: messages, events and attempts.
         channel: the channel; a message of another channel is "not found".
         noun: how errors name a message, e.g. ``"SMS"`` for "No SMS with this id".
+        read_scope: what :meth:`get` and :meth:`timeline` need (``read:sms`` ...).
+        send_scope: what :meth:`requeue_failed` needs (``send:sms`` ...).
     """
 
-    def __init__(self, storage: Storage, channel: Channel, noun: str) -> None:
+    def __init__(
+        self, storage: Storage, channel: Channel, noun: str, *, read_scope: str, send_scope: str
+    ) -> None:
         self._storage = storage
         self._channel = channel
         self._noun = noun
+        self._read_scope = read_scope
+        self._send_scope = send_scope
 
     def not_found(self, message_id: str) -> NotFoundError:
         """The error for an id that names no message of this channel (``details.id``)."""
         return NotFoundError(f"No {self._noun} with this id", details={"id": message_id})
 
     async def own(self, principal: Principal, message_id: str) -> Message:
-        """The caller's organization's message of this channel.
+        """The caller's organization's message of this channel (no scope check).
 
         Raises:
             NotFoundError: no such message, another organization's, or another channel's.
@@ -222,16 +301,17 @@ class ChannelMessages:
             raise self.not_found(message_id)
         return message
 
-    async def with_attempts(
-        self, principal: Principal, message_id: str
-    ) -> tuple[Message, list[Attempt]]:
+    async def get(self, principal: Principal, message_id: str) -> MessageStatus:
         """The message and its provider attempts, in order.
 
         Raises:
+            InsufficientScopeError: the caller lacks the read scope.
             NotFoundError: as for :meth:`own`.
         """
+        require(principal, self._read_scope)
         message = await self.own(principal, message_id)
-        return message, await self._storage.list_attempts(principal.org_id, message_id)
+        attempts = await self._storage.list_attempts(principal.org_id, message_id)
+        return MessageStatus(message=message, attempts=attempts)
 
     async def timeline(
         self, principal: Principal, message_id: str, limit: int
@@ -239,14 +319,13 @@ class ChannelMessages:
         """The message's events, oldest first, at most ``limit`` (1..1000).
 
         Raises:
-            ValidationError: ``limit`` is not an integer from 1 to 1000 (checked first).
+            InsufficientScopeError: the caller lacks the read scope.
+            ValidationError: ``limit`` is not an integer from 1 to 1000 (checked
+                before the message is looked up).
             NotFoundError: as for :meth:`own`.
         """
-        if (
-            isinstance(limit, bool)
-            or not isinstance(limit, int)
-            or not 1 <= limit <= MAX_TIMELINE_LIMIT
-        ):
+        require(principal, self._read_scope)
+        if not is_int_in(limit, 1, MAX_TIMELINE_LIMIT):
             raise ValidationError.from_fields(
                 {"limit": f"must be an integer from 1 to {MAX_TIMELINE_LIMIT}"}
             )
@@ -275,19 +354,13 @@ class ChannelMessages:
             The re-queued message.
 
         Raises:
+            InsufficientScopeError: the caller lacks the send scope.
             NotFoundError: as for :meth:`own`.
             MessageNotRetryableError: the message is not FAILED (``details.status``).
         """
-        await self.own(principal, message_id)
-        event = TimelineEvent(
-            id=new_id(),
-            message_id=message_id,
-            org_id=principal.org_id,
-            type=event_for(self._channel, Status.QUEUED),
-            status=Status.QUEUED,
-            created_at=now,
-            details={"retry": True},
-        )
+        require(principal, self._send_scope)
+        message = await self.own(principal, message_id)
+        event = status_event(message, Status.QUEUED, at=now, details={"retry": True})
         outcome = await store.requeue(principal.org_id, message_id, event=event, run_at=run_at)
         if outcome is None:
             raise self.not_found(message_id)

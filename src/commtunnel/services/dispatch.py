@@ -22,13 +22,12 @@ import logging
 import random
 import secrets
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from commtunnel.domain.delivery import ErrorCategory, Outcome, ProviderResult, RetryPolicy
 from commtunnel.domain.events import TimelineEvent
-from commtunnel.domain.messages import Attempt, Message, Status, event_for
-from commtunnel.ids import new_id
+from commtunnel.domain.messages import Attempt, Message, Status
 from commtunnel.ports import (
     ClaimedJob,
     Clock,
@@ -42,6 +41,7 @@ from commtunnel.ports import (
     WhatsAppLine,
     WhatsAppProvider,
 )
+from commtunnel.services.timeline import status_event
 
 log = logging.getLogger("commtunnel.worker")
 
@@ -113,18 +113,11 @@ class Dispatcher:
     # ------------------------------------------------------------------ claiming
 
     def _processing_event(self, message: Message, attempt_number: int) -> TimelineEvent:
+        """The ``<channel>_processing`` event of a claim; ``leaseExpired`` marks a re-claim."""
         details: dict[str, Any] = {"attempt": attempt_number}
         if message.status == Status.PROCESSING:
             details["leaseExpired"] = True  # the previous worker died mid-send
-        return TimelineEvent(
-            id=new_id(),
-            message_id=message.id,
-            org_id=message.org_id,
-            type=event_for(message.channel, Status.PROCESSING),
-            status=Status.PROCESSING,
-            created_at=self._clock.now(),
-            details=details,
-        )
+        return status_event(message, Status.PROCESSING, at=self._clock.now(), details=details)
 
     async def claim(self, limit: int, *, message_id: str | None = None) -> list[ClaimedJob]:
         """Lease up to ``limit`` due jobs (moving them to PROCESSING).
@@ -239,8 +232,8 @@ class Dispatcher:
 
     def _decide(
         self, job: ClaimedJob, result: ProviderResult
-    ) -> tuple[Status, Any, dict[str, Any]]:
-        """(new status, retry time or None, event details) for a result."""
+    ) -> tuple[Status, datetime | None, dict[str, Any]]:
+        """(new status, UTC time of the next attempt or None, event details) for a result."""
         details: dict[str, Any] = {"attempt": job.attempt_number}
         if result.outcome == Outcome.ACCEPTED:
             if result.provider_message_id:
@@ -290,15 +283,7 @@ class Dispatcher:
             duration_ms=duration_ms,
             started_at=started_at,
         )
-        event = TimelineEvent(
-            id=new_id(),
-            message_id=message.id,
-            org_id=message.org_id,
-            type=event_for(message.channel, new_status),
-            status=new_status,
-            created_at=self._clock.now(),
-            details=details,
-        )
+        event = status_event(message, new_status, at=self._clock.now(), details=details)
         recorded = await self._queue.complete(
             Completion(
                 job=job,

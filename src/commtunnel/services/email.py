@@ -9,6 +9,7 @@ runs before that, so a refused request stores nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -18,13 +19,14 @@ from commtunnel.domain import email as rules
 from commtunnel.domain.errors import SenderNotVerifiedError, ValidationError
 from commtunnel.domain.events import TimelineEvent
 from commtunnel.domain.keys import Principal, Scope
-from commtunnel.domain.messages import Attempt, Channel, EmailContent, Message, Status, event_for
+from commtunnel.domain.messages import Channel, EmailContent, Message, Status
 from commtunnel.ids import new_id
 from commtunnel.ports import Clock, Storage
 from commtunnel.services import channel, idempotency
 from commtunnel.services.auth import require
 from commtunnel.services.channel import MAX_TIMELINE_LIMIT as MAX_TIMELINE_LIMIT  # re-exported
 from commtunnel.services.templates import TemplateError, TemplateRenderer
+from commtunnel.services.timeline import status_event
 
 ENDPOINT_SEND = "emails.send"
 MAX_BODY_CHARS = 5_000_000  # per part; the HTTP body limit is usually lower
@@ -83,12 +85,10 @@ def request_from_wire(payload: dict[str, Any], *, header_key: str | None) -> Ema
     return EmailSendRequest(**channel.values_from_wire(payload, WIRE_FIELDS, header_key=header_key))
 
 
-@attrs.frozen(kw_only=True)
-class SendResult:
-    """What a send answers: the message and whether it was a replay of an earlier send."""
-
-    message: Message
-    duplicate: bool
+#: What a send answers: the message and whether it was a replay of an earlier send.
+SendResult = channel.SendResult
+#: A message with its attempts, as ``GET /v1/public/emails/{id}`` shows it.
+EmailStatus = channel.MessageStatus
 
 
 @attrs.frozen(kw_only=True)
@@ -102,14 +102,6 @@ class Rendered:
 
 
 @attrs.frozen(kw_only=True)
-class EmailStatus:
-    """A message with its attempts, as ``GET /v1/public/emails/{id}`` shows it."""
-
-    message: Message
-    attempts: list[Attempt]
-
-
-@attrs.frozen(kw_only=True)
 class EmailStats:
     """Counts for a window: messages created in it by status, events in it by type."""
 
@@ -118,10 +110,6 @@ class EmailStats:
     total: int
     by_status: dict[str, int]
     events: dict[str, int]
-
-
-def _is_str(value: Any) -> bool:
-    return isinstance(value, str)
 
 
 class EmailService:
@@ -147,7 +135,13 @@ class EmailService:
         self._renderer = renderer
         self._retention = idempotency_retention
         self._in_flight = idempotency.InFlight()
-        self._messages = channel.ChannelMessages(storage, Channel.EMAIL, "email")
+        self._messages = channel.ChannelMessages(
+            storage,
+            Channel.EMAIL,
+            "email",
+            read_scope=Scope.READ_EMAIL,
+            send_scope=Scope.SEND_EMAIL,
+        )
 
     # ------------------------------------------------------------------ validation
 
@@ -161,7 +155,7 @@ class EmailService:
         for wire, value in (("from", req.from_addr), ("to", req.to)):
             if value is None or value == "":
                 problems[wire] = "is required"
-            elif not _is_str(value):
+            elif not isinstance(value, str):
                 problems[wire] = "must be a string"
             else:
                 try:
@@ -169,11 +163,11 @@ class EmailService:
                 except ValueError as exc:
                     problems[wire] = str(exc)
         for wire, value in (("html", req.html), ("text", req.text)):
-            if value is not None and not _is_str(value):
+            if value is not None and not isinstance(value, str):
                 problems[wire] = "must be a string"
             elif value is not None and len(value) > MAX_BODY_CHARS:
                 problems[wire] = f"must be at most {MAX_BODY_CHARS} characters"
-        if req.template_id is not None and not _is_str(req.template_id):
+        if req.template_id is not None and not isinstance(req.template_id, str):
             problems["templateId"] = "must be a string"
         if req.variables is not None and not isinstance(req.variables, dict):
             problems["variables"] = "must be an object"
@@ -186,7 +180,7 @@ class EmailService:
             if req.html in (None, "") and req.text in (None, ""):
                 problems.setdefault("html", "provide html and/or text, or a templateId")
         if req.subject is not None:
-            if not _is_str(req.subject):
+            if not isinstance(req.subject, str):
                 problems["subject"] = "must be a string"
             else:
                 reason = rules.validate_subject(req.subject)
@@ -208,32 +202,27 @@ class EmailService:
 
         Inline sources are not liquid-rendered: only templates are, so inline
         bodies that contain ``{{`` are sent as written.
+
+        Raises:
+            ValidationError: an unknown template (``templateId``), a part that
+                fails to render (``subject``, or ``variables`` for a body), or a
+                rendered subject with a line break or over 998 characters.
         """
         if template_id is None:
             return Rendered(subject=subject or "", html=html, text=text, template_id=None)
         template = await self._storage.get_template(org_id, template_id)
         if template is None:
             raise ValidationError.from_fields({"templateId": "unknown template"})
-        values = variables or {}
-        problems: dict[str, str] = {}
-        parts: dict[str, str | None] = {}
-        sources = {
-            "subject": subject if subject is not None else template.subject,
-            "html": template.html,
-            "text": template.text,
-        }
-        for part, source in sources.items():
-            if source is None:
-                parts[part] = None
-                continue
-            try:
-                parts[part] = self._renderer.render(source, values)
-            except TemplateError as exc:
-                problems["variables" if part != "subject" else "subject"] = (
-                    f"{part} failed to render: {exc}"
-                )
-        if problems:
-            raise ValidationError.from_fields(problems)
+        parts = self._render_parts(
+            subject=subject if subject is not None else template.subject,
+            html=template.html,
+            text=template.text,
+            variables=variables,
+            problem=lambda part, exc: (
+                "subject" if part == "subject" else "variables",
+                f"{part} failed to render: {exc}",
+            ),
+        )
         rendered_subject = parts["subject"] or ""
         reason = rules.validate_subject(rendered_subject)
         if reason:
@@ -245,7 +234,48 @@ class EmailService:
             template_id=template.id,
         )
 
+    def _render_parts(
+        self,
+        *,
+        subject: str | None,
+        html: str | None,
+        text: str | None,
+        variables: dict[str, Any] | None,
+        problem: Callable[[str, TemplateError], tuple[str, str]],
+    ) -> dict[str, str | None]:
+        """Render each liquid source that is set with ``variables``.
+
+        Args:
+            subject / html / text: the sources; None stays None.
+            variables: the template variables (None: none).
+            problem: (part, its error) -> (wire field, reason) for the refusal.
+
+        Returns:
+            ``{"subject": ..., "html": ..., "text": ...}``, rendered.
+
+        Raises:
+            ValidationError: every part that failed to render, as ``problem`` names it.
+        """
+        parts: dict[str, str | None] = {}
+        problems: dict[str, str] = {}
+        for part, source in (("subject", subject), ("html", html), ("text", text)):
+            try:
+                parts[part] = (
+                    None if source is None else self._renderer.render(source, variables or {})
+                )
+            except TemplateError as exc:
+                field, reason = problem(part, exc)
+                problems[field] = reason
+        if problems:
+            raise ValidationError.from_fields(problems)
+        return parts
+
     async def _check_sender(self, org_id: str, address: str) -> None:
+        """Refuse a ``from`` address the organization has not verified (nor its domain).
+
+        Raises:
+            SenderNotVerifiedError: with ``details.from``.
+        """
         if not await self._storage.is_sender_verified(org_id, address, rules.domain_of(address)):
             raise SenderNotVerifiedError(
                 f"'{address}' is not a verified sender of this organization",
@@ -318,14 +348,8 @@ class EmailService:
                 created_at=now,
                 updated_at=now,
             )
-            event = TimelineEvent(
-                id=new_id(),
-                message_id=message_id,
-                org_id=principal.org_id,
-                type=event_for(Channel.EMAIL, Status.QUEUED),
-                status=Status.QUEUED,
-                created_at=now,
-                details={"sandbox": message.sandbox} if message.sandbox else {},
+            event = status_event(
+                message, Status.QUEUED, at=now, details={"sandbox": True} if message.sandbox else {}
             )
             record = channel.idempotency_record(
                 org_id=principal.org_id,
@@ -359,9 +383,9 @@ class EmailService:
         require(principal, Scope.SEND_EMAIL)
         problems: dict[str, str] = {}
         for wire, value in (("subject", subject), ("html", html), ("text", text)):
-            if value is not None and not _is_str(value):
+            if value is not None and not isinstance(value, str):
                 problems[wire] = "must be a string"
-        if template_id is not None and not _is_str(template_id):
+        if template_id is not None and not isinstance(template_id, str):
             problems["templateId"] = "must be a string"
         if variables is not None and not isinstance(variables, dict):
             problems["variables"] = "must be an object"
@@ -371,16 +395,13 @@ class EmailService:
             raise ValidationError.from_fields(problems)
         if template_id is None:
             # Inline sources are previewed through liquid too, for template QA.
-            rendered: dict[str, str | None] = {}
-            for part, source in (("subject", subject), ("html", html), ("text", text)):
-                try:
-                    rendered[part] = (
-                        None if source is None else self._renderer.render(source, variables or {})
-                    )
-                except TemplateError as exc:
-                    problems[part] = f"failed to render: {exc}"
-            if problems:
-                raise ValidationError.from_fields(problems)
+            rendered = self._render_parts(
+                subject=subject,
+                html=html,
+                text=text,
+                variables=variables,
+                problem=lambda part, exc: (part, f"failed to render: {exc}"),
+            )
             return Rendered(
                 subject=rendered["subject"] or "",
                 html=rendered["html"],
@@ -403,9 +424,7 @@ class EmailService:
             InsufficientScopeError: the key lacks ``read:email``.
             NotFoundError: no such email in the caller's organization.
         """
-        require(principal, Scope.READ_EMAIL)
-        message, attempts = await self._messages.with_attempts(principal, message_id)
-        return EmailStatus(message=message, attempts=attempts)
+        return await self._messages.get(principal, message_id)
 
     async def timeline(
         self, principal: Principal, message_id: str, *, limit: int = 100
@@ -417,7 +436,6 @@ class EmailService:
             ValidationError: ``limit`` out of range.
             NotFoundError: no such email in the caller's organization.
         """
-        require(principal, Scope.READ_EMAIL)
         return await self._messages.timeline(principal, message_id, limit)
 
     async def stats(self, principal: Principal, *, start: datetime, end: datetime) -> EmailStats:

@@ -13,10 +13,8 @@ refused request stores nothing.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import secrets
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -25,7 +23,6 @@ import attrs
 from commtunnel.domain import sms as rules
 from commtunnel.domain.errors import (
     ConflictError,
-    InsufficientScopeError,
     NotFoundError,
     OtpCooldownError,
     SmsBrandNotApprovedError,
@@ -35,8 +32,8 @@ from commtunnel.domain.errors import (
     WebhookAuthError,
 )
 from commtunnel.domain.events import TimelineEvent
-from commtunnel.domain.keys import Principal, Scope
-from commtunnel.domain.messages import Attempt, Channel, Message, SmsContent, Status, event_for
+from commtunnel.domain.keys import Principal, Scope, hash_key
+from commtunnel.domain.messages import Channel, Message, SmsContent, Status
 from commtunnel.ids import new_id
 from commtunnel.ports import (
     AcceptResult,
@@ -45,6 +42,7 @@ from commtunnel.ports import (
     DeliveryReceipt,
     InboundMessage,
     OptOut,
+    ReceiptOutcome,
     SenderIdRequest,
     SmsPage,
     SmsStorage,
@@ -53,38 +51,18 @@ from commtunnel.ports import (
 from commtunnel.services import channel, idempotency
 from commtunnel.services.auth import require
 from commtunnel.services.channel import MAX_TIMELINE_LIMIT as MAX_TIMELINE_LIMIT  # re-exported
+from commtunnel.services.timeline import apply_receipt, org_event, status_event
 
 ENDPOINT_SEND = "sms.send"
 ENDPOINT_OTP = "sms.otp.send"
 FLOWS = ("STANDARD", "OTP")
+REQUEST_STATUSES = ("PENDING", "APPROVED", "REJECTED")
 LIST_STATUSES = tuple(s.value for s in Status)
 MAX_PAGE_SIZE = 100
+MAX_REASON_CHARACTERS = 500
+MAX_QUERY_CHARACTERS = 200
+MAX_WEBHOOK_TOKEN_CHARACTERS = 200
 OPT_OUT_EVENT = "sms_opt_out"
-
-# Receipt words from carriers and aggregators (SMPP ``stat`` values, SMPP v3.4
-# Appendix B, and the usual JSON spellings) -> the status they mean.
-_RECEIPT_WORDS: dict[str, Status] = {
-    "DELIVERED": Status.DELIVERED,
-    "DELIVRD": Status.DELIVERED,
-    "FAILED": Status.FAILED,
-    "UNDELIV": Status.FAILED,
-    "UNDELIVERED": Status.FAILED,
-    "REJECTD": Status.FAILED,
-    "REJECTED": Status.FAILED,
-    "EXPIRED": Status.FAILED,
-    "EXPIRD": Status.FAILED,
-    "SENT": Status.SENT,
-    "ACCEPTD": Status.SENT,
-    "ACCEPTED": Status.SENT,
-    "ENROUTE": Status.SENT,
-    "BUFFERED": Status.SENT,
-}
-# A receipt moves a message forward only: SENT -> DELIVERED or FAILED. A
-# duplicate, or a late "sent" after "delivered", changes nothing.
-_RECEIPT_ALLOWED_FROM: dict[Status, frozenset[Status]] = {
-    Status.DELIVERED: frozenset({Status.SENT}),
-    Status.FAILED: frozenset({Status.SENT}),
-}
 
 
 # --------------------------------------------------------------------------- requests
@@ -164,13 +142,12 @@ def otp_request_from_wire(payload: dict[str, Any], *, header_key: str | None) ->
 
 # --------------------------------------------------------------------------- results
 
-
-@attrs.frozen(kw_only=True)
-class SmsSendResult:
-    """A send's answer: the message, and whether it replays an earlier request."""
-
-    message: Message
-    duplicate: bool
+#: A send's answer: the message, and whether it replays an earlier request.
+SmsSendResult = channel.SendResult
+#: A message with its attempts, as ``GET /v1/public/sms/{id}`` shows it.
+SmsStatus = channel.MessageStatus
+#: What a delivery receipt did to its message (``applied``: whether it moved it).
+ReceiptResult = ReceiptOutcome
 
 
 @attrs.frozen(kw_only=True)
@@ -180,14 +157,6 @@ class OtpSendResult:
     message: Message
     duplicate: bool
     cooldown_seconds: int
-
-
-@attrs.frozen(kw_only=True)
-class SmsStatus:
-    """A message with its attempts, as ``GET /v1/public/sms/{id}`` shows it."""
-
-    message: Message
-    attempts: list[Attempt]
 
 
 @attrs.frozen(kw_only=True)
@@ -220,55 +189,33 @@ class InboundResult:
     recorded: bool = False
 
 
-@attrs.frozen(kw_only=True)
-class ReceiptResult:
-    """What a delivery receipt did to its message."""
-
-    message: Message
-    applied: bool
-
-
-def _collect(checks: dict[str, Callable[[], Any]]) -> tuple[dict[str, Any], dict[str, str]]:
-    """Run each validator; return (values that passed, every field's problem)."""
-    values: dict[str, Any] = {}
-    problems: dict[str, str] = {}
-    for field, check in checks.items():
-        try:
-            values[field] = check()
-        except ValidationError as exc:
-            problems.update({str(k): str(v) for k, v in exc.details.items()})
-    return values, problems
-
-
 def _page_bounds(page: Any, page_size: Any) -> tuple[int, int]:
+    """(page, page_size) when ``page`` >= 1 and ``page_size`` is 1..100.
+
+    Raises:
+        ValidationError: on ``page`` and/or ``pageSize``.
+    """
     problems = {}
-    if isinstance(page, bool) or not isinstance(page, int) or page < 1:
+    if not channel.is_int_in(page, 1):
         problems["page"] = "must be an integer >= 1"
-    if (
-        isinstance(page_size, bool)
-        or not isinstance(page_size, int)
-        or not 1 <= page_size <= MAX_PAGE_SIZE
-    ):
+    if not channel.is_int_in(page_size, 1, MAX_PAGE_SIZE):
         problems["pageSize"] = f"must be an integer from 1 to {MAX_PAGE_SIZE}"
     if problems:
         raise ValidationError.from_fields(problems)
     return page, page_size
 
 
-def _inbound_number(raw: Any, field: str) -> str:
-    """An MO ``sms_from``: carriers often send it without the ``+`` (or as a JSON number)."""
-    if isinstance(raw, int) and not isinstance(raw, bool):
-        raw = str(raw)
-    if isinstance(raw, str):
-        stripped = raw.strip()
-        if stripped.isdigit():
-            raw = "+" + stripped
-    return rules.normalise_e164(raw, field=field)
+def _check_flow(flow: Any) -> None:
+    """Refuse a flow other than ``STANDARD`` / ``OTP`` (ValidationError on ``flow``)."""
+    if flow not in FLOWS:
+        raise ValidationError.from_fields({"flow": f"must be one of {', '.join(FLOWS)}"})
 
 
-def hash_token(token: str) -> str:
-    """SHA-256 hex of a webhook token (what lookups use; 256-bit tokens need no slow hash)."""
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+def _reason_problem(reason: Any) -> dict[str, str]:
+    """``{"reason": why}`` for a reason that is not None or a string of at most 500 characters."""
+    if reason is None or (isinstance(reason, str) and len(reason) <= MAX_REASON_CHARACTERS):
+        return {}
+    return {"reason": f"must be a string of at most {MAX_REASON_CHARACTERS} characters"}
 
 
 class SmsService:
@@ -310,7 +257,9 @@ class SmsService:
             rules.Keyword.START: start_text,
         }
         self._in_flight = idempotency.InFlight()
-        self._messages = channel.ChannelMessages(storage, Channel.SMS, "SMS")
+        self._messages = channel.ChannelMessages(
+            storage, Channel.SMS, "SMS", read_scope=Scope.READ_SMS, send_scope=Scope.SEND_SMS
+        )
 
     # ------------------------------------------------------------------ sending
 
@@ -325,7 +274,8 @@ class SmsService:
         Raises:
             InsufficientScopeError: the key lacks ``send:sms``.
             ValidationError: bad ``to`` (not E.164), ``senderId``, ``body``
-                (empty or over 1600 characters), ``sendType``, or key.
+                (empty or over 1600 characters), ``sendType``, ``sandboxMode``
+                (not a boolean), or key; every bad field at once.
             SmsSenderIdNotApprovedError: the sender ID is neither approved
                 for the organization nor the platform default.
             SmsRecipientOptedOutError: the number is on the opt-out list.
@@ -333,32 +283,15 @@ class SmsService:
         """
         require(principal, Scope.SEND_SMS)
         key = idempotency.validate_key(req.idempotency_key)
-        values, problems = _collect(
-            {
-                "to": lambda: rules.normalise_e164(req.to),
-                "senderId": lambda: rules.validate_sender_id(req.sender_id),
-                "body": lambda: rules.validate_body(req.body),
-                "sendType": lambda: rules.parse_send_type(req.send_type),
-                "sandboxMode": lambda: self._check_bool(req.sandbox_mode, "sandboxMode"),
-            }
-        )
-        if problems:
-            raise ValidationError.from_fields(problems)
-        to, sender_id, body, send_type = (
-            values["to"],
-            values["senderId"],
-            values["body"],
-            values["sendType"],
+        to, sender_id, body, send_type, sandbox_mode = channel.check_fields(
+            lambda: rules.normalise_e164(req.to),
+            lambda: rules.validate_sender_id(req.sender_id),
+            lambda: rules.validate_body(req.body),
+            lambda: rules.parse_send_type(req.send_type),
+            lambda: channel.check_bool(req.sandbox_mode, "sandboxMode"),
         )
         with self._in_flight.hold(principal.org_id, key):
-            original = await channel.replay(
-                self._storage,
-                org_id=principal.org_id,
-                key=key,
-                endpoint=ENDPOINT_SEND,
-                payload=req.wire_payload(),
-                now=self._clock.now(),
-            )
+            original = await self._replay(principal, key, ENDPOINT_SEND, req.wire_payload())
             if original is not None:
                 return SmsSendResult(message=original, duplicate=True)
             if not await self._sender_id_allowed(principal.org_id, sender_id):
@@ -378,7 +311,7 @@ class SmsService:
                 flow="STANDARD",
             )
             result = await self._accept(
-                principal, content, key, ENDPOINT_SEND, req.wire_payload(), values["sandboxMode"]
+                principal, content, key, ENDPOINT_SEND, req.wire_payload(), sandbox_mode
             )
         message = channel.accepted_message(result, key=key, endpoint=ENDPOINT_SEND)
         return SmsSendResult(message=message, duplicate=result.duplicate)
@@ -389,44 +322,33 @@ class SmsService:
         The body is built from the brand, code and purpose
         (:func:`commtunnel.domain.sms.otp_body`); the brand is the sender ID.
 
+        Returns:
+            The queued message and ``cooldown_seconds`` (the wait before the
+            next OTP to the number for the purpose), or with ``duplicate=True``
+            the one an earlier request with the same idempotency key created.
+
         Raises:
             InsufficientScopeError: the key lacks ``send:sms``.
-            ValidationError: bad ``to``, ``brandName`` (3-20), ``otpCode`` (4-8
-                digits) or ``purpose``.
+            ValidationError: bad ``to``, ``brandName`` (3-20 characters),
+                ``otpCode`` (4-8 digits), ``purpose``, ``sandboxMode`` or key.
             SmsBrandNotApprovedError: the brand is not approved for OTP.
             SmsRecipientOptedOutError: the number opted out (unless the
                 organization lets OTP through).
             OtpCooldownError: an OTP for the same number and purpose was
                 queued less than the cooldown ago (``retry_after`` seconds).
+            IdempotencyKeyReusedError / IdempotencyKeyInUseError: see DESIGN.md.
         """
         require(principal, Scope.SEND_SMS)
         key = idempotency.validate_key(req.idempotency_key)
-        values, problems = _collect(
-            {
-                "to": lambda: rules.normalise_e164(req.to),
-                "brandName": lambda: rules.validate_brand_name(req.brand_name),
-                "otpCode": lambda: rules.validate_otp_code(req.otp_code),
-                "purpose": lambda: rules.parse_purpose(req.purpose),
-                "sandboxMode": lambda: self._check_bool(req.sandbox_mode, "sandboxMode"),
-            }
-        )
-        if problems:
-            raise ValidationError.from_fields(problems)
-        to, brand, code, purpose = (
-            values["to"],
-            values["brandName"],
-            values["otpCode"],
-            values["purpose"],
+        to, brand, code, purpose, sandbox_mode = channel.check_fields(
+            lambda: rules.normalise_e164(req.to),
+            lambda: rules.validate_brand_name(req.brand_name),
+            lambda: rules.validate_otp_code(req.otp_code),
+            lambda: rules.parse_purpose(req.purpose),
+            lambda: channel.check_bool(req.sandbox_mode, "sandboxMode"),
         )
         with self._in_flight.hold(principal.org_id, key):
-            original = await channel.replay(
-                self._storage,
-                org_id=principal.org_id,
-                key=key,
-                endpoint=ENDPOINT_OTP,
-                payload=req.wire_payload(),
-                now=self._clock.now(),
-            )
+            original = await self._replay(principal, key, ENDPOINT_OTP, req.wire_payload())
             if original is not None:
                 return OtpSendResult(
                     message=original, duplicate=True, cooldown_seconds=math.ceil(self._cooldown)
@@ -440,7 +362,7 @@ class SmsService:
             body = rules.otp_body(brand, code, purpose)
             info = rules.analyse(body)
             content = SmsContent(
-                sender_id=self._otp_sender(brand),
+                sender_id=rules.otp_sender_id(brand, default=self._default_sender_id),
                 to=to,
                 body=body,
                 send_type=int(rules.SendType.NORMAL),
@@ -463,7 +385,7 @@ class SmsService:
                 key,
                 ENDPOINT_OTP,
                 req.wire_payload(),
-                values["sandboxMode"],
+                sandbox_mode,
                 cooldown=cooldown,
             )
         if result.cooldown_until is not None:
@@ -477,26 +399,18 @@ class SmsService:
             message=message, duplicate=result.duplicate, cooldown_seconds=math.ceil(self._cooldown)
         )
 
-    def _otp_sender(self, brand: str) -> str:
-        """The sender ID an OTP goes out under: the brand when it can be one.
-
-        An alphanumeric sender ID holds at most 11 characters (3GPP TS 23.040
-        §9.1.2.5) while a brand may have 20; a longer brand is named in the text
-        and the message is sent from the platform default sender ID, or from the
-        brand's first 11 letters and digits when there is no default.
-        """
-        try:
-            return rules.validate_sender_id(brand)
-        except ValidationError:
-            if self._default_sender_id:
-                return self._default_sender_id
-            return "".join(ch for ch in brand if ch.isascii() and ch.isalnum())[:11]
-
-    @staticmethod
-    def _check_bool(value: Any, field: str) -> bool:
-        if not isinstance(value, bool):
-            raise ValidationError.from_fields({field: "must be a boolean"})
-        return value
+    async def _replay(
+        self, principal: Principal, key: str | None, endpoint: str, payload: dict[str, Any]
+    ) -> Message | None:
+        """The message an earlier request with ``key`` created (:func:`channel.replay`)."""
+        return await channel.replay(
+            self._storage,
+            org_id=principal.org_id,
+            key=key,
+            endpoint=endpoint,
+            payload=payload,
+            now=self._clock.now(),
+        )
 
     async def _sender_id_allowed(self, org_id: str, sender_id: str) -> bool:
         default = self._default_sender_id
@@ -543,15 +457,7 @@ class SmsService:
         details: dict[str, Any] = {"segments": content.segments, "encoding": content.encoding}
         if message.sandbox:
             details["sandbox"] = True
-        event = TimelineEvent(
-            id=new_id(),
-            message_id=message_id,
-            org_id=principal.org_id,
-            type=event_for(Channel.SMS, Status.QUEUED),
-            status=Status.QUEUED,
-            created_at=now,
-            details=details,
-        )
+        event = status_event(message, Status.QUEUED, at=now, details=details)
         record = channel.idempotency_record(
             org_id=principal.org_id,
             key=key,
@@ -574,9 +480,7 @@ class SmsService:
             InsufficientScopeError: the key lacks ``read:sms``.
             NotFoundError: no such SMS in the caller's organization.
         """
-        require(principal, Scope.READ_SMS)
-        message, attempts = await self._messages.with_attempts(principal, message_id)
-        return SmsStatus(message=message, attempts=attempts)
+        return await self._messages.get(principal, message_id)
 
     async def timeline(
         self, principal: Principal, message_id: str, *, limit: int = 100
@@ -588,7 +492,6 @@ class SmsService:
             ValidationError: ``limit`` out of range.
             NotFoundError: no such SMS in the caller's organization.
         """
-        require(principal, Scope.READ_SMS)
         return await self._messages.timeline(principal, message_id, limit)
 
     async def list_messages(
@@ -606,12 +509,17 @@ class SmsService:
         Args:
             flow: ``STANDARD`` or ``OTP``; None for both.
             status: a status name; None for any.
-            query: free text matched against recipient, body, id and provider id.
+            query: free text (at most 200 characters) matched against
+                recipient, body, id and provider id; empty or None for any.
             page: from 1. page_size: 1..100.
+
+        Returns:
+            A :class:`Page` of :class:`Message`.
 
         Raises:
             InsufficientScopeError: the key lacks ``read:sms``.
-            ValidationError: an unknown flow or status, or bad paging.
+            ValidationError: an unknown flow or status, a query over 200
+                characters, or bad paging.
         """
         require(principal, Scope.READ_SMS)
         problems = {}
@@ -619,8 +527,8 @@ class SmsService:
             problems["flow"] = f"must be one of {', '.join(FLOWS)}"
         if status is not None and status not in LIST_STATUSES:
             problems["status"] = f"must be one of {', '.join(LIST_STATUSES)}"
-        if query is not None and len(query) > 200:
-            problems["query"] = "must be at most 200 characters"
+        if query is not None and len(query) > MAX_QUERY_CHARACTERS:
+            problems["query"] = f"must be at most {MAX_QUERY_CHARACTERS} characters"
         if problems:
             raise ValidationError.from_fields(problems)
         page, page_size = _page_bounds(page, page_size)
@@ -648,7 +556,6 @@ class SmsService:
             NotFoundError: no such SMS in the caller's organization.
             MessageNotRetryableError: the message is not FAILED (``details.status``).
         """
-        require(principal, Scope.SEND_SMS)
         now = self._clock.now()
         return await self._messages.requeue_failed(
             self._store, principal, message_id, now=now, run_at=now
@@ -661,34 +568,38 @@ class SmsService:
     ) -> SenderIdRequest:
         """Ask the platform to approve a sender ID (flow STANDARD) or an OTP brand (flow OTP).
 
+        Args:
+            sender_id: the value (wire ``senderId``): a sender ID for STANDARD
+                (:func:`~commtunnel.domain.sms.validate_sender_id`), a brand
+                name for OTP (:func:`~commtunnel.domain.sms.validate_brand_name`).
+            flow: ``STANDARD`` (None) or ``OTP``.
+            reason: why the organization asks; None or at most 500 characters.
+
+        Returns:
+            The stored PENDING request.
+
         Raises:
             InsufficientScopeError: the key lacks ``sender_ids:request``.
-            ValidationError: a bad value for its flow, an unknown flow, a reason
-                that is not a string or is over 500 characters.
+            ValidationError: an unknown flow (alone); else a bad value for its
+                flow (on ``senderId``) and/or a reason that is not a string or
+                is over 500 characters.
             ConflictError: the same value is already pending or approved.
         """
         require(principal, Scope.SENDER_IDS_REQUEST)
         flow = "STANDARD" if flow is None else flow
-        if flow not in FLOWS:
-            raise ValidationError.from_fields({"flow": f"must be one of {', '.join(FLOWS)}"})
-        checks: dict[str, Callable[[], Any]] = {
-            "senderId": (
-                (lambda: rules.validate_brand_name(sender_id))
-                if flow == "OTP"
-                else (lambda: rules.validate_sender_id(sender_id))
-            ),
-        }
-        values, problems = _collect(checks)
-        if "brandName" in problems:  # the brand rule names its own field
-            problems["senderId"] = problems.pop("brandName")
-        if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
-            problems["reason"] = "must be a string of at most 500 characters"
+        _check_flow(flow)
+        validate = rules.validate_brand_name if flow == "OTP" else rules.validate_sender_id
+        problems = _reason_problem(reason)
+        try:
+            value = validate(sender_id)
+        except ValidationError as exc:  # the brand rule names its own field: brandName
+            problems["senderId"] = next(iter(exc.details.values()))
         if problems:
             raise ValidationError.from_fields(problems)
         request = SenderIdRequest(
             id=new_id(),
             org_id=principal.org_id,
-            sender_id=values["senderId"],
+            sender_id=value,
             flow=flow,
             status="PENDING",
             reason=reason,
@@ -707,6 +618,14 @@ class SmsService:
     ) -> SenderIdRequest:
         """Approve or reject a pending request (platform operators).
 
+        Args:
+            request_id: the request's id (any organization).
+            decision: ``approve`` or ``reject``.
+            reason: the reviewer's note; None or at most 500 characters.
+
+        Returns:
+            The request, APPROVED or REJECTED.
+
         Raises:
             InsufficientScopeError: the key lacks ``platform:admin``.
             ValidationError: ``decision`` is not approve/reject; bad reason.
@@ -714,11 +633,9 @@ class SmsService:
             ConflictError: the request was already reviewed.
         """
         require(principal, Scope.PLATFORM_ADMIN)
-        problems = {}
+        problems = _reason_problem(reason)
         if decision not in ("approve", "reject"):
             problems["decision"] = "must be approve or reject"
-        if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
-            problems["reason"] = "must be a string of at most 500 characters"
         if problems:
             raise ValidationError.from_fields(problems)
         existing = await self._store.get_sender_id_request(request_id)
@@ -748,9 +665,9 @@ class SmsService:
                 ``sender_ids:request``.
             ValidationError: an unknown flow.
         """
-        self._require_any(principal, Scope.READ_SMS, Scope.SENDER_IDS_REQUEST)
-        if flow is not None and flow not in FLOWS:
-            raise ValidationError.from_fields({"flow": f"must be one of {', '.join(FLOWS)}"})
+        require(principal, Scope.READ_SMS, Scope.SENDER_IDS_REQUEST)
+        if flow is not None:
+            _check_flow(flow)
         return await self._store.list_sender_id_requests(
             org_id=principal.org_id, status="APPROVED", flow=flow
         )
@@ -768,30 +685,22 @@ class SmsService:
         if all_orgs:
             require(principal, Scope.PLATFORM_ADMIN)
         else:
-            self._require_any(principal, Scope.SENDER_IDS_REQUEST, Scope.PLATFORM_ADMIN)
-        if status is not None and status not in ("PENDING", "APPROVED", "REJECTED"):
+            require(principal, Scope.SENDER_IDS_REQUEST, Scope.PLATFORM_ADMIN)
+        if status is not None and status not in REQUEST_STATUSES:
             raise ValidationError.from_fields({"status": "must be PENDING, APPROVED or REJECTED"})
         return await self._store.list_sender_id_requests(
             org_id=None if all_orgs else principal.org_id, status=status, flow=None
         )
-
-    @staticmethod
-    def _require_any(principal: Principal, *scopes: str) -> None:
-        if not any(principal.has(scope) for scope in scopes):
-            raise InsufficientScopeError(scopes[0])
 
     # ------------------------------------------------------------------ opt-outs
 
     def _opt_out_event(
         self, org_id: str, phone: str, *, opted_out: bool, source: str
     ) -> TimelineEvent:
-        return TimelineEvent(
-            id=new_id(),
-            message_id=None,
-            org_id=org_id,
-            type=OPT_OUT_EVENT,
-            status=None,
-            created_at=self._clock.now(),
+        return org_event(
+            org_id,
+            OPT_OUT_EVENT,
+            at=self._clock.now(),
             details={"phone": phone, "optedOut": opted_out, "source": source},
         )
 
@@ -845,7 +754,7 @@ class SmsService:
             InsufficientScopeError: the key has neither ``read:sms`` nor ``opt_outs:manage``.
             ValidationError: bad paging.
         """
-        self._require_any(principal, Scope.READ_SMS, Scope.OPT_OUTS_MANAGE)
+        require(principal, Scope.READ_SMS, Scope.OPT_OUTS_MANAGE)
         page, page_size = _page_bounds(page, page_size)
         items, total = await self._store.list_opt_outs(
             principal.org_id, offset=(page - 1) * page_size, limit=page_size
@@ -859,23 +768,29 @@ class SmsService:
 
         The same token guards the MO, DLR and inbound-opt-out routes of that
         organization. ``rotate`` replaces it at once (the old one stops working).
+        Lookups use its SHA-256 (:func:`~commtunnel.domain.keys.hash_key`, as
+        for API keys: a 256-bit random secret needs no slow hash).
+
+        Returns:
+            ``smst_`` and 43 URL-safe characters.
         """
         current = await self._store.get_sms_token(org_id)
         if current is not None and not rotate:
             return current
         token = "smst_" + secrets.token_urlsafe(32)
-        await self._store.set_sms_token(org_id, token, hash_token(token), self._clock.now())
+        await self._store.set_sms_token(org_id, token, hash_key(token), self._clock.now())
         return token
 
     async def org_for_token(self, token: Any) -> str:
         """The organization a webhook token belongs to.
 
         Raises:
-            WebhookAuthError: no token, or one no organization holds.
+            WebhookAuthError: no token, one over 200 characters, or one no
+                organization holds.
         """
-        if not isinstance(token, str) or not token or len(token) > 200:
+        if not isinstance(token, str) or not 0 < len(token) <= MAX_WEBHOOK_TOKEN_CHARACTERS:
             raise WebhookAuthError("Missing or invalid webhook token")
-        org_id = await self._store.org_for_sms_token(hash_token(token))
+        org_id = await self._store.org_for_sms_token(hash_key(token))
         if org_id is None:
             raise WebhookAuthError("Missing or invalid webhook token")
         return org_id
@@ -884,6 +799,16 @@ class SmsService:
 
     @staticmethod
     def _mo_fields(payload: dict[str, Any]) -> tuple[str, str, str]:
+        """(sender in E.164, our number as received, text) of an MO webhook body.
+
+        ``sms_from`` may come without its ``+`` or as a JSON number, as
+        carriers send it.
+
+        Raises:
+            ValidationError: a missing field, a non-string ``sms_to`` /
+                ``sms_message``, an invalid ``sms_from``, or a text over 1600
+                characters.
+        """
         problems = {}
         for name in ("sms_from", "sms_to", "sms_message"):
             value = payload.get(name)
@@ -893,7 +818,10 @@ class SmsService:
                 problems[name] = "must be a string"
         if problems:
             raise ValidationError.from_fields(problems)
-        sender = _inbound_number(payload["sms_from"], "sms_from")
+        raw_from = payload["sms_from"]
+        if isinstance(raw_from, int) and not isinstance(raw_from, bool):
+            raw_from = str(raw_from)
+        sender = rules.normalise_e164(raw_from, field="sms_from", plus_optional=True)
         text = payload["sms_message"]
         if len(text) > rules.MAX_BODY_CHARACTERS:
             raise ValidationError.from_fields(
@@ -912,6 +840,11 @@ class SmsService:
         Args:
             token: the ``?token=`` value.
             payload: ``sms_from``, ``sms_to``, ``sms_message`` (form or JSON).
+
+        Returns:
+            The stored message, its keyword, the reply for the handset (None
+            when the keyword's reply text is empty) and the opt-out state a
+            STOP (True) or START (False) left.
 
         Raises:
             WebhookAuthError: a bad token (nothing is stored).
@@ -953,6 +886,10 @@ class SmsService:
         A STOP (or START) keyword changes the list only when the organization
         has sent an SMS to that number before; anything else changes nothing.
         Nothing is stored as an inbound message.
+
+        Returns:
+            The keyword, and with ``recorded`` the change made (``opted_out``)
+            and the keyword's reply.
 
         Raises:
             WebhookAuthError: a bad token.
@@ -1004,6 +941,10 @@ class SmsService:
                 id), ``status`` (DELIVERED, FAILED, or an SMPP word such as
                 DELIVRD / UNDELIV / EXPIRED), optional ``error_code``, ``error``.
 
+        Returns:
+            The message after the receipt, and whether it moved (never
+            backwards, never twice: see :func:`~commtunnel.services.timeline.apply_receipt`).
+
         Raises:
             WebhookAuthError: a bad token (nothing changes).
             ValidationError: a missing or unknown field value.
@@ -1012,11 +953,12 @@ class SmsService:
         org_id = await self.org_for_token(token)
         problems = {}
         message_id = payload.get("message_id")
-        raw_status = payload.get("status")
         if not isinstance(message_id, str) or not message_id.strip():
             problems["message_id"] = "is required (a string)"
-        if not isinstance(raw_status, str) or raw_status.strip().upper() not in _RECEIPT_WORDS:
-            problems["status"] = f"must be one of {', '.join(sorted(_RECEIPT_WORDS))}"
+        try:
+            word, status = rules.parse_receipt_status(payload.get("status"))
+        except ValidationError as exc:
+            problems.update(exc.details)
         error_code = payload.get("error_code")
         error = payload.get("error")
         if error_code is not None and not isinstance(error_code, str | int):
@@ -1026,7 +968,7 @@ class SmsService:
         # Other fields (timestamps, network codes) vary by aggregator and are ignored.
         if problems:
             raise ValidationError.from_fields(problems)
-        assert isinstance(message_id, str) and isinstance(raw_status, str)
+        assert isinstance(message_id, str)
         message = await self._storage.get_message(org_id, message_id.strip())
         if message is None or message.channel != Channel.SMS:
             by_provider = await self._store.find_by_provider_message_id(
@@ -1035,10 +977,9 @@ class SmsService:
             message = by_provider if by_provider and by_provider.org_id == org_id else None
         if message is None:
             raise NotFoundError("No SMS with this id", details={"message_id": message_id})
-        word = raw_status.strip().upper()
         return await self._apply(
             message,
-            _RECEIPT_WORDS[word],
+            status,
             source="dlr",
             provider_status=word,
             error_code=None if error_code is None else str(error_code),
@@ -1052,6 +993,13 @@ class SmsService:
 
         Receipts for messages this system does not know are skipped (a
         provider account may be shared); the result lists those found.
+
+        Args:
+            receipts: what ``SmsProvider.parse_status_callback`` read.
+            provider: the provider's name (the events' ``details.source``).
+
+        Returns:
+            What each receipt of a known message did, in order.
 
         Raises:
             NotFoundError: the callback carried receipts and none matched a
@@ -1091,29 +1039,15 @@ class SmsService:
         error_code: str | None,
         error: str | None,
     ) -> ReceiptResult:
-        allowed = _RECEIPT_ALLOWED_FROM.get(status)
-        if allowed is None:  # "sent"-type receipts confirm what the worker recorded
-            return ReceiptResult(message=message, applied=False)
+        """Apply one receipt; ``error`` is kept to 500 characters in the event."""
         details: dict[str, Any] = {"source": source, "providerStatus": provider_status}
         if error_code is not None:
             details["errorCode"] = error_code
         if error is not None:
             details["error"] = error[:500]
-        event = TimelineEvent(
-            id=new_id(),
-            message_id=message.id,
-            org_id=message.org_id,
-            type=event_for(Channel.SMS, status),
-            status=status,
-            created_at=self._clock.now(),
-            details=details,
+        return await apply_receipt(
+            self._store, message, status, at=self._clock.now(), details=details
         )
-        outcome = await self._store.apply_receipt(
-            message.id, new_status=status, allowed_from=allowed, event=event
-        )
-        if outcome is None:  # pragma: no cover - the message was read just before
-            raise NotFoundError("No SMS with this id", details={"message_id": message.id})
-        return ReceiptResult(message=outcome.message, applied=outcome.applied)
 
 
 __all__ = [

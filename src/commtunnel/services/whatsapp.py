@@ -23,8 +23,7 @@ from typing import Any
 import attrs
 
 from commtunnel.crypto import SecretBox, fingerprint
-from commtunnel.domain import sms as sms_rules
-from commtunnel.domain import whatsapp as whatsapp_webhooks
+from commtunnel.domain import whatsapp as rules
 from commtunnel.domain.delivery import ErrorCategory, ProviderResult
 from commtunnel.domain.errors import (
     InternalError,
@@ -39,15 +38,19 @@ from commtunnel.domain.errors import (
 )
 from commtunnel.domain.events import TimelineEvent
 from commtunnel.domain.keys import Principal, Scope
-from commtunnel.domain.messages import Attempt, Channel, Message, Status, WhatsAppContent, event_for
+from commtunnel.domain.messages import Channel, Message, Status
+from commtunnel.domain.whatsapp import MAX_TEXT_CHARACTERS as MAX_TEXT_CHARACTERS  # re-exported
+from commtunnel.domain.whatsapp import WebhookBatch
 from commtunnel.ids import new_id
 from commtunnel.ports import (
     KEEP,
     Clock,
     InboundMessage,
+    LineState,
     OptOut,
     SmsStorage,
     Storage,
+    TenantLine,
     WhatsAppLine,
     WhatsAppStorage,
 )
@@ -55,20 +58,11 @@ from commtunnel.services import channel, idempotency
 from commtunnel.services.auth import require
 from commtunnel.services.channel import MAX_TIMELINE_LIMIT as MAX_TIMELINE_LIMIT  # re-exported
 from commtunnel.services.dispatch import Dispatcher
+from commtunnel.services.timeline import apply_receipt, org_event, status_event
 
 ENDPOINT_SEND = "whatsapp.send"
-MAX_TEXT_CHARACTERS = 4096  # Meta: text.body is limited to 4096 characters
 PAUSED_RETRY_SECONDS = 300.0
 _PHONE_NUMBER_ID = re.compile(r"[0-9]{1,32}")
-_TEMPLATE_NAME = re.compile(r"[a-z0-9_]{1,512}")
-_LANGUAGE = re.compile(r"[a-z]{2,3}(_[A-Za-z]{2,4})?")
-# A status webhook moves a message forward only (never backwards, never twice).
-_ALLOWED_FROM: dict[Status, frozenset[Status]] = {
-    Status.DELIVERED: frozenset({Status.SENT}),
-    Status.READ: frozenset({Status.SENT, Status.DELIVERED}),
-    Status.FAILED: frozenset({Status.SENT}),
-}
-_OPTED_OUT_CODE = 131050
 _INBOUND_NAMESPACE = uuid.UUID("6f0c2f4e-6a52-4f1e-9d55-7b0d1d8a9c11")  # inbound ids from wamids
 
 
@@ -107,20 +101,10 @@ def send_request_from_wire(
     )
 
 
-@attrs.frozen(kw_only=True)
-class WhatsAppSendResult:
-    """A send's answer: the message (SENT) or, with ``duplicate``, an earlier one."""
-
-    message: Message
-    duplicate: bool
-
-
-@attrs.frozen(kw_only=True)
-class WhatsAppStatus:
-    """A message with its attempts, as ``GET /v1/public/whatsapp/{id}`` shows it."""
-
-    message: Message
-    attempts: list[Attempt]
+#: A send's answer: the message (SENT) or, with ``duplicate``, an earlier one.
+WhatsAppSendResult = channel.SendResult
+#: A message with its attempts, as ``GET /v1/public/whatsapp/{id}`` shows it.
+WhatsAppStatus = channel.MessageStatus
 
 
 @attrs.frozen(kw_only=True)
@@ -141,6 +125,18 @@ class WebhookResult:
     statuses_applied: int
     statuses_ignored: int
     inbound_stored: int
+
+
+def _shown_state(state: LineState, token: str | None) -> str:
+    """A line's state for the token it sends with now (``ACTIVE``, ``PAUSED`` or ``FLAGGED``).
+
+    A line is paused for the token it was paused with: once that token is
+    replaced it is ACTIVE again. An unknown token (None: unreadable or unset)
+    leaves it as recorded.
+    """
+    if state.state == "PAUSED" and token is not None:
+        return "PAUSED" if state.token_fingerprint == fingerprint(token) else "ACTIVE"
+    return state.state
 
 
 def parse_line_map(raw: str | None) -> dict[str, str]:
@@ -215,7 +211,13 @@ class WhatsAppService:
         self._lease_seconds = lease_seconds
         self._in_flight = idempotency.InFlight()
         self._dispatcher = dispatcher
-        self._messages = channel.ChannelMessages(storage, Channel.WHATSAPP, "WhatsApp message")
+        self._messages = channel.ChannelMessages(
+            storage,
+            Channel.WHATSAPP,
+            "WhatsApp message",
+            read_scope=Scope.READ_WHATSAPP,
+            send_scope=Scope.SEND_WHATSAPP,
+        )
 
     # ------------------------------------------------------------------ lines
 
@@ -237,9 +239,7 @@ class WhatsAppService:
             )
         own = await self._store.get_line(org_id)
         pnid = (own.phone_number_id if own else None) or self._platform_pnid
-        token = self._platform_token
-        if own is not None and own.access_token_enc is not None:
-            token = self._decrypt(own.access_token_enc)
+        token = self._line_token(own)
         if not pnid or not token:
             raise WhatsAppLineNotConfiguredError(
                 "No WhatsApp line: set a phone number id and access token for the "
@@ -248,7 +248,23 @@ class WhatsAppService:
         owner = org_id if own is not None and own.phone_number_id else None
         return WhatsAppLine(phone_number_id=pnid, access_token=token, org_id=owner)
 
+    def _line_token(self, own: TenantLine | None) -> str | None:
+        """The token an organization sends with: its own (decrypted), else the platform's.
+
+        Raises:
+            SecretKeyMissingError: its own token cannot be read (no or another secret key).
+        """
+        if own is None or own.access_token_enc is None:
+            return self._platform_token
+        return self._decrypt(own.access_token_enc)
+
     def _decrypt(self, token_enc: str) -> str:
+        """The plaintext of a stored token.
+
+        Raises:
+            SecretKeyMissingError: no ``COMMTUNNEL_SECRET_KEY``, or not the one
+                it was encrypted with.
+        """
         if self._box is None:
             raise SecretKeyMissingError(
                 "COMMTUNNEL_SECRET_KEY is not set, so the stored access token cannot be read"
@@ -272,11 +288,7 @@ class WhatsAppService:
         ) as exc:
             return ProviderResult.transient(ErrorCategory.UNSUPPORTED, exc.message)
         state = await self._store.get_line_state(line.phone_number_id)
-        if (
-            state is not None
-            and state.state == "PAUSED"
-            and state.token_fingerprint == fingerprint(line.access_token)
-        ):
+        if state is not None and _shown_state(state, line.access_token) == "PAUSED":
             return ProviderResult.transient(
                 ErrorCategory.LINE_PAUSED,
                 f"line {line.phone_number_id} is paused ({state.reason}); "
@@ -299,13 +311,10 @@ class WhatsAppService:
             return
         paused = category == ErrorCategory.AUTH
         state = "PAUSED" if paused else "FLAGGED"
-        event = TimelineEvent(
-            id=new_id(),
-            message_id=None,
-            org_id=message.org_id,
-            type="whatsapp_line_paused" if paused else "whatsapp_line_flagged",
-            status=None,
-            created_at=self._clock.now(),
+        event = org_event(
+            message.org_id,
+            "whatsapp_line_paused" if paused else "whatsapp_line_flagged",
+            at=self._clock.now(),
             details={
                 "phoneNumberId": line.phone_number_id,
                 "reason": result.error_message,
@@ -322,14 +331,12 @@ class WhatsAppService:
         )
 
     async def _opt_out(self, org_id: str, phone: str, *, source: str) -> None:
+        """Put ``phone`` on the organization's WhatsApp list with a ``whatsapp_opt_out`` event."""
         now = self._clock.now()
-        event = TimelineEvent(
-            id=new_id(),
-            message_id=None,
-            org_id=org_id,
-            type="whatsapp_opt_out",
-            status=None,
-            created_at=now,
+        event = org_event(
+            org_id,
+            "whatsapp_opt_out",
+            at=now,
             details={"phone": phone, "optedOut": True, "source": source},
         )
         await self._store.add_opt_out(
@@ -347,24 +354,16 @@ class WhatsAppService:
         pnid = own.phone_number_id if own else None
         effective = pnid or self._platform_pnid
         state = await self._store.get_line_state(effective) if effective else None
-        shown = state.state if state else "ACTIVE"
-        if state is not None and state.state == "PAUSED":
-            # paused for a token that has since been replaced: sending works again
-            token = self._platform_token
-            if own is not None and own.access_token_enc is not None:
-                try:
-                    token = self._decrypt(own.access_token_enc)
-                except SecretKeyMissingError:
-                    token = None  # unreadable: the line cannot send, PAUSED stays true
-                    shown = "PAUSED"
-            if token is not None and state.token_fingerprint != fingerprint(token):
-                shown = "ACTIVE"
+        try:
+            token = self._line_token(own)
+        except SecretKeyMissingError:
+            token = None  # unreadable: the line cannot send, a PAUSED line stays paused
         return LineInfo(
             whatsapp_phone_number_id=pnid,
             uses_platform_default=pnid is None,
             platform_line_configured=self.platform_line_configured,
             has_own_access_token=bool(own and own.access_token_enc),
-            state=shown,
+            state="ACTIVE" if state is None else _shown_state(state, token),
         )
 
     async def update_line(self, principal: Principal, payload: dict[str, Any]) -> LineInfo:
@@ -437,68 +436,6 @@ class WhatsAppService:
 
     # ------------------------------------------------------------------ sending
 
-    def _content(self, req: WhatsAppSendRequest) -> WhatsAppContent:
-        problems: dict[str, str] = {}
-        to = None
-        raw_to = req.to
-        if isinstance(raw_to, str) and raw_to.strip().isdigit():
-            raw_to = "+" + raw_to.strip()  # Meta's form: digits with the country code
-        try:
-            to = sms_rules.normalise_e164(raw_to)
-        except ValidationError as exc:
-            problems.update({str(k): str(v) for k, v in exc.details.items()})
-        if req.template is None and req.body is None:
-            problems["body"] = "give body (text) or template"
-        if req.template is not None and req.body is not None:
-            problems["template"] = "give body or template, not both"
-        if req.body is not None:
-            if not isinstance(req.body, str) or not req.body.strip():
-                problems["body"] = "must be a non-empty string"
-            elif len(req.body) > MAX_TEXT_CHARACTERS:
-                problems["body"] = f"must be at most {MAX_TEXT_CHARACTERS} characters"
-        name = language = variables = None
-        if req.template is not None:
-            name, language, variables = self._template(req.template, problems)
-        if problems:
-            raise ValidationError.from_fields(problems)
-        assert to is not None
-        if req.template is not None:
-            return WhatsAppContent(
-                to=to,
-                kind="template",
-                template_name=name,
-                template_language=language,
-                template_variables=variables,
-            )
-        return WhatsAppContent(to=to, kind="text", body=req.body)
-
-    @staticmethod
-    def _template(
-        template: Any, problems: dict[str, str]
-    ) -> tuple[str | None, str | None, list[str] | dict[str, str] | None]:
-        if not isinstance(template, dict):
-            problems["template"] = "must be an object {name, language, variables}"
-            return None, None, None
-        unknown = sorted(set(template) - {"name", "language", "variables"})
-        for field in unknown:
-            problems[f"template.{field}"] = "unknown field"
-        name, language = template.get("name"), template.get("language", "en_US")
-        if not isinstance(name, str) or not _TEMPLATE_NAME.fullmatch(name):
-            problems["template.name"] = "must be a template name (lower case, digits, _)"
-        if not isinstance(language, str) or not _LANGUAGE.fullmatch(language):
-            problems["template.language"] = "must be a language code such as en or en_US"
-        variables = template.get("variables")
-        if variables is not None:
-            if isinstance(variables, list):
-                if not all(isinstance(v, str) for v in variables):
-                    problems["template.variables"] = "list items must be strings"
-            elif isinstance(variables, dict):
-                if not all(isinstance(k, str) and isinstance(v, str) for k, v in variables.items()):
-                    problems["template.variables"] = "object values must be strings"
-            else:
-                problems["template.variables"] = "must be a list or an object of strings"
-        return name, language, variables
-
     async def send(self, principal: Principal, req: WhatsAppSendRequest) -> WhatsAppSendResult:
         """Hand a text or template message to Graph now.
 
@@ -509,7 +446,8 @@ class WhatsAppService:
 
         Raises:
             InsufficientScopeError: the key lacks ``send:whatsapp``.
-            ValidationError: bad ``to``, ``body`` (over 4096 characters) or template.
+            ValidationError: bad ``to``, ``body`` (over 4096 characters) or
+                template (:func:`~commtunnel.domain.whatsapp.message_content`).
             WhatsAppDisabledError / WhatsAppLineNotConfiguredError: nothing to send with.
             WhatsAppProviderError: a transient Graph failure; the message is
                 RETRYING and the worker retries it (``details.messageId``).
@@ -518,7 +456,7 @@ class WhatsAppService:
         """
         require(principal, Scope.SEND_WHATSAPP)
         key = idempotency.validate_key(req.idempotency_key)
-        content = self._content(req)
+        content = rules.message_content(to=req.to, body=req.body, template=req.template)
         with self._in_flight.hold(principal.org_id, key):
             original = await channel.replay(
                 self._storage,
@@ -545,13 +483,10 @@ class WhatsAppService:
                 created_at=now,
                 updated_at=now,
             )
-            event = TimelineEvent(
-                id=new_id(),
-                message_id=message.id,
-                org_id=principal.org_id,
-                type=event_for(Channel.WHATSAPP, Status.QUEUED),
-                status=Status.QUEUED,
-                created_at=now,
+            event = status_event(
+                message,
+                Status.QUEUED,
+                at=now,
                 details={"kind": content.kind, "phoneNumberId": line.phone_number_id},
             )
             record = channel.idempotency_record(
@@ -612,9 +547,7 @@ class WhatsAppService:
             InsufficientScopeError: the key lacks ``read:whatsapp``.
             NotFoundError: no such message in the caller's organization.
         """
-        require(principal, Scope.READ_WHATSAPP)
-        message, attempts = await self._messages.with_attempts(principal, message_id)
-        return WhatsAppStatus(message=message, attempts=attempts)
+        return await self._messages.get(principal, message_id)
 
     async def timeline(
         self, principal: Principal, message_id: str, *, limit: int = 100
@@ -626,7 +559,6 @@ class WhatsAppService:
             ValidationError: ``limit`` out of range.
             NotFoundError: no such message in the caller's organization.
         """
-        require(principal, Scope.READ_WHATSAPP)
         return await self._messages.timeline(principal, message_id, limit)
 
     async def retry(self, principal: Principal, message_id: str) -> WhatsAppSendResult:
@@ -638,7 +570,6 @@ class WhatsAppService:
             MessageNotRetryableError: the message is not FAILED.
             WhatsAppProviderError / WhatsAppSendRejectedError: as for :meth:`send`.
         """
-        require(principal, Scope.SEND_WHATSAPP)
         now = self._clock.now()
         message = await self._messages.requeue_failed(
             self._receipts,
@@ -666,7 +597,7 @@ class WhatsAppService:
         Raises:
             WebhookAuthError: wrong mode, wrong or unset token (answer 403).
         """
-        return whatsapp_webhooks.verify_handshake(params, verify_token)
+        return rules.verify_handshake(params, verify_token)
 
     async def receive_webhook(
         self, body: bytes, signature: str | None, app_secret: str | None
@@ -679,29 +610,34 @@ class WhatsAppService:
         """
         if not app_secret:
             raise WebhookSignatureError("WHATSAPP_APP_SECRET is not set; webhooks are refused")
-        whatsapp_webhooks.verify_signature(body, signature, app_secret)
+        rules.verify_signature(body, signature, app_secret)
         try:
             payload = json.loads(body)
         except (ValueError, RecursionError):
             raise ValidationError.from_fields({"body": "is not JSON"}) from None
-        return await self.apply_webhook(whatsapp_webhooks.parse_webhook(payload))
+        return await self.apply_webhook(rules.parse_webhook(payload))
 
-    async def apply_webhook(self, batch: Any) -> WebhookResult:
-        """Apply a parsed, signature-checked Meta webhook (a ``WebhookBatch``).
+    async def apply_webhook(self, batch: WebhookBatch) -> WebhookResult:
+        """Apply a parsed, signature-checked Meta webhook.
 
         Status updates move the matching message forward with a
-        ``whatsapp_<status>`` event, once, never backwards; a ``failed`` status
-        carrying error 131050 also records an opt-out. Inbound messages are
-        stored for the organization owning the receiving line (the line map,
-        then tenant lines); messages for a line no organization owns are dropped.
+        ``whatsapp_<status>`` event, once, never backwards
+        (:func:`~commtunnel.services.timeline.apply_receipt`); a ``failed``
+        status carrying error 131050 also records an opt-out. Inbound messages
+        are stored for the organization owning the receiving line (the line
+        map, then tenant lines); messages for a line no organization owns are
+        dropped, and a redelivered one is stored once.
+
+        Returns:
+            Counts of status updates applied and ignored (unknown message,
+            duplicate, out of order) and of inbound messages newly stored.
         """
         applied = ignored = stored = 0
         for update in batch.statuses:
             message = await self._receipts.find_by_provider_message_id(
                 Channel.WHATSAPP, update.provider_message_id
             )
-            allowed = _ALLOWED_FROM.get(update.status)
-            if message is None or allowed is None:
+            if message is None:
                 ignored += 1
                 continue
             details: dict[str, Any] = {
@@ -714,23 +650,14 @@ class WhatsAppService:
                 details["error"] = "; ".join(
                     str(e.get("title") or e.get("message") or e.get("code")) for e in update.errors
                 )
-            event = TimelineEvent(
-                id=new_id(),
-                message_id=message.id,
-                org_id=message.org_id,
-                type=event_for(Channel.WHATSAPP, update.status),
-                status=update.status,
-                created_at=self._clock.now(),
-                details=details,
+            outcome = await apply_receipt(
+                self._receipts, message, update.status, at=self._clock.now(), details=details
             )
-            outcome = await self._receipts.apply_receipt(
-                message.id, new_status=update.status, allowed_from=allowed, event=event
-            )
-            if outcome is not None and outcome.applied:
+            if outcome.applied:
                 applied += 1
             else:
                 ignored += 1
-            if any(_error_code(e) == _OPTED_OUT_CODE for e in update.errors) and message.whatsapp:
+            if update.recipient_opted_out and message.whatsapp:
                 await self._opt_out(message.org_id, message.whatsapp.to, source="meta_webhook")
         for item in batch.inbound:
             org_id = await self._org_for_line(item.phone_number_id)
@@ -754,11 +681,3 @@ class WhatsAppService:
         return WebhookResult(
             statuses_applied=applied, statuses_ignored=ignored, inbound_stored=stored
         )
-
-
-def _error_code(error: Mapping[str, Any]) -> int | None:
-    code = error.get("code")
-    try:
-        return int(code) if code is not None else None
-    except (TypeError, ValueError):
-        return None
