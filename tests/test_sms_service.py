@@ -845,3 +845,29 @@ async def test_provider_receipts_for_unknown_messages_are_404(ct: Commtunnel) ->
         message_id,
         Status.SENT,
     )
+
+
+async def test_in_process_reads_mask_the_otp_passcode(ct: Commtunnel) -> None:
+    """The passcode is the recipient's secret: masked on every read, sent in clear."""
+    await approve(ct, "Acme", flow="OTP")
+    result = await ct.sms.send_otp(to=TO, brand_name="Acme", otp_code="482913")
+    assert result.message.sms is not None and "482913" in result.message.sms.body
+    status = await ct.sms.get(result.message.id)
+    assert status.message.sms is not None
+    assert "482913" not in status.message.sms.body
+    assert "******" in status.message.sms.body
+    listed = (await ct.sms.list(flow="OTP")).items
+    assert len(listed) == 1 and listed[0].sms is not None
+    assert "482913" not in listed[0].sms.body
+    await ct.run_worker_until_idle()
+    assert "482913" in ct.sms_provider.sent[0].content.body  # type: ignore[union-attr]
+
+
+async def test_otp_policy_of_an_unknown_organization_is_not_found(ct: Commtunnel) -> None:
+    with pytest.raises(NotFoundError):
+        await ct.sms_service.set_otp_ignores_opt_out("no-such-org", True)
+
+
+async def test_provider_callback_without_a_provider_is_not_found(ct: Commtunnel) -> None:
+    with pytest.raises(NotFoundError):
+        await ct.sms_service.receive_provider_callback(None, url="http://x/", headers={}, body=b"")

@@ -563,3 +563,30 @@ async def test_an_unchanged_line_state_records_nothing(
     assert state is not None and (state.reason, state.token_fingerprint) == ("expired too", "fp-2")
     events = backend.conn.execute("SELECT COUNT(*) FROM events WHERE message_id IS NULL")
     assert events.fetchone()[0] == 2
+
+
+async def test_v4_keeps_sms_webhook_tokens_and_drops_their_digest(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    """A v3 file's tokens still open their organization after the upgrade; no digest is left."""
+    path = tmp_path / "v3.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    sqlite_schema.migrate(conn, ts(clock.now()), target=3)
+    now = ts(clock.now())
+    conn.execute("INSERT INTO orgs (id, name, created_at) VALUES ('o1', 'acme', ?)", (now,))
+    conn.execute(
+        "INSERT INTO sms_tokens (org_id, token, token_hash, created_at) "
+        "VALUES ('o1', 'smst_abc', 'digest', ?)",
+        (now,),
+    )
+    conn.close()
+    backend = SqliteBackend(path, clock=clock)
+    await backend.open()
+    try:
+        store = SqliteSmsStore(backend)
+        assert await store.org_for_sms_token("smst_abc") == "o1"
+        assert await store.org_for_sms_token("digest") is None
+        columns = {row[1] for row in backend.conn.execute("PRAGMA table_info(sms_tokens)")}
+        assert columns == {"org_id", "token", "created_at"}
+    finally:
+        await backend.aclose()

@@ -33,7 +33,7 @@ from commtunnel.backends.sqlite_whatsapp import SqliteWhatsAppStore
 from commtunnel.clock import SystemClock
 from commtunnel.config import Settings
 from commtunnel.crypto import SecretBox
-from commtunnel.domain.delivery import ErrorCategory, ProviderResult
+from commtunnel.domain.delivery import ProviderResult
 from commtunnel.domain.errors import ProviderConfigError
 from commtunnel.domain.events import TimelineEvent
 from commtunnel.domain.keys import ALL_SCOPES, Organization, Principal
@@ -514,9 +514,8 @@ class Commtunnel:
         """Consequences of a failed attempt beyond the message itself."""
         if message.whatsapp is not None:
             await self.whatsapp_service.after_attempt(message, result)
-        elif message.sms is not None and result.error_category == ErrorCategory.RECIPIENT_OPTED_OUT:
-            # the provider says the recipient opted out: the organization's list learns it too
-            await self.sms_service.opt_out(message.org_id, message.sms.to, source="provider")
+        elif message.sms is not None:
+            await self.sms_service.after_attempt(message, result)
 
     async def run_worker_until_idle(self) -> int:
         """Deliver everything due at the clock's current time; returns jobs processed.

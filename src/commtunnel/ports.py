@@ -696,7 +696,7 @@ class SmsStorage(Protocol):
         ...
 
     # webhook tokens, inbound
-    async def set_sms_token(self, org_id: str, token: str, token_hash: str, at: datetime) -> None:
+    async def set_sms_token(self, org_id: str, token: str, at: datetime) -> None:
         """Store (or replace) the organization's inbound-webhook token."""
         ...
 
@@ -704,8 +704,8 @@ class SmsStorage(Protocol):
         """The organization's current token, if any."""
         ...
 
-    async def org_for_sms_token(self, token_hash: str) -> str | None:
-        """The organization whose token has this SHA-256 hex digest."""
+    async def org_for_sms_token(self, token: str) -> str | None:
+        """The organization holding this token."""
         ...
 
     async def add_inbound(self, message: InboundMessage) -> bool:

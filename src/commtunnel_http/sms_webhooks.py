@@ -32,7 +32,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from commtunnel.client import Commtunnel
-from commtunnel.domain.errors import InvalidJsonError, NotFoundError, ValidationError
+from commtunnel.domain.errors import InvalidJsonError, ValidationError
 from commtunnel_http.handlers import Handlers, parse_json_object
 from commtunnel_http.wire import Wire
 
@@ -176,16 +176,13 @@ class SmsWebhookRoutes(Handlers):
             WebhookSignatureError: 401, a missing or wrong signature.
             ValidationError: 400, not a status callback of this provider.
         """
-        provider = self.ct.sms_provider
-        if provider is None:
-            raise NotFoundError("No SMS provider is configured, so none sends status callbacks")
-        body = await self.body(request)
-        receipts = provider.parse_status_callback(
-            url=self.callback_url(request), headers=request.headers, body=body
+        received, applied = await self.sms.receive_provider_callback(
+            self.ct.sms_provider,
+            url=self.callback_url(request),
+            headers=request.headers,
+            body=await self.body(request),
         )
-        results = await self.sms.receive_provider_receipts(receipts, provider=provider.name)
-        applied = sum(1 for r in results if r.applied)
-        return JSONResponse({"received": len(receipts), "applied": applied})
+        return JSONResponse({"received": received, "applied": applied})
 
     def routes(self) -> list[BaseRoute]:
         """The route table."""

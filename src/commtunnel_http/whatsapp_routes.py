@@ -26,10 +26,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from commtunnel.client import Commtunnel
-from commtunnel.domain.errors import WebhookAuthError
 from commtunnel.domain.whatsapp import SIGNATURE_HEADER
 from commtunnel.services.whatsapp import send_request_from_wire
-from commtunnel_http.errors import envelope, request_id
 from commtunnel_http.handlers import Handlers, limit_param, send_answer
 from commtunnel_http.wire import Wire
 
@@ -118,16 +116,9 @@ class WhatsAppRoutes(Handlers):
         Returns:
             200 ``text/plain`` with the challenge, else 403 (the envelope).
         """
-        try:
-            challenge = self.whatsapp.handshake(
-                request.query_params, self.ct.settings.whatsapp_verify_token
-            )
-        except WebhookAuthError as exc:
-            # Meta documents 403 for a refused verification; WebhookAuthError's own
-            # status is 401 (the same code is 401 on the SMS webhooks).
-            return envelope(
-                exc.message, exc.code, request_id(request), status=403, details=exc.details
-            )
+        challenge = self.whatsapp.handshake(
+            request.query_params, self.ct.settings.whatsapp_verify_token
+        )
         return PlainTextResponse(challenge)
 
     async def receive(self, request: Request) -> Response:

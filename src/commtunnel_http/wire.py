@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import attrs
 import cattrs
 from cattrs.gen import make_dict_unstructure_fn, override
 
-from commtunnel.domain.events import TimelineEvent
+from commtunnel.domain.events import TimelineEvent, format_timestamp
 from commtunnel.domain.messages import Attempt, Message, SmsContent, WhatsAppContent
-from commtunnel.domain.sms import redact_otp_body
 from commtunnel.ports import InboundMessage, OptOut, SenderIdRequest
 from commtunnel.services.email import EmailStats, EmailStatus, Rendered, SendResult
 from commtunnel.services.sms import (
@@ -48,17 +47,6 @@ from commtunnel.services.whatsapp import (
 #: (From, To, Subject, Date, Message-ID, MIME-Version, Content-Type and the
 #: multipart boundaries). An estimate: the exact figure depends on addresses.
 HEADER_OVERHEAD_BYTES = 300
-
-
-def format_timestamp(value: datetime) -> str:
-    """``2026-06-03T12:00:00.000Z``: UTC, milliseconds, ``Z``.
-
-    Raises:
-        ValueError: ``value`` is naive (every datetime inside Commtunnel is aware).
-    """
-    if value.tzinfo is None:
-        raise ValueError(f"naive datetime on the wire: {value!r}")
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _camel(name: str) -> str:
@@ -245,8 +233,7 @@ class Wire:
             **self._message(m),
             "to": sms.to,
             "senderId": sms.sender_id,
-            # the passcode of an OTP is the recipient's secret: never read back
-            "body": redact_otp_body(sms.body) if sms.flow == "OTP" else sms.body,
+            "body": sms.body,
             "sendType": sms.send_type,
             "encoding": sms.encoding,
             "segments": sms.segments,

@@ -214,6 +214,23 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        4,
+        # The SMS webhook token was stored twice: as text and as its SHA-256.
+        # The text must stay (the CLI shows the token again), so the digest,
+        # derivable and therefore no protection, goes; lookups use the text.
+        """
+        CREATE TABLE sms_tokens_v4 (
+            org_id TEXT PRIMARY KEY REFERENCES orgs(id),
+            token TEXT NOT NULL UNIQUE,
+            created_at TEXT NOT NULL
+        );
+        INSERT INTO sms_tokens_v4 (org_id, token, created_at)
+            SELECT org_id, token, created_at FROM sms_tokens;
+        DROP TABLE sms_tokens;
+        ALTER TABLE sms_tokens_v4 RENAME TO sms_tokens;
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

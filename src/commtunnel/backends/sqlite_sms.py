@@ -263,14 +263,14 @@ class SqliteSmsStore:
 
     # ------------------------------------------------------------------ tokens, inbound
 
-    async def set_sms_token(self, org_id: str, token: str, token_hash: str, at: datetime) -> None:
-        """Store or replace the organization's webhook token (``token_hash``: its SHA-256 hex)."""
+    async def set_sms_token(self, org_id: str, token: str, at: datetime) -> None:
+        """Store or replace the organization's webhook token."""
         self._backend.transaction(
             lambda c: c.execute(
-                "INSERT INTO sms_tokens (org_id, token, token_hash, created_at) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (org_id) DO UPDATE SET token = excluded.token, "
-                "token_hash = excluded.token_hash, created_at = excluded.created_at",
-                (org_id, token, token_hash, ts(at)),
+                "INSERT INTO sms_tokens (org_id, token, created_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (org_id) DO UPDATE SET token = excluded.token, "
+                "created_at = excluded.created_at",
+                (org_id, token, ts(at)),
             )
         )
 
@@ -281,10 +281,10 @@ class SqliteSmsStore:
         ).fetchone()
         return None if row is None else str(row[0])
 
-    async def org_for_sms_token(self, token_hash: str) -> str | None:
-        """The organization owning the token with this digest."""
+    async def org_for_sms_token(self, token: str) -> str | None:
+        """The organization holding this token (a unique index lookup)."""
         row = self._conn.execute(
-            "SELECT org_id FROM sms_tokens WHERE token_hash = ?", (token_hash,)
+            "SELECT org_id FROM sms_tokens WHERE token = ?", (token,)
         ).fetchone()
         return None if row is None else str(row[0])
 

@@ -14,7 +14,7 @@ import json
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, NoReturn, TypeVar
 
 import click
@@ -23,6 +23,7 @@ from commtunnel.client import Commtunnel
 from commtunnel.config import Settings
 from commtunnel.domain.delivery import ErrorCategory, ProviderResult
 from commtunnel.domain.errors import CommtunnelError, NotFoundError
+from commtunnel.domain.events import format_timestamp
 from commtunnel.domain.keys import ALL_SCOPES, Organization, Principal, Scope
 from commtunnel.ports import DeliveryReceipt, OutgoingEmail, OutgoingSms, OutgoingWhatsApp
 from commtunnel.services.sms import Page
@@ -194,9 +195,7 @@ async def all_pages(fetch: Callable[..., Awaitable[Page]], principal: Principal)
 
 def iso(value: datetime | None) -> str | None:
     """Wire timestamp: UTC, ISO 8601 with milliseconds and ``Z`` (None stays None)."""
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return None if value is None else format_timestamp(value)
 
 
 def emit_json(value: Any) -> None:

@@ -23,7 +23,6 @@ from commtunnel.cli._support import (
     run_for_org,
 )
 from commtunnel.client import Commtunnel
-from commtunnel.domain.errors import NotFoundError
 from commtunnel.domain.keys import ApiKey, Organization, parse_scopes
 from commtunnel.ports import Sender, Template
 
@@ -124,8 +123,7 @@ def orgs_set(
     value = otp_ignores_opt_out
 
     async def action(ct: Commtunnel, org: Organization) -> Organization:
-        if not await ct.sms_store.set_otp_ignores_opt_out(org.id, value):
-            raise NotFoundError(f"No organization '{org_name}'", details={"org": org_name})
+        await ct.sms_service.set_otp_ignores_opt_out(org.id, value)
         return await ct.admin.get_org(org.id)
 
     org = run_for_org(db, org_name, action)

@@ -12,6 +12,7 @@
     ├── SmsBrandNotApprovedError          403 SMS_BRAND_NOT_APPROVED
     ├── SmsRecipientOptedOutError         403 SMS_RECIPIENT_OPTED_OUT
     ├── WebhookAuthError                  401 INVALID_WEBHOOK_TOKEN / INVALID_WEBHOOK_SIGNATURE
+    │   └── WebhookVerificationError      403 INVALID_WEBHOOK_TOKEN (Meta's handshake)
     ├── NotFoundError                     404 NOT_FOUND
     ├── IdempotencyKeyInUseError          409 IDEMPOTENCY_KEY_IN_USE
     ├── IdempotencyKeyReusedError         422 IDEMPOTENCY_KEY_REUSED
@@ -176,6 +177,16 @@ class WebhookSignatureError(WebhookAuthError):
     """An inbound webhook's signature header is missing or does not match the body."""
 
     code = INVALID_WEBHOOK_SIGNATURE
+
+
+class WebhookVerificationError(WebhookAuthError):
+    """A webhook subscription check (Meta's ``hub.verify_token`` handshake) failed.
+
+    Meta documents a 403 for a refused verification, so this one answers 403
+    where the other webhook refusals answer 401.
+    """
+
+    http_status = 403
 
 
 class NotFoundError(CommtunnelError):

@@ -6,12 +6,26 @@ event vocabulary"): ``email_queued``, ``email_processing``, ``email_sent`` ...
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import attrs
 
 from commtunnel.domain.messages import Channel, Status, _aware
+
+
+def format_timestamp(value: datetime) -> str:
+    """The wire form of a time: ``2026-06-03T12:00:00.000Z`` (UTC, milliseconds, ``Z``).
+
+    ``../shared/DESIGN.md`` ("Time"): timestamps are UTC, ISO 8601 with
+    milliseconds and ``Z`` on the wire, in the API, the CLI and the outbox files.
+
+    Raises:
+        ValueError: ``value`` is naive (every datetime inside Commtunnel is aware).
+    """
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime on the wire: {value!r}")
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @attrs.frozen(kw_only=True)

@@ -19,7 +19,11 @@ from typing import Any
 
 import attrs
 
-from commtunnel.domain.errors import ValidationError, WebhookAuthError, WebhookSignatureError
+from commtunnel.domain.errors import (
+    ValidationError,
+    WebhookSignatureError,
+    WebhookVerificationError,
+)
 from commtunnel.domain.messages import Status, WhatsAppContent, _aware
 from commtunnel.domain.sms import normalise_e164
 
@@ -201,20 +205,20 @@ def verify_handshake(params: Mapping[str, str], verify_token: str | None) -> str
         The ``hub.challenge`` value, to be sent back as the plain-text body.
 
     Raises:
-        WebhookAuthError: no token configured, a mode other than ``subscribe``,
+        WebhookVerificationError: no token configured, a mode other than ``subscribe``,
             a wrong token (constant-time comparison) or no challenge. The HTTP
             layer answers 403 for it on this route.
     """
     if not verify_token:
-        raise WebhookAuthError("No WhatsApp webhook verify token is configured")
+        raise WebhookVerificationError("No WhatsApp webhook verify token is configured")
     if params.get("hub.mode") != "subscribe":
-        raise WebhookAuthError("hub.mode must be 'subscribe'")
+        raise WebhookVerificationError("hub.mode must be 'subscribe'")
     given = params.get("hub.verify_token") or ""
     if not hmac.compare_digest(given.encode("utf-8"), verify_token.encode("utf-8")):
-        raise WebhookAuthError("hub.verify_token does not match")
+        raise WebhookVerificationError("hub.verify_token does not match")
     challenge = params.get("hub.challenge")
     if not challenge:
-        raise WebhookAuthError("hub.challenge is missing")
+        raise WebhookVerificationError("hub.challenge is missing")
     return challenge
 
 

@@ -36,13 +36,13 @@ import os
 import re
 import tempfile
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import unquote, urlsplit
 
 from commtunnel.domain.delivery import ErrorCategory, ProviderResult
 from commtunnel.domain.errors import NotFoundError
+from commtunnel.domain.events import format_timestamp
 from commtunnel.ports import Clock, DeliveryReceipt, OutgoingEmail, OutgoingSms
 from commtunnel.providers.mime import build_mime
 
@@ -171,7 +171,7 @@ class OutboxProvider:
             "sendType": content.send_type,
             "flow": content.flow,
             "purpose": content.purpose,
-            "createdAt": _wire_time(sms.created_at),
+            "createdAt": format_timestamp(sms.created_at),
             "attemptNumber": sms.attempt_number,
         }
         data = (json.dumps(record, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
@@ -240,8 +240,3 @@ class OutboxProvider:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
-
-
-def _wire_time(value: datetime) -> str:
-    """UTC ISO 8601 with milliseconds and ``Z`` (the wire format of ``../shared/DESIGN.md``)."""
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import math
 import secrets
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
 import attrs
 
 from commtunnel.domain import sms as rules
+from commtunnel.domain.delivery import ErrorCategory, ProviderResult
 from commtunnel.domain.errors import (
     ConflictError,
     NotFoundError,
@@ -32,7 +34,7 @@ from commtunnel.domain.errors import (
     WebhookAuthError,
 )
 from commtunnel.domain.events import TimelineEvent
-from commtunnel.domain.keys import Principal, Scope, hash_key
+from commtunnel.domain.keys import Principal, Scope
 from commtunnel.domain.messages import Channel, Message, SmsContent, Status
 from commtunnel.ids import new_id
 from commtunnel.ports import (
@@ -45,6 +47,7 @@ from commtunnel.ports import (
     ReceiptOutcome,
     SenderIdRequest,
     SmsPage,
+    SmsProvider,
     SmsStorage,
     Storage,
 )
@@ -216,6 +219,18 @@ def _reason_problem(reason: Any) -> dict[str, str]:
     if reason is None or (isinstance(reason, str) and len(reason) <= MAX_REASON_CHARACTERS):
         return {}
     return {"reason": f"must be a string of at most {MAX_REASON_CHARACTERS} characters"}
+
+
+def _for_reading(message: Message) -> Message:
+    """The message as reads show it: an OTP's passcode masked.
+
+    A one-time passcode is the recipient's secret; support sees what was sent,
+    never the code (:func:`~commtunnel.domain.sms.redact_otp_body`).
+    """
+    sms = message.sms
+    if sms is None or sms.flow != "OTP":
+        return message
+    return attrs.evolve(message, sms=attrs.evolve(sms, body=rules.redact_otp_body(sms.body)))
 
 
 class SmsService:
@@ -480,7 +495,8 @@ class SmsService:
             InsufficientScopeError: the key lacks ``read:sms``.
             NotFoundError: no such SMS in the caller's organization.
         """
-        return await self._messages.get(principal, message_id)
+        status = await self._messages.get(principal, message_id)
+        return attrs.evolve(status, message=_for_reading(status.message))
 
     async def timeline(
         self, principal: Principal, message_id: str, *, limit: int = 100
@@ -540,7 +556,8 @@ class SmsService:
             offset=(page - 1) * page_size,
             limit=page_size,
         )
-        return Page(items=result.messages, page=page, page_size=page_size, total=result.total)
+        items = [_for_reading(m) for m in result.messages]
+        return Page(items=items, page=page, page_size=page_size, total=result.total)
 
     # ------------------------------------------------------------------ retry
 
@@ -768,8 +785,8 @@ class SmsService:
 
         The same token guards the MO, DLR and inbound-opt-out routes of that
         organization. ``rotate`` replaces it at once (the old one stops working).
-        Lookups use its SHA-256 (:func:`~commtunnel.domain.keys.hash_key`, as
-        for API keys: a 256-bit random secret needs no slow hash).
+        It is stored as text so ``commtunnel sms token`` can show it again (a
+        digest beside it would protect nothing); keep the database private.
 
         Returns:
             ``smst_`` and 43 URL-safe characters.
@@ -778,7 +795,7 @@ class SmsService:
         if current is not None and not rotate:
             return current
         token = "smst_" + secrets.token_urlsafe(32)
-        await self._store.set_sms_token(org_id, token, hash_key(token), self._clock.now())
+        await self._store.set_sms_token(org_id, token, self._clock.now())
         return token
 
     async def org_for_token(self, token: Any) -> str:
@@ -790,7 +807,7 @@ class SmsService:
         """
         if not isinstance(token, str) or not 0 < len(token) <= MAX_WEBHOOK_TOKEN_CHARACTERS:
             raise WebhookAuthError("Missing or invalid webhook token")
-        org_id = await self._store.org_for_sms_token(hash_key(token))
+        org_id = await self._store.org_for_sms_token(token)
         if org_id is None:
             raise WebhookAuthError("Missing or invalid webhook token")
         return org_id
@@ -985,6 +1002,51 @@ class SmsService:
             error_code=None if error_code is None else str(error_code),
             error=error,
         )
+
+    async def receive_provider_callback(
+        self,
+        provider: SmsProvider | None,
+        *,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes,
+    ) -> tuple[int, int]:
+        """Verify, parse and apply a provider's signed status callback.
+
+        Args:
+            provider: the configured SMS provider (None when there is none).
+            url: the URL the provider POSTed to, as it signed it.
+            headers / body: the request as received.
+
+        Returns:
+            (receipts the callback carried, receipts that moved a message).
+
+        Raises:
+            NotFoundError: no provider, a provider without signed callbacks, or
+                receipts none of which matches a message here.
+            WebhookSignatureError: the signature is missing or wrong.
+            ValidationError: the body is not a status callback of this provider.
+        """
+        if provider is None:
+            raise NotFoundError("No SMS provider is configured, so none sends status callbacks")
+        receipts = provider.parse_status_callback(url=url, headers=headers, body=body)
+        results = await self.receive_provider_receipts(receipts, provider=provider.name)
+        return len(receipts), sum(1 for r in results if r.applied)
+
+    async def after_attempt(self, message: Message, result: ProviderResult) -> None:
+        """Consequences of a failed attempt beyond the message: a provider that says
+        the recipient opted out (Twilio 21610) puts the number on the opt-out list."""
+        if message.sms is not None and result.error_category == ErrorCategory.RECIPIENT_OPTED_OUT:
+            await self.opt_out(message.org_id, message.sms.to, source="provider")
+
+    async def set_otp_ignores_opt_out(self, org_id: str, value: bool) -> None:
+        """Whether OTP messages of the organization still reach opted-out numbers.
+
+        Raises:
+            NotFoundError: no such organization.
+        """
+        if not await self._store.set_otp_ignores_opt_out(org_id, value):
+            raise NotFoundError("No such organization", details={"org": org_id})
 
     async def receive_provider_receipts(
         self, receipts: list[DeliveryReceipt], *, provider: str

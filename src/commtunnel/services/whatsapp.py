@@ -595,7 +595,7 @@ class WhatsAppService:
         """Answer Meta's subscription check: ``hub.challenge`` when the token matches.
 
         Raises:
-            WebhookAuthError: wrong mode, wrong or unset token (answer 403).
+            WebhookVerificationError: wrong mode, wrong or unset token (403).
         """
         return rules.verify_handshake(params, verify_token)
 
