@@ -91,3 +91,49 @@ def outgoing_sms(
         created_at=datetime(2026, 1, 1, 12, tzinfo=UTC),
         status_callback_url=callback,
     )
+
+
+class FakeGraph:
+    """A Graph API stand-in: queue answers with :meth:`answer`, read :attr:`requests`."""
+
+    def __init__(self) -> None:
+        self.requests: list[httpx.Request] = []
+        self.answers: list[Callable[[httpx.Request], httpx.Response]] = []
+        self.count = 0
+
+    def answer(self, fn: Callable[[httpx.Request], httpx.Response]) -> None:
+        """Answer the next request with ``fn(request)``."""
+        self.answers.append(fn)
+
+    def error(self, code: int, http_status: int = 400, message: str = "error") -> None:
+        """Answer the next request with Graph's error object carrying ``code``."""
+        body = {
+            "error": {
+                "message": message,
+                "type": "OAuthException",
+                "code": code,
+                "error_data": {"messaging_product": "whatsapp", "details": message},
+                "fbtrace_id": "Az8or2yhqkZfEZ-_4Qn_Bam",
+            }
+        }
+        self.answer(lambda request: httpx.Response(http_status, json=body))
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        """The MockTransport handler: a queued answer, else Meta's documented success."""
+        self.requests.append(request)
+        if self.answers:
+            return self.answers.pop(0)(request)
+        self.count += 1
+        payload = json.loads(request.content)
+        return httpx.Response(
+            200,
+            json={
+                "messaging_product": "whatsapp",
+                "contacts": [{"input": payload["to"], "wa_id": payload["to"]}],
+                "messages": [{"id": f"wamid.HBgL{self.count:04d}"}],
+            },
+        )
+
+    def sent_json(self, n: int = -1) -> dict[str, Any]:
+        """The JSON body of request ``n`` (the last by default)."""
+        return json.loads(self.requests[n].content)

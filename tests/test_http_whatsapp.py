@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from commtunnel.domain.messages import Channel
 from commtunnel.providers.whatsapp import WhatsAppCloudProvider
 from commtunnel.testing import ManualClock, MockProvider, MockSmsProvider
 from commtunnel_http import create_app
+from http_fakes import FakeGraph
 
 pytestmark = pytest.mark.anyio
 
@@ -43,46 +44,6 @@ VERIFY_TOKEN = "verify-me"
 TO = "+14155552671"
 TEXT = {"to": TO, "body": "Your order shipped"}
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
-
-
-class FakeGraph:
-    """A Graph API stand-in: queue failures with :meth:`error`, read :attr:`requests`."""
-
-    def __init__(self) -> None:
-        self.requests: list[httpx.Request] = []
-        self.answers: list[Callable[[httpx.Request], httpx.Response]] = []
-        self.count = 0
-
-    def error(self, code: int, http_status: int = 400, message: str = "error") -> None:
-        """Answer the next request with Graph's error object carrying ``code``."""
-        body = {
-            "error": {
-                "message": message,
-                "type": "OAuthException",
-                "code": code,
-                "error_data": {"messaging_product": "whatsapp", "details": message},
-                "fbtrace_id": "Az8or2yhqkZfEZ-_4Qn_Bam",
-            }
-        }
-        self.answers.append(lambda _request: httpx.Response(http_status, json=body))
-
-    def handle(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        if self.answers:
-            return self.answers.pop(0)(request)
-        self.count += 1
-        payload = json.loads(request.content)
-        return httpx.Response(
-            200,
-            json={
-                "messaging_product": "whatsapp",
-                "contacts": [{"input": payload["to"], "wa_id": payload["to"]}],
-                "messages": [{"id": f"wamid.HBgL{self.count:04d}"}],
-            },
-        )
-
-    def sent_json(self, n: int = -1) -> Any:
-        return json.loads(self.requests[n].content)
 
 
 def wa_settings(**overrides: Any) -> Settings:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from commtunnel.domain.messages import Status
 from commtunnel.providers.whatsapp import WhatsAppCloudProvider
 from commtunnel.services.whatsapp import WhatsAppSendRequest, parse_line_map
 from commtunnel.testing import ManualClock, MockProvider, MockSmsProvider
+from http_fakes import FakeGraph
 
 pytestmark = pytest.mark.anyio
 
@@ -44,48 +45,6 @@ PLATFORM_TOKEN = "EAAplatform-token-0123456789"
 TENANT_TOKEN = "EAAtenant-token-9876543210"
 APP_SECRET = "app-secret-for-tests"
 TO = "+14155552671"
-
-
-class FakeGraph:
-    """A Graph API stand-in: queue answers with :meth:`answer`, read :attr:`requests`."""
-
-    def __init__(self) -> None:
-        self.requests: list[httpx.Request] = []
-        self.answers: list[Callable[[httpx.Request], httpx.Response]] = []
-        self.count = 0
-
-    def answer(self, fn: Callable[[httpx.Request], httpx.Response]) -> None:
-        self.answers.append(fn)
-
-    def error(self, code: int, http_status: int = 400, message: str = "error") -> None:
-        body = {
-            "error": {
-                "message": message,
-                "type": "OAuthException",
-                "code": code,
-                "error_data": {"messaging_product": "whatsapp", "details": message},
-                "fbtrace_id": "Az8or2yhqkZfEZ-_4Qn_Bam",
-            }
-        }
-        self.answer(lambda request: httpx.Response(http_status, json=body))
-
-    def handle(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        if self.answers:
-            return self.answers.pop(0)(request)
-        self.count += 1
-        payload = json.loads(request.content)
-        return httpx.Response(
-            200,
-            json={
-                "messaging_product": "whatsapp",
-                "contacts": [{"input": payload["to"], "wa_id": payload["to"]}],
-                "messages": [{"id": f"wamid.HBgL{self.count:04d}"}],
-            },
-        )
-
-    def sent_json(self, n: int = -1) -> dict[str, Any]:
-        return json.loads(self.requests[n].content)
 
 
 @pytest.fixture
