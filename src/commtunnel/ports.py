@@ -27,6 +27,13 @@ from commtunnel.domain.messages import (
     WhatsAppContent,
     _aware,
 )
+from commtunnel.domain.tracking import EngagementCounts
+from commtunnel.domain.webhooks import (
+    DeliveryStatus,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 
 
 class Clock(Protocol):
@@ -523,9 +530,38 @@ class Storage(Protocol):
         ...
 
     async def stats(
-        self, org_id: str, channel: Channel, start: datetime, end: datetime
-    ) -> tuple[dict[str, int], dict[str, int]]:
-        """Counts for messages created in ``[start, end)``: (by status, events by type)."""
+        self,
+        org_id: str,
+        channel: Channel,
+        start: datetime,
+        end: datetime,
+        *,
+        include_bots: bool = False,
+    ) -> tuple[dict[str, int], dict[str, int], EngagementCounts]:
+        """Counts for ``[start, end)``.
+
+        Returns:
+            (messages created in the window by status, events in the window by
+            type, opens and clicks in the window: totals and distinct messages,
+            without events whose ``details.isBot`` is true unless ``include_bots``).
+        """
+        ...
+
+    async def append_event(self, event: TimelineEvent) -> TimelineEvent:
+        """Write an event that changes no status (``email_opened``), with its webhook fan-out.
+
+        Returns:
+            The event as written: ``details["first"]`` is True when the
+            message had no earlier event of the same type, decided atomically
+            with the write.
+        """
+        ...
+
+    async def instance_secret(self, name: str, candidate: str, at: datetime) -> str:
+        """The server-made secret called ``name``, storing ``candidate`` if there is none yet.
+
+        Every process on one database gets the same value (the first stored wins).
+        """
         ...
 
 
@@ -842,4 +878,141 @@ class WhatsAppStorage(Protocol):
 
     async def is_opted_out(self, org_id: str, phone: str) -> bool:
         """Whether the number is on the organization's WhatsApp opt-out list."""
+        ...
+
+
+# --------------------------------------------------------------------------- webhooks
+
+
+@attrs.frozen(kw_only=True)
+class ClaimedDelivery:
+    """A webhook delivery leased to one worker, with what its attempt needs.
+
+    Attributes:
+        delivery: the delivery as claimed (``attempt_count`` not yet increased).
+        endpoint: its endpoint (may be disabled since the fan-out).
+        event: the timeline event, None for a delivery that carries its own
+            ``payload`` (``webhook.test``) or whose event was purged.
+        recipient: the ``to`` of the event's message, None without a message.
+        lease_token: proves the lease when the attempt is recorded.
+    """
+
+    delivery: WebhookDelivery
+    endpoint: WebhookEndpoint
+    event: TimelineEvent | None
+    recipient: str | None
+    lease_token: str
+
+
+@attrs.frozen(kw_only=True)
+class DeliveryCompletion:
+    """The result of one attempt, recorded in one transaction.
+
+    Attributes:
+        claimed: the claim the attempt was made under.
+        attempt: the attempt's log entry.
+        status: the delivery's new status (PENDING again for a retry).
+        next_attempt_at: UTC time of the retry, None unless PENDING.
+        last_error: short text of the failure, None on success.
+        endpoint_failing_since: the endpoint's new ``failing_since``
+            (None: healthy again).
+        disable_endpoint: a reason (``gone``, ``failing``) to disable the
+            endpoint now, with ``disabled_event`` written beside it; None to
+            leave it as it is.
+        disabled_event: the ``endpoint_disabled`` organization-level event
+            (fanned out to the organization's other endpoints).
+    """
+
+    claimed: ClaimedDelivery
+    attempt: WebhookAttempt
+    status: DeliveryStatus
+    next_attempt_at: datetime | None = attrs.field(default=None, validator=_aware)
+    last_error: str | None = None
+    endpoint_failing_since: datetime | None = attrs.field(default=None, validator=_aware)
+    disable_endpoint: str | None = None
+    disabled_event: TimelineEvent | None = None
+
+
+@attrs.frozen(kw_only=True)
+class DeliveryPage:
+    """One page of deliveries, newest first, each with its attempts (oldest first).
+
+    Attributes:
+        items: (delivery, attempts) pairs.
+        next_cursor: the id to pass as ``before`` for the next page, None on the last.
+    """
+
+    items: list[tuple[WebhookDelivery, list[WebhookAttempt]]]
+    next_cursor: str | None
+
+
+class WebhookStorage(Protocol):
+    """Customer webhook endpoints, their deliveries and attempts.
+
+    Every timeline event written through any storage method fans out, in the
+    same transaction, to one PENDING delivery (due at the event's time) per
+    enabled endpoint of its organization whose filter matches; this port
+    holds the rest. Secrets are stored as given (the service encrypts them
+    when the server has ``COMMTUNNEL_SECRET_KEY``).
+    """
+
+    async def create_endpoint(self, endpoint: WebhookEndpoint) -> None:
+        """Store a new endpoint."""
+        ...
+
+    async def get_endpoint(self, org_id: str, endpoint_id: str) -> WebhookEndpoint | None:
+        """One endpoint of the organization."""
+        ...
+
+    async def list_endpoints(self, org_id: str) -> list[WebhookEndpoint]:
+        """Every endpoint of the organization, oldest first."""
+        ...
+
+    async def update_endpoint(self, endpoint: WebhookEndpoint) -> bool:
+        """Replace the stored endpoint (same id and org); False if it no longer exists."""
+        ...
+
+    async def delete_endpoint(self, org_id: str, endpoint_id: str) -> bool:
+        """Delete an endpoint with its deliveries and attempts; False if absent."""
+        ...
+
+    async def add_delivery(self, delivery: WebhookDelivery) -> None:
+        """Store a delivery made outside the fan-out (a test event, a replay)."""
+        ...
+
+    async def get_delivery(self, org_id: str, delivery_id: str) -> WebhookDelivery | None:
+        """One delivery of the organization."""
+        ...
+
+    async def list_deliveries(
+        self,
+        org_id: str,
+        *,
+        endpoint_id: str | None = None,
+        message_id: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> DeliveryPage:
+        """Deliveries newest first, filtered by endpoint and/or message, with their attempts.
+
+        Args:
+            before: a delivery id from the previous page's ``next_cursor``.
+        """
+        ...
+
+    async def claim_deliveries(
+        self, *, now: datetime, limit: int, lease_seconds: float
+    ) -> list[ClaimedDelivery]:
+        """Lease up to ``limit`` PENDING deliveries due at ``now``, oldest due first.
+
+        A delivery whose lease expired (its worker died mid-attempt) is due again.
+        """
+        ...
+
+    async def complete_delivery(self, completion: DeliveryCompletion) -> bool:
+        """Record an attempt and its consequences; False if the lease was lost."""
+        ...
+
+    async def next_delivery_at(self) -> datetime | None:
+        """When the earliest PENDING delivery is due (None: there is none)."""
         ...

@@ -38,6 +38,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Generic, NamedTuple, TypeVar
 
+import attrs
 import sqlite_utils
 
 from commtunnel.backends import sqlite_schema
@@ -53,6 +54,8 @@ from commtunnel.domain.messages import (
     Status,
     WhatsAppContent,
 )
+from commtunnel.domain.tracking import EngagementCounts
+from commtunnel.ids import new_id
 from commtunnel.ports import (
     AcceptResult,
     ClaimedJob,
@@ -289,7 +292,8 @@ _SENDERS = record_rows("senders", Sender, "id, org_id, value, created_at")
 _TEMPLATES = record_rows(
     "templates", Template, "id, org_id, name, subject, html, text, created_at, updated_at"
 )
-_EVENTS = record_rows(
+#: timeline events as records (the webhook store reads them too).
+EVENTS = record_rows(
     "events",
     TimelineEvent,
     "id, org_id, message_id, type, status, created_at, details",
@@ -318,7 +322,15 @@ def get_message(
 
 
 def insert_event(conn: sqlite3.Connection, event: TimelineEvent) -> None:
-    """Write one timeline event (a message's, or an organization-level one)."""
+    """Write one timeline event (a message's, or an organization-level one) and its fan-out.
+
+    Each enabled webhook endpoint of the event's organization whose filter
+    names its type (or that has none) gets one PENDING delivery due at the
+    event's time, in the caller's transaction: the delivery exists if and
+    only if the event does. An organization without endpoints costs one
+    indexed SELECT.
+    """
+    created_at = ts(event.created_at)
     conn.execute(
         "INSERT INTO events (id, org_id, message_id, type, status, created_at, details) "
         "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -328,10 +340,36 @@ def insert_event(conn: sqlite3.Connection, event: TimelineEvent) -> None:
             event.message_id,
             event.type,
             None if event.status is None else str(event.status),
-            ts(event.created_at),
+            created_at,
             json.dumps(event.details, separators=(",", ":")),
         ),
     )
+    # The filter is stored as ",type,type," so that one instr() matches a whole type.
+    endpoints = conn.execute(
+        "SELECT id FROM webhook_endpoints WHERE org_id = ? AND enabled = 1 "
+        "AND (events IS NULL OR instr(events, ?) > 0)",
+        (event.org_id, f",{event.type},"),
+    ).fetchall()
+    if endpoints:
+        conn.executemany(
+            "INSERT INTO webhook_deliveries (id, endpoint_id, org_id, event_id, event_type, "
+            "message_id, payload, status, attempt_count, next_attempt_at, created_at, "
+            "updated_at) VALUES (?, ?, ?, ?, ?, ?, NULL, 'PENDING', 0, ?, ?, ?)",
+            [
+                (
+                    new_id(),
+                    endpoint_id,
+                    event.org_id,
+                    event.id,
+                    event.type,
+                    event.message_id,
+                    created_at,
+                    created_at,
+                    created_at,
+                )
+                for (endpoint_id,) in endpoints
+            ],
+        )
 
 
 def _insert_message(conn: sqlite3.Connection, m: Message) -> None:
@@ -1018,7 +1056,7 @@ class SqliteBackend:
 
     async def list_events(self, org_id: str, message_id: str, limit: int) -> list[TimelineEvent]:
         """The first ``limit`` events of a message, oldest first."""
-        return _EVENTS.all(
+        return EVENTS.all(
             self.conn,
             "WHERE message_id = ? AND org_id = ? ORDER BY created_at, id LIMIT ?",
             (message_id, org_id, limit),
@@ -1035,9 +1073,21 @@ class SqliteBackend:
         )
 
     async def stats(
-        self, org_id: str, channel: Channel, start: datetime, end: datetime
-    ) -> tuple[dict[str, int], dict[str, int]]:
-        """(messages created in [start, end) by status, events in [start, end) by type)."""
+        self,
+        org_id: str,
+        channel: Channel,
+        start: datetime,
+        end: datetime,
+        *,
+        include_bots: bool = False,
+    ) -> tuple[dict[str, int], dict[str, int], EngagementCounts]:
+        """Counts of one organization and channel for the window ``[start, end)``.
+
+        Returns:
+            (messages created in the window by status, events in the window by
+            type, opens and clicks in the window: totals and distinct messages,
+            without those marked ``isBot`` unless ``include_bots``).
+        """
         by_status = dict(
             self.conn.execute(
                 "SELECT status, COUNT(*) FROM messages WHERE org_id = ? AND channel = ? "
@@ -1052,7 +1102,59 @@ class SqliteBackend:
                 (org_id, len(channel) + 1, f"{channel}_", ts(start), ts(end)),
             ).fetchall()
         )
-        return by_status, by_event
+        # details.isBot is JSON true/false (1/0 for json_extract); absent counts as human.
+        opened, clicked = f"{channel}_opened", f"{channel}_clicked"
+        engagement = {
+            kind: (total, unique)
+            for kind, total, unique in self.conn.execute(
+                "SELECT type, COUNT(*), COUNT(DISTINCT message_id) FROM events "
+                "WHERE org_id = ? AND type IN (?, ?) AND created_at >= ? AND created_at < ? "
+                "AND (? OR COALESCE(json_extract(details, '$.isBot'), 0) = 0) GROUP BY type",
+                (org_id, opened, clicked, ts(start), ts(end), include_bots),
+            ).fetchall()
+        }
+        opens, unique_opens = engagement.get(opened, (0, 0))
+        clicks, unique_clicks = engagement.get(clicked, (0, 0))
+        counts = EngagementCounts(
+            opens=opens, unique_opens=unique_opens, clicks=clicks, unique_clicks=unique_clicks
+        )
+        return by_status, by_event, counts
+
+    async def append_event(self, event: TimelineEvent) -> TimelineEvent:
+        """Write an event that changes no status, with its webhook fan-out (group commit).
+
+        Returns:
+            The event as written: its details gain ``first``, True when the
+            message had no earlier event of its type (decided inside the
+            write's transaction, so concurrent writers cannot both be first).
+        """
+
+        def op(conn: sqlite3.Connection) -> TimelineEvent:
+            earlier = conn.execute(
+                "SELECT 1 FROM events WHERE message_id = ? AND type = ? LIMIT 1",
+                (event.message_id, event.type),
+            ).fetchone()
+            written = attrs.evolve(event, details={**event.details, "first": earlier is None})
+            insert_event(conn, written)
+            return written
+
+        return await self.submit(op)
+
+    async def instance_secret(self, name: str, candidate: str, at: datetime) -> str:
+        """The server-made secret ``name``; ``candidate`` is stored when there is none."""
+
+        def op(conn: sqlite3.Connection) -> str:
+            conn.execute(
+                "INSERT INTO instance_secrets (name, value, created_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO NOTHING",
+                (name, candidate, ts(at)),
+            )
+            row = conn.execute(
+                "SELECT value FROM instance_secrets WHERE name = ?", (name,)
+            ).fetchone()
+            return str(row[0])
+
+        return self.transaction(op)
 
     # ------------------------------------------------------------------ queue
 

@@ -231,6 +231,78 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE sms_tokens_v4 RENAME TO sms_tokens;
         """,
     ),
+    (
+        5,
+        # Customer webhooks and open/click tracking. An endpoint's event filter
+        # is stored as ",type,type," (NULL: every event) so the fan-out written
+        # with each timeline event can match it with instr(). A delivery's
+        # payload is NULL when the body is built from its timeline event. The
+        # unique index makes the fan-out of one event to one endpoint happen
+        # once (replays are new rows pointing at the original). Server-made
+        # secrets (the tracking-token key when COMMTUNNEL_SECRET_KEY is unset)
+        # live in instance_secrets so every process of one database shares them.
+        """
+        CREATE TABLE webhook_endpoints (
+            id TEXT PRIMARY KEY,
+            org_id TEXT NOT NULL REFERENCES orgs(id),
+            url TEXT NOT NULL,
+            description TEXT NOT NULL,
+            events TEXT,
+            enabled INTEGER NOT NULL,
+            secret TEXT NOT NULL,
+            previous_secret TEXT,
+            previous_secret_expires_at TEXT,
+            failing_since TEXT,
+            disabled_at TEXT,
+            disabled_reason TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE INDEX webhook_endpoints_org ON webhook_endpoints(org_id, enabled);
+        CREATE TABLE webhook_deliveries (
+            id TEXT PRIMARY KEY,
+            endpoint_id TEXT NOT NULL,
+            org_id TEXT NOT NULL,
+            event_id TEXT NOT NULL,
+            event_type TEXT NOT NULL,
+            message_id TEXT,
+            payload TEXT,
+            status TEXT NOT NULL,
+            attempt_count INTEGER NOT NULL,
+            next_attempt_at TEXT,
+            lease_token TEXT,
+            lease_until TEXT,
+            replay_of TEXT,
+            last_status_code INTEGER,
+            last_error TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE UNIQUE INDEX webhook_deliveries_once
+            ON webhook_deliveries(event_id, endpoint_id) WHERE replay_of IS NULL;
+        CREATE INDEX webhook_deliveries_due
+            ON webhook_deliveries(next_attempt_at) WHERE status = 'PENDING';
+        CREATE INDEX webhook_deliveries_endpoint ON webhook_deliveries(endpoint_id, id);
+        CREATE INDEX webhook_deliveries_message ON webhook_deliveries(org_id, message_id);
+        CREATE TABLE webhook_attempts (
+            delivery_id TEXT NOT NULL,
+            number INTEGER NOT NULL,
+            started_at TEXT NOT NULL,
+            duration_ms REAL NOT NULL,
+            status_code INTEGER,
+            succeeded INTEGER NOT NULL,
+            error TEXT,
+            response_body TEXT NOT NULL,
+            PRIMARY KEY (delivery_id, number)
+        );
+        CREATE TABLE instance_secrets (
+            name TEXT PRIMARY KEY,
+            value TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        );
+        CREATE INDEX events_message_type ON events(message_id, type)
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -5,6 +5,8 @@
     CommtunnelError                       code, http_status, details
     ├── ValidationError                   400 VALIDATION_ERROR (details: field -> reason)
     ├── InvalidJsonError                  400 INVALID_JSON
+    ├── InvalidTrackingTokenError         400 INVALID_TRACKING_TOKEN (open/click links)
+    ├── WebhookUrlNotAllowedError         400 WEBHOOK_URL_NOT_ALLOWED (private address, SSRF guard)
     ├── UnauthorizedError                 401 UNAUTHORIZED
     ├── InsufficientScopeError            403 INSUFFICIENT_SCOPE (details.requiredScope)
     ├── SenderNotVerifiedError            403 SENDER_NOT_VERIFIED
@@ -42,6 +44,8 @@ from typing import Any, ClassVar
 # Stable codes, importable as constants so callers never spell them by hand.
 VALIDATION_ERROR = "VALIDATION_ERROR"
 INVALID_JSON = "INVALID_JSON"
+INVALID_TRACKING_TOKEN = "INVALID_TRACKING_TOKEN"  # noqa: S105 - an error code, not a secret
+WEBHOOK_URL_NOT_ALLOWED = "WEBHOOK_URL_NOT_ALLOWED"
 UNAUTHORIZED = "UNAUTHORIZED"
 INSUFFICIENT_SCOPE = "INSUFFICIENT_SCOPE"
 IP_NOT_ALLOWED = "IP_NOT_ALLOWED"
@@ -116,6 +120,28 @@ class InvalidJsonError(CommtunnelError):
     """The request body is not a JSON object."""
 
     code = INVALID_JSON
+    http_status = 400
+
+
+class WebhookUrlNotAllowedError(CommtunnelError):
+    """A webhook URL's host resolves to an address webhooks may not reach (SSRF guard).
+
+    ``details``: ``url`` (the reason, e.g. ``loopback address 127.0.0.1``).
+    Operators who need private receivers set ``COMMTUNNEL_WEBHOOKS_ALLOW_PRIVATE=true``.
+    """
+
+    code = WEBHOOK_URL_NOT_ALLOWED
+    http_status = 400
+
+
+class InvalidTrackingTokenError(CommtunnelError):
+    """A tracking link's token is tampered with, truncated, of the other kind or foreign.
+
+    The click route answers it with the envelope (never a redirect); the open
+    route still answers the pixel, with status 400.
+    """
+
+    code = INVALID_TRACKING_TOKEN
     http_status = 400
 
 

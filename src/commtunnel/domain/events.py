@@ -53,6 +53,9 @@ class TimelineEvent:
     details: dict[str, Any] = attrs.field(factory=dict)
 
     @property
-    def channel(self) -> Channel:
-        """The channel named by the event type prefix."""
-        return Channel(self.type.split("_", 1)[0])
+    def channel(self) -> Channel | None:
+        """The channel named by the event type prefix; None for ``endpoint_disabled``."""
+        try:
+            return Channel(self.type.split("_", 1)[0])
+        except ValueError:
+            return None

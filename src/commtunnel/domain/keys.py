@@ -35,6 +35,7 @@ class Scope(enum.StrEnum):
     PLATFORM_ADMIN = "platform:admin"  # review sender-ID requests (operators only)
     OPT_OUTS_MANAGE = "opt_outs:manage"  # add or remove numbers on the SMS opt-out list
     ACCOUNT_MANAGE = "account:manage"  # organization settings such as the WhatsApp line
+    WEBHOOKS_MANAGE = "webhooks:manage"  # customer webhook endpoints and their delivery log
 
 
 ALL_SCOPES: frozenset[str] = frozenset(s.value for s in Scope)
