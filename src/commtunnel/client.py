@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import random
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
@@ -29,6 +30,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from commtunnel.backends.sqlite import SqliteBackend
 from commtunnel.backends.sqlite_sms import SqliteSmsStore
+from commtunnel.backends.sqlite_webhooks import SqliteWebhookStore
 from commtunnel.backends.sqlite_whatsapp import SqliteWhatsAppStore
 from commtunnel.clock import SystemClock
 from commtunnel.config import Settings
@@ -61,7 +63,11 @@ from commtunnel.services.sms import (
     SmsStatus,
 )
 from commtunnel.services.templates import TemplateRenderer
+from commtunnel.services.tracking import TrackingService
+from commtunnel.services.webhooks import UrlGuard, WebhookService, WebhookWorker
 from commtunnel.services.whatsapp import WhatsAppService, parse_line_map
+
+log = logging.getLogger("commtunnel.worker")
 
 T = TypeVar("T")
 C = TypeVar("C")
@@ -126,8 +132,12 @@ class EmailClient:
         text: str | None = None,
         template_id: str | None = None,
         variables: dict[str, Any] | None = None,
+        tracking: bool = False,
     ) -> Rendered:
         """Render subject and bodies (``variables`` into a template) without queuing.
+
+        ``tracking`` asks whether a send with it would be tracked
+        (:attr:`Rendered.tracking`: only with an HTML part).
 
         Raises:
             ValidationError: nothing to render, an unknown template, a render error.
@@ -139,6 +149,7 @@ class EmailClient:
             text=text,
             template_id=template_id,
             variables=variables,
+            tracking=tracking,
         )
 
     async def get(self, message_id: str) -> EmailStatus:
@@ -158,13 +169,20 @@ class EmailClient:
         """
         return await self._service.timeline(self.principal, message_id, limit=limit)
 
-    async def stats(self, *, start: datetime, end: datetime) -> EmailStats:
-        """Counts by status and event type for the window ``[start, end)``.
+    async def stats(
+        self, *, start: datetime, end: datetime, include_bots: bool = False
+    ) -> EmailStats:
+        """Counts by status and event type, opens and clicks, for the window ``[start, end)``.
+
+        Args:
+            include_bots: count opens and clicks marked ``isBot`` too.
 
         Raises:
             ValidationError: naive datetimes, ``end`` not after ``start``, over 366 days.
         """
-        return await self._service.stats(self.principal, start=start, end=end)
+        return await self._service.stats(
+            self.principal, start=start, end=end, include_bots=include_bots
+        )
 
 
 class SmsClient:
@@ -350,6 +368,9 @@ class Commtunnel:
         self.emails = EmailService(
             backend, clock, self.renderer, idempotency_retention=settings.idempotency_retention
         )
+        self.tracking = TrackingService(
+            backend, clock, base_url=settings.base_url, secret_key=settings.secret_key
+        )
         self.sms_store = SqliteSmsStore(backend)
         self.sms_service = SmsService(
             backend,
@@ -377,8 +398,18 @@ class Commtunnel:
             lease_seconds=settings.lease_seconds,
             dispatcher=lambda: self.dispatcher,
         )
+        self.webhook_store = SqliteWebhookStore(backend)
+        self.webhook_guard = UrlGuard(allow_private=settings.webhooks_allow_private)
+        self.webhooks = WebhookService(
+            self.webhook_store,
+            clock,
+            guard=self.webhook_guard,
+            secret_box=SecretBox(settings.secret_key) if settings.secret_key else None,
+            secret_grace=settings.webhook_secret_grace,
+        )
         self._org: Organization | None = None
         self._dispatcher: Dispatcher | None = None
+        self._webhook_worker: WebhookWorker | None = None
 
     @classmethod
     def open(
@@ -443,6 +474,8 @@ class Commtunnel:
     async def aclose(self) -> None:
         """Close the provider and storage (pending writes are committed first)."""
         try:
+            if self._webhook_worker is not None:
+                await self._webhook_worker.aclose()
             await self.email_provider.aclose()
             if self.sms_provider is not None and not _same(self.sms_provider, self.email_provider):
                 await self.sms_provider.aclose()
@@ -507,6 +540,7 @@ class Commtunnel:
                 whatsapp_provider=self.whatsapp_provider,
                 whatsapp_line=self.whatsapp_service.line_for_message,
                 after_attempt=self._after_attempt,
+                prepare_email=self.tracking.prepare_email,
             )
         return self._dispatcher
 
@@ -525,8 +559,51 @@ class Commtunnel:
         return await self.dispatcher.run_until_idle()
 
     async def run_worker(self, stop: asyncio.Event) -> None:
-        """Run the dispatch worker until ``stop`` is set."""
-        await self.dispatcher.run(stop)
+        """Run the dispatch worker and the webhook worker until ``stop`` is set."""
+        # Not a TaskGroup: a second cancellation (the CLI's second SIGTERM) must
+        # reach the dispatcher's wait for attempts in flight, and a TaskGroup
+        # passes only the first one on to its tasks.
+        webhooks = asyncio.create_task(self.webhook_worker.run(stop), name="commtunnel-webhooks")
+        try:
+            await self.dispatcher.run(stop)
+        except BaseException:
+            webhooks.cancel()
+            raise
+        finally:
+            for outcome in await asyncio.gather(webhooks, return_exceptions=True):
+                if isinstance(outcome, Exception):
+                    log.error("the webhook worker stopped", exc_info=outcome)
+
+    @property
+    def webhook_worker(self) -> WebhookWorker:
+        """The worker delivering customer webhooks (created on first use)."""
+        if self._webhook_worker is None:
+            s = self.settings
+            self._webhook_worker = WebhookWorker(
+                self.webhook_store,
+                self.webhooks,
+                self.clock,
+                guard=self.webhook_guard,
+                schedule=s.webhook_retry_schedule,
+                timeout=s.webhook_timeout,
+                disable_after=s.webhook_disable_after,
+                lease_seconds=max(s.lease_seconds, s.webhook_timeout + 5),
+                concurrency=s.worker_concurrency,
+                rng=self._rng,
+            )
+        return self._webhook_worker
+
+    def notify_webhooks(self) -> None:
+        """Wake the webhook worker of this process (new deliveries are due now)."""
+        if self._webhook_worker is not None:
+            self._webhook_worker.notify()
+
+    async def run_webhooks_until_idle(self) -> int:
+        """Attempt every webhook delivery due at the clock's current time; returns how many.
+
+        Retries scheduled later stay pending: move a manual clock and call again.
+        """
+        return await self.webhook_worker.run_until_idle()
 
 
 class _Blocking(Generic[C]):

@@ -24,6 +24,11 @@ Read only when asked (``Settings.from_env()``), never at import time.
 | COMMTUNNEL_SMS_START_TEXT | (see below) | reply confirming START |
 | COMMTUNNEL_PUBLIC_URL | (none) | this server's public base URL, for provider status callbacks |
 | COMMTUNNEL_SECRET_KEY | (none) | key that encrypts stored secrets (tenant WhatsApp tokens) |
+| COMMTUNNEL_WEBHOOK_RETRY_SCHEDULE | 0,5,300,...,36000 | seconds before each webhook attempt |
+| COMMTUNNEL_WEBHOOK_TIMEOUT | 15 | one webhook POST's limit, seconds |
+| COMMTUNNEL_WEBHOOK_DISABLE_AFTER | 432000 | seconds failing before an endpoint is disabled |
+| COMMTUNNEL_WEBHOOK_SECRET_GRACE | 86400 | seconds the old secret keeps signing after a rotation |
+| COMMTUNNEL_WEBHOOKS_ALLOW_PRIVATE | false | allow webhook URLs on loopback/private addresses |
 | WHATSAPP_CLOUD_API_ENABLED | false | turn the WhatsApp Cloud channel on |
 | WHATSAPP_ACCESS_TOKEN | (none) | platform Graph API token (default line) |
 | WHATSAPP_PHONE_NUMBER_ID | (none) | platform default line (Meta phone number id) |
@@ -43,6 +48,7 @@ from typing import Any, ClassVar
 import attrs
 
 from commtunnel.domain.delivery import RetryPolicy
+from commtunnel.domain.webhooks import DEFAULT_RETRY_SCHEDULE, parse_retry_schedule
 
 DEFAULT_DB = "commtunnel.db"
 DEFAULT_EMAIL_PROVIDER = "outbox://./outbox"
@@ -95,6 +101,11 @@ class Settings:
     sms_start_text: str = DEFAULT_SMS_START_TEXT
     public_url: str | None = None
     secret_key: str | None = attrs.field(default=None, repr=False, validator=_secret_key_length)
+    webhook_retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE
+    webhook_timeout: float = 15.0
+    webhook_disable_after: float = 5 * 86_400.0
+    webhook_secret_grace: float = 86_400.0
+    webhooks_allow_private: bool = False
     whatsapp_enabled: bool = False
     whatsapp_access_token: str | None = attrs.field(default=None, repr=False)
     whatsapp_phone_number_id: str | None = None
@@ -126,6 +137,11 @@ class Settings:
         "COMMTUNNEL_SMS_START_TEXT": ("sms_start_text", str),
         "COMMTUNNEL_PUBLIC_URL": ("public_url", str),
         "COMMTUNNEL_SECRET_KEY": ("secret_key", str),
+        "COMMTUNNEL_WEBHOOK_RETRY_SCHEDULE": ("webhook_retry_schedule", parse_retry_schedule),
+        "COMMTUNNEL_WEBHOOK_TIMEOUT": ("webhook_timeout", float),
+        "COMMTUNNEL_WEBHOOK_DISABLE_AFTER": ("webhook_disable_after", float),
+        "COMMTUNNEL_WEBHOOK_SECRET_GRACE": ("webhook_secret_grace", float),
+        "COMMTUNNEL_WEBHOOKS_ALLOW_PRIVATE": ("webhooks_allow_private", _bool),
         "WHATSAPP_CLOUD_API_ENABLED": ("whatsapp_enabled", _bool),
         "WHATSAPP_ACCESS_TOKEN": ("whatsapp_access_token", str),
         "WHATSAPP_PHONE_NUMBER_ID": ("whatsapp_phone_number_id", str),

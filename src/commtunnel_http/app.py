@@ -25,6 +25,8 @@ from commtunnel_http.errors import RequestIdMiddleware, handle_exception
 from commtunnel_http.routes import EmailRoutes
 from commtunnel_http.sms_routes import SmsRoutes
 from commtunnel_http.sms_webhooks import SmsWebhookRoutes
+from commtunnel_http.tracking_routes import TrackingRoutes
+from commtunnel_http.webhook_routes import WebhookRoutes
 from commtunnel_http.whatsapp_routes import WhatsAppRoutes
 from commtunnel_http.wire import Wire
 
@@ -47,8 +49,10 @@ def create_app(ct: Commtunnel, *, run_worker: bool | None = None) -> Starlette:
     Returns:
         The Starlette app: routes of :class:`~commtunnel_http.routes.EmailRoutes`,
         :class:`~commtunnel_http.sms_routes.SmsRoutes`,
-        :class:`~commtunnel_http.sms_webhooks.SmsWebhookRoutes` and
-        :class:`~commtunnel_http.whatsapp_routes.WhatsAppRoutes`, ``X-Request-Id``
+        :class:`~commtunnel_http.sms_webhooks.SmsWebhookRoutes`,
+        :class:`~commtunnel_http.whatsapp_routes.WhatsAppRoutes`,
+        :class:`~commtunnel_http.webhook_routes.WebhookRoutes` and
+        :class:`~commtunnel_http.tracking_routes.TrackingRoutes`, ``X-Request-Id``
         on every response, one error envelope for every failure.
     """
     embedded = ct.settings.embedded_worker if run_worker is None else run_worker
@@ -75,6 +79,8 @@ def create_app(ct: Commtunnel, *, run_worker: bool | None = None) -> Starlette:
         *SmsRoutes(ct, wire).routes(),
         *SmsWebhookRoutes(ct, wire).routes(),
         *WhatsAppRoutes(ct, wire).routes(),
+        *WebhookRoutes(ct, wire).routes(),
+        *TrackingRoutes(ct).routes(),
     ]
     app = Starlette(
         routes=routes,

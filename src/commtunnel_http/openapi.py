@@ -4,7 +4,9 @@ It describes exactly the routes the app registers
 (:class:`~commtunnel_http.routes.EmailRoutes`,
 :class:`~commtunnel_http.sms_routes.SmsRoutes`,
 :class:`~commtunnel_http.sms_webhooks.SmsWebhookRoutes`,
-:class:`~commtunnel_http.whatsapp_routes.WhatsAppRoutes`; a test compares the
+:class:`~commtunnel_http.whatsapp_routes.WhatsAppRoutes`,
+:class:`~commtunnel_http.webhook_routes.WebhookRoutes`,
+:class:`~commtunnel_http.tracking_routes.TrackingRoutes`; a test compares the
 two). Limits are taken from the core's constants so the document cannot
 drift from the rules it describes.
 """
@@ -18,6 +20,13 @@ from commtunnel import __version__
 from commtunnel.domain import sms as sms_rules
 from commtunnel.domain.email import MAX_SUBJECT_CHARS
 from commtunnel.domain.messages import Status
+from commtunnel.domain.webhooks import (
+    EVENT_TYPES,
+    MAX_DESCRIPTION_LENGTH,
+    MAX_URL_LENGTH,
+    RESPONSE_BODY_LIMIT,
+    DeliveryStatus,
+)
 from commtunnel.services import sms as sms_service
 from commtunnel.services import whatsapp as whatsapp_service
 from commtunnel.services.channel import MAX_TIMELINE_LIMIT
@@ -179,7 +188,13 @@ _SCHEMAS: dict[str, Any] = {
             "subject": _STRING,
             "html": _NULLABLE_STRING,
             "text": _NULLABLE_STRING,
-            "trackingEnabled": {"type": "boolean"},
+            "trackingEnabled": {
+                "type": "boolean",
+                "description": (
+                    "tracking was asked for and there is an HTML part; links and pixel are "
+                    "rewritten at delivery, so html here is as stored."
+                ),
+            },
             "estimatedSizeBytes": {
                 "type": "integer",
                 "description": "UTF-8 bytes of subject, html and text plus about 300 for headers.",
@@ -248,7 +263,19 @@ _SCHEMAS: dict[str, Any] = {
             "end": _TIMESTAMP,
             "total": {"type": "integer", "description": "Emails created in [start, end)."},
             "byStatus": {"type": "object", "additionalProperties": {"type": "integer"}},
-            "events": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "events": {
+                "type": "object",
+                "additionalProperties": {"type": "integer"},
+                "description": "Events in [start, end) by type, bots included.",
+            },
+            "opens": {"type": "integer", "description": "email_opened events in the window."},
+            "uniqueOpens": {"type": "integer", "description": "Distinct emails opened."},
+            "clicks": {"type": "integer", "description": "email_clicked events in the window."},
+            "uniqueClicks": {"type": "integer", "description": "Distinct emails clicked."},
+            "includeBots": {
+                "type": "boolean",
+                "description": "Whether the four counts above include hits marked isBot.",
+            },
         },
     },
     "Health": {
@@ -300,8 +327,19 @@ _PATHS: dict[str, Any] = {
     "/v1/public/emails/stats": {
         "get": {
             "operationId": "emailStats",
-            "summary": "Counts by status and event type for a window (scope read:email).",
-            "parameters": [_window("start", "start (inclusive)"), _window("end", "end")],
+            "summary": (
+                "Counts by status and event type, opens and clicks, for a window "
+                "(scope read:email)."
+            ),
+            "parameters": [
+                _window("start", "start (inclusive)"),
+                _window("end", "end"),
+                _query(
+                    "includeBots",
+                    {"type": "boolean", "default": False},
+                    "Count opens and clicks marked isBot (scanners, privacy proxies) too.",
+                ),
+            ],
             "responses": {
                 "200": _json(_ref("EmailStats"), "Counts."),
                 "400": _error("VALIDATION_ERROR (details per parameter)"),
@@ -1288,6 +1326,366 @@ _PATHS.update(
                     "413": _TOO_LARGE,
                 },
             },
+        },
+    }
+)
+
+
+_TRACKING_TOKEN = {
+    "name": "t",
+    "in": "query",
+    "required": True,
+    "description": "Signed tracking token, as written into the email.",
+    "schema": _STRING,
+}
+_PIXEL = {"image/gif": {"schema": {"type": "string", "format": "binary"}}}
+_NO_STORE = {"Cache-Control": {"schema": {"type": "string", "enum": ["no-store"]}}}
+
+_PATHS.update(
+    {
+        "/v1/track/open": {
+            "get": {
+                "operationId": "trackOpen",
+                "summary": "Open pixel of a tracked email: records email_opened.",
+                "description": (
+                    "Answers a 1x1 transparent GIF. A HEAD request records nothing. The "
+                    "event's details: userAgent, isBot, first."
+                ),
+                "security": [],
+                "parameters": [_TRACKING_TOKEN],
+                "responses": {
+                    "200": {"description": "The pixel.", "content": _PIXEL, "headers": _NO_STORE},
+                    "400": {
+                        "description": (
+                            "The pixel too for an invalid token (tampered, truncated, of the "
+                            "click kind or signed with another key; nothing recorded); the "
+                            "Error envelope (VALIDATION_ERROR) when t is missing."
+                        ),
+                        "content": {**_PIXEL, "application/json": {"schema": _ref("Error")}},
+                    },
+                },
+            }
+        },
+        "/v1/track/click": {
+            "get": {
+                "operationId": "trackClick",
+                "summary": "Link of a tracked email: records email_clicked, redirects.",
+                "description": (
+                    "Redirects to the URL signed into the token and nowhere else. A HEAD "
+                    "request records nothing. The event's details: userAgent, isBot, first, "
+                    "url, linkIndex."
+                ),
+                "security": [],
+                "parameters": [_TRACKING_TOKEN],
+                "responses": {
+                    "302": {
+                        "description": "To the original URL.",
+                        "headers": {
+                            "Location": {"schema": {"type": "string", "format": "uri"}},
+                            **_NO_STORE,
+                        },
+                    },
+                    "400": _error(
+                        "INVALID_TRACKING_TOKEN: tampered, truncated, of the open kind or "
+                        "signed with another key (no redirect); VALIDATION_ERROR: t missing"
+                    ),
+                },
+            }
+        },
+    }
+)
+
+
+# --------------------------------------------------------------------------- customer webhooks
+
+_WEBHOOK_EVENTS = {
+    "type": "array",
+    "nullable": True,
+    "minItems": 1,
+    "items": {"type": "string", "enum": sorted(EVENT_TYPES)},
+    "description": "Event types to receive; null or omitted: every event.",
+}
+_WEBHOOK_URL = {"type": "string", "format": "uri", "maxLength": MAX_URL_LENGTH}
+_WEBHOOK_DESCRIPTION = {"type": "string", "maxLength": MAX_DESCRIPTION_LENGTH}
+_NULLABLE_TIMESTAMP = {**_TIMESTAMP, "nullable": True}
+_ENDPOINT_PROPERTIES: dict[str, Any] = {
+    "id": _UUID,
+    "url": _WEBHOOK_URL,
+    "description": _WEBHOOK_DESCRIPTION,
+    "events": _WEBHOOK_EVENTS,
+    "enabled": {"type": "boolean"},
+    "disabledAt": _NULLABLE_TIMESTAMP,
+    "disabledReason": {
+        "type": "string",
+        "nullable": True,
+        "enum": ["manual", "gone", "failing", None],
+        "description": "manual (PATCH), gone (the URL answered 410), failing (for too long).",
+    },
+    "failingSince": _NULLABLE_TIMESTAMP,
+    "secretRotatedUntil": {
+        **_NULLABLE_TIMESTAMP,
+        "description": "Until when the previous secret also signs (after a rotation).",
+    },
+    "createdAt": _TIMESTAMP,
+    "updatedAt": _TIMESTAMP,
+}
+_SCHEMAS.update(
+    {
+        "WebhookEndpoint": {
+            "type": "object",
+            "required": list(_ENDPOINT_PROPERTIES),
+            "properties": _ENDPOINT_PROPERTIES,
+        },
+        "WebhookEndpointWithSecret": {
+            "type": "object",
+            "required": [*_ENDPOINT_PROPERTIES, "secret"],
+            "properties": {
+                **_ENDPOINT_PROPERTIES,
+                "secret": {
+                    "type": "string",
+                    "pattern": "^whsec_",
+                    "description": "The signing secret; shown at creation and rotation only.",
+                },
+            },
+        },
+        "WebhookEndpointList": {
+            "type": "object",
+            "required": ["data"],
+            "properties": {"data": {"type": "array", "items": _ref("WebhookEndpoint")}},
+        },
+        "CreateWebhookRequest": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["url"],
+            "properties": {
+                "url": _WEBHOOK_URL,
+                "events": _WEBHOOK_EVENTS,
+                "description": _WEBHOOK_DESCRIPTION,
+                "enabled": {"type": "boolean", "default": True},
+            },
+        },
+        "UpdateWebhookRequest": {
+            "type": "object",
+            "additionalProperties": False,
+            "minProperties": 1,
+            "properties": {
+                "url": _WEBHOOK_URL,
+                "events": _WEBHOOK_EVENTS,
+                "description": _WEBHOOK_DESCRIPTION,
+                "enabled": {"type": "boolean"},
+            },
+        },
+        "WebhookDeleted": {
+            "type": "object",
+            "required": ["id", "deleted"],
+            "properties": {"id": _UUID, "deleted": {"type": "boolean", "enum": [True]}},
+        },
+        "WebhookAttempt": {
+            "type": "object",
+            "required": [
+                "number",
+                "timestamp",
+                "durationMs",
+                "statusCode",
+                "succeeded",
+                "error",
+                "responseBody",
+            ],
+            "properties": {
+                "number": {"type": "integer", "minimum": 1},
+                "timestamp": _TIMESTAMP,
+                "durationMs": {"type": "number"},
+                "statusCode": {"type": "integer", "nullable": True},
+                "succeeded": {"type": "boolean"},
+                "error": _NULLABLE_STRING,
+                "responseBody": {
+                    "type": "string",
+                    "description": f"The first {RESPONSE_BODY_LIMIT} bytes of the answer.",
+                },
+            },
+        },
+        "WebhookDelivery": {
+            "type": "object",
+            "required": [
+                "id",
+                "endpointId",
+                "eventId",
+                "eventType",
+                "messageId",
+                "status",
+                "attemptCount",
+                "nextAttemptAt",
+                "replayOf",
+                "lastStatusCode",
+                "lastError",
+                "createdAt",
+                "updatedAt",
+            ],
+            "properties": {
+                "id": _UUID,
+                "endpointId": _UUID,
+                "eventId": {**_UUID, "description": "The webhook-id header and payload id."},
+                "eventType": _STRING,
+                "messageId": {**_UUID, "nullable": True},
+                "status": {"type": "string", "enum": [str(s) for s in DeliveryStatus]},
+                "attemptCount": {"type": "integer"},
+                "nextAttemptAt": _NULLABLE_TIMESTAMP,
+                "replayOf": {**_UUID, "nullable": True},
+                "lastStatusCode": {"type": "integer", "nullable": True},
+                "lastError": _NULLABLE_STRING,
+                "createdAt": _TIMESTAMP,
+                "updatedAt": _TIMESTAMP,
+                "attempts": {"type": "array", "items": _ref("WebhookAttempt")},
+            },
+        },
+        "WebhookDeliveryPage": {
+            "type": "object",
+            "required": ["data"],
+            "properties": {
+                "data": {"type": "array", "items": _ref("WebhookDelivery")},
+                "nextCursor": {
+                    "type": "string",
+                    "description": "Pass as cursor for the next page; absent on the last.",
+                },
+            },
+        },
+    }
+)
+
+_WEBHOOK_NOT_FOUND = {"404": _error("NOT_FOUND: no such endpoint in your organization")}
+_WEBHOOK_BODY_ERRORS = {
+    "400": _error(
+        "INVALID_JSON, VALIDATION_ERROR (details per field) or WEBHOOK_URL_NOT_ALLOWED "
+        "(the host is not a public address; details.url)"
+    ),
+    "413": _TOO_LARGE,
+}
+_DELIVERY_PAGING = [
+    _query("limit", {"type": "integer", "minimum": 1, "maximum": 100, "default": 50}, "Page size."),
+    _query("cursor", _STRING, "nextCursor of the previous page."),
+]
+_DISABLED = {"409": _error("CONFLICT: the endpoint is disabled (details.disabledReason)")}
+
+_PATHS.update(
+    {
+        "/v1/public/webhooks": {
+            "post": {
+                "operationId": "createWebhook",
+                "summary": "Register an endpoint (scope webhooks:manage); returns its secret once.",
+                "requestBody": {"required": True, **_json(_ref("CreateWebhookRequest"), "")},
+                "responses": {
+                    "201": _json(_ref("WebhookEndpointWithSecret"), "Created."),
+                    **_WEBHOOK_BODY_ERRORS,
+                    **_AUTH_ERRORS,
+                },
+            },
+            "get": {
+                "operationId": "listWebhooks",
+                "summary": "The organization's endpoints, oldest first (scope webhooks:manage).",
+                "responses": {"200": _json(_ref("WebhookEndpointList"), "All."), **_AUTH_ERRORS},
+            },
+        },
+        "/v1/public/webhooks/deliveries": {
+            "get": {
+                "operationId": "listWebhookDeliveries",
+                "summary": "Deliveries newest first with their attempts, optionally of a message.",
+                "parameters": [
+                    _query("messageId", _UUID, "Only this message's deliveries."),
+                    *_DELIVERY_PAGING,
+                ],
+                "responses": {
+                    "200": _json(_ref("WebhookDeliveryPage"), "A page."),
+                    "400": _error("VALIDATION_ERROR: limit or cursor"),
+                    **_AUTH_ERRORS,
+                },
+            }
+        },
+        "/v1/public/webhooks/deliveries/{deliveryId}/replay": {
+            "post": {
+                "operationId": "replayWebhookDelivery",
+                "summary": "Send a delivery's event again (same webhook-id) as a new delivery.",
+                "parameters": [
+                    {"name": "deliveryId", "in": "path", "required": True, "schema": _STRING}
+                ],
+                "responses": {
+                    "202": _json(_ref("WebhookDelivery"), "Queued."),
+                    **_AUTH_ERRORS,
+                    "404": _error("NOT_FOUND: no such delivery (or its endpoint is deleted)"),
+                    **_DISABLED,
+                },
+            }
+        },
+        "/v1/public/webhooks/{id}": {
+            "get": {
+                "operationId": "getWebhook",
+                "summary": "One endpoint, without its secret.",
+                "parameters": [_ID],
+                "responses": {
+                    "200": _json(_ref("WebhookEndpoint"), "The endpoint."),
+                    **_AUTH_ERRORS,
+                    **_WEBHOOK_NOT_FOUND,
+                },
+            },
+            "patch": {
+                "operationId": "updateWebhook",
+                "summary": "Change url, events, description and/or enabled.",
+                "parameters": [_ID],
+                "requestBody": {"required": True, **_json(_ref("UpdateWebhookRequest"), "")},
+                "responses": {
+                    "200": _json(_ref("WebhookEndpoint"), "Changed."),
+                    **_WEBHOOK_BODY_ERRORS,
+                    **_AUTH_ERRORS,
+                    **_WEBHOOK_NOT_FOUND,
+                },
+            },
+            "delete": {
+                "operationId": "deleteWebhook",
+                "summary": "Delete an endpoint and its delivery log.",
+                "parameters": [_ID],
+                "responses": {
+                    "200": _json(_ref("WebhookDeleted"), "Deleted."),
+                    **_AUTH_ERRORS,
+                    **_WEBHOOK_NOT_FOUND,
+                },
+            },
+        },
+        "/v1/public/webhooks/{id}/rotate-secret": {
+            "post": {
+                "operationId": "rotateWebhookSecret",
+                "summary": "A new secret; the previous one also signs for the grace period.",
+                "parameters": [_ID],
+                "responses": {
+                    "200": _json(_ref("WebhookEndpointWithSecret"), "Rotated."),
+                    **_AUTH_ERRORS,
+                    **_WEBHOOK_NOT_FOUND,
+                },
+            }
+        },
+        "/v1/public/webhooks/{id}/deliveries": {
+            "get": {
+                "operationId": "listEndpointDeliveries",
+                "summary": "One endpoint's deliveries, newest first, with their attempts.",
+                "parameters": [_ID, *_DELIVERY_PAGING],
+                "responses": {
+                    "200": _json(_ref("WebhookDeliveryPage"), "A page."),
+                    "400": _error("VALIDATION_ERROR: limit or cursor"),
+                    **_AUTH_ERRORS,
+                    **_WEBHOOK_NOT_FOUND,
+                },
+            }
+        },
+        "/v1/public/webhooks/{id}/test": {
+            "post": {
+                "operationId": "sendWebhookTest",
+                "summary": "Queue a webhook.test event for this endpoint, whatever its filter.",
+                "parameters": [_ID],
+                "responses": {
+                    "202": _json(_ref("WebhookDelivery"), "Queued."),
+                    **_AUTH_ERRORS,
+                    **_WEBHOOK_NOT_FOUND,
+                    **_DISABLED,
+                },
+            }
         },
     }
 )

@@ -68,20 +68,16 @@ class EmailRoutes(Handlers):
     async def preview(self, request: Request) -> Response:
         """``POST /v1/public/emails/preview`` -> 200 the rendered parts and an estimated size.
 
+        ``trackingEnabled`` is true when ``tracking`` is asked for and there is
+        an HTML part; the HTML shown is as stored (links and pixel are
+        rewritten at delivery).
+
         Raises:
-            ValidationError: unknown fields and a non-boolean ``tracking``, in one
-                400 together; then what ``EmailService.preview`` refuses.
+            ValidationError: what ``EmailService.preview`` refuses, unknown
+                fields among them, in one 400.
         """
         principal = await self.principal(request)
         payload = await self.json_body(request)
-        # A request rule that belongs in EmailService.preview, which takes no
-        # ``tracking`` yet; until it does, both problems are refused here in one 400.
-        problems = dict.fromkeys(sorted(set(payload) - PREVIEW_FIELDS), "unknown field")
-        tracking = payload.get("tracking", False)
-        if not isinstance(tracking, bool):
-            problems["tracking"] = "must be a boolean"
-        if problems:
-            raise ValidationError.from_fields(problems)
         rendered = await self.ct.emails.preview(
             principal,
             subject=payload.get("subject"),
@@ -89,26 +85,36 @@ class EmailRoutes(Handlers):
             text=payload.get("text"),
             template_id=payload.get("templateId"),
             variables=payload.get("variables"),
+            tracking=payload.get("tracking", False),
+            unknown_fields=set(payload) - PREVIEW_FIELDS,
         )
-        return JSONResponse(self.wire.preview(rendered, tracking=tracking))
+        return JSONResponse(self.wire.preview(rendered))
 
     async def stats(self, request: Request) -> Response:
-        """``GET /v1/public/emails/stats?start=&end=`` -> 200 counts for the window.
+        """``GET /v1/public/emails/stats?start=&end=&includeBots=`` -> 200 counts for the window.
 
-        The answer is ``{start, end, total, byStatus, events}``.
+        The answer is ``{start, end, total, byStatus, events, opens, uniqueOpens,
+        clicks, uniqueClicks, includeBots}``; ``includeBots`` (``true`` or
+        ``false``, the default) adds opens and clicks marked ``isBot``.
 
         Raises:
             ValidationError: ``start``/``end`` missing, not ISO 8601 or without a
-                timezone (each named); the service refuses a reversed or too long window.
+                timezone, ``includeBots`` neither true nor false (each named); the
+                service refuses a reversed or too long window.
         """
         principal = await self.principal(request)
         params = dict(request.query_params)
         problems: dict[str, str] = {}
         start = _parse_datetime(params, "start", problems)
         end = _parse_datetime(params, "end", problems)
-        if start is None or end is None:
+        include_bots = params.get("includeBots", "false")
+        if include_bots not in ("true", "false"):
+            problems["includeBots"] = "must be true or false"
+        if start is None or end is None or problems:
             raise ValidationError.from_fields(problems)
-        stats = await self.ct.emails.stats(principal, start=start, end=end)
+        stats = await self.ct.emails.stats(
+            principal, start=start, end=end, include_bots=include_bots == "true"
+        )
         return JSONResponse(self.wire.stats(stats))
 
     async def get(self, request: Request) -> Response:

@@ -186,15 +186,21 @@ class Wire:
         return {"id": message_id, "events": self.conv.unstructure(events, list[TimelineEvent])}
 
     def stats(self, stats: EmailStats) -> dict[str, Any]:
-        """``GET /emails/stats``: start, end, total, byStatus, events."""
+        """``GET /emails/stats``: start, end, total, byStatus, events and the engagement.
+
+        The engagement is ``opens``, ``uniqueOpens``, ``clicks``, ``uniqueClicks``
+        and ``includeBots`` (whether hits marked ``isBot`` are in those four).
+        """
         return self._record(stats, EmailStats)
 
     @staticmethod
-    def preview(rendered: Rendered, *, tracking: bool) -> dict[str, Any]:
+    def preview(rendered: Rendered) -> dict[str, Any]:
         """``POST /emails/preview``: the rendered parts and an estimated size.
 
         ``estimatedSizeBytes`` is the UTF-8 size of subject, html and text plus
-        :data:`HEADER_OVERHEAD_BYTES`; the real MIME size differs by encoding.
+        :data:`HEADER_OVERHEAD_BYTES`; the real MIME size differs by encoding
+        (and, with tracking, by the rewritten links and pixel).
+        ``trackingEnabled`` is :attr:`Rendered.tracking`: asked for, with an HTML part.
         """
         parts = (rendered.subject, rendered.html or "", rendered.text or "")
         size = sum(len(part.encode("utf-8")) for part in parts) + HEADER_OVERHEAD_BYTES
@@ -202,7 +208,7 @@ class Wire:
             "subject": rendered.subject,
             "html": rendered.html,
             "text": rendered.text,
-            "trackingEnabled": tracking,
+            "trackingEnabled": rendered.tracking,
             "estimatedSizeBytes": size,
             "moderation": {"blocked": False, "token": None},
         }

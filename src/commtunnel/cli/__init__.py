@@ -14,12 +14,17 @@
                                 | list --org NAME [--flow F] | requests [--org NAME] [--status S]
     commtunnel sms opt-outs list --org NAME | add --org NAME PHONE | remove --org NAME PHONE
     commtunnel sms inbound --org NAME
+    commtunnel webhooks create --org NAME URL [--events a,b] [--description D] [--disabled]
+                      | list | get ID | update ID [--url U] [--events E|all] [--enable|--disable]
+                      | delete ID | rotate-secret ID | test ID | replay DELIVERY_ID
+                      | deliveries [--endpoint ID] [--message ID] [--limit N]
     commtunnel whatsapp line --org NAME [--phone-number-id ID | --clear-phone-number-id]
                                         [--access-token TOKEN | --clear-access-token]
 
 One module a part: :mod:`~commtunnel.cli.server` (serve, worker),
 :mod:`~commtunnel.cli.admin` (orgs, keys, senders, templates),
-:mod:`~commtunnel.cli.sms`, :mod:`~commtunnel.cli.whatsapp`; what they share
+:mod:`~commtunnel.cli.sms`, :mod:`~commtunnel.cli.whatsapp`,
+:mod:`~commtunnel.cli.webhooks`; what they share
 is in :mod:`~commtunnel.cli._support`.
 
 Settings come from :meth:`Settings.from_env <commtunnel.config.Settings.from_env>`
@@ -51,6 +56,7 @@ import click
 from commtunnel.cli.admin import keys, orgs, senders, templates
 from commtunnel.cli.server import serve, worker
 from commtunnel.cli.sms import sms
+from commtunnel.cli.webhooks import webhooks
 from commtunnel.cli.whatsapp import whatsapp
 
 __all__ = ["main"]
@@ -62,5 +68,5 @@ def main() -> None:
     """Commtunnel: transactional messaging as a library and an HTTP API."""
 
 
-for _command in (serve, worker, orgs, keys, senders, templates, sms, whatsapp):
+for _command in (serve, worker, orgs, keys, senders, templates, sms, whatsapp, webhooks):
     main.add_command(_command)

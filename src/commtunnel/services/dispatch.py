@@ -27,7 +27,7 @@ from typing import Any
 
 from commtunnel.domain.delivery import ErrorCategory, Outcome, ProviderResult, RetryPolicy
 from commtunnel.domain.events import TimelineEvent
-from commtunnel.domain.messages import Attempt, Message, Status
+from commtunnel.domain.messages import Attempt, EmailContent, Message, Status
 from commtunnel.ports import (
     ClaimedJob,
     Clock,
@@ -66,6 +66,11 @@ class Dispatcher:
         after_attempt: awaited with the message and the provider's result
             after each recorded attempt, for consequences beyond the message:
             an opt-out a provider reported, a WhatsApp line to pause or flag.
+        prepare_email: returns the content handed to the email provider for
+            a message, on each attempt (open/click tracking rewrites the HTML
+            here, so the stored message keeps the original); None sends
+            ``message.email`` as stored. If it raises, the attempt is a
+            transient ``UNKNOWN`` failure.
         policy: retry policy for transient failures.
         lease_seconds: how long a claim is exclusive; a worker that dies
             leaves a lease that expires after this many seconds.
@@ -92,6 +97,7 @@ class Dispatcher:
         whatsapp_provider: WhatsAppProvider | None = None,
         whatsapp_line: Callable[[Message], Awaitable[WhatsAppLine | ProviderResult]] | None = None,
         after_attempt: Callable[[Message, ProviderResult], Awaitable[object]] | None = None,
+        prepare_email: Callable[[Message], Awaitable[EmailContent]] | None = None,
     ) -> None:
         if send_timeout >= lease_seconds:
             raise ValueError("send_timeout must be shorter than lease_seconds")
@@ -102,6 +108,7 @@ class Dispatcher:
         self._whatsapp_provider = whatsapp_provider
         self._whatsapp_line = whatsapp_line
         self._after_attempt = after_attempt
+        self._prepare_email = prepare_email
         self._clock = clock
         self._policy = policy or RetryPolicy()
         self._lease_seconds = lease_seconds
@@ -176,10 +183,11 @@ class Dispatcher:
         if message.whatsapp is not None:
             return await self._whatsapp_call(job)
         if message.email is not None:
+            prepare = self._prepare_email
             email = OutgoingEmail(
                 message_id=message.id,
                 org_id=message.org_id,
-                content=message.email,
+                content=message.email if prepare is None else await prepare(message),
                 created_at=message.created_at,
                 attempt_number=job.attempt_number,
             )

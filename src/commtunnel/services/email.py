@@ -9,7 +9,7 @@ runs before that, so a refused request stores nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime
 from typing import Any
 
@@ -93,23 +93,43 @@ EmailStatus = channel.MessageStatus
 
 @attrs.frozen(kw_only=True)
 class Rendered:
-    """Subject and bodies after template rendering."""
+    """Subject and bodies after template rendering.
+
+    Attributes:
+        tracking: a preview's answer to "will opens and clicks be tracked":
+            asked for, and there is an HTML part to carry the pixel and links
+            (they are rewritten at delivery, not in the preview).
+    """
 
     subject: str
     html: str | None
     text: str | None
     template_id: str | None
+    tracking: bool = False
 
 
 @attrs.frozen(kw_only=True)
 class EmailStats:
-    """Counts for a window: messages created in it by status, events in it by type."""
+    """Counts for a window: messages created in it by status, events in it by type.
+
+    Attributes:
+        opens / clicks: ``email_opened`` / ``email_clicked`` events in the window.
+        unique_opens / unique_clicks: distinct emails opened / clicked in it.
+        include_bots: whether hits marked ``isBot`` (scanners, Apple Mail
+            Privacy Protection prefetches) are in the four counts above;
+            ``events`` always counts every event.
+    """
 
     start: datetime
     end: datetime
     total: int
     by_status: dict[str, int]
     events: dict[str, int]
+    opens: int = 0
+    unique_opens: int = 0
+    clicks: int = 0
+    unique_clicks: int = 0
+    include_bots: bool = False
 
 
 class EmailService:
@@ -373,15 +393,28 @@ class EmailService:
         text: Any = None,
         template_id: Any = None,
         variables: Any = None,
+        tracking: Any = False,
+        unknown_fields: Collection[str] = (),
     ) -> Rendered:
         """Render subject and bodies without queuing anything.
 
+        Args:
+            tracking: whether the email would be sent with ``tracking``; the
+                preview says whether it applies (:attr:`Rendered.tracking`)
+                and shows the HTML as stored: links and pixel are rewritten
+                at delivery, with tokens for the real message.
+            unknown_fields: wire fields the caller sent that preview does not
+                take, refused together with every other bad field.
+
         Raises:
             InsufficientScopeError: the key lacks ``send:email``.
-            ValidationError: bad types, nothing to render, unknown template, render errors.
+            ValidationError: unknown fields, bad types, nothing to render,
+                unknown template, render errors.
         """
         require(principal, Scope.SEND_EMAIL)
-        problems: dict[str, str] = {}
+        problems = dict.fromkeys(sorted(unknown_fields), "unknown field")
+        if not isinstance(tracking, bool):
+            problems["tracking"] = "must be a boolean"
         for wire, value in (("subject", subject), ("html", html), ("text", text)):
             if value is not None and not isinstance(value, str):
                 problems[wire] = "must be a string"
@@ -402,20 +435,22 @@ class EmailService:
                 variables=variables,
                 problem=lambda part, exc: (part, f"failed to render: {exc}"),
             )
-            return Rendered(
+            result = Rendered(
                 subject=rendered["subject"] or "",
                 html=rendered["html"],
                 text=rendered["text"],
                 template_id=None,
             )
-        return await self._render(
-            principal.org_id,
-            subject=subject,
-            html=html,
-            text=text,
-            template_id=template_id,
-            variables=variables,
-        )
+        else:
+            result = await self._render(
+                principal.org_id,
+                subject=subject,
+                html=html,
+                text=text,
+                template_id=template_id,
+                variables=variables,
+            )
+        return attrs.evolve(result, tracking=tracking and bool(result.html))
 
     async def get(self, principal: Principal, message_id: str) -> EmailStatus:
         """A message of the caller's organization with its attempts.
@@ -438,8 +473,14 @@ class EmailService:
         """
         return await self._messages.timeline(principal, message_id, limit)
 
-    async def stats(self, principal: Principal, *, start: datetime, end: datetime) -> EmailStats:
+    async def stats(
+        self, principal: Principal, *, start: datetime, end: datetime, include_bots: bool = False
+    ) -> EmailStats:
         """Counts for emails created in ``[start, end)`` and events in that window.
+
+        Args:
+            include_bots: count opens and clicks marked ``isBot`` too (scanners,
+                privacy proxies); by default they are left out.
 
         Raises:
             InsufficientScopeError: the key lacks ``read:email``.
@@ -454,7 +495,18 @@ class EmailService:
             raise ValidationError.from_fields(
                 {"end": f"window must be at most {MAX_STATS_WINDOW_DAYS} days"}
             )
-        by_status, events = await self._storage.stats(principal.org_id, Channel.EMAIL, start, end)
+        by_status, events, engagement = await self._storage.stats(
+            principal.org_id, Channel.EMAIL, start, end, include_bots=include_bots
+        )
         return EmailStats(
-            start=start, end=end, total=sum(by_status.values()), by_status=by_status, events=events
+            start=start,
+            end=end,
+            total=sum(by_status.values()),
+            by_status=by_status,
+            events=events,
+            opens=engagement.opens,
+            unique_opens=engagement.unique_opens,
+            clicks=engagement.clicks,
+            unique_clicks=engagement.unique_clicks,
+            include_bots=include_bots,
         )
