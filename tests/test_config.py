@@ -16,11 +16,20 @@ def test_from_env_layers_defaults_environment_and_flags() -> None:
     settings = Settings.from_env(env, port=9100, lease_seconds=None)
     assert (settings.port, settings.host, settings.lease_seconds) == (9100, "127.0.0.1", 30.0)
     assert Settings.from_env({"COMMTUNNEL_EMBEDDED_WORKER": "off"}).embedded_worker is False
+    schedule = Settings.from_env({"COMMTUNNEL_WEBHOOK_RETRY_SCHEDULE": "0, 5 ,300,"})
+    assert schedule.webhook_retry_schedule == (0.0, 5.0, 300.0)
 
 
 @pytest.mark.parametrize(
     ("var", "value"),
-    [("COMMTUNNEL_PORT", "http"), ("COMMTUNNEL_EMBEDDED_WORKER", "maybe")],
+    [
+        ("COMMTUNNEL_PORT", "http"),
+        ("COMMTUNNEL_EMBEDDED_WORKER", "maybe"),
+        ("COMMTUNNEL_WEBHOOK_RETRY_SCHEDULE", "5,10"),  # the first delay must be 0
+        ("COMMTUNNEL_WEBHOOK_RETRY_SCHEDULE", "0,-5"),
+        ("COMMTUNNEL_WEBHOOK_RETRY_SCHEDULE", "0,soon"),
+        ("COMMTUNNEL_WEBHOOKS_ALLOW_PRIVATE", "perhaps"),
+    ],
 )
 def test_from_env_names_the_variable_that_does_not_parse(var: str, value: str) -> None:
     """A value that does not parse is a ValueError naming its variable."""

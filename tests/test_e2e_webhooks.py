@@ -137,6 +137,9 @@ def test_walkthrough_endpoint_tracked_email_open_click_signed_events(
             log = http.get(f"/v1/public/webhooks/deliveries?messageId={message_id}", headers=auth)
             assert log.status_code == 200
             statuses = {d["eventType"]: d["status"] for d in log.json()["data"]}
+            attempts = [a for d in log.json()["data"] for a in d["attempts"]]
+            assert [a["statusCode"] for a in attempts] == [204, 204, 204]
+            assert all(a["durationMs"] > 0 for a in attempts)  # real time, real HTTP
             assert statuses == {
                 "email_sent": "SUCCEEDED",
                 "email_opened": "SUCCEEDED",
@@ -147,3 +150,66 @@ def test_walkthrough_endpoint_tracked_email_open_click_signed_events(
             receiver.wait(timeout=10)
     stop_cleanly(server)
     assert "Traceback" not in server.stderr_text()
+
+
+def test_a_server_killed_after_the_202_loses_no_webhook(
+    tmp_path: Path, spawn: Callable[..., Spawned]
+) -> None:
+    """SIGKILL `serve --no-worker` right after a 202: a `commtunnel worker` started later
+    delivers the email and all three of its events to the receiver."""
+    db = tmp_path / "ct.db"
+    outbox = tmp_path / "outbox"
+    cli(db, "orgs", "create", "acme")
+    key = json.loads(
+        cli(
+            db,
+            "keys",
+            "create",
+            "--org",
+            "acme",
+            "--scopes",
+            "send:email,webhooks:manage",
+            "--json",
+        )
+    )["key"]
+    cli(db, "senders", "add", "--org", "acme", "example.com")
+    env = clean_env(COMMTUNNEL_WEBHOOKS_ALLOW_PRIVATE="true")
+    server, base = serve(
+        spawn, db, "--no-worker", "--email-provider", f"outbox://{outbox}", env=env
+    )
+    receiver_port = free_port()
+    auth = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=base, timeout=5.0) as http:
+        created = http.post(
+            "/v1/public/webhooks", headers=auth, json={"url": f"http://127.0.0.1:{receiver_port}/"}
+        )
+        assert created.status_code == 201, created.text
+        sent = http.post(
+            "/v1/public/emails/send",
+            headers=auth,
+            json={
+                "from": "hello@example.com",
+                "to": "bob@example.net",
+                "subject": "Hi",
+                "text": "Hi",
+            },
+        )
+        assert sent.status_code == 202, sent.text
+    server.kill()  # SIGKILL: no shutdown, nothing flushed beyond what the 202 promised
+    server.wait(timeout=10)
+    receiver = Spawned(
+        [sys.executable, str(EXAMPLE), "--port", str(receiver_port)],
+        logs=tmp_path / "receiver",
+        env=clean_env(WEBHOOK_SECRET=created.json()["secret"]),
+    )
+    try:
+        wait_until(lambda: "listening" in receiver.stderr_text(), 10, "the example receiver")
+        worker = spawn("worker", "--db", str(db), "--email-provider", f"outbox://{outbox}", env=env)
+        wait_until(lambda: len(_events(receiver)) >= 3, 15, "three events after the crash")
+        stop_cleanly(worker)
+    finally:
+        receiver.terminate()
+        receiver.wait(timeout=10)
+    events = _events(receiver)
+    assert [e["type"] for e in events] == ["email_queued", "email_processing", "email_sent"]
+    assert {e["data"]["messageId"] for e in events} == {sent.json()["id"]}

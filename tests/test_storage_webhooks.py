@@ -147,30 +147,54 @@ def disabled_event(endpoint: WebhookEndpoint, clock: ManualClock) -> TimelineEve
 async def test_an_endpoint_reads_back_as_stored_and_updates_in_place(
     store: SqliteWebhookStore, clock: ManualClock
 ) -> None:
-    """Every field survives the round trip (the filter too); an update replaces them."""
+    """Every field survives the round trip (the filter too); updates set only what they name."""
     first = await add_endpoint(store, clock, events=("email_bounced", "email_sent"))
     clock.advance(1)
     second = await add_endpoint(store, clock)
     assert await store.get_endpoint("org-1", first.id) == first
     assert await store.list_endpoints("org-1") == [first, second]
-    changed = attrs.evolve(
-        first,
-        url="https://other.example.com/",
-        description="billing",
-        events=None,
-        secret="whsec_bmV3",
-        previous_secret="whsec_c2VjcmV0",
-        previous_secret_expires_at=clock.now() + timedelta(hours=24),
-        failing_since=clock.now(),
-        enabled=False,
-        disabled_at=clock.now(),
-        disabled_reason="manual",
-        updated_at=clock.advance(1),
-    )
-    assert await store.update_endpoint(changed)
+    fields = {
+        "url": "https://other.example.com/",
+        "description": "billing",
+        "events": None,
+        "failing_since": clock.now(),
+        "enabled": False,
+        "disabled_at": clock.now(),
+        "disabled_reason": "manual",
+    }
+    at = clock.advance(1)
+    changed = await store.update_endpoint("org-1", first.id, fields, at)
+    assert changed == attrs.evolve(first, updated_at=at, **fields)
     assert await store.get_endpoint("org-1", first.id) == changed
-    gone = attrs.evolve(changed, id=new_id())
-    assert not await store.update_endpoint(gone)
+    assert await store.update_endpoint("org-1", new_id(), {"enabled": True}, at) is None
+    with pytest.raises(ValueError, match="secret"):
+        await store.update_endpoint("org-1", first.id, {"secret": "whsec_x"}, at)
+
+
+async def test_updates_leave_fields_they_do_not_name_to_concurrent_writers(
+    store: SqliteWebhookStore, clock: ManualClock
+) -> None:
+    """A rotation between a PATCH's read and its write survives the PATCH."""
+    endpoint = await add_endpoint(store, clock)
+    stale = await store.get_endpoint("org-1", endpoint.id)  # a PATCH reads ...
+    until = clock.now() + timedelta(hours=24)
+    rotated = await store.rotate_secret(
+        "org-1", endpoint.id, secret="whsec_bmV3", previous_until=until, at=clock.advance(1)
+    )
+    assert rotated is not None and stale is not None
+    assert (rotated.secret, rotated.previous_secret) == ("whsec_bmV3", endpoint.secret)
+    assert rotated.previous_secret_expires_at == until
+    patched = await store.update_endpoint(  # ... and writes after the rotation
+        "org-1", endpoint.id, {"description": "orders"}, clock.advance(1)
+    )
+    assert patched is not None and patched.secret == "whsec_bmV3"
+    assert patched.previous_secret == endpoint.secret and patched.description == "orders"
+    assert (
+        await store.rotate_secret(
+            "org-2", endpoint.id, secret="whsec_x", previous_until=until, at=clock.now()
+        )
+        is None
+    )
 
 
 async def test_another_organizations_records_read_as_missing(
@@ -186,8 +210,11 @@ async def test_another_organizations_records_read_as_missing(
     assert await store.get_delivery("org-1", delivery.id) == delivery
     page = await store.list_deliveries("org-2", endpoint_id=endpoint.id)
     assert page.items == [] and page.next_cursor is None
-    assert not await store.update_endpoint(
-        attrs.evolve(endpoint, org_id="org-2", url="https://x.example/")
+    assert (
+        await store.update_endpoint(
+            "org-2", endpoint.id, {"url": "https://x.example/"}, clock.now()
+        )
+        is None
     )
     assert not await store.delete_endpoint("org-2", endpoint.id)
     assert await store.get_endpoint("org-1", endpoint.id) == endpoint
@@ -503,10 +530,8 @@ async def test_an_endpoint_disabled_meanwhile_keeps_its_reason_and_gets_no_secon
     await add_endpoint(store, clock, events=(ENDPOINT_DISABLED_EVENT,))
     await accept_email(backend, clock)
     claimed = next(c for c in await claim(store, clock) if c.endpoint.id == endpoint.id)
-    manual = attrs.evolve(
-        endpoint, enabled=False, disabled_at=clock.now(), disabled_reason="manual"
-    )
-    assert await store.update_endpoint(manual)
+    manual = {"enabled": False, "disabled_at": clock.now(), "disabled_reason": "manual"}
+    assert await store.update_endpoint("org-1", endpoint.id, manual, clock.now())
     clock.advance(1)
     completion = result(
         claimed,

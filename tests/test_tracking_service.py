@@ -152,6 +152,21 @@ async def test_concurrent_first_opens_record_exactly_one_first(
     ]
 
 
+async def test_a_scanner_that_opens_first_leaves_first_to_the_person(ct: Commtunnel) -> None:
+    """A bot's open is never first, and does not stop the person's later open from being first."""
+    message = (await ct.email.send(**BASE, tracking=True)).message
+    token = (await ct.tracking.signer()).sign_open(
+        OpenToken(org_id=message.org_id, message_id=message.id)
+    )
+    bot = await ct.tracking.record_open(token, user_agent="Mozilla/5.0", client_ip="17.58.1.2")
+    person = await ct.tracking.record_open(token, user_agent=CHROME, client_ip=None)
+    again = await ct.tracking.record_open(token, user_agent=CHROME, client_ip=None)
+    assert bot is not None and person is not None and again is not None
+    assert (bot.details["isBot"], bot.details["first"]) == (True, False)
+    assert (person.details["first"], again.details["first"]) == (True, False)
+    assert person.status == message.status  # the message's status as of the open
+
+
 async def test_a_token_cannot_record_into_another_organization(ct: Commtunnel) -> None:
     """A valid token naming the message under another organization records nothing."""
     message = (await ct.email.send(**BASE, tracking=True)).message

@@ -25,8 +25,11 @@ from commtunnel.domain.errors import (
 )
 from commtunnel.domain.keys import Principal, Scope
 from commtunnel.domain.webhooks import DeliveryStatus
-from commtunnel.services.webhooks import UrlGuard, WebhookService, WebhookWorker
+from commtunnel.providers.webhook_http import HttpWebhookSender
+from commtunnel.services.webhook_worker import WebhookWorker
+from commtunnel.services.webhooks import WebhookService
 from commtunnel.testing import ManualClock, MockProvider
+from processes import free_port
 from webhook_receiver import Failure, Receiver
 
 pytestmark = pytest.mark.anyio
@@ -42,7 +45,7 @@ def settings() -> Settings:
         send_timeout=5,
         webhooks_allow_private=True,  # the receiver is on loopback
         webhook_retry_schedule=SCHEDULE,
-        webhook_timeout=0.5,
+        webhook_timeout=5.0,
     )
 
 
@@ -148,6 +151,7 @@ async def test_retries_follow_the_schedule_with_jitter_and_log_every_attempt(
         assert delivery.next_attempt_at is not None
         wait = (delivery.next_attempt_at - clock.now()).total_seconds()
         assert delay * 0.9 <= wait <= delay * 1.1
+        assert wait != delay  # jittered
         clock.advance(wait - 0.001)
         assert await ct.run_webhooks_until_idle() == 0  # not yet due
         clock.advance(0.001)
@@ -160,7 +164,6 @@ async def test_retries_follow_the_schedule_with_jitter_and_log_every_attempt(
     assert attempts[0].error == "HTTP 500"
     assert attempts[0].response_body == "x" * 4096
     assert attempts[0].started_at == start
-    assert all(a.duration_ms >= 0 for a in attempts)
     ids = {r.headers["webhook-id"] for r in receiver.received}
     assert len(ids) == 1  # the same id on every retry, for de-duplication
     endpoint_now = await ct.webhooks.get(admin(ct), endpoint)
@@ -198,6 +201,19 @@ async def test_retry_after_is_honoured(
     assert delivery.next_attempt_at == clock.now() + timedelta(seconds=120)
 
 
+async def test_a_retry_after_shorter_than_the_schedule_does_not_hurry_the_retry(
+    ct: Commtunnel, receiver: Receiver, clock: ManualClock
+) -> None:
+    """``Retry-After: 0`` from a proxy still waits the schedule's ~5 s, so attempts last."""
+    endpoint = await endpoint_for(ct, receiver, events=["email_queued"])
+    receiver.fail_next(1, Failure(status=502, headers={"Retry-After": "0"}))
+    await send_email(ct)
+    await ct.run_webhooks_until_idle()
+    ((delivery, _),) = await deliveries(ct, endpoint_id=endpoint)
+    assert delivery.next_attempt_at is not None
+    assert 4.5 <= (delivery.next_attempt_at - clock.now()).total_seconds() <= 5.5
+
+
 async def test_retry_after_is_ignored_on_other_statuses(
     ct: Commtunnel, receiver: Receiver, clock: ManualClock
 ) -> None:
@@ -208,7 +224,7 @@ async def test_retry_after_is_ignored_on_other_statuses(
     await ct.run_webhooks_until_idle()
     ((delivery, _),) = await deliveries(ct, endpoint_id=endpoint)
     assert delivery.next_attempt_at is not None
-    assert (delivery.next_attempt_at - clock.now()).total_seconds() <= 5.5
+    assert 4.5 <= (delivery.next_attempt_at - clock.now()).total_seconds() <= 5.5
 
 
 async def test_a_redirect_is_a_failure_and_is_not_followed(
@@ -232,16 +248,21 @@ async def test_a_hanging_receiver_times_out_and_is_retried(
     endpoint = await endpoint_for(ct, receiver, events=["email_queued"])
     receiver.fail_next(1, Failure(hang=True))
     await send_email(ct)
-    await ct.run_webhooks_until_idle()
+    sender = HttpWebhookSender(allow_private=True, timeout=0.3)
+    worker = WebhookWorker(ct.webhook_store, ct.webhooks, ct.clock, sender=sender)
+    try:
+        assert await worker.run_until_idle() == 1
+    finally:
+        await sender.aclose()
     ((delivery, attempts),) = await deliveries(ct, endpoint_id=endpoint)
     assert attempts[0].status_code is None
-    assert attempts[0].error == "timeout after 0.5 s"
+    assert attempts[0].error == "timeout after 0.3 s"
     assert delivery.status == DeliveryStatus.PENDING
 
 
 async def test_a_refused_connection_is_retried(ct: Commtunnel, clock: ManualClock) -> None:
     """Nobody listening: the attempt fails with a connection error and stays PENDING."""
-    created = await ct.webhooks.create(admin(ct), {"url": "http://127.0.0.1:9/hook"})
+    created = await ct.webhooks.create(admin(ct), {"url": f"http://127.0.0.1:{free_port()}/"})
     await send_email(ct)
     await ct.run_webhooks_until_idle()
     ((delivery, attempts),) = await deliveries(ct, endpoint_id=created.endpoint.id)
@@ -416,10 +437,13 @@ async def test_secrets_are_stored_encrypted_when_the_server_has_a_key(
 # --------------------------------------------------------------------------- durability
 
 
-async def test_a_crash_between_commit_and_delivery_still_delivers(
+async def test_deliveries_committed_with_their_events_are_sent_by_a_later_facade(
     tmp_path: Path, clock: ManualClock, settings: Settings, receiver: Receiver
 ) -> None:
-    """The fan-out is committed with the event: a new process on the file delivers it."""
+    """The fan-out is committed with the event: a facade opened later on the file delivers it.
+
+    (The SIGKILL version, with real processes, is in test_e2e_webhooks.py.)
+    """
     db = tmp_path / "crash.db"
     async with Commtunnel.open(
         db=db, email_provider=MockProvider(), clock=clock, settings=settings
@@ -492,8 +516,8 @@ async def test_ssrf_guard_refuses_non_public_hosts_at_creation(
         "inside.example": ["10.0.0.5"],
         "mixed.example": ["93.184.216.34", "127.0.0.1"],
     }
-    guard = UrlGuard(resolve=_resolver(table))
-    service = WebhookService(ct.webhook_store, ct.clock, guard=guard)
+    sender = HttpWebhookSender(resolve=_resolver(table))
+    service = WebhookService(ct.webhook_store, ct.clock, sender=sender)
     with pytest.raises(WebhookUrlNotAllowedError) as err:
         await service.create(admin(ct), {"url": url})
     assert reason in err.value.details["url"]
@@ -503,16 +527,16 @@ async def test_ssrf_guard_refuses_non_public_hosts_at_creation(
 async def test_ssrf_guard_checks_again_at_delivery_time(ct: Commtunnel, clock: ManualClock) -> None:
     """A host that pointed outside at creation and resolves to loopback later is not POSTed to."""
     table = {"hooks.example": ["93.184.216.34"]}
-    guard = UrlGuard(resolve=_resolver(table))
-    service = WebhookService(ct.webhook_store, clock, guard=guard)
+    sender = HttpWebhookSender(resolve=_resolver(table))
+    service = WebhookService(ct.webhook_store, clock, sender=sender)
     created = await service.create(admin(ct), {"url": "https://hooks.example/in"})
     table["hooks.example"] = ["127.0.0.1"]  # DNS rebinding
-    worker = WebhookWorker(ct.webhook_store, service, clock, guard=guard, schedule=SCHEDULE)
+    worker = WebhookWorker(ct.webhook_store, service, clock, sender=sender, schedule=SCHEDULE)
     try:
         await send_email(ct)
         assert await worker.run_until_idle() == 1
     finally:
-        await worker.aclose()
+        await sender.aclose()
     ((delivery, attempts),) = await deliveries(ct, endpoint_id=created.endpoint.id)
     assert attempts[0].error == "refused: hooks.example resolves to a loopback address 127.0.0.1"
     assert attempts[0].status_code is None
@@ -520,10 +544,60 @@ async def test_ssrf_guard_checks_again_at_delivery_time(ct: Commtunnel, clock: M
 
 
 async def test_public_hosts_pass_the_guard(ct: Commtunnel) -> None:
-    """A host resolving only to public addresses is accepted."""
-    guard = UrlGuard(resolve=_resolver({"hooks.example": ["93.184.216.34", "2606:4700::1"]}))
-    assert await guard.refusal("https://hooks.example/x") is None
-    assert await UrlGuard(allow_private=True).refusal("http://127.0.0.1/") is None
+    """Public addresses pass; allowing private ones still refuses cloud metadata."""
+    sender = HttpWebhookSender(
+        resolve=_resolver({"hooks.example": ["93.184.216.34", "2606:4700::1"]})
+    )
+    allowing = HttpWebhookSender(allow_private=True)
+    try:
+        assert await sender.check_url("https://hooks.example/x") is None
+        assert await allowing.check_url("http://127.0.0.1/") is None
+        refused = await allowing.check_url("http://169.254.169.254/latest/meta-data")
+        assert refused == "169.254.169.254 resolves to a cloud metadata address 169.254.169.254"
+        answer = await allowing.post("http://169.254.169.254/", b"{}", {})
+        assert answer.status_code is None and (answer.error or "").startswith("refused: ")
+    finally:
+        await sender.aclose()
+        await allowing.aclose()
+
+
+async def test_the_request_goes_to_the_address_the_guard_checked(receiver: Receiver) -> None:
+    """The sender connects to the address it resolved and checked, never resolving twice;
+    the Host header keeps the name (so DNS rebinding cannot redirect the request)."""
+    port = int(receiver.url.rsplit(":", 1)[1].split("/", 1)[0])
+    lookups: list[str] = []
+
+    async def resolve(host: str, port_: int) -> list[str]:
+        lookups.append(host)
+        return ["127.0.0.1"]
+
+    sender = HttpWebhookSender(allow_private=True, resolve=resolve)
+    try:
+        answer = await sender.post(f"http://hooks.example:{port}/hook", b"{}", {})
+    finally:
+        await sender.aclose()
+    assert lookups == ["hooks.example"]  # one lookup; the name itself resolves nowhere
+    assert answer.status_code == 401  # reached the receiver (unsigned, so refused there)
+    assert receiver.received[0].headers["host"] == f"hooks.example:{port}"
+
+
+@pytest.mark.parametrize(
+    ("address", "reason"),
+    [
+        ("2002:7f00:1::", "loopback address 127.0.0.1 (inside 2002:7f00:1::)"),
+        ("fec0::1", "site-local address fec0::1"),
+        ("::ffff:10.0.0.1", "private address 10.0.0.1"),
+        ("93.184.216.34", None),
+        ("2606:4700::1", None),
+    ],
+)
+def test_refused_addresses_look_inside_ipv6_transition_forms(
+    address: str, reason: str | None
+) -> None:
+    """6to4 and IPv4-mapped addresses are judged by the IPv4 they carry; site-local is refused."""
+    from commtunnel.domain.webhooks import refused_address
+
+    assert refused_address(address) == reason
 
 
 # --------------------------------------------------------------------------- management rules
@@ -625,5 +699,7 @@ async def test_jitter_is_seeded_and_bounded(ct: Commtunnel) -> None:
 
     a = next_delay(SCHEDULE, 1, rng=random.Random(1))
     b = next_delay(SCHEDULE, 1, rng=random.Random(1))
+    c = next_delay(SCHEDULE, 1, rng=random.Random(2))
     assert a == b and a is not None and 4.5 <= a <= 5.5
+    assert c is not None and c != a  # another seed, another delay: jitter is applied
     assert next_delay(SCHEDULE, len(SCHEDULE), rng=random.Random(1)) is None

@@ -42,6 +42,7 @@ from commtunnel.domain.keys import ALL_SCOPES, Organization, Principal
 from commtunnel.domain.messages import Message
 from commtunnel.ports import Clock, EmailProvider, SmsProvider, WhatsAppProvider
 from commtunnel.providers import load_provider, redact_url
+from commtunnel.providers.webhook_http import HttpWebhookSender
 from commtunnel.services.admin import AdminService
 from commtunnel.services.auth import KeyService
 from commtunnel.services.dispatch import Dispatcher
@@ -64,7 +65,8 @@ from commtunnel.services.sms import (
 )
 from commtunnel.services.templates import TemplateRenderer
 from commtunnel.services.tracking import TrackingService
-from commtunnel.services.webhooks import UrlGuard, WebhookService, WebhookWorker
+from commtunnel.services.webhook_worker import WebhookWorker
+from commtunnel.services.webhooks import WebhookService
 from commtunnel.services.whatsapp import WhatsAppService, parse_line_map
 
 log = logging.getLogger("commtunnel.worker")
@@ -399,11 +401,13 @@ class Commtunnel:
             dispatcher=lambda: self.dispatcher,
         )
         self.webhook_store = SqliteWebhookStore(backend)
-        self.webhook_guard = UrlGuard(allow_private=settings.webhooks_allow_private)
+        self.webhook_sender = HttpWebhookSender(
+            allow_private=settings.webhooks_allow_private, timeout=settings.webhook_timeout
+        )
         self.webhooks = WebhookService(
             self.webhook_store,
             clock,
-            guard=self.webhook_guard,
+            sender=self.webhook_sender,
             secret_box=SecretBox(settings.secret_key) if settings.secret_key else None,
             secret_grace=settings.webhook_secret_grace,
         )
@@ -474,8 +478,7 @@ class Commtunnel:
     async def aclose(self) -> None:
         """Close the provider and storage (pending writes are committed first)."""
         try:
-            if self._webhook_worker is not None:
-                await self._webhook_worker.aclose()
+            await self.webhook_sender.aclose()
             await self.email_provider.aclose()
             if self.sms_provider is not None and not _same(self.sms_provider, self.email_provider):
                 await self.sms_provider.aclose()
@@ -583,9 +586,8 @@ class Commtunnel:
                 self.webhook_store,
                 self.webhooks,
                 self.clock,
-                guard=self.webhook_guard,
+                sender=self.webhook_sender,
                 schedule=s.webhook_retry_schedule,
-                timeout=s.webhook_timeout,
                 disable_after=s.webhook_disable_after,
                 lease_seconds=max(s.lease_seconds, s.webhook_timeout + 5),
                 concurrency=s.worker_concurrency,

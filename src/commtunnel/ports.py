@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
@@ -551,9 +551,9 @@ class Storage(Protocol):
         """Write an event that changes no status (``email_opened``), with its webhook fan-out.
 
         Returns:
-            The event as written: ``details["first"]`` is True when the
-            message had no earlier event of the same type, decided atomically
-            with the write.
+            The event as written: ``details["first"]`` is True when the event
+            is not a bot's (``details["isBot"]``) and the message had no
+            earlier non-bot event of the same type, decided atomically with the write.
         """
         ...
 
@@ -968,8 +968,29 @@ class WebhookStorage(Protocol):
         """Every endpoint of the organization, oldest first."""
         ...
 
-    async def update_endpoint(self, endpoint: WebhookEndpoint) -> bool:
-        """Replace the stored endpoint (same id and org); False if it no longer exists."""
+    async def update_endpoint(
+        self, org_id: str, endpoint_id: str, changes: Mapping[str, Any], at: datetime
+    ) -> WebhookEndpoint | None:
+        """Set only the named fields and ``updated_at``; other fields keep what is stored.
+
+        Args:
+            changes: attribute name -> value among ``url``, ``description``,
+                ``events``, ``enabled``, ``failing_since``, ``disabled_at``,
+                ``disabled_reason``.
+
+        Returns:
+            The endpoint afterwards, None if it does not exist.
+        """
+        ...
+
+    async def rotate_secret(
+        self, org_id: str, endpoint_id: str, *, secret: str, previous_until: datetime, at: datetime
+    ) -> WebhookEndpoint | None:
+        """Make ``secret`` current and the stored one previous until ``previous_until``, atomically.
+
+        Returns:
+            The endpoint afterwards, None if it does not exist.
+        """
         ...
 
     async def delete_endpoint(self, org_id: str, endpoint_id: str) -> bool:
@@ -1015,4 +1036,46 @@ class WebhookStorage(Protocol):
 
     async def next_delivery_at(self) -> datetime | None:
         """When the earliest PENDING delivery is due (None: there is none)."""
+        ...
+
+
+@attrs.frozen(kw_only=True)
+class WebhookAnswer:
+    """What an endpoint answered to one webhook POST.
+
+    Attributes:
+        status_code: the HTTP status, None when no answer came (timeout,
+            connection error, refused address).
+        body: the first :data:`~commtunnel.domain.webhooks.RESPONSE_BODY_LIMIT`
+            bytes of the (decoded) answer, as UTF-8 text with replacement.
+        error: why the attempt failed (``HTTP 500``, ``timeout after 15 s``,
+            ``refused: ...``), None for a 2xx.
+        retry_after: the ``Retry-After`` header as sent, if any.
+    """
+
+    status_code: int | None
+    body: str = ""
+    error: str | None = None
+    retry_after: str | None = None
+
+
+class WebhookSender(Protocol):
+    """Sends webhook requests, and decides which URLs may be sent to (the SSRF guard).
+
+    An implementation resolves the host once per request, refuses it when
+    any address is not allowed, and connects to an address it checked, so
+    a DNS answer that changes between the check and the connection
+    (rebinding) cannot reach a private address.
+    """
+
+    async def check_url(self, url: str) -> str | None:
+        """Why ``url`` may not be sent to now (e.g. ``loopback address 127.0.0.1``), or None."""
+        ...
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> WebhookAnswer:
+        """POST ``body`` once, within the sender's timeout; never raises for network failures."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
         ...

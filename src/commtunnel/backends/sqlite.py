@@ -1124,17 +1124,23 @@ class SqliteBackend:
         """Write an event that changes no status, with its webhook fan-out (group commit).
 
         Returns:
-            The event as written: its details gain ``first``, True when the
-            message had no earlier event of its type (decided inside the
-            write's transaction, so concurrent writers cannot both be first).
+            The event as written: its details gain ``first``, True when it is
+            not a bot's (``isBot``) and the message had no earlier event of its
+            type that was not a bot's (decided inside the write's transaction,
+            so concurrent writers cannot both be first). A scanner that opens
+            or clicks before the person does leaves ``first`` to the person.
         """
+
+        is_bot = event.details.get("isBot") is True
 
         def op(conn: sqlite3.Connection) -> TimelineEvent:
             earlier = conn.execute(
-                "SELECT 1 FROM events WHERE message_id = ? AND type = ? LIMIT 1",
+                "SELECT 1 FROM events WHERE message_id = ? AND type = ? "
+                "AND json_extract(details, '$.isBot') IS NOT 1 LIMIT 1",
                 (event.message_id, event.type),
             ).fetchone()
-            written = attrs.evolve(event, details={**event.details, "first": earlier is None})
+            first = not is_bot and earlier is None
+            written = attrs.evolve(event, details={**event.details, "first": first})
             insert_event(conn, written)
             return written
 

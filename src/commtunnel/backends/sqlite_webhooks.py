@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -159,26 +159,58 @@ class SqliteWebhookStore:
         """Every endpoint of the organization, oldest first."""
         return _ENDPOINTS.all(self._conn, "WHERE org_id = ? ORDER BY created_at, id", (org_id,))
 
-    async def update_endpoint(self, endpoint: WebhookEndpoint) -> bool:
-        """Replace the stored endpoint (same id and org); False if it no longer exists.
+    async def update_endpoint(
+        self, org_id: str, endpoint_id: str, changes: Mapping[str, Any], at: datetime
+    ) -> WebhookEndpoint | None:
+        """Set only the fields in ``changes`` (and ``updated_at``), in one statement.
 
-        Every column but ``id``, ``org_id`` and ``created_at`` is overwritten.
+        Columns not named keep whatever is stored, so a change made meanwhile
+        by another request or the worker (a rotation, a disable) is never
+        overwritten with an older copy.
+
+        Args:
+            changes: attribute name -> value, names from :data:`UPDATABLE`.
+            at: the new ``updated_at``.
+
+        Returns:
+            The endpoint as stored afterwards, None if it does not exist.
+
+        Raises:
+            ValueError: a name outside :data:`UPDATABLE`.
         """
-        cursor = self._backend.transaction(
-            lambda c: c.execute(
-                "UPDATE webhook_endpoints SET url = ?, description = ?, events = ?, "
-                "enabled = ?, secret = ?, previous_secret = ?, "
-                "previous_secret_expires_at = ?, failing_since = ?, disabled_at = ?, "
-                "disabled_reason = ?, updated_at = ? WHERE id = ? AND org_id = ?",
-                (
-                    *_endpoint_values(endpoint),
-                    ts(endpoint.updated_at),
-                    endpoint.id,
-                    endpoint.org_id,
-                ),
+        unknown = set(changes) - set(UPDATABLE)
+        if unknown:
+            raise ValueError(f"not updatable: {sorted(unknown)}")
+        sets = [f"{name} = ?" for name in changes] + ["updated_at = ?"]
+        values = [UPDATABLE[name](value) for name, value in changes.items()] + [ts(at)]
+
+        def op(conn: sqlite3.Connection) -> WebhookEndpoint | None:
+            conn.execute(
+                f"UPDATE webhook_endpoints SET {', '.join(sets)} WHERE id = ? AND org_id = ?",  # noqa: S608 - names from UPDATABLE
+                (*values, endpoint_id, org_id),
             )
-        )
-        return bool(cursor.rowcount)
+            return _ENDPOINTS.one(conn, "WHERE id = ? AND org_id = ?", (endpoint_id, org_id))
+
+        return self._backend.transaction(op)
+
+    async def rotate_secret(
+        self, org_id: str, endpoint_id: str, *, secret: str, previous_until: datetime, at: datetime
+    ) -> WebhookEndpoint | None:
+        """Make ``secret`` current and the stored one previous until ``previous_until``, at once.
+
+        Returns:
+            The endpoint as stored afterwards, None if it does not exist.
+        """
+
+        def op(conn: sqlite3.Connection) -> WebhookEndpoint | None:
+            conn.execute(
+                "UPDATE webhook_endpoints SET previous_secret = secret, secret = ?, "
+                "previous_secret_expires_at = ?, updated_at = ? WHERE id = ? AND org_id = ?",
+                (secret, ts(previous_until), ts(at), endpoint_id, org_id),
+            )
+            return _ENDPOINTS.one(conn, "WHERE id = ? AND org_id = ?", (endpoint_id, org_id))
+
+        return self._backend.transaction(op)
 
     async def delete_endpoint(self, org_id: str, endpoint_id: str) -> bool:
         """Delete an endpoint with its deliveries and attempts; False if absent.
@@ -415,6 +447,18 @@ class SqliteWebhookStore:
                 if lease_until is None:
                     break
         return None if earliest is None else parse_ts(earliest)
+
+
+#: Fields :meth:`SqliteWebhookStore.update_endpoint` may set, with their column encoders.
+UPDATABLE: dict[str, Callable[[Any], Any]] = {
+    "url": str,
+    "description": str,
+    "events": _events_text,
+    "enabled": int,
+    "failing_since": _opt_ts,
+    "disabled_at": _opt_ts,
+    "disabled_reason": lambda value: value,
+}
 
 
 def _endpoint_values(e: WebhookEndpoint) -> tuple[Any, ...]:

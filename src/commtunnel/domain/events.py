@@ -38,8 +38,9 @@ class TimelineEvent:
             events such as ``sms_opt_out``.
         org_id: owning organization.
         type: event type, e.g. ``email_sent``.
-        status: the message status as of this event (None for events that
-            do not change status, such as ``email_opened``).
+        status: the message status as of this event: the status it moved to,
+            or for an event that moves none (``email_opened``) the status the
+            message had then; None for organization-level events.
         created_at: UTC time the event happened.
         details: event-specific data (attempt number, error category, ...).
     """

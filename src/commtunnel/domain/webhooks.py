@@ -279,13 +279,38 @@ _METADATA_ADDRESSES = frozenset(
 )
 
 
+def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address, IPv4-mapped IPv6 as its IPv4; None when not an address."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def metadata_address(address: str) -> str | None:
+    """``"cloud metadata address ..."`` when ``address`` is one, else None.
+
+    Refused even when the operator allows private addresses: a request there
+    can read the machine's cloud credentials.
+    """
+    ip = _ip(address)
+    if ip is not None and ip in _METADATA_ADDRESSES:
+        return f"cloud metadata address {ip}"
+    return None
+
+
 def refused_address(address: str) -> str | None:
     """Why a webhook may not be sent to ``address``, or None when it may.
 
-    Refused: loopback, private (RFC 1918, ULA), link-local, multicast,
-    unspecified, reserved, shared (RFC 6598 CGNAT) and cloud metadata
-    addresses, i.e. everything that is not globally routable
-    (``ipaddress``'s ``is_global``), IPv4-mapped IPv6 judged as its IPv4.
+    Refused: loopback, private (RFC 1918, ULA), link-local, site-local,
+    multicast, unspecified, reserved, shared (RFC 6598 CGNAT) and cloud
+    metadata addresses, i.e. everything that is not globally routable
+    (``ipaddress``'s ``is_global``). IPv4-mapped IPv6 is judged as its IPv4,
+    and 6to4 (RFC 3056) and Teredo (RFC 4380) addresses by the IPv4
+    addresses they carry, since a relay would forward to those.
 
     Args:
         address: an IPv4 or IPv6 address in text form (as ``getaddrinfo`` gives).
@@ -293,14 +318,18 @@ def refused_address(address: str) -> str | None:
     Returns:
         A short reason (``"loopback address 127.0.0.1"``) or None.
     """
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
+    ip = _ip(address)
+    if ip is None:
         return f"not an IP address: {address!r}"
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if ip in _METADATA_ADDRESSES:
-        return f"cloud metadata address {ip}"
+    if (metadata := metadata_address(address)) is not None:
+        return metadata
+    if isinstance(ip, ipaddress.IPv6Address):
+        carried = [ip.sixtofour, *(ip.teredo or ())]
+        for inner in carried:
+            if inner is not None and (reason := refused_address(str(inner))) is not None:
+                return f"{reason} (inside {ip})"
+        if ip.is_site_local:
+            return f"site-local address {ip}"
     for label, flag in (
         ("loopback", ip.is_loopback),
         ("link-local", ip.is_link_local),
@@ -319,12 +348,13 @@ def refused_address(address: str) -> str | None:
 def parse_retry_schedule(text: str) -> tuple[float, ...]:
     """``COMMTUNNEL_WEBHOOK_RETRY_SCHEDULE``: seconds separated by commas.
 
-    The first number is the delay before the first attempt (0: at once), each
-    next one the delay after the previous failure; the number of entries is
-    the number of attempts.
+    The first number is the delay before the first attempt and must be 0 (a
+    delivery is due when its event happens, as in Svix's schedule); each next
+    one is the delay after the previous failure. The number of entries is the
+    number of attempts.
 
     Raises:
-        ValueError: empty, not numbers, or negative.
+        ValueError: empty, not numbers, negative, or a first delay other than 0.
     """
     try:
         delays = tuple(float(part) for part in text.split(",") if part.strip())
@@ -334,6 +364,10 @@ def parse_retry_schedule(text: str) -> tuple[float, ...]:
         raise ValueError("the retry schedule needs at least one delay")
     if any(d < 0 for d in delays):
         raise ValueError(f"negative delay in {text!r}")
+    if delays[0] != 0:
+        raise ValueError(
+            f"the first delay must be 0 (a delivery is due when its event happens): {text!r}"
+        )
     return delays
 
 
@@ -349,8 +383,9 @@ def next_delay(
     Args:
         schedule: :func:`parse_retry_schedule`'s delays.
         attempts_made: attempts already made (≥ 1).
-        retry_after: the endpoint's ``Retry-After`` in seconds, honoured (up
-            to :data:`MAX_RETRY_AFTER`) instead of the schedule's delay.
+        retry_after: the endpoint's ``Retry-After`` in seconds: the attempt
+            waits that long (up to :data:`MAX_RETRY_AFTER`) when it is longer
+            than the schedule's delay.
         rng: jitter source.
 
     Returns:
@@ -358,9 +393,12 @@ def next_delay(
     """
     if attempts_made >= len(schedule):
         return None
+    delay = schedule[attempts_made] * rng.uniform(1 - JITTER, 1 + JITTER)
     if retry_after is not None:
-        return min(max(retry_after, 0.0), MAX_RETRY_AFTER)
-    return schedule[attempts_made] * rng.uniform(1 - JITTER, 1 + JITTER)
+        # Never sooner than the schedule: a proxy's "Retry-After: 0" must not
+        # spend every attempt within seconds.
+        return max(delay, min(retry_after, MAX_RETRY_AFTER))
+    return delay
 
 
 def parse_retry_after(value: str | None, now: datetime) -> float | None:

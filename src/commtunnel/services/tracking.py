@@ -230,7 +230,7 @@ class TrackingService:
             message_id=message_id,
             org_id=org_id,
             type=type_,
-            status=None,
+            status=message.status,  # as of the event (opens and clicks change none)
             created_at=self._clock.now(),
             details=details,
         )

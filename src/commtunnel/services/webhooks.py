@@ -1,45 +1,23 @@
-"""Customer webhooks: endpoint management and the worker that delivers events.
+"""Customer webhooks: an organization's endpoints, their secrets and their delivery log.
 
 Every timeline event fans out to a PENDING delivery per matching endpoint in
 the transaction that writes the event (see
-:class:`~commtunnel.ports.WebhookStorage`), so a crash between the commit and
-the POST loses nothing: :class:`WebhookWorker` leases due deliveries, POSTs
-them signed per Standard Webhooks, and records each attempt.
-
-Outcomes of one attempt (the issue's contract, after Svix's behaviour):
-
-* 2xx: SUCCEEDED; the endpoint is healthy again.
-* 410 Gone: FAILED, and the endpoint is disabled at once.
-* 3xx (redirects are not followed), any other status, a timeout or a
-  connection error: retried on the schedule (``COMMTUNNEL_WEBHOOK_RETRY_SCHEDULE``)
-  with ±10 % jitter; 429/502/504 with ``Retry-After`` wait that long instead.
-  Once the schedule is used up the delivery is FAILED. When an endpoint has
-  failed without a single success for ``COMMTUNNEL_WEBHOOK_DISABLE_AFTER``
-  seconds it is disabled and an ``endpoint_disabled`` event is recorded.
-
-SSRF guard: a URL whose host resolves to a non-public address is refused at
-creation, and every attempt checks again (DNS may have changed), unless the
-operator allows private addresses.
+:class:`~commtunnel.ports.WebhookStorage`);
+:class:`~commtunnel.services.webhook_worker.WebhookWorker` delivers them.
+Endpoint URLs pass the sender's SSRF guard
+(:meth:`~commtunnel.ports.WebhookSender.check_url`) when set, and again
+before every attempt.
 """
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
 import json
-import logging
-import random
-import socket
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime, timedelta
-from importlib.metadata import PackageNotFoundError, version
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 import attrs
-import httpx
-from standardwebhooks.webhooks import Webhook
 
 from commtunnel.crypto import SecretBox
 from commtunnel.domain.errors import (
@@ -52,112 +30,21 @@ from commtunnel.domain.errors import (
 from commtunnel.domain.events import format_timestamp
 from commtunnel.domain.keys import Principal, Scope
 from commtunnel.domain.webhooks import (
-    DEFAULT_RETRY_SCHEDULE,
-    ENDPOINT_DISABLED_EVENT,
     MAX_DESCRIPTION_LENGTH,
-    RESPONSE_BODY_LIMIT,
-    RETRY_AFTER_STATUSES,
     TEST_EVENT,
     DeliveryStatus,
-    WebhookAttempt,
     WebhookDelivery,
     WebhookEndpoint,
     check_events,
     check_url_shape,
-    event_payload,
     new_secret,
-    next_delay,
-    parse_retry_after,
-    refused_address,
-    signature_header,
 )
 from commtunnel.ids import new_id
-from commtunnel.ports import (
-    ClaimedDelivery,
-    Clock,
-    DeliveryCompletion,
-    DeliveryPage,
-    WebhookStorage,
-)
+from commtunnel.ports import Clock, DeliveryPage, WebhookSender, WebhookStorage
 from commtunnel.services.auth import require
 from commtunnel.services.channel import check_bool, check_fields, is_int_in
-from commtunnel.services.timeline import org_event
-
-log = logging.getLogger("commtunnel.webhooks")
 
 _ENCRYPTED = "enc:"
-try:
-    USER_AGENT = f"Commtunnel-Webhooks/{version('commtunnel')}"
-except PackageNotFoundError:  # running from a source tree that was never installed
-    USER_AGENT = "Commtunnel-Webhooks"
-
-Resolve = Callable[[str, int], Awaitable[list[str]]]
-"""``(host, port) -> addresses``: how the guard looks a host up (injectable in tests)."""
-
-
-async def system_resolve(host: str, port: int) -> list[str]:
-    """Every address ``host`` resolves to, with the system resolver.
-
-    Raises:
-        OSError: the name does not resolve.
-    """
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return sorted({str(info[4][0]) for info in infos})
-
-
-class UrlGuard:
-    """Decides whether a webhook may be sent to a URL (the SSRF guard).
-
-    Args:
-        allow_private: ``COMMTUNNEL_WEBHOOKS_ALLOW_PRIVATE``: skip the address
-            check (the URL's shape is still checked).
-        resolve: host lookup (the system resolver by default).
-    """
-
-    def __init__(self, *, allow_private: bool = False, resolve: Resolve = system_resolve) -> None:
-        self.allow_private = allow_private
-        self._resolve = resolve
-
-    async def refusal(self, url: str) -> str | None:
-        """Why ``url`` may not be reached now, or None when it may.
-
-        Every address the host resolves to must be public: one private answer
-        is enough to refuse (an attacker controls which one a client picks).
-        """
-        if self.allow_private:
-            return None
-        parts = urlsplit(url)
-        host = (parts.hostname or "").strip("[]")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        try:
-            addresses = [str(ipaddress.ip_address(host))]  # a literal address needs no lookup
-        except ValueError:
-            addresses = []
-        try:
-            addresses = addresses or await self._resolve(host, port)
-        except OSError as exc:
-            return f"host {host!r} does not resolve ({exc.strerror or exc})"
-        if not addresses:
-            return f"host {host!r} does not resolve"
-        for address in addresses:
-            reason = refused_address(address)
-            if reason is not None:
-                return f"{host} resolves to a {reason}"
-        return None
-
-    async def check(self, url: str) -> None:
-        """Refuse ``url`` if its host is not public.
-
-        Raises:
-            WebhookUrlNotAllowedError: with ``details["url"]`` giving the reason.
-        """
-        reason = await self.refusal(url)
-        if reason is not None:
-            raise WebhookUrlNotAllowedError(
-                f"Webhook URL refused: {reason}. Webhooks go to public addresses only "
-                "(operators may set COMMTUNNEL_WEBHOOKS_ALLOW_PRIVATE=true)",
-                details={"url": reason},
-            )
 
 
 @attrs.frozen(kw_only=True)
@@ -165,7 +52,7 @@ class EndpointWithSecret:
     """An endpoint and its signing secret in clear (creation and rotation only)."""
 
     endpoint: WebhookEndpoint
-    secret: str
+    secret: str = attrs.field(repr=False)
 
 
 _ENDPOINT_FIELDS = ("url", "events", "description", "enabled")
@@ -177,7 +64,7 @@ class WebhookService:
     Args:
         store: endpoints, deliveries and attempts.
         clock: every "now".
-        guard: the SSRF guard for URLs.
+        sender: checks URLs (the SSRF guard) before they are stored.
         secret_box: encrypts stored signing secrets; None stores them as
             given (set ``COMMTUNNEL_SECRET_KEY`` in production).
         secret_grace: seconds the previous secret keeps signing after a rotation.
@@ -188,13 +75,13 @@ class WebhookService:
         store: WebhookStorage,
         clock: Clock,
         *,
-        guard: UrlGuard,
+        sender: WebhookSender,
         secret_box: SecretBox | None = None,
         secret_grace: float = 86_400.0,
     ) -> None:
         self._store = store
         self._clock = clock
-        self._guard = guard
+        self._sender = sender
         self._box = secret_box
         self._grace = secret_grace
 
@@ -227,6 +114,20 @@ class WebhookService:
 
     # ------------------------------------------------------------------ endpoints
 
+    async def _check_url(self, url: str) -> None:
+        """Refuse ``url`` when its host is not an address webhooks may reach.
+
+        Raises:
+            WebhookUrlNotAllowedError: with ``details["url"]`` giving the reason.
+        """
+        reason = await self._sender.check_url(url)
+        if reason is not None:
+            raise WebhookUrlNotAllowedError(
+                f"Webhook URL refused: {reason}. Webhooks go to public addresses only "
+                "(operators may set COMMTUNNEL_WEBHOOKS_ALLOW_PRIVATE=true)",
+                details={"url": reason},
+            )
+
     async def create(self, principal: Principal, payload: Mapping[str, Any]) -> EndpointWithSecret:
         """Register an endpoint (``POST /v1/public/webhooks``).
 
@@ -244,7 +145,7 @@ class WebhookService:
         """
         require(principal, Scope.WEBHOOKS_MANAGE)
         values = self._checked(payload, required_url=True)
-        await self._guard.check(values["url"])
+        await self._check_url(values["url"])
         now = self._clock.now()
         secret = new_secret()
         endpoint = WebhookEndpoint(
@@ -322,8 +223,7 @@ class WebhookService:
         endpoint = await self.get(principal, endpoint_id)
         values = self._checked(payload, required_url=False)
         if "url" in values and values["url"] != endpoint.url:
-            await self._guard.check(values["url"])
-        now = self._clock.now()
+            await self._check_url(values["url"])
         changes: dict[str, Any] = {
             k: v for k, v in values.items() if k in {"url", "events", "description"}
         }
@@ -331,9 +231,13 @@ class WebhookService:
         if enabled and not endpoint.enabled:
             changes.update(enabled=True, disabled_at=None, disabled_reason=None, failing_since=None)
         elif not enabled and endpoint.enabled:
-            changes.update(enabled=False, disabled_at=now, disabled_reason="manual")
-        updated = attrs.evolve(endpoint, updated_at=now, **changes)
-        if not await self._store.update_endpoint(updated):
+            changes.update(enabled=False, disabled_at=self._clock.now(), disabled_reason="manual")
+        # Only the fields asked for are written: a rotation or a disable by the
+        # worker that lands meanwhile is kept.
+        updated = await self._store.update_endpoint(
+            principal.org_id, endpoint_id, changes, self._clock.now()
+        )
+        if updated is None:
             raise NotFoundError("Webhook endpoint not found", details={"id": endpoint_id})
         return updated
 
@@ -362,17 +266,17 @@ class WebhookService:
             InsufficientScopeError: the key lacks ``webhooks:manage``.
             NotFoundError: no such endpoint.
         """
-        endpoint = await self.get(principal, endpoint_id)
+        require(principal, Scope.WEBHOOKS_MANAGE)
         now = self._clock.now()
         secret = new_secret()
-        rotated = attrs.evolve(
-            endpoint,
+        rotated = await self._store.rotate_secret(
+            principal.org_id,
+            endpoint_id,
             secret=self._seal(secret),
-            previous_secret=endpoint.secret,
-            previous_secret_expires_at=now + timedelta(seconds=self._grace),
-            updated_at=now,
+            previous_until=now + timedelta(seconds=self._grace),
+            at=now,
         )
-        if not await self._store.update_endpoint(rotated):
+        if rotated is None:
             raise NotFoundError("Webhook endpoint not found", details={"id": endpoint_id})
         return EndpointWithSecret(endpoint=rotated, secret=secret)
 
@@ -502,317 +406,3 @@ def _check_description(value: Any) -> str:
     return value
 
 
-# --------------------------------------------------------------------------- the worker
-
-
-@attrs.frozen(kw_only=True)
-class _Answer:
-    status_code: int | None
-    body: str
-    error: str | None
-    retry_after: str | None = None
-
-
-class WebhookWorker:
-    """Leases due deliveries, POSTs them signed, and records every attempt.
-
-    Args:
-        store: where deliveries are claimed and results recorded.
-        service: reads signing secrets (and decrypts them).
-        clock: every "now" (the ``webhook-timestamp`` too).
-        guard: the SSRF guard, checked again before every attempt.
-        schedule: seconds before each attempt (see
-            :func:`~commtunnel.domain.webhooks.parse_retry_schedule`).
-        timeout: seconds one POST may take (connect + answer).
-        disable_after: seconds of failure without a success before the
-            endpoint is disabled.
-        lease_seconds: a claimed delivery's lease (longer than ``timeout``).
-        concurrency: POSTs in flight at once.
-        transport: an httpx transport (tests); the default opens real connections.
-        rng: jitter source (seed it in tests).
-    """
-
-    def __init__(
-        self,
-        store: WebhookStorage,
-        service: WebhookService,
-        clock: Clock,
-        *,
-        guard: UrlGuard,
-        schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE,
-        timeout: float = 15.0,
-        disable_after: float = 5 * 86_400.0,
-        lease_seconds: float = 60.0,
-        concurrency: int = 16,
-        transport: httpx.AsyncBaseTransport | None = None,
-        rng: random.Random | None = None,
-    ) -> None:
-        if timeout >= lease_seconds:
-            raise ValueError("the webhook timeout must be shorter than the lease")
-        self._store = store
-        self._service = service
-        self._clock = clock
-        self._guard = guard
-        self._schedule = schedule
-        self._timeout = timeout
-        self._disable_after = timedelta(seconds=disable_after)
-        self._lease_seconds = lease_seconds
-        self._concurrency = concurrency
-        self._rng = rng or random.Random()
-        self._http = httpx.AsyncClient(
-            transport=transport,
-            follow_redirects=False,
-            timeout=httpx.Timeout(timeout),
-            headers={"user-agent": USER_AGENT},
-            trust_env=False,  # a proxy from the environment would bypass the SSRF guard
-        )
-        self._wake = asyncio.Event()
-
-    async def aclose(self) -> None:
-        """Close the HTTP connection pool."""
-        await self._http.aclose()
-
-    def notify(self) -> None:
-        """Wake :meth:`run` now (new deliveries were written in this process)."""
-        self._wake.set()
-
-    # ------------------------------------------------------------------ one attempt
-
-    def _body(self, claimed: ClaimedDelivery) -> str | None:
-        delivery, event = claimed.delivery, claimed.event
-        if delivery.payload is not None:
-            return delivery.payload
-        if event is None:
-            return None
-        channel = event.channel
-        body = event_payload(
-            event_id=event.id,
-            event_type=event.type,
-            created_at=format_timestamp(event.created_at),
-            message_id=event.message_id,
-            channel=None if channel is None else str(channel),
-            status=None if event.status is None else str(event.status),
-            to=claimed.recipient,
-            details=event.details,
-        )
-        return json.dumps(body, separators=(",", ":"))
-
-    def _headers(self, claimed: ClaimedDelivery, body: str, now: datetime) -> dict[str, str]:
-        """Standard Webhooks headers: the id, the Unix timestamp, one signature per secret."""
-        msg_id = claimed.delivery.event_id
-        timestamp = now.astimezone(UTC)
-        signatures = [
-            Webhook(secret).sign(msg_id, timestamp, body)
-            for secret in self._service.signing_secrets(claimed.endpoint, now)
-        ]
-        return {
-            "content-type": "application/json",
-            "webhook-id": msg_id,
-            "webhook-timestamp": str(int(timestamp.timestamp())),
-            "webhook-signature": signature_header(signatures),
-        }
-
-    async def _post(self, url: str, body: str, headers: dict[str, str]) -> _Answer:
-        """POST and read at most :data:`RESPONSE_BODY_LIMIT` bytes of the answer."""
-        try:
-            async with asyncio.timeout(self._timeout):
-                async with self._http.stream(
-                    "POST", url, content=body.encode("utf-8"), headers=headers
-                ) as response:
-                    kept = bytearray()
-                    async for chunk in response.aiter_raw():
-                        kept += chunk
-                        if len(kept) >= RESPONSE_BODY_LIMIT:
-                            break
-                    text = bytes(kept[:RESPONSE_BODY_LIMIT]).decode("utf-8", "replace")
-                    code = response.status_code
-                    error = None if 200 <= code < 300 else f"HTTP {code}"
-                    return _Answer(
-                        status_code=code,
-                        body=text,
-                        error=error,
-                        retry_after=response.headers.get("retry-after"),
-                    )
-        except (TimeoutError, httpx.TimeoutException):
-            return _Answer(status_code=None, body="", error=f"timeout after {self._timeout:g} s")
-        except httpx.HTTPError as exc:
-            return _Answer(status_code=None, body="", error=f"{type(exc).__name__}: {exc}"[:500])
-
-    async def attempt(self, claimed: ClaimedDelivery) -> DeliveryCompletion:
-        """Make one attempt of a claimed delivery and decide what follows (not yet recorded)."""
-        endpoint = claimed.endpoint
-        started = self._clock.now()
-        t0 = self._clock.monotonic()
-        body = self._body(claimed)
-        answer: _Answer
-        final_reason: str | None = None
-        if not endpoint.enabled:
-            final_reason = "endpoint disabled"
-        elif body is None:
-            final_reason = "the event no longer exists"
-        if final_reason is not None:
-            answer = _Answer(status_code=None, body="", error=final_reason)
-        else:
-            assert body is not None
-            refused = await self._guard.refusal(endpoint.url)
-            if refused is not None:
-                answer = _Answer(status_code=None, body="", error=f"refused: {refused}")
-            else:
-                answer = await self._post(endpoint.url, body, self._headers(claimed, body, started))
-        attempt = WebhookAttempt(
-            delivery_id=claimed.delivery.id,
-            number=claimed.delivery.attempt_count + 1,
-            started_at=started,
-            duration_ms=round((self._clock.monotonic() - t0) * 1000, 3),
-            status_code=answer.status_code,
-            succeeded=answer.error is None,
-            error=answer.error,
-            response_body=answer.body,
-        )
-        if final_reason is not None:
-            return DeliveryCompletion(
-                claimed=claimed,
-                attempt=attempt,
-                status=DeliveryStatus.FAILED,
-                last_error=final_reason,
-                endpoint_failing_since=endpoint.failing_since,
-            )
-        return self._decide(claimed, attempt, answer)
-
-    def _decide(
-        self, claimed: ClaimedDelivery, attempt: WebhookAttempt, answer: _Answer
-    ) -> DeliveryCompletion:
-        endpoint, now = claimed.endpoint, attempt.started_at
-        if attempt.succeeded:
-            return DeliveryCompletion(
-                claimed=claimed, attempt=attempt, status=DeliveryStatus.SUCCEEDED
-            )
-        failing_since = endpoint.failing_since or now
-        if answer.status_code == 410:
-            return self._disable(claimed, attempt, failing_since, "gone")
-        if now - failing_since >= self._disable_after:
-            return self._disable(claimed, attempt, failing_since, "failing")
-        retry_after = None
-        if answer.status_code in RETRY_AFTER_STATUSES:
-            retry_after = parse_retry_after(answer.retry_after, now)
-        delay = next_delay(self._schedule, attempt.number, retry_after=retry_after, rng=self._rng)
-        if delay is None:
-            return DeliveryCompletion(
-                claimed=claimed,
-                attempt=attempt,
-                status=DeliveryStatus.FAILED,
-                last_error=answer.error,
-                endpoint_failing_since=failing_since,
-            )
-        return DeliveryCompletion(
-            claimed=claimed,
-            attempt=attempt,
-            status=DeliveryStatus.PENDING,
-            next_attempt_at=now + timedelta(seconds=delay),
-            last_error=answer.error,
-            endpoint_failing_since=failing_since,
-        )
-
-    def _disable(
-        self,
-        claimed: ClaimedDelivery,
-        attempt: WebhookAttempt,
-        failing_since: datetime,
-        reason: str,
-    ) -> DeliveryCompletion:
-        endpoint = claimed.endpoint
-        event = org_event(
-            endpoint.org_id,
-            ENDPOINT_DISABLED_EVENT,
-            at=attempt.started_at,
-            details={
-                "endpointId": endpoint.id,
-                "url": endpoint.url,
-                "reason": reason,
-                "failingSince": format_timestamp(failing_since),
-                "lastError": attempt.error,
-            },
-        )
-        return DeliveryCompletion(
-            claimed=claimed,
-            attempt=attempt,
-            status=DeliveryStatus.FAILED,
-            last_error=attempt.error,
-            endpoint_failing_since=failing_since,
-            disable_endpoint=reason,
-            disabled_event=event,
-        )
-
-    async def process(self, claimed: ClaimedDelivery) -> bool:
-        """Attempt one claimed delivery and record the result; False if the lease was lost."""
-        try:
-            completion = await self.attempt(claimed)
-        except Exception as exc:  # e.g. a secret that no longer decrypts: retried later
-            log.exception("webhook delivery %s could not be attempted", claimed.delivery.id)
-            completion = self._decide(
-                claimed,
-                WebhookAttempt(
-                    delivery_id=claimed.delivery.id,
-                    number=claimed.delivery.attempt_count + 1,
-                    started_at=self._clock.now(),
-                    duration_ms=0.0,
-                    status_code=None,
-                    succeeded=False,
-                    error=f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"[:500],
-                ),
-                _Answer(status_code=None, body="", error="internal error"),
-            )
-        recorded = await self._store.complete_delivery(completion)
-        if not recorded:
-            log.warning("lease lost for webhook delivery %s", claimed.delivery.id)
-        return recorded
-
-    # ------------------------------------------------------------------ loops
-
-    async def run_once(self) -> int:
-        """Claim one batch of due deliveries and attempt them concurrently; returns how many."""
-        claimed = await self._store.claim_deliveries(
-            now=self._clock.now(), limit=self._concurrency, lease_seconds=self._lease_seconds
-        )
-        if claimed:
-            await asyncio.gather(*(self.process(c) for c in claimed))
-        return len(claimed)
-
-    async def run_until_idle(self, *, max_batches: int = 10_000) -> int:
-        """Attempt batches until nothing is due at the clock's current time; returns the total."""
-        total = 0
-        for _ in range(max_batches):
-            done = await self.run_once()
-            if done == 0:
-                break
-            total += done
-        return total
-
-    async def run(self, stop: asyncio.Event, *, poll_interval: float = 0.5) -> None:
-        """Deliver until ``stop`` is set.
-
-        Sleeps until the earliest due delivery, at most ``poll_interval``
-        seconds (deliveries written by other processes are found by polling),
-        or until :meth:`notify`.
-        """
-        while not stop.is_set():
-            try:
-                done = await self.run_once()
-            except Exception:  # the database may be briefly unavailable
-                log.exception("webhook delivery batch failed; retrying")
-                done = 0
-            if done:
-                continue
-            wait = poll_interval
-            try:
-                due = await self._store.next_delivery_at()
-            except Exception:
-                due = None
-            if due is not None:
-                wait = min(wait, max(0.0, (due - self._clock.now()).total_seconds()))
-            self._wake.clear()
-            stopper = asyncio.ensure_future(stop.wait())
-            waker = asyncio.ensure_future(self._wake.wait())
-            await asyncio.wait({stopper, waker}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
-            waker.cancel()
