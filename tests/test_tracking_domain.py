@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 import pytest
 from selectolax.lexbor import LexborHTMLParser
 
@@ -13,13 +17,14 @@ from commtunnel.domain.tracking import (
     MAX_TOKEN_CHARS,
     TRANSPARENT_GIF,
     ClickToken,
+    ClickTokenTooLongError,
     Kind,
     OpenToken,
     TokenSigner,
     classify_client,
     link_target,
-    rewrite_html,
 )
+from commtunnel.domain.tracking_html import rewrite_html
 from commtunnel.services.tracking import derive_key
 
 OPEN_URL = "https://t.example/v1/track/open?t=OPEN"
@@ -150,6 +155,227 @@ def test_plain_text_html_gets_only_the_pixel() -> None:
     out = rewrite_html("Fish &amp; chips", click_url=click_url, open_url=OPEN_URL)
     assert out.startswith("Fish &amp; chips<img ")
     assert len(pixels(out)) == 1
+
+
+PIXEL_TAG = re.compile(r'<img src="https://t\.example/v1/track/open\?t=OPEN"[^>]*>')
+XHTML_DOCTYPE = (
+    '<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Transitional//EN" '
+    '"http://www.w3.org/TR/xhtml1/DTD/xhtml1-transitional.dtd">'
+)
+HTML4_DOCTYPE = (
+    '<!DOCTYPE HTML PUBLIC "-//W3C//DTD HTML 4.01 Transitional//EN" '
+    '"http://www.w3.org/TR/html4/loose.dtd">'
+)
+MSO_OPEN = '<!--[if mso]><table role="presentation" width="600"><tr><td><![endif]-->'
+MSO_CLOSE = "<!--[if mso]></td></tr></table><![endif]-->"
+
+
+def without_pixel(out: str) -> tuple[str, int]:
+    """``out`` without its one pixel ``<img>``, and where the pixel was."""
+    [tag] = PIXEL_TAG.findall(out)
+    at = out.index(tag)
+    return out[:at] + out[at + len(tag) :], at
+
+
+def restored(out: str, originals: list[str]) -> str:
+    """``out`` without the pixel and with each rewritten href written back as in the source.
+
+    ``originals[i]`` is the source text of the href value that got index ``i``.
+    """
+    source, _ = without_pixel(out)
+    for index in reversed(range(len(originals))):  # c/10 before c/1
+        source = source.replace(click_url(index, ""), originals[index])
+    return source
+
+
+@pytest.mark.parametrize("doctype", [XHTML_DOCTYPE, HTML4_DOCTYPE])
+def test_legacy_doctypes_are_kept_exactly(doctype: str) -> None:
+    """XHTML 1.0 and HTML 4.01 Transitional doctypes keep their identifiers (clients' modes)."""
+    html = (
+        f"{doctype}\n<html><head><title>Order</title></head>\n"
+        '<body><a href="https://shop.example/">Shop</a>\n</body>\n</html>\n'
+    )
+    out = rewrite_html(html, click_url=click_url, open_url=OPEN_URL)
+    assert out.startswith(f"{doctype}\n<html><head>")
+    assert restored(out, ["https://shop.example/"]) == html
+    source, at = without_pixel(out)
+    assert source[at:] == "</body>\n</html>\n"
+    assert hrefs(out) == [click_url(0, "")]
+
+
+def test_an_xml_prolog_is_kept() -> None:
+    """``<?xml ...?>`` stays as written (the parser alone would make it a comment)."""
+    prolog = '<?xml version="1.0" encoding="UTF-8"?>'
+    html = (
+        f'{prolog}\n{XHTML_DOCTYPE}\n<html xmlns="http://www.w3.org/1999/xhtml">'
+        '<head></head><body><a href="https://x.example/">x</a></body></html>'
+    )
+    out = rewrite_html(html, click_url=click_url, open_url=OPEN_URL)
+    assert out.startswith(f"{prolog}\n{XHTML_DOCTYPE}\n")
+    assert "<!--?xml" not in out
+    assert restored(out, ["https://x.example/"]) == html
+    assert PIXEL_TAG.search(out) is not None and PIXEL_TAG.findall(out)[0].endswith(" />")
+
+
+@pytest.mark.parametrize(
+    "html",
+    [
+        f'{MSO_OPEN}<div style="max-width:600px"><a href="https://x.example/">Shop</a></div>'
+        f"{MSO_CLOSE}",
+        f"{XHTML_DOCTYPE}<html><head>"
+        "<!--[if gte mso 9]><xml><o:OfficeDocumentSettings><o:PixelsPerInch>96"
+        "</o:PixelsPerInch></o:OfficeDocumentSettings></xml><![endif]--></head><body>"
+        f'{MSO_OPEN}<!--[if mso]><v:roundrect href="https://x.example/" arcsize="10%">'
+        "<w:anchorlock/><center>Shop</center></v:roundrect><![endif]-->"
+        '<!--[if !mso]><!--><a href="https://x.example/">Shop</a><!--<![endif]-->'
+        f"{MSO_CLOSE}</body></html>",
+    ],
+    ids=["fragment", "document"],
+)
+def test_outlook_conditional_comments_are_kept_byte_for_byte(html: str) -> None:
+    """Opening and closing ``<!--[if mso]>`` comments survive, balanced, fragment or document."""
+    out = rewrite_html(html, click_url=click_url, open_url=OPEN_URL)
+    assert out.count(MSO_OPEN) == 1 and out.count(MSO_CLOSE) == 1
+    assert out.index(MSO_OPEN) < out.index(click_url(0, "")) < out.index(MSO_CLOSE)
+    assert restored(out, ["https://x.example/"]) == html
+    assert hrefs(out) == [click_url(0, "")]  # hrefs inside comments are Outlook's, not links
+
+
+@pytest.mark.parametrize(
+    "html",
+    [
+        '<header><a href="https://x.example/">Shop</a></header><p>Hi</p>',
+        # Ends inside a <textarea>: the pixel cannot go at the end, the parser's output is used.
+        '<header><a href="https://x.example/">Shop</a></header><textarea>',
+    ],
+    ids=["source-kept", "serialized"],
+)
+def test_a_fragment_with_a_header_stays_a_fragment(html: str) -> None:
+    """``<header>`` is not ``<head>``: no html/head/body wrapper is added to the fragment."""
+    out = rewrite_html(html, click_url=click_url, open_url=OPEN_URL)
+    assert out.startswith(f'<header><a href="{click_url(0, "")}">Shop</a></header>')
+    assert "<html" not in out and "<head>" not in out and "<body" not in out
+    assert len(pixels(out)) == 1
+
+
+def test_only_the_hrefs_and_the_pixel_change() -> None:
+    """Removing the pixel and writing the old hrefs back gives the source, byte for byte."""
+    seen: list[tuple[int, str]] = []
+
+    def record(index: int, url: str) -> str:
+        seen.append((index, url))
+        return click_url(index, url)
+
+    html = (
+        f"{XHTML_DOCTYPE}\r\n<html>\n<head>\n"
+        '<meta http-equiv="Content-Type" content="text/html; charset=UTF-8" />\n'
+        "<title>Your order &amp; <a href='https://title.example/'></title>\n"
+        '<style type="text/css">a[href^="https://"] { color: #1a73e8; }</style>\n'
+        '<script type="application/ld+json">{"url": "<a href=\\"https://ld.example/\\">"}'
+        "</script>\n</head>\n<BODY bgcolor=#ffffff>\n"
+        '<!-- <a href="https://commented.example/">old link</a> -->\n'
+        "<table cellpadding=0 cellspacing=0><tr><td align=center>"
+        '<a href="https://shop.example/o?id=1&amp;ref=mail" target=_blank>Order</a> '
+        "<A HREF='http://blog.example/news'>News</A> "
+        "<a class=btn href=https://cdn.example/p/1>Product</a> "
+        '<a href="  https://spaced.example/x \n">Spaced</a> '
+        '<a href="mailto:help@shop.example">Mail</a> '
+        '<a data-ct-notrack href="https://unsubscribe.example/u">Unsubscribe</a>'
+        '<map name=m><area shape=rect coords="0,0,1,1" href="https://map.example/"></map>'
+        "</td></tr></table>\n<br/><img src=logo.png alt=''>\n</BODY>\n</html>\n"
+    )
+    out = rewrite_html(html, click_url=record, open_url=OPEN_URL)
+    assert seen == [
+        (0, "https://shop.example/o?id=1&ref=mail"),
+        (1, "http://blog.example/news"),
+        (2, "https://cdn.example/p/1"),
+        (3, "https://spaced.example/x"),
+        (4, "https://map.example/"),
+    ]
+    originals = [
+        "https://shop.example/o?id=1&amp;ref=mail",
+        "http://blog.example/news",
+        "https://cdn.example/p/1",
+        "  https://spaced.example/x \n",
+        "https://map.example/",
+    ]
+    assert restored(out, originals) == html
+    source, at = without_pixel(out)
+    assert source[at:] == "</BODY>\n</html>\n"
+
+
+def test_an_a_left_open_across_a_block_is_one_link() -> None:
+    """The parser clones an ``<a>`` left open in a ``<p>``: the source's one tag gets one index."""
+    seen: list[tuple[int, str]] = []
+
+    def record(index: int, url: str) -> str:
+        seen.append((index, url))
+        return click_url(index, url)
+
+    html = (
+        '<p><a href="https://x.example/"><div>Shop</div></a></p><a href="https://y.example/">y</a>'
+    )
+    out = rewrite_html(html, click_url=record, open_url=OPEN_URL)
+    assert seen == [(0, "https://x.example/"), (1, "https://y.example/")]
+    assert restored(out, ["https://x.example/", "https://y.example/"]) == html
+    assert hrefs(out) == [click_url(0, ""), click_url(0, ""), click_url(1, "")]
+
+
+def test_hrefs_are_escaped_for_their_quoting() -> None:
+    """``&amp;`` is decoded in the target; the new value is escaped for ", ' or no quotes."""
+    targets: list[str] = []
+
+    def record(index: int, url: str) -> str:
+        targets.append(url)
+        return f"https://t.example/c?i={index}&q=\"'"
+
+    html = (
+        '<a href="https://a.example/?x=1&amp;y=2">a</a> '
+        "<a href='https://b.example/?x=1&amp;y=2'>b</a> "
+        "<a href=https://c.example/?x=1&amp;y=2>c</a>"
+    )
+    out = rewrite_html(html, click_url=record, open_url=OPEN_URL)
+    assert targets == [f"https://{host}.example/?x=1&y=2" for host in "abc"]
+    source, _ = without_pixel(out)
+    assert source == (
+        '<a href="https://t.example/c?i=0&amp;q=&quot;\'">a</a> '
+        "<a href='https://t.example/c?i=1&amp;q=\"&#39;'>b</a> "
+        '<a href="https://t.example/c?i=2&amp;q=&quot;\'">c</a>'
+    )
+    assert hrefs(out) == [f"https://t.example/c?i={i}&q=\"'" for i in range(3)]
+
+
+LONG_URL = (
+    "https://x.example/" + base64.urlsafe_b64encode(hashlib.shake_256(b"x").digest(15_000)).decode()
+)
+
+
+def test_a_click_token_too_long_to_be_read_is_not_made() -> None:
+    """Signing a URL whose token would exceed MAX_TOKEN_CHARS raises ClickTokenTooLongError."""
+    signer = TokenSigner(KEY)
+    token = ClickToken(org_id="org-1", message_id="msg-1", link_index=0, url=LONG_URL)
+    with pytest.raises(ClickTokenTooLongError):
+        signer.sign_click(token)
+    shorter = attrs.evolve(token, url=LONG_URL[:10_000])
+    assert len(signer.sign_click(shorter)) <= MAX_TOKEN_CHARS
+
+
+def test_a_link_too_long_for_a_token_is_left_as_written() -> None:
+    """That link stays untracked and takes no index; the links after it are still rewritten."""
+    signer = TokenSigner(KEY)
+
+    def signed(index: int, url: str) -> str:
+        token = ClickToken(org_id="org-1", message_id="msg-1", link_index=index, url=url)
+        return f"https://t.example/c?t={signer.sign_click(token)}"
+
+    html = f'<a href="{LONG_URL}">long</a> <a href="https://short.example/">short</a>'
+    out = rewrite_html(html, click_url=signed, open_url=OPEN_URL)
+    assert out.startswith(f'<a href="{LONG_URL}">long</a> <a href="https://t.example/c?t=')
+    [long_href, short_href] = hrefs(out)
+    assert long_href == LONG_URL
+    assert short_href is not None
+    clicked = signer.read_click(short_href.removeprefix("https://t.example/c?t="))
+    assert (clicked.link_index, clicked.url) == (0, "https://short.example/")
 
 
 def test_the_pixel_gif_is_a_transparent_1x1_gif89a() -> None:

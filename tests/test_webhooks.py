@@ -6,6 +6,7 @@ request with the ``standardwebhooks`` package; time moves only on the manual clo
 
 from __future__ import annotations
 
+import gzip
 import json
 import random
 from collections.abc import AsyncIterator
@@ -225,6 +226,18 @@ async def test_retry_after_is_ignored_on_other_statuses(
     ((delivery, _),) = await deliveries(ct, endpoint_id=endpoint)
     assert delivery.next_attempt_at is not None
     assert 4.5 <= (delivery.next_attempt_at - clock.now()).total_seconds() <= 5.5
+
+
+async def test_a_compressed_answer_is_logged_decoded(ct: Commtunnel, receiver: Receiver) -> None:
+    """A gzip-encoded error body lands in the attempt log as text, not as compressed bytes."""
+    endpoint = await endpoint_for(ct, receiver, events=["email_queued"])
+    body = gzip.compress(b"failing politely")
+    receiver.fail_next(1, Failure(status=500, body=body, headers={"Content-Encoding": "gzip"}))
+    await send_email(ct)
+    await ct.run_webhooks_until_idle()
+    ((_, attempts),) = await deliveries(ct, endpoint_id=endpoint)
+    assert attempts[0].response_body == "failing politely"
+    assert receiver.received[0].headers["accept-encoding"] == "identity"
 
 
 async def test_a_redirect_is_a_failure_and_is_not_followed(

@@ -1,10 +1,10 @@
-"""Open and click tracking: the pure rules (HTML rewrite, signed tokens, bot classification).
+"""Open and click tracking: the pure rules (signed tokens, bot classification, counts).
 
 An email sent with ``tracking: true`` is rewritten at delivery time (the
-stored message keeps its original HTML): every ``http``/``https`` link of
-its HTML part points at ``{base}/v1/track/click?t=...`` and a 1x1
-transparent GIF at ``{base}/v1/track/open?t=...`` is added at the end of the
-body. The plain-text part is never touched.
+stored message keeps its original HTML) by
+:func:`commtunnel.domain.tracking_html.rewrite_html`: its links point at
+``{base}/v1/track/click?t=...`` and a 1x1 transparent GIF at
+``{base}/v1/track/open?t=...`` closes the body. The plain-text part is never touched.
 
 Tokens are ``itsdangerous`` URL-safe signed JSON (HMAC-SHA256), one salt per
 kind so that an open token is never accepted as a click token and the other
@@ -45,22 +45,16 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
-from collections.abc import Callable
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 import attrs
 from itsdangerous import BadData, URLSafeSerializer
-from selectolax.lexbor import LexborHTMLParser
 
 from commtunnel.domain.errors import InvalidTrackingTokenError
 
 EMAIL_OPENED: Final = "email_opened"
 EMAIL_CLICKED: Final = "email_clicked"
-
-#: Links carrying this attribute are left as written (``<a data-ct-notrack href=...>``).
-NO_TRACK_ATTRIBUTE: Final = "data-ct-notrack"
-TRACKED_SCHEMES: Final = frozenset({"http", "https"})
 
 #: The pixel: a 43-byte transparent 1x1 GIF89a (one-colour table, transparent index 0).
 TRANSPARENT_GIF: Final = (
@@ -179,6 +173,13 @@ class ClickToken:
         return cls(org_id=payload["o"], message_id=payload["m"], link_index=index, url=url)
 
 
+class ClickTokenTooLongError(ValueError):
+    """A link's URL is too long for a click token that :meth:`TokenSigner.read_click` accepts.
+
+    :func:`rewrite_html` leaves such a link as written (untracked).
+    """
+
+
 class TokenSigner:
     """Signs and verifies both kinds of tracking token with one key.
 
@@ -206,8 +207,20 @@ class TokenSigner:
         return str(self._serializers["open"].dumps(token.payload()))
 
     def sign_click(self, token: ClickToken) -> str:
-        """The URL-safe token for a link (grows with the URL; compressed when that helps)."""
-        return str(self._serializers["click"].dumps(token.payload()))
+        """The URL-safe token for a link (grows with the URL; compressed when that helps).
+
+        Raises:
+            ClickTokenTooLongError: the token would be over
+                :data:`MAX_TOKEN_CHARS`, so that :meth:`read_click` would refuse
+                it (a URL that does not compress, of some 15,000 characters or more).
+        """
+        value = str(self._serializers["click"].dumps(token.payload()))
+        if len(value) > MAX_TOKEN_CHARS:
+            raise ClickTokenTooLongError(
+                f"a click token for a {len(token.url)}-character URL would be "
+                f"{len(value)} characters, over {MAX_TOKEN_CHARS}"
+            )
+        return value
 
     def _load(self, kind: Kind, value: str) -> object:
         if not value or len(value) > MAX_TOKEN_CHARS or not value.isascii():
@@ -245,7 +258,9 @@ class TokenSigner:
             raise InvalidTrackingTokenError("The click tracking token is invalid") from None
 
 
-# ---------------------------------------------------------------------------- HTML
+# ---------------------------------------------------------------------------- links
+
+TRACKED_SCHEMES: Final = frozenset({"http", "https"})
 
 # What a browser removes from an href before parsing it (WHATWG URL standard:
 # leading/trailing C0 controls and spaces, then every tab and newline).
@@ -275,68 +290,6 @@ def link_target(href: str | None) -> str | None:
     if parts.scheme.lower() not in TRACKED_SCHEMES or not parts.hostname:
         return None
     return url
-
-
-def _is_document(html: str) -> bool:
-    """Whether the source is a whole document (kept whole) rather than a body fragment."""
-    head = html.lower()
-    return any(marker in head for marker in ("<!doctype", "<html", "<head", "<body"))
-
-
-def rewrite_html(html: str, *, click_url: Callable[[int, str], str], open_url: str) -> str:
-    """Rewrite an HTML part for tracking, with a real HTML parser (lexbor).
-
-    Each ``<a href>`` and ``<area href>`` whose target :func:`link_target`
-    accepts, and which has no ``data-ct-notrack`` attribute, gets
-    ``click_url(index, url)`` as its ``href``; ``index`` counts the rewritten
-    links from 0 in document order. One 1x1 ``<img>`` loading ``open_url`` is
-    appended to the body.
-
-    A whole document (a doctype, ``<html>``, ``<head>`` or ``<body>`` in the
-    source) is serialized whole; a fragment is serialized as a fragment (what
-    the parser put in ``<head>``, such as a leading ``<style>``, then the
-    body's content), so no wrapper the author did not write is added. Either
-    way the output is the parser's normalised serialization: attribute
-    quoting and entity spelling may differ from the source, its meaning does not.
-
-    Args:
-        html: the HTML part as stored.
-        click_url: (link index, target URL) -> the tracking URL for the link.
-        open_url: the pixel's URL.
-
-    Returns:
-        The tracked HTML.
-    """
-    tree = LexborHTMLParser(html)
-    index = 0
-    for node in tree.css("a[href], area[href]"):
-        if NO_TRACK_ATTRIBUTE in node.attributes:
-            continue
-        url = link_target(node.attributes.get("href"))
-        if url is None:
-            continue
-        node.attrs["href"] = click_url(index, url)
-        index += 1
-    pixel = tree.create_node("img")
-    for name, value in (
-        ("src", open_url),
-        ("width", "1"),
-        ("height", "1"),
-        ("alt", ""),
-        ("border", "0"),
-        ("style", "display:block;width:1px;height:1px;border:0;margin:0;padding:0"),
-    ):
-        pixel.attrs[name] = value
-    body = tree.body
-    if body is not None:
-        body.insert_child(pixel)
-    elif tree.root is not None:  # a <frameset> document has no body
-        tree.root.insert_child(pixel)
-    if _is_document(html):
-        return str(tree.html)
-    head_html = tree.head.inner_html if tree.head is not None else ""
-    body_html = body.inner_html if body is not None else ""
-    return f"{head_html or ''}{body_html or ''}"
 
 
 # ---------------------------------------------------------------------------- bots

@@ -38,8 +38,8 @@ from commtunnel.domain.tracking import (
     OpenToken,
     TokenSigner,
     classify_client,
-    rewrite_html,
 )
+from commtunnel.domain.tracking_html import rewrite_html
 from commtunnel.ids import new_id
 from commtunnel.ports import Clock, Storage
 

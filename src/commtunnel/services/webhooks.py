@@ -404,5 +404,3 @@ def _check_description(value: Any) -> str:
             {"description": f"must be a string of at most {MAX_DESCRIPTION_LENGTH} characters"}
         )
     return value
-
-
