@@ -6,6 +6,7 @@ fails naming what it waited for.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -125,3 +126,19 @@ def cli(db: Path, *args: str) -> str:
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
+
+
+def org_with_key(db: Path, scopes: str, *, org: str = "acme", sender: str | None = None) -> str:
+    """Create organization ``org`` with the CLI and an API key with ``scopes``; return the key.
+
+    Args:
+        scopes: comma-separated, e.g. ``send:email,read:email``.
+        sender: a verified sender (address or domain) to add, if any.
+    """
+    cli(db, "orgs", "create", org)
+    key: str = json.loads(cli(db, "keys", "create", "--org", org, "--scopes", scopes, "--json"))[
+        "key"
+    ]
+    if sender is not None:
+        cli(db, "senders", "add", "--org", org, sender)
+    return key

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from processes import Spawned, clean_env, cli, serve, stop_cleanly, wait_until
+from processes import Spawned, clean_env, cli, org_with_key, serve, stop_cleanly, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -26,19 +26,7 @@ def test_sms_walkthrough_against_serve(tmp_path: Path, spawn: Callable[..., Spaw
     """Sender ID approved, SMS sent to the outbox, DLR applied once, STOP then refuses sends."""
     db = tmp_path / "ct.db"
     outbox = tmp_path / "outbox"
-    cli(db, "orgs", "create", "acme")
-    key = json.loads(
-        cli(
-            db,
-            "keys",
-            "create",
-            "--org",
-            "acme",
-            "--json",
-            "--scopes",
-            "send:sms,read:sms,sender_ids:request",
-        )
-    )["key"]
+    key = org_with_key(db, "send:sms,read:sms,sender_ids:request")
     admin_key = json.loads(
         cli(db, "keys", "create", "--org", "acme", "--scopes", "platform:admin", "--json")
     )["key"]

@@ -20,7 +20,15 @@ import httpx
 import pytest
 from selectolax.lexbor import LexborHTMLParser
 
-from processes import Spawned, clean_env, cli, free_port, serve, stop_cleanly, wait_until
+from processes import (
+    Spawned,
+    clean_env,
+    free_port,
+    org_with_key,
+    serve,
+    stop_cleanly,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -38,20 +46,7 @@ def test_walkthrough_endpoint_tracked_email_open_click_signed_events(
     email_sent, email_opened and email_clicked, and the click lands on the original link."""
     db = tmp_path / "ct.db"
     outbox = tmp_path / "outbox"
-    cli(db, "orgs", "create", "acme")
-    key = json.loads(
-        cli(
-            db,
-            "keys",
-            "create",
-            "--org",
-            "acme",
-            "--scopes",
-            "send:email,read:email,webhooks:manage",
-            "--json",
-        )
-    )["key"]
-    cli(db, "senders", "add", "--org", "acme", "example.com")
+    key = org_with_key(db, "send:email,read:email,webhooks:manage", sender="example.com")
     env = clean_env(COMMTUNNEL_WEBHOOKS_ALLOW_PRIVATE="true")
     server, base = serve(spawn, db, "--email-provider", f"outbox://{outbox}", env=env)
     receiver_port = free_port()
@@ -159,20 +154,7 @@ def test_a_server_killed_after_the_202_loses_no_webhook(
     delivers the email and all three of its events to the receiver."""
     db = tmp_path / "ct.db"
     outbox = tmp_path / "outbox"
-    cli(db, "orgs", "create", "acme")
-    key = json.loads(
-        cli(
-            db,
-            "keys",
-            "create",
-            "--org",
-            "acme",
-            "--scopes",
-            "send:email,webhooks:manage",
-            "--json",
-        )
-    )["key"]
-    cli(db, "senders", "add", "--org", "acme", "example.com")
+    key = org_with_key(db, "send:email,webhooks:manage", sender="example.com")
     env = clean_env(COMMTUNNEL_WEBHOOKS_ALLOW_PRIVATE="true")
     server, base = serve(
         spawn, db, "--no-worker", "--email-provider", f"outbox://{outbox}", env=env

@@ -22,8 +22,8 @@ import pytest
 from processes import (
     Spawned,
     clean_env,
-    cli,
     free_port,
+    org_with_key,
     serve,
     stop_cleanly,
     wait_until_answering,
@@ -90,19 +90,7 @@ def test_whatsapp_send_and_status_webhook_round_trip(
 ) -> None:
     """A send reaches the fake Graph; signed statuses move it to READ; a forged one is 401."""
     db = tmp_path / "ct.db"
-    cli(db, "orgs", "create", "acme")
-    key = json.loads(
-        cli(
-            db,
-            "keys",
-            "create",
-            "--org",
-            "acme",
-            "--scopes",
-            "send:whatsapp,read:whatsapp",
-            "--json",
-        )
-    )["key"]
+    key = org_with_key(db, "send:whatsapp,read:whatsapp")
     env = clean_env(
         COMMTUNNEL_EMAIL_PROVIDER=f"outbox://{tmp_path / 'outbox'}",
         COMMTUNNEL_SMS_PROVIDER=f"outbox://{tmp_path / 'outbox'}",

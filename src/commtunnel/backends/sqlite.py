@@ -1321,3 +1321,19 @@ class SqliteBackend:
     def notify_work(self) -> None:
         """Wake a worker waiting in :meth:`wait_for_work` (new work was written)."""
         self._work.set()
+
+
+class BackendStore:
+    """Base of the per-area stores (SMS, WhatsApp, webhooks) that share one backend.
+
+    Args:
+        backend: an opened (or soon opened) backend whose connection and
+            group commit the store uses.
+    """
+
+    def __init__(self, backend: SqliteBackend) -> None:
+        self._backend = backend
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        return self._backend.conn

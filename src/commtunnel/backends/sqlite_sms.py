@@ -19,6 +19,7 @@ import attrs
 
 from commtunnel.backends.sqlite import (
     MESSAGES,
+    BackendStore,
     SqliteBackend,
     get_message,
     insert_event,
@@ -123,20 +124,13 @@ def _move(
     return moved
 
 
-class SqliteSmsStore:
+class SqliteSmsStore(BackendStore):
     """The :class:`~commtunnel.ports.SmsStorage` port on a SQLite backend.
 
     Args:
         backend: an opened (or soon opened) backend whose connection and
             group commit this store uses.
     """
-
-    def __init__(self, backend: SqliteBackend) -> None:
-        self._backend = backend
-
-    @property
-    def _conn(self) -> sqlite3.Connection:
-        return self._backend.conn
 
     # ------------------------------------------------------------------ sender IDs
 

@@ -20,8 +20,8 @@ from typing import Any
 
 from commtunnel.backends.sqlite import (
     EVENTS,
+    BackendStore,
     Rows,
-    SqliteBackend,
     insert_event,
     parse_ts,
     record_rows,
@@ -114,20 +114,13 @@ def _claimed(row: Sequence[Any], lease_token: str) -> ClaimedDelivery:
     )
 
 
-class SqliteWebhookStore:
+class SqliteWebhookStore(BackendStore):
     """The :class:`~commtunnel.ports.WebhookStorage` port on a SQLite backend.
 
     Args:
         backend: an opened (or soon opened) backend whose connection and
             group commit this store uses.
     """
-
-    def __init__(self, backend: SqliteBackend) -> None:
-        self._backend = backend
-
-    @property
-    def _conn(self) -> sqlite3.Connection:
-        return self._backend.conn
 
     # ------------------------------------------------------------------ endpoints
 

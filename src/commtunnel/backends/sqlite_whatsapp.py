@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 from datetime import datetime
 
-from commtunnel.backends.sqlite import SqliteBackend, insert_event, record_rows, ts
+from commtunnel.backends.sqlite import BackendStore, insert_event, record_rows, ts
 from commtunnel.backends.sqlite_sms import insert_opt_out, is_listed
 from commtunnel.domain.errors import WhatsAppLineInUseError
 from commtunnel.domain.events import TimelineEvent
@@ -27,19 +27,12 @@ _LINE_STATES = record_rows(
 )
 
 
-class SqliteWhatsAppStore:
+class SqliteWhatsAppStore(BackendStore):
     """WhatsApp records on a SQLite backend.
 
     Args:
         backend: the backend whose connection and group commit this store uses.
     """
-
-    def __init__(self, backend: SqliteBackend) -> None:
-        self._backend = backend
-
-    @property
-    def _conn(self) -> sqlite3.Connection:
-        return self._backend.conn
 
     # ------------------------------------------------------------------ tenant lines
 
