@@ -299,8 +299,7 @@ MIGRATIONS: list[tuple[int, str]] = [
             name TEXT PRIMARY KEY,
             value TEXT NOT NULL,
             created_at TEXT NOT NULL
-        );
-        CREATE INDEX events_message_type ON events(message_id, type)
+        )
         """,
     ),
 ]
