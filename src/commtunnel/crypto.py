@@ -20,6 +20,18 @@ from commtunnel.domain.errors import InternalError
 _INFO = b"commtunnel secrets v1"
 
 
+def derive_key(secret: str, info: bytes) -> bytes:
+    """A 32-byte key for one use of ``COMMTUNNEL_SECRET_KEY`` (HKDF-SHA256, RFC 5869, no salt).
+
+    Args:
+        secret: the server's secret (any length; 32+ random bytes recommended).
+        info: names the use; different ``info`` gives unrelated keys from one secret.
+    """
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(
+        secret.encode("utf-8")
+    )
+
+
 class SecretBox:
     """Encrypts and decrypts short secrets with a key derived from the server's secret.
 
@@ -33,10 +45,7 @@ class SecretBox:
     def __init__(self, secret_key: str) -> None:
         if len(secret_key) < 16:
             raise ValueError("COMMTUNNEL_SECRET_KEY must be at least 16 characters")
-        raw = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_INFO).derive(
-            secret_key.encode("utf-8")
-        )
-        self._fernet = Fernet(base64.urlsafe_b64encode(raw))
+        self._fernet = Fernet(base64.urlsafe_b64encode(derive_key(secret_key, _INFO)))
 
     def encrypt(self, plaintext: str) -> str:
         """The Fernet token (URL-safe base64 text) for ``plaintext``."""

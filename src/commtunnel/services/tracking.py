@@ -24,9 +24,8 @@ import secrets
 from typing import Any
 
 import attrs
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from commtunnel import crypto
 from commtunnel.domain.events import TimelineEvent
 from commtunnel.domain.messages import EmailContent, Message
 from commtunnel.domain.tracking import (
@@ -51,13 +50,12 @@ _HKDF_INFO = b"commtunnel tracking tokens v1"
 
 
 def derive_key(secret: str) -> bytes:
-    """The 32-byte token key for a secret (HKDF-SHA256, no salt, its own ``info``).
+    """The 32-byte token key for a secret (:func:`commtunnel.crypto.derive_key`, its own ``info``).
 
     The ``info`` string differs from :class:`~commtunnel.crypto.SecretBox`'s, so
     the same ``COMMTUNNEL_SECRET_KEY`` yields unrelated keys for the two uses.
     """
-    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_HKDF_INFO)
-    return hkdf.derive(secret.encode("utf-8"))
+    return crypto.derive_key(secret, _HKDF_INFO)
 
 
 @attrs.frozen(kw_only=True)
