@@ -6,6 +6,7 @@ request with the ``standardwebhooks`` package; time moves only on the manual clo
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import random
@@ -716,3 +717,42 @@ async def test_jitter_is_seeded_and_bounded(ct: Commtunnel) -> None:
     assert a == b and a is not None and 4.5 <= a <= 5.5
     assert c is not None and c != a  # another seed, another delay: jitter is applied
     assert next_delay(SCHEDULE, len(SCHEDULE), rng=random.Random(1)) is None
+
+
+async def test_a_host_lookup_that_hangs_is_refused_within_the_timeout() -> None:
+    """A resolver that never answers: the check refuses after the sender's timeout."""
+
+    async def hang(host: str, port: int) -> list[str]:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    sender = HttpWebhookSender(resolve=hang, timeout=0.05)
+    try:
+        assert await sender.check_url("https://slow.example/") == (
+            "looking up the host took over 0.05 s"
+        )
+        answer = await sender.post("https://slow.example/", b"{}", {})
+    finally:
+        await sender.aclose()
+    assert (answer.status_code, answer.error) == (None, "timeout after 0.05 s")
+
+
+async def test_an_unresolvable_host_passes_creation_only_when_private_addresses_are_allowed() -> (
+    None
+):
+    """With private addresses allowed a name may resolve later; each attempt still checks it."""
+    resolve = _resolver({})
+    strict = HttpWebhookSender(resolve=resolve)
+    allowing = HttpWebhookSender(resolve=resolve, allow_private=True)
+    try:
+        assert await strict.check_url("https://later.example/") == (
+            "host 'later.example' does not resolve (Name or service not known)"
+        )
+        assert await allowing.check_url("https://later.example/") is None
+        answer = await allowing.post("https://later.example/", b"{}", {})
+    finally:
+        await strict.aclose()
+        await allowing.aclose()
+    assert (
+        answer.error == "refused: host 'later.example' does not resolve (Name or service not known)"
+    )

@@ -30,7 +30,10 @@ try:
 except PackageNotFoundError:  # a source tree that was never installed
     USER_AGENT = "Commtunnel-Webhooks"
 
-_UNRESOLVED = "does not resolve"
+
+class _Unresolved(Exception):
+    """The URL's host has no address (the message says which host, and why)."""
+
 
 Resolve = Callable[[str, int], Awaitable[list[str]]]
 """``(host, port) -> addresses``: how a host is looked up (injectable in tests)."""
@@ -88,7 +91,11 @@ class HttpWebhookSender:
         return refused_address(address)
 
     async def _addresses(self, url: str) -> tuple[list[str], str | None]:
-        """(the host's addresses, None) or ([], why the URL may not be reached)."""
+        """(the host's addresses, None) or ([], why they may not be reached).
+
+        Raises:
+            _Unresolved: the host does not resolve (its message is the reason).
+        """
         parts = urlsplit(url)
         host = (parts.hostname or "").strip("[]")
         try:
@@ -101,9 +108,11 @@ class HttpWebhookSender:
             try:
                 addresses = await self._resolve(host, port)
             except OSError as exc:
-                return [], f"host {host!r} {_UNRESOLVED} ({exc.strerror or exc})"
+                raise _Unresolved(
+                    f"host {host!r} does not resolve ({exc.strerror or exc})"
+                ) from None
         if not addresses:
-            return [], f"host {host!r} {_UNRESOLVED}"
+            raise _Unresolved(f"host {host!r} does not resolve")
         # One refused answer is enough: a client may pick any of them.
         for address in addresses:
             reason = self._refused(address)
@@ -112,21 +121,27 @@ class HttpWebhookSender:
         return addresses, None
 
     async def check_url(self, url: str) -> str | None:
-        """Why ``url`` may not be sent to now, or None when it may.
+        """Why ``url`` may not be sent to now, or None when it may (within the timeout).
 
         With private addresses allowed, a host that does not resolve yet is
         accepted (it may be set up later; each attempt checks again).
         """
-        reason = (await self._addresses(url))[1]
-        if self.allow_private and reason is not None and _UNRESOLVED in reason:
-            return None
-        return reason
+        try:
+            async with asyncio.timeout(self._timeout):
+                return (await self._addresses(url))[1]
+        except _Unresolved as unresolved:
+            return None if self.allow_private else str(unresolved)
+        except TimeoutError:
+            return f"looking up the host took over {self._timeout:g} s"
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> WebhookAnswer:
         """Resolve, check, connect to the checked address, POST, read ≤ 4 KiB of the answer."""
         try:
             async with asyncio.timeout(self._timeout):
-                addresses, reason = await self._addresses(url)
+                try:
+                    addresses, reason = await self._addresses(url)
+                except _Unresolved as unresolved:
+                    reason = str(unresolved)
                 if reason is not None:
                     return WebhookAnswer(status_code=None, error=f"refused: {reason}")
                 return await self._send(url, addresses[0], body, headers)
