@@ -17,12 +17,8 @@ from starlette.routing import BaseRoute, Route
 
 from commtunnel.client import Commtunnel
 from commtunnel.domain.errors import ValidationError
-from commtunnel.services.webhook_json import (
-    delivery_page_wire,
-    delivery_wire,
-    endpoint_wire,
-    endpoint_with_secret_wire,
-)
+from commtunnel.domain.webhooks import WebhookEndpoint
+from commtunnel.shapes import delivery_json, delivery_page_json, endpoint_with_secret_json
 from commtunnel_http.handlers import Handlers
 from commtunnel_http.wire import Wire
 
@@ -53,30 +49,35 @@ class WebhookRoutes(Handlers):
         super().__init__(ct, wire)
         self.webhooks = ct.webhooks
 
+    def _endpoint(self, endpoint: WebhookEndpoint) -> dict[str, Any]:
+        """An endpoint as the API shows it, never with its secret."""
+        shaped: dict[str, Any] = self.wire.conv.unstructure(endpoint, WebhookEndpoint)
+        return shaped
+
     async def create(self, request: Request) -> Response:
         """``POST /v1/public/webhooks`` -> 201 the endpoint with its ``secret`` (shown once)."""
         principal = await self.principal(request)
         created = await self.webhooks.create(principal, await self.json_body(request))
-        return JSONResponse(endpoint_with_secret_wire(created), status_code=201)
+        return JSONResponse(endpoint_with_secret_json(self.wire.conv, created), status_code=201)
 
     async def list_endpoints(self, request: Request) -> Response:
         """``GET /v1/public/webhooks`` -> 200 ``{data}``, oldest first, without secrets."""
         principal = await self.principal(request)
         endpoints = await self.webhooks.list_endpoints(principal)
-        return JSONResponse({"data": [endpoint_wire(e) for e in endpoints]})
+        return JSONResponse({"data": [self._endpoint(e) for e in endpoints]})
 
     async def get(self, request: Request) -> Response:
         """``GET /v1/public/webhooks/{id}`` -> 200 the endpoint; 404 if absent."""
         principal = await self.principal(request)
         endpoint = await self.webhooks.get(principal, request.path_params["id"])
-        return JSONResponse(endpoint_wire(endpoint))
+        return JSONResponse(self._endpoint(endpoint))
 
     async def update(self, request: Request) -> Response:
         """``PATCH /v1/public/webhooks/{id}`` -> 200 the changed endpoint."""
         principal = await self.principal(request)
         payload = await self.json_body(request)
         endpoint = await self.webhooks.update(principal, request.path_params["id"], payload)
-        return JSONResponse(endpoint_wire(endpoint))
+        return JSONResponse(self._endpoint(endpoint))
 
     async def delete(self, request: Request) -> Response:
         """``DELETE /v1/public/webhooks/{id}`` -> 200 ``{id, deleted: true}``."""
@@ -89,7 +90,7 @@ class WebhookRoutes(Handlers):
         """``POST /v1/public/webhooks/{id}/rotate-secret`` -> 200 with the new ``secret``."""
         principal = await self.principal(request)
         rotated = await self.webhooks.rotate_secret(principal, request.path_params["id"])
-        return JSONResponse(endpoint_with_secret_wire(rotated))
+        return JSONResponse(endpoint_with_secret_json(self.wire.conv, rotated))
 
     async def endpoint_deliveries(self, request: Request) -> Response:
         """``GET /v1/public/webhooks/{id}/deliveries?limit=&cursor=`` -> 200 a page, newest first.
@@ -100,7 +101,7 @@ class WebhookRoutes(Handlers):
         page = await self.webhooks.deliveries(
             principal, endpoint_id=request.path_params["id"], **_page_query(request)
         )
-        return JSONResponse(delivery_page_wire(page))
+        return JSONResponse(delivery_page_json(self.wire.conv, page))
 
     async def deliveries(self, request: Request) -> Response:
         """``GET /v1/public/webhooks/deliveries?messageId=&limit=&cursor=`` -> 200 a page.
@@ -113,21 +114,21 @@ class WebhookRoutes(Handlers):
             message_id=request.query_params.get("messageId") or None,
             **_page_query(request),
         )
-        return JSONResponse(delivery_page_wire(page))
+        return JSONResponse(delivery_page_json(self.wire.conv, page))
 
     async def replay(self, request: Request) -> Response:
         """``POST /v1/public/webhooks/deliveries/{deliveryId}/replay`` -> 202 the new delivery."""
         principal = await self.principal(request)
         replay = await self.webhooks.replay(principal, request.path_params["deliveryId"])
         self.ct.notify_webhooks()
-        return JSONResponse(delivery_wire(replay), status_code=202)
+        return JSONResponse(delivery_json(self.wire.conv, replay), status_code=202)
 
     async def send_test(self, request: Request) -> Response:
         """``POST /v1/public/webhooks/{id}/test`` -> 202 the ``webhook.test`` delivery."""
         principal = await self.principal(request)
         delivery = await self.webhooks.send_test(principal, request.path_params["id"])
         self.ct.notify_webhooks()
-        return JSONResponse(delivery_wire(delivery), status_code=202)
+        return JSONResponse(delivery_json(self.wire.conv, delivery), status_code=202)
 
     def routes(self) -> list[BaseRoute]:
         """The route table: ``/webhooks/deliveries`` precedes ``/webhooks/{id}``."""

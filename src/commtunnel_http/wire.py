@@ -4,25 +4,21 @@ Wire rules (``../shared/DESIGN.md``, "Time" and "Wire format"): camelCase
 field names; timestamps UTC ISO 8601 with milliseconds and ``Z``
 (``2026-06-03T12:00:00.000Z``); enums as their value.
 
-One configured cattrs converter (:func:`make_converter`) unstructures the
-flat records (attempts, timeline events, stats, opt-outs, inbound messages,
-sender-ID requests, WhatsApp line settings and webhook results) and every
-leaf value. The composed answers (send results, email, SMS and WhatsApp
-status, preview, pages) are plain functions: they flatten
-several records into one object, which is clearer written out than
+One configured cattrs converter (:func:`commtunnel.shapes.make_converter`,
+shared with the CLI) unstructures the flat records (attempts, timeline
+events, stats, opt-outs, inbound messages, sender-ID requests, WhatsApp
+line settings, webhook records) and every leaf value. The composed answers
+(send results, email, SMS and WhatsApp status, preview, pages) are plain
+functions: they flatten several records into one object, which is clearer written out than
 expressed as cattrs overrides.
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
-import attrs
 import cattrs
-from cattrs.gen import make_dict_unstructure_fn, override
 
 from commtunnel.domain.events import TimelineEvent, format_timestamp
 from commtunnel.domain.messages import Attempt, Message, SmsContent, WhatsAppContent
@@ -42,6 +38,7 @@ from commtunnel.services.whatsapp import (
     WhatsAppSendResult,
     WhatsAppStatus,
 )
+from commtunnel.shapes import make_converter
 
 #: Bytes added to a preview's content size for the headers a real send carries
 #: (From, To, Subject, Date, Message-ID, MIME-Version, Content-Type and the
@@ -49,82 +46,18 @@ from commtunnel.services.whatsapp import (
 HEADER_OVERHEAD_BYTES = 300
 
 
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part.capitalize() for part in rest)
-
-
-def _enum_value(member: enum.Enum) -> Any:
-    return member.value
-
-
-def make_converter() -> cattrs.Converter:
-    """The converter for the wire: camelCase attrs classes, ms-Z datetimes, enum values.
-
-    Attempts, timeline events, opt-outs, inbound messages and sender-ID
-    requests get their public shapes here (renamed and without internal
-    fields such as ``org_id`` or the reviewing key's id).
-    """
-    conv = cattrs.Converter()
-    conv.register_unstructure_hook(datetime, format_timestamp)
-    # StrEnum too: it subclasses str, which cattrs passes through before Enum.
-    for base in (enum.Enum, enum.StrEnum):
-        conv.register_unstructure_hook(base, _enum_value)
-
-    def shaped(cls: type[Any], **changes: Any) -> Any:
-        """camelCase names, with ``changes`` (renames, omissions) on top."""
-        names = {a.name: override(rename=_camel(a.name)) for a in attrs.fields(cls)}
-        return make_dict_unstructure_fn(cls, conv, **{**names, **changes})
-
-    # Not ``shaped`` itself: cattrs hands its converter to a factory of two or more parameters.
-    conv.register_unstructure_hook_factory(attrs.has, lambda cls: shaped(cls))
-    conv.register_unstructure_hook(
-        Attempt,
-        shaped(
-            Attempt,
-            message_id=override(omit=True),
-            outcome=override(rename="status"),
-            started_at=override(rename="timestamp"),
-        ),
-    )
-    conv.register_unstructure_hook(
-        TimelineEvent,
-        shaped(TimelineEvent, message_id=override(omit=True), org_id=override(omit=True)),
-    )
-    conv.register_unstructure_hook(OptOut, shaped(OptOut, org_id=override(omit=True)))
-    conv.register_unstructure_hook(
-        InboundMessage,
-        shaped(
-            InboundMessage,
-            org_id=override(omit=True),
-            channel=override(omit=True),
-            sender=override(rename="from"),
-            recipient=override(rename="to"),
-        ),
-    )
-    conv.register_unstructure_hook(
-        SenderIdRequest,
-        shaped(
-            SenderIdRequest,
-            org_id=override(rename="organizationId"),
-            reviewed_by=override(omit=True),
-        ),
-    )
-    return conv
-
-
 class Wire:
     """The answers of the email, SMS and WhatsApp routes, built with one converter.
 
     Args:
-        converter: defaults to :func:`make_converter`.
+        converter: defaults to :func:`~commtunnel.shapes.make_converter`.
     """
 
     def __init__(self, converter: cattrs.Converter | None = None) -> None:
         self.conv = converter or make_converter()
 
     def _record(self, record: Any, cls: type[Any]) -> dict[str, Any]:
-        """A flat record in the shape :func:`make_converter` registered for ``cls``."""
+        """A flat record in the shape :func:`~commtunnel.shapes.make_converter` gave ``cls``."""
         shaped: dict[str, Any] = self.conv.unstructure(record, cls)
         return shaped
 

@@ -9,6 +9,7 @@ Errors leave through :func:`fail` (exit 1) or :class:`click.UsageError`
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import logging
@@ -17,6 +18,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from datetime import datetime
 from typing import Any, NoReturn, TypeVar
 
+import cattrs
 import click
 
 from commtunnel.client import Commtunnel
@@ -27,6 +29,7 @@ from commtunnel.domain.events import format_timestamp
 from commtunnel.domain.keys import ALL_SCOPES, Organization, Principal, Scope
 from commtunnel.ports import DeliveryReceipt, OutgoingEmail, OutgoingSms, OutgoingWhatsApp
 from commtunnel.services.sms import Page
+from commtunnel.shapes import make_converter
 
 T = TypeVar("T")
 Item = TypeVar("Item")
@@ -196,6 +199,18 @@ async def all_pages(fetch: Callable[..., Awaitable[Page]], principal: Principal)
 def iso(value: datetime | None) -> str | None:
     """Wire timestamp: UTC, ISO 8601 with milliseconds and ``Z`` (None stays None)."""
     return None if value is None else format_timestamp(value)
+
+
+@functools.cache
+def converter() -> cattrs.Converter:
+    """The API's converter (:func:`commtunnel.shapes.make_converter`), made once per process."""
+    return make_converter()
+
+
+def record_json(record: Any, cls: type[Any]) -> dict[str, Any]:
+    """``record`` in the shape the HTTP API gives ``cls`` records."""
+    shaped: dict[str, Any] = converter().unstructure(record, cls)
+    return shaped
 
 
 def emit_json(value: Any) -> None:

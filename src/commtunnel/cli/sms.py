@@ -23,6 +23,7 @@ from commtunnel.cli._support import (
     json_option,
     listing,
     org_option,
+    record_json,
     report,
     run_admin,
     run_for_org,
@@ -33,37 +34,18 @@ from commtunnel.ports import InboundMessage, OptOut, SenderIdRequest
 
 
 def request_json(request: SenderIdRequest) -> dict[str, Any]:
-    """A sender-ID request as ``GET /v1/sms/sender-id-requests`` shows it."""
-    return {
-        "id": request.id,
-        "organizationId": request.org_id,
-        "senderId": request.sender_id,
-        "flow": request.flow,
-        "status": request.status,
-        "reason": request.reason,
-        "reviewReason": request.review_reason,
-        "reviewedBy": request.reviewed_by,
-        "reviewedAt": iso(request.reviewed_at),
-        "createdAt": iso(request.created_at),
-    }
+    """A sender-ID request as the API shows it, plus ``reviewedBy`` (the operator sees who)."""
+    return {**record_json(request, SenderIdRequest), "reviewedBy": request.reviewed_by}
 
 
 def opt_out_json(opt_out: OptOut) -> dict[str, Any]:
-    """``{"phone" (E.164), "source", "createdAt"}``."""
-    return {"phone": opt_out.phone, "source": opt_out.source, "createdAt": iso(opt_out.created_at)}
+    """``{"phone" (E.164), "source", "createdAt"}``, as the API shows it."""
+    return record_json(opt_out, OptOut)
 
 
 def inbound_json(inbound: InboundMessage) -> dict[str, Any]:
-    """An MO message as ``GET /v1/sms/inbound`` shows it."""
-    return {
-        "id": inbound.id,
-        "organizationId": inbound.org_id,
-        "from": inbound.sender,
-        "to": inbound.recipient,
-        "body": inbound.body,
-        "keyword": inbound.keyword,
-        "createdAt": iso(inbound.created_at),
-    }
+    """An MO message as ``GET /v1/public/sms/inbound`` shows it, plus its ``organizationId``."""
+    return {**record_json(inbound, InboundMessage), "organizationId": inbound.org_id}
 
 
 @click.group(short_help="SMS: webhook token, sender IDs, opt-outs, inbound.")

@@ -13,20 +13,18 @@ import click
 
 from commtunnel.cli._support import (
     acting_for,
+    converter,
     db_option,
     iso,
     json_option,
     listing,
     org_option,
+    record_json,
     report,
     run_for_org,
 )
 from commtunnel.domain.webhooks import WebhookAttempt, WebhookDelivery, WebhookEndpoint
-from commtunnel.services.webhook_json import (
-    delivery_wire,
-    endpoint_wire,
-    endpoint_with_secret_wire,
-)
+from commtunnel.shapes import delivery_json, endpoint_with_secret_json
 
 
 @click.group(short_help="Customer webhook endpoints and deliveries.")
@@ -39,6 +37,11 @@ def _events(value: str | None) -> list[str] | None:
     if value is None or value.strip().lower() == "all":
         return None
     return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _endpoint_json(endpoint: WebhookEndpoint) -> dict[str, Any]:
+    """The endpoint as the API shows it (never its secret)."""
+    return record_json(endpoint, WebhookEndpoint)
 
 
 def _endpoint_row(e: WebhookEndpoint) -> tuple[str, ...]:
@@ -81,7 +84,7 @@ def create(
     )
     report(
         as_json,
-        endpoint_with_secret_wire(created),
+        endpoint_with_secret_json(converter(), created),
         f"{created.endpoint.id}\nsecret: {created.secret}  (shown once: store it now)",
     )
 
@@ -95,7 +98,7 @@ def list_(org_name: str, db: str | None, as_json: bool) -> None:
     listing(
         run_for_org(db, org_name, lambda ct, org: ct.webhooks.list_endpoints(acting_for(org))),
         as_json=as_json,
-        to_json=endpoint_wire,
+        to_json=_endpoint_json,
         headers=_ENDPOINT_HEADERS,
         row=_endpoint_row,
     )
@@ -111,7 +114,7 @@ def get(org_name: str, endpoint_id: str, db: str | None, as_json: bool) -> None:
     endpoint = run_for_org(
         db, org_name, lambda ct, org: ct.webhooks.get(acting_for(org), endpoint_id)
     )
-    report(as_json, endpoint_wire(endpoint), "  ".join(_endpoint_row(endpoint)))
+    report(as_json, _endpoint_json(endpoint), "  ".join(_endpoint_row(endpoint)))
 
 
 @webhooks.command("update")
@@ -150,7 +153,7 @@ def update(
     endpoint = run_for_org(
         db, org_name, lambda ct, org: ct.webhooks.update(acting_for(org), endpoint_id, payload)
     )
-    report(as_json, endpoint_wire(endpoint), "  ".join(_endpoint_row(endpoint)))
+    report(as_json, _endpoint_json(endpoint), "  ".join(_endpoint_row(endpoint)))
 
 
 @webhooks.command("delete")
@@ -177,7 +180,7 @@ def rotate_secret(org_name: str, endpoint_id: str, db: str | None, as_json: bool
     until = iso(rotated.endpoint.previous_secret_expires_at)
     report(
         as_json,
-        endpoint_with_secret_wire(rotated),
+        endpoint_with_secret_json(converter(), rotated),
         f"secret: {rotated.secret}  (the previous secret also signs until {until})",
     )
 
@@ -223,7 +226,7 @@ def deliveries(
     listing(
         page.items,
         as_json=as_json,
-        to_json=lambda item: delivery_wire(*item),
+        to_json=lambda item: delivery_json(converter(), *item),
         headers=("ID", "EVENT", "STATUS", "ATTEMPTS", "LAST", "NEXT", "ERROR"),
         row=_delivery_row,
     )
@@ -239,7 +242,7 @@ def replay(org_name: str, delivery_id: str, db: str | None, as_json: bool) -> No
     delivery = run_for_org(
         db, org_name, lambda ct, org: ct.webhooks.replay(acting_for(org), delivery_id)
     )
-    report(as_json, delivery_wire(delivery), f"queued replay {delivery.id}")
+    report(as_json, delivery_json(converter(), delivery), f"queued replay {delivery.id}")
 
 
 @webhooks.command("test")
@@ -252,4 +255,4 @@ def test(org_name: str, endpoint_id: str, db: str | None, as_json: bool) -> None
     delivery = run_for_org(
         db, org_name, lambda ct, org: ct.webhooks.send_test(acting_for(org), endpoint_id)
     )
-    report(as_json, delivery_wire(delivery), f"queued test event {delivery.event_id}")
+    report(as_json, delivery_json(converter(), delivery), f"queued test event {delivery.event_id}")

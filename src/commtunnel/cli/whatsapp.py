@@ -13,6 +13,7 @@ from commtunnel.cli._support import (
     emit_json,
     json_option,
     org_option,
+    record_json,
     run_for_org,
 )
 from commtunnel.client import Commtunnel
@@ -31,13 +32,7 @@ _FROM_STDIN = "-"
 
 def line_json(info: LineInfo) -> dict[str, Any]:
     """The line as the HTTP API shows it (``GET /v1/account/whatsapp-cloud-line``)."""
-    return {
-        "whatsappPhoneNumberId": info.whatsapp_phone_number_id,
-        "usesPlatformDefault": info.uses_platform_default,
-        "platformLineConfigured": info.platform_line_configured,
-        "hasOwnAccessToken": info.has_own_access_token,
-        "state": info.state,
-    }
+    return record_json(info, LineInfo)
 
 
 @whatsapp.command("line", short_help="Show or change the organization's line.")
