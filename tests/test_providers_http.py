@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from commtunnel.domain.delivery import ErrorCategory, Outcome, ProviderResult
+from commtunnel.domain.delivery import ErrorCategory, Outcome, ProviderResult, retry_after_seconds
 from commtunnel.domain.messages import WhatsAppContent
 from commtunnel.ports import OutgoingWhatsApp, WhatsAppLine
 from commtunnel.providers._http import (
@@ -24,7 +24,6 @@ from commtunnel.providers._http import (
     answer_text,
     classify_exception,
     classify_other_status,
-    retry_after_seconds,
 )
 from commtunnel.providers.sms_http import HttpSmsProvider
 from commtunnel.providers.twilio import TwilioProvider

@@ -8,7 +8,10 @@ worker: it returns a :class:`ProviderResult` that says accepted, transient
 from __future__ import annotations
 
 import enum
+import math
 import random
+from datetime import datetime
+from email.utils import parsedate_to_datetime
 
 import attrs
 
@@ -118,3 +121,32 @@ class RetryPolicy:
         if retry_after is not None:
             wait = max(wait, retry_after)
         return wait
+
+
+#: the longest ``Retry-After`` honoured, seconds (a larger one is capped).
+MAX_RETRY_AFTER = 86400.0
+
+
+def retry_after_seconds(value: str | None, *, now: datetime) -> float | None:
+    """Read a ``Retry-After`` header (RFC 9110 §10.2.3).
+
+    Args:
+        value: the header: delay seconds (``"120"``) or an HTTP date; None if absent.
+        now: the current UTC time (from the clock), for HTTP dates.
+
+    Returns:
+        Seconds to wait (0 to :data:`MAX_RETRY_AFTER`), or None when absent or unreadable.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = (parsedate_to_datetime(value) - now).total_seconds()
+        except (TypeError, ValueError):
+            return None
+    if not math.isfinite(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)

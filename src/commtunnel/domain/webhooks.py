@@ -46,8 +46,6 @@ RESPONSE_BODY_LIMIT = 4096
 RETRY_AFTER_STATUSES = frozenset({429, 502, 504})
 """Answers whose ``Retry-After`` header sets the next attempt's delay."""
 
-MAX_RETRY_AFTER = 86_400.0
-"""Ceiling on a ``Retry-After`` we honour, seconds (one day)."""
 
 JITTER = 0.1
 """Each retry delay is scaled by a random factor in [1 - JITTER, 1 + JITTER]."""
@@ -383,9 +381,10 @@ def next_delay(
     Args:
         schedule: :func:`parse_retry_schedule`'s delays.
         attempts_made: attempts already made (≥ 1).
-        retry_after: the endpoint's ``Retry-After`` in seconds: the attempt
-            waits that long (up to :data:`MAX_RETRY_AFTER`) when it is longer
-            than the schedule's delay.
+        retry_after: the endpoint's ``Retry-After`` in seconds, as
+            :func:`~commtunnel.domain.delivery.retry_after_seconds` reads it (capped
+            at a day): the attempt waits that long when it is longer than the
+            schedule's delay.
         rng: jitter source.
 
     Returns:
@@ -397,30 +396,8 @@ def next_delay(
     if retry_after is not None:
         # Never sooner than the schedule: a proxy's "Retry-After: 0" must not
         # spend every attempt within seconds.
-        return max(delay, min(retry_after, MAX_RETRY_AFTER))
+        return max(delay, retry_after)
     return delay
-
-
-def parse_retry_after(value: str | None, now: datetime) -> float | None:
-    """A ``Retry-After`` header (RFC 9110 §10.2.3: seconds or an HTTP date) in seconds.
-
-    Returns:
-        Seconds from ``now`` (≥ 0), or None when absent or unreadable.
-    """
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    from email.utils import parsedate_to_datetime
-
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, (when - now).total_seconds())
 
 
 def event_payload(

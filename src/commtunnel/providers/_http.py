@@ -8,7 +8,8 @@ table); this module holds what does not depend on the service at the other end:
   and posting with the provider's timeout; :class:`ConfiguredHttpProvider` adds the
   constructor, ``from_url``, ``redacted_url`` and ``repr`` of a provider configured
   by one settings object parsed from its URL;
-* :func:`retry_after_seconds`, :func:`header` and :func:`json_or_none` for reading answers
+* :func:`header` and :func:`json_or_none` for reading answers (``Retry-After`` is
+  :func:`commtunnel.domain.delivery.retry_after_seconds`)
   and callbacks;
 * :func:`answer_text` and :func:`classify_other_status` for the part of an answer's
   classification every HTTP provider shares, :func:`classify_exception` for what
@@ -22,8 +23,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from datetime import datetime
-from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any, Generic, Protocol, Self, TypeVar
 from urllib.parse import SplitResult, parse_qsl, urlsplit
@@ -31,43 +30,19 @@ from urllib.parse import SplitResult, parse_qsl, urlsplit
 import attrs
 import httpx
 
-from commtunnel.domain.delivery import ErrorCategory, ProviderResult
+from commtunnel.domain.delivery import (  # the header rule is the domain's; re-exported here
+    ErrorCategory,
+    ProviderResult,
+)
 from commtunnel.ports import Clock
 from commtunnel.providers import redact_url
 
-#: the longest ``Retry-After`` honoured, seconds (a larger one is capped).
-MAX_RETRY_AFTER = 86400.0
 #: the longest timeout an HTTP provider takes, seconds.
 MAX_TIMEOUT = 300.0
 USER_AGENT = "commtunnel"
 
 
 # --------------------------------------------------------------------------- answers
-
-
-def retry_after_seconds(value: str | None, *, now: datetime) -> float | None:
-    """Read a ``Retry-After`` header (RFC 9110 §10.2.3).
-
-    Args:
-        value: the header: delay seconds (``"120"``) or an HTTP date; None if absent.
-        now: the current UTC time (from the clock), for HTTP dates.
-
-    Returns:
-        Seconds to wait (0 to :data:`MAX_RETRY_AFTER`), or None when absent or unreadable.
-    """
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = (parsedate_to_datetime(value) - now).total_seconds()
-        except (TypeError, ValueError):
-            return None
-    if not math.isfinite(seconds):
-        return None
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
 def header(headers: Mapping[str, str], name: str) -> str | None:

@@ -84,7 +84,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 
-from commtunnel.domain.delivery import ErrorCategory, ProviderResult
+from commtunnel.domain.delivery import ErrorCategory, ProviderResult, retry_after_seconds
 from commtunnel.domain.errors import (
     NotFoundError,
     ProviderConfigError,
@@ -103,7 +103,6 @@ from commtunnel.providers._http import (
     classify_other_status,
     header,
     json_or_none,
-    retry_after_seconds,
     scrub,
     timeout_option,
     url_host,

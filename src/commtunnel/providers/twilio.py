@@ -95,7 +95,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
 import httpx
 
-from commtunnel.domain.delivery import ErrorCategory, ProviderResult
+from commtunnel.domain.delivery import ErrorCategory, ProviderResult, retry_after_seconds
 from commtunnel.domain.errors import ValidationError, WebhookSignatureError
 from commtunnel.domain.messages import Status
 from commtunnel.ports import DeliveryReceipt, OutgoingSms
@@ -109,7 +109,6 @@ from commtunnel.providers._http import (
     classify_other_status,
     header,
     json_or_none,
-    retry_after_seconds,
     scrub,
     timeout_option,
     url_host,

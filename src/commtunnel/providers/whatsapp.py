@@ -74,7 +74,7 @@ from typing import Any
 import attrs
 import httpx
 
-from commtunnel.domain.delivery import ErrorCategory, ProviderResult
+from commtunnel.domain.delivery import ErrorCategory, ProviderResult, retry_after_seconds
 from commtunnel.domain.messages import WhatsAppContent
 from commtunnel.ports import Clock, OutgoingWhatsApp
 from commtunnel.providers._http import (
@@ -85,7 +85,6 @@ from commtunnel.providers._http import (
     classify_exception,
     classify_other_status,
     json_or_none,
-    retry_after_seconds,
     scrub,
 )
 

@@ -48,6 +48,27 @@ log = logging.getLogger("commtunnel.worker")
 SANDBOX_PROVIDER = "sandbox"
 
 
+async def until_idle(run_once: Callable[[], Awaitable[int]], max_batches: int) -> int:
+    """Call ``run_once`` (one batch; returns how much it did) until it does nothing.
+
+    The loop of both workers' ``run_until_idle`` (messages and webhooks).
+
+    Args:
+        run_once: processes one batch of due work; returns its size.
+        max_batches: a bound, so a batch that never empties cannot spin forever.
+
+    Returns:
+        The total processed.
+    """
+    total = 0
+    for _ in range(max_batches):
+        done = await run_once()
+        if done == 0:
+            break
+        total += done
+    return total
+
+
 class Dispatcher:
     """Delivers queued messages.
 
@@ -330,13 +351,7 @@ class Dispatcher:
         Returns:
             The total number of jobs processed.
         """
-        total = 0
-        for _ in range(max_batches):
-            done = await self.run_once()
-            if done == 0:
-                break
-            total += done
-        return total
+        return await until_idle(self.run_once, max_batches)
 
     async def run(self, stop: asyncio.Event, *, poll_interval: float = 1.0) -> None:
         """Deliver until ``stop`` is set, keeping up to ``concurrency`` calls in flight.

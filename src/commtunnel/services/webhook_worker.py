@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 
 from standardwebhooks.webhooks import Webhook
 
+from commtunnel.domain.delivery import retry_after_seconds
 from commtunnel.domain.events import format_timestamp
 from commtunnel.domain.webhooks import (
     DEFAULT_RETRY_SCHEDULE,
@@ -39,7 +40,6 @@ from commtunnel.domain.webhooks import (
     WebhookAttempt,
     event_payload,
     next_delay,
-    parse_retry_after,
     signature_header,
 )
 from commtunnel.ports import (
@@ -50,6 +50,7 @@ from commtunnel.ports import (
     WebhookSender,
     WebhookStorage,
 )
+from commtunnel.services.dispatch import until_idle
 from commtunnel.services.timeline import org_event
 from commtunnel.services.webhooks import WebhookService
 
@@ -190,7 +191,7 @@ class WebhookWorker:
             return self._disable(claimed, attempt, failing_since, "failing")
         retry_after = None
         if answer.status_code in RETRY_AFTER_STATUSES:
-            retry_after = parse_retry_after(answer.retry_after, now)
+            retry_after = retry_after_seconds(answer.retry_after, now=now)
         delay = next_delay(self._schedule, attempt.number, retry_after=retry_after, rng=self._rng)
         if delay is None:
             return DeliveryCompletion(
@@ -276,13 +277,7 @@ class WebhookWorker:
 
     async def run_until_idle(self, *, max_batches: int = 10_000) -> int:
         """Attempt batches until nothing is due at the clock's current time; returns the total."""
-        total = 0
-        for _ in range(max_batches):
-            done = await self.run_once()
-            if done == 0:
-                break
-            total += done
-        return total
+        return await until_idle(self.run_once, max_batches)
 
     async def run(self, stop: asyncio.Event, *, poll_interval: float = 0.5) -> None:
         """Deliver until ``stop`` is set.
