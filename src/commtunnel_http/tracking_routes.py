@@ -24,10 +24,8 @@ from starlette.routing import BaseRoute, Route
 
 from commtunnel.client import Commtunnel
 from commtunnel.domain.errors import InvalidTrackingTokenError, ValidationError
-from commtunnel.domain.tracking import TRANSPARENT_GIF
+from commtunnel.domain.tracking import CLICK_PATH, OPEN_PATH, TRANSPARENT_GIF
 
-OPEN_PATH = "/v1/track/open"
-CLICK_PATH = "/v1/track/click"
 NO_STORE = {"Cache-Control": "no-store"}
 
 

@@ -53,6 +53,10 @@ from itsdangerous import BadData, URLSafeSerializer
 
 from commtunnel.domain.errors import InvalidTrackingTokenError
 
+#: Where the HTTP adapter serves the pixel and the click redirect (the links point there).
+OPEN_PATH: Final = "/v1/track/open"
+CLICK_PATH: Final = "/v1/track/click"
+
 EMAIL_OPENED: Final = "email_opened"
 EMAIL_CLICKED: Final = "email_clicked"
 

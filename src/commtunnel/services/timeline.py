@@ -3,6 +3,7 @@
 DESIGN.md: every transition appends a timeline event and the status is never
 set without one. :func:`status_event` builds the event for a message entering
 a status (type ``<channel>_<status>`` from :func:`event_for`);
+:func:`message_event` one that moves no status (an open, a click);
 :func:`org_event` builds an organization-level event (an opt-out, a paused
 line); :func:`apply_receipt` moves a message on a provider's delivery receipt
 as far as the status machine allows.
@@ -41,6 +42,28 @@ def status_event(
         status=status,
         created_at=at,
         details=details or {},
+    )
+
+
+def message_event(
+    message: Message, type_: str, *, at: datetime, details: dict[str, Any]
+) -> TimelineEvent:
+    """An event of a message that moves no status (``email_opened``, ``email_clicked``).
+
+    Args:
+        message: the message; its status as of now is the event's ``status``.
+        type_: the event type, ``<channel>_<what happened>``.
+        at: when (UTC).
+        details: what happened (user agent, link ...).
+    """
+    return TimelineEvent(
+        id=new_id(),
+        message_id=message.id,
+        org_id=message.org_id,
+        type=type_,
+        status=message.status,
+        created_at=at,
+        details=details,
     )
 
 

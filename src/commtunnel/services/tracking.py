@@ -29,9 +29,11 @@ from commtunnel import crypto
 from commtunnel.domain.events import TimelineEvent
 from commtunnel.domain.messages import EmailContent, Message
 from commtunnel.domain.tracking import (
+    CLICK_PATH,
     EMAIL_CLICKED,
     EMAIL_OPENED,
     MAX_USER_AGENT_CHARS,
+    OPEN_PATH,
     ClickToken,
     Kind,
     OpenToken,
@@ -39,8 +41,8 @@ from commtunnel.domain.tracking import (
     classify_client,
 )
 from commtunnel.domain.tracking_html import rewrite_html
-from commtunnel.ids import new_id
 from commtunnel.ports import Clock, Storage
+from commtunnel.services.timeline import message_event
 
 log = logging.getLogger("commtunnel.tracking")
 
@@ -112,11 +114,11 @@ class TrackingService:
 
     def open_url(self, token: str) -> str:
         """``{base}/v1/track/open?t=<token>`` (tokens are URL-safe as they are)."""
-        return f"{self._base_url}/v1/track/open?t={token}"
+        return f"{self._base_url}{OPEN_PATH}?t={token}"
 
     def click_url(self, token: str) -> str:
         """``{base}/v1/track/click?t=<token>``."""
-        return f"{self._base_url}/v1/track/click?t={token}"
+        return f"{self._base_url}{CLICK_PATH}?t={token}"
 
     async def prepare_email(self, message: Message) -> EmailContent:
         """The content to hand the email provider: tracked when the message asks for it.
@@ -223,13 +225,5 @@ class TrackingService:
         message = await self._storage.get_message(org_id, message_id)
         if message is None:
             return None
-        event = TimelineEvent(
-            id=new_id(),
-            message_id=message_id,
-            org_id=org_id,
-            type=type_,
-            status=message.status,  # as of the event (opens and clicks change none)
-            created_at=self._clock.now(),
-            details=details,
-        )
+        event = message_event(message, type_, at=self._clock.now(), details=details)
         return await self._storage.append_event(event)  # sets details["first"]
