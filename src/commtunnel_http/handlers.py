@@ -176,8 +176,12 @@ class Paging(TypedDict, total=False):
     page_size: int
 
 
-def limit_param(params: Mapping[str, str]) -> Limit:
-    """A timeline's ``?limit=`` as an integer; the service checks the range (1..1000).
+def limit_param(params: Mapping[str, str], *, maximum: int = MAX_TIMELINE_LIMIT) -> Limit:
+    """``?limit=`` as an integer; the service checks the range (1..``maximum``).
+
+    Args:
+        maximum: the largest limit the service takes, for the message
+            (a timeline's 1000 by default; 100 for webhook deliveries).
 
     Returns:
         ``{"limit": n}``, or ``{}`` when the parameter is absent.
@@ -191,9 +195,7 @@ def limit_param(params: Mapping[str, str]) -> Limit:
         return {}
     limit = _decimal(raw)
     if limit is None:
-        raise ValidationError.from_fields(
-            {"limit": f"must be an integer from 1 to {MAX_TIMELINE_LIMIT}"}
-        )
+        raise ValidationError.from_fields({"limit": f"must be an integer from 1 to {maximum}"})
     return {"limit": limit}
 
 

@@ -31,6 +31,7 @@ from commtunnel.services import sms as sms_service
 from commtunnel.services import whatsapp as whatsapp_service
 from commtunnel.services.channel import MAX_TIMELINE_LIMIT
 from commtunnel.services.idempotency import MAX_KEY_CHARS
+from commtunnel.services.webhooks import MAX_DELIVERY_PAGE
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -1561,7 +1562,11 @@ _WEBHOOK_BODY_ERRORS = {
     "413": _TOO_LARGE,
 }
 _DELIVERY_PAGING = [
-    _query("limit", {"type": "integer", "minimum": 1, "maximum": 100, "default": 50}, "Page size."),
+    _query(
+        "limit",
+        {"type": "integer", "minimum": 1, "maximum": MAX_DELIVERY_PAGE, "default": 50},
+        "Page size.",
+    ),
     _query("cursor", _STRING, "nextCursor of the previous page."),
 ]
 _DISABLED = {"409": _error("CONFLICT: the endpoint is disabled (details.disabledReason)")}

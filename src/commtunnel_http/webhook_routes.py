@@ -16,23 +16,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from commtunnel.client import Commtunnel
-from commtunnel.domain.errors import ValidationError
 from commtunnel.domain.webhooks import WebhookEndpoint
+from commtunnel.services.webhooks import MAX_DELIVERY_PAGE
 from commtunnel.shapes import delivery_json, delivery_page_json, endpoint_with_secret_json
-from commtunnel_http.handlers import Handlers
+from commtunnel_http.handlers import Handlers, limit_param
 from commtunnel_http.wire import Wire
 
 
 def _page_query(request: Request) -> dict[str, Any]:
-    """``?limit=&cursor=`` as keyword arguments; the service checks the range."""
-    params = request.query_params
-    args: dict[str, Any] = {}
-    raw = params.get("limit")
-    if raw is not None:
-        if not (raw.isascii() and raw.isdigit()):
-            raise ValidationError.from_fields({"limit": "must be an integer from 1 to 100"})
-        args["limit"] = int(raw)
-    if cursor := params.get("cursor"):
+    """``?limit=&cursor=`` as keyword arguments; the service checks the range and the cursor."""
+    args: dict[str, Any] = dict(limit_param(request.query_params, maximum=MAX_DELIVERY_PAGE))
+    if cursor := request.query_params.get("cursor"):
         args["cursor"] = cursor
     return args
 

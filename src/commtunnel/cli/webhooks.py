@@ -24,6 +24,7 @@ from commtunnel.cli._support import (
     run_for_org,
 )
 from commtunnel.domain.webhooks import WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from commtunnel.services.webhooks import MAX_DELIVERY_PAGE
 from commtunnel.shapes import delivery_json, endpoint_with_secret_json
 
 
@@ -204,7 +205,7 @@ def _delivery_row(item: tuple[WebhookDelivery, list[WebhookAttempt]]) -> tuple[s
 @org_option
 @click.option("--endpoint", "endpoint_id", default=None, help="One endpoint's deliveries.")
 @click.option("--message", "message_id", default=None, help="One message's deliveries.")
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100))
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, MAX_DELIVERY_PAGE))
 @db_option
 @json_option
 def deliveries(

@@ -46,6 +46,9 @@ from commtunnel.services.channel import check_bool, check_fields, is_int_in
 
 _ENCRYPTED = "enc:"
 
+#: The most deliveries one page of the delivery log holds.
+MAX_DELIVERY_PAGE = 100
+
 
 @attrs.frozen(kw_only=True)
 class EndpointWithSecret:
@@ -303,8 +306,10 @@ class WebhookService:
             ValidationError: ``limit`` out of range, or a ``cursor`` no page gave.
         """
         require(principal, Scope.WEBHOOKS_MANAGE)
-        if not is_int_in(limit, 1, 100):
-            raise ValidationError.from_fields({"limit": "must be an integer from 1 to 100"})
+        if not is_int_in(limit, 1, MAX_DELIVERY_PAGE):
+            raise ValidationError.from_fields(
+                {"limit": f"must be an integer from 1 to {MAX_DELIVERY_PAGE}"}
+            )
         if cursor is not None and not _is_uuid(cursor):
             raise ValidationError.from_fields({"cursor": "not a cursor from a previous page"})
         if endpoint_id is not None:
