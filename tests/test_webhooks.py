@@ -756,3 +756,12 @@ async def test_an_unresolvable_host_passes_creation_only_when_private_addresses_
     assert (
         answer.error == "refused: host 'later.example' does not resolve (Name or service not known)"
     )
+
+
+async def test_the_sender_closes_its_connections_at_the_end_of_async_with() -> None:
+    """``async with HttpWebhookSender()`` closes it: a POST afterwards fails softly."""
+    async with HttpWebhookSender(allow_private=True) as sender:
+        pass
+    answer = await sender.post("http://127.0.0.1:9/", b"{}", {})
+    assert answer.status_code is None
+    assert answer.error is not None and "closed" in answer.error.lower()

@@ -14,7 +14,8 @@ Built in: ``outbox:`` (files on disk, the default, for email and SMS),
 from __future__ import annotations
 
 from importlib.metadata import entry_points
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 from urllib.parse import urlsplit, urlunsplit
 
 from commtunnel.domain.errors import ProviderConfigError
@@ -80,3 +81,25 @@ def redact_url(url: str, *, keep_user: bool = True) -> str:
         return urlunsplit(parts._replace(netloc=f"***@{host}"))
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+class Closing:
+    """``async with`` for providers and senders: the block's end calls :meth:`aclose`.
+
+    Subclasses override :meth:`aclose` to release what they hold
+    (connections, pools); the port contracts ask for both forms.
+    """
+
+    async def aclose(self) -> None:
+        """Release what the object holds (nothing here)."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

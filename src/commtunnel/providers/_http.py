@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from types import TracebackType
 from typing import Any, Generic, Protocol, Self, TypeVar
 from urllib.parse import SplitResult, parse_qsl, urlsplit
 
@@ -35,7 +34,7 @@ from commtunnel.domain.delivery import (  # the header rule is the domain's; re-
     ProviderResult,
 )
 from commtunnel.ports import Clock
-from commtunnel.providers import redact_url
+from commtunnel.providers import Closing, redact_url
 
 #: the longest timeout an HTTP provider takes, seconds.
 MAX_TIMEOUT = 300.0
@@ -266,7 +265,7 @@ def check_http_url(url: str, name: str) -> None:
 # --------------------------------------------------------------------------- base classes
 
 
-class HttpProvider:
+class HttpProvider(Closing):
     """The HTTP client of a provider: made on the first send, reused (keep-alive) until closed.
 
     Requests go through :meth:`_post`, which gives each one the provider's
@@ -344,17 +343,6 @@ class HttpProvider:
         client, self._client = self._client, None
         if client is not None and self._owns_client:
             await client.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 class HttpSettings(Protocol):

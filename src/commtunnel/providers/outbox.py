@@ -37,13 +37,13 @@ import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 from urllib.parse import unquote, urlsplit
 
 from commtunnel.domain.delivery import ErrorCategory, ProviderResult
 from commtunnel.domain.errors import NotFoundError
 from commtunnel.domain.events import format_timestamp
 from commtunnel.ports import Clock, DeliveryReceipt, OutgoingEmail, OutgoingSms
+from commtunnel.providers import Closing
 from commtunnel.providers.mime import build_mime
 
 __all__ = ["DEFAULT_DIRECTORY", "OutboxProvider"]
@@ -55,7 +55,7 @@ DEFAULT_DIRECTORY = "outbox"
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}")
 
 
-class OutboxProvider:
+class OutboxProvider(Closing):
     """A provider for email and SMS that writes ``.eml`` and ``.sms.json`` files.
 
     It implements both :class:`~commtunnel.ports.EmailProvider` and
@@ -229,14 +229,3 @@ class OutboxProvider:
 
     async def aclose(self) -> None:
         """Nothing to release: files are closed after each write."""
-
-    async def __aenter__(self) -> OutboxProvider:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()

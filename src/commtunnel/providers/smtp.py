@@ -51,7 +51,6 @@ import logging
 import re
 import ssl
 from collections.abc import Sequence
-from types import TracebackType
 from urllib.parse import quote, unquote, urlsplit
 
 import aiosmtplib
@@ -61,6 +60,7 @@ import attrs
 
 from commtunnel.domain.delivery import ErrorCategory, ProviderResult
 from commtunnel.ports import Clock, OutgoingEmail
+from commtunnel.providers import Closing
 from commtunnel.providers._http import (
     bool_option,
     check_timeout,
@@ -288,7 +288,7 @@ def _server_went_away(exc: Exception) -> bool:
     return isinstance(exc, aiosmtplib.SMTPServerDisconnected | ConnectionError)
 
 
-class SmtpProvider:
+class SmtpProvider(Closing):
     """An :class:`~commtunnel.ports.EmailProvider` over SMTP with a connection pool.
 
     Connections are opened lazily, at most ``settings.pool_size`` at once;
@@ -484,14 +484,3 @@ class SmtpProvider:
         # Aborted transports close their sockets on the next loop iteration (this one
         # included those discarded after errors): let it run before the loop may end.
         await anyio.lowlevel.checkpoint()
-
-    async def __aenter__(self) -> SmtpProvider:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()

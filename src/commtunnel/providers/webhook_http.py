@@ -24,6 +24,7 @@ import httpx
 
 from commtunnel.domain.webhooks import RESPONSE_BODY_LIMIT, metadata_address, refused_address
 from commtunnel.ports import WebhookAnswer
+from commtunnel.providers import Closing
 
 try:
     USER_AGENT = f"Commtunnel-Webhooks/{version('commtunnel')}"
@@ -49,7 +50,7 @@ async def system_resolve(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
-class HttpWebhookSender:
+class HttpWebhookSender(Closing):
     """POSTs webhooks with httpx to checked, pinned addresses.
 
     Args:
@@ -136,6 +137,8 @@ class HttpWebhookSender:
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> WebhookAnswer:
         """Resolve, check, connect to the checked address, POST, read ≤ 4 KiB of the answer."""
+        if self._http.is_closed:  # after aclose(): an answer, like the providers, not a raise
+            return WebhookAnswer(status_code=None, error="the webhook sender is closed")
         try:
             async with asyncio.timeout(self._timeout):
                 try:
