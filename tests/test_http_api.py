@@ -102,7 +102,8 @@ async def test_sent_email_shows_status_attempts_and_timeline(env: Env) -> None:
     [attempt] = email["attempts"]
     assert attempt["number"] == 1
     assert attempt["provider"] == "mock"
-    assert attempt["status"] == "accepted"
+    assert attempt["outcome"] == "accepted"
+    assert attempt["status"] == "SENT"  # the message's status the attempt left
     assert attempt["errorCategory"] is None
     assert TIMESTAMP.fullmatch(attempt["timestamp"])
 

@@ -435,10 +435,11 @@ async def test_get_shows_the_sms_with_its_attempts(env: Env) -> None:
         "attempts": [message["attempts"][0]],
     }
     attempt = message["attempts"][0]
-    assert (attempt["number"], attempt["provider"], attempt["status"]) == (
+    assert (attempt["number"], attempt["provider"], attempt["outcome"], attempt["status"]) == (
         1,
         "mock-sms",
         "accepted",
+        "SENT",
     )
     assert attempt["errorCategory"] is None
     assert TIMESTAMP.fullmatch(attempt["timestamp"])

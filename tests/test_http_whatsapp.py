@@ -406,13 +406,15 @@ async def test_transient_failure_is_502_retrying_and_the_worker_delivers(env: En
     message_id = details["messageId"]
     message = await env.message(message_id)
     assert (message["status"], message["attemptCount"]) == ("RETRYING", 1)
-    assert message["attempts"][0]["status"] == "transient"
+    assert message["attempts"][0]["outcome"] == "transient"
+    assert message["attempts"][0]["status"] == "RETRYING"
     assert await env.ct.run_worker_until_idle() == 0  # not due yet
     env.clock.advance(3600)
     assert await env.ct.run_worker_until_idle() == 1
     message = await env.message(message_id)
     assert (message["status"], message["providerMessageId"]) == ("SENT", "wamid.HBgL0001")
-    assert [a["status"] for a in message["attempts"]] == ["transient", "accepted"]
+    assert [a["outcome"] for a in message["attempts"]] == ["transient", "accepted"]
+    assert [a["status"] for a in message["attempts"]] == ["RETRYING", "SENT"]
     assert len(env.graph.requests) == 2
 
 

@@ -665,7 +665,7 @@ async def test_a_v4_file_gains_the_webhook_tables_and_keeps_its_rows(
     backend = SqliteBackend(path, clock=clock)
     await backend.open()
     try:
-        assert backend.schema_version() == 5
+        assert backend.schema_version() == sqlite_schema.LATEST_VERSION
         store = SqliteWebhookStore(backend)
         assert await deliveries(store) == []  # no fan-out of events older than the endpoints
         endpoint = await add_endpoint(store, clock)

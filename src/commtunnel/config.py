@@ -6,6 +6,7 @@ Read only when asked (``Settings.from_env()``), never at import time.
 | --- | --- | --- |
 | COMMTUNNEL_DB | ./commtunnel.db | SQLite file path (or ``sqlite:///path``) |
 | COMMTUNNEL_EMAIL_PROVIDER | outbox://./outbox | provider URL for email |
+| COMMTUNNEL_EMAIL_PROVIDERS | (none) | email provider URLs in failover order, comma-separated |
 | COMMTUNNEL_HOST / COMMTUNNEL_PORT | 127.0.0.1 / 8025 | where ``serve`` listens |
 | COMMTUNNEL_EMBEDDED_WORKER | true | run the dispatch worker inside ``serve`` |
 | COMMTUNNEL_IDEMPOTENCY_RETENTION | 86400 | seconds an idempotency key is remembered |
@@ -17,6 +18,17 @@ Read only when asked (``Settings.from_env()``), never at import time.
 | COMMTUNNEL_SEND_TIMEOUT | 30 | one provider call's limit, seconds |
 | COMMTUNNEL_WORKER_CONCURRENCY | 16 | provider calls in flight per worker |
 | COMMTUNNEL_SMS_PROVIDER | outbox://./outbox | SMS provider URL (twilio:, sms+https:) |
+| COMMTUNNEL_SMS_PROVIDERS | (none) | ordered, comma-separated SMS provider URLs (failover) |
+| COMMTUNNEL_BREAKER_FAILURES | 5 | consecutive provider-wide failures that open a circuit |
+| COMMTUNNEL_BREAKER_COOLDOWN | 30 | seconds an open circuit waits before a half-open probe |
+| COMMTUNNEL_SCHEDULE_HORIZON | 2592000 | how far ahead ``scheduledAt`` may be, seconds (30 days) |
+| COMMTUNNEL_BATCH_MAX_MESSAGES | 100 | messages one ``POST /emails/batch`` may carry |
+| COMMTUNNEL_RATE_LIMIT | 100/minute | default per-API-key request limit (``limits`` notation) |
+| COMMTUNNEL_REDIS_URL | (none) | Redis for rate limits shared by several servers (else in memory) |
+| COMMTUNNEL_TRUSTED_PROXIES | (none) | CIDRs (comma-separated) whose X-Forwarded-For is believed |
+| COMMTUNNEL_RETENTION | 7776000 | seconds messages, events and attempts are kept (90 days) |
+| COMMTUNNEL_PURGE_BATCH | 500 | messages one purge step deletes |
+| COMMTUNNEL_PURGE_INTERVAL | 60 | seconds between the worker's purge passes |
 | COMMTUNNEL_SMS_DEFAULT_SENDER_ID | (none) | platform sender ID every organization may use |
 | COMMTUNNEL_OTP_COOLDOWN | 60 | seconds between OTPs to one number for one purpose |
 | COMMTUNNEL_SMS_HELP_TEXT | (see below) | reply to HELP / INFO |
@@ -71,6 +83,13 @@ def _bool(value: str) -> bool:
     raise ValueError(f"not a boolean: {value!r}")
 
 
+def _url_list(value: str | None) -> list[str]:
+    """Comma-separated URLs, blanks dropped (a comma inside a URL is written ``%2C``)."""
+    if value is None:
+        return []
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
 def _secret_key_length(_instance: object, _attribute: object, value: str | None) -> None:
     if value is not None and len(value) < 16:
         raise ValueError("COMMTUNNEL_SECRET_KEY must be at least 16 characters (use 32+ random)")
@@ -94,6 +113,18 @@ class Settings:
     send_timeout: float = 30.0
     worker_concurrency: int = 16
     sms_provider: str = attrs.field(default=DEFAULT_SMS_PROVIDER, repr=False)  # may hold a token
+    email_providers: str | None = attrs.field(default=None, repr=False)
+    sms_providers: str | None = attrs.field(default=None, repr=False)
+    breaker_failures: int = 5
+    breaker_cooldown: float = 30.0
+    schedule_horizon: float = 30 * 86_400.0
+    batch_max_messages: int = 100
+    rate_limit: str = "100/minute"
+    redis_url: str | None = attrs.field(default=None, repr=False)
+    trusted_proxies: str | None = None
+    retention: float = 90 * 86_400.0
+    purge_batch: int = 500
+    purge_interval: float = 60.0
     sms_default_sender_id: str | None = None
     otp_cooldown: float = 60.0
     sms_help_text: str = DEFAULT_SMS_HELP_TEXT
@@ -130,6 +161,18 @@ class Settings:
         "COMMTUNNEL_SEND_TIMEOUT": ("send_timeout", float),
         "COMMTUNNEL_WORKER_CONCURRENCY": ("worker_concurrency", int),
         "COMMTUNNEL_SMS_PROVIDER": ("sms_provider", str),
+        "COMMTUNNEL_EMAIL_PROVIDERS": ("email_providers", str),
+        "COMMTUNNEL_SMS_PROVIDERS": ("sms_providers", str),
+        "COMMTUNNEL_BREAKER_FAILURES": ("breaker_failures", int),
+        "COMMTUNNEL_BREAKER_COOLDOWN": ("breaker_cooldown", float),
+        "COMMTUNNEL_SCHEDULE_HORIZON": ("schedule_horizon", float),
+        "COMMTUNNEL_BATCH_MAX_MESSAGES": ("batch_max_messages", int),
+        "COMMTUNNEL_RATE_LIMIT": ("rate_limit", str),
+        "COMMTUNNEL_REDIS_URL": ("redis_url", str),
+        "COMMTUNNEL_TRUSTED_PROXIES": ("trusted_proxies", str),
+        "COMMTUNNEL_RETENTION": ("retention", float),
+        "COMMTUNNEL_PURGE_BATCH": ("purge_batch", int),
+        "COMMTUNNEL_PURGE_INTERVAL": ("purge_interval", float),
         "COMMTUNNEL_SMS_DEFAULT_SENDER_ID": ("sms_default_sender_id", str),
         "COMMTUNNEL_OTP_COOLDOWN": ("otp_cooldown", float),
         "COMMTUNNEL_SMS_HELP_TEXT": ("sms_help_text", str),
@@ -185,6 +228,16 @@ class Settings:
         if self.public_url:
             return self.public_url.rstrip("/")
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def email_provider_urls(self) -> list[str]:
+        """The email providers in failover order: ``email_providers`` split, else the one."""
+        return _url_list(self.email_providers) or [self.email_provider]
+
+    @property
+    def sms_provider_urls(self) -> list[str]:
+        """The SMS providers in failover order: ``sms_providers`` split, else the one."""
+        return _url_list(self.sms_providers) or [self.sms_provider]
 
     @property
     def retry_policy(self) -> RetryPolicy:

@@ -61,7 +61,6 @@ def make_converter() -> cattrs.Converter:
         shaped(
             Attempt,
             message_id=override(omit=True),
-            outcome=override(rename="status"),
             started_at=override(rename="timestamp"),
         ),
     )

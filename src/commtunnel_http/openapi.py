@@ -211,7 +211,16 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {
             "number": {"type": "integer", "minimum": 1},
             "provider": _STRING,
-            "status": {"type": "string", "enum": ["accepted", "transient", "permanent"]},
+            "status": {
+                "type": "string",
+                "enum": [s.value for s in Status],
+                "nullable": True,
+                "description": (
+                    "The message's status this attempt left it in (SENT, RETRYING, FAILED, "
+                    "BOUNCED); null for attempts recorded before it was kept."
+                ),
+            },
+            "outcome": {"type": "string", "enum": ["accepted", "transient", "permanent"]},
             "errorCategory": _NULLABLE_STRING,
             "errorMessage": _NULLABLE_STRING,
             "durationMs": {"type": "number"},

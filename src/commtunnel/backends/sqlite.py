@@ -247,7 +247,9 @@ def _content_json(message: Message) -> str:
 
 
 def _message_from_row(row: tuple[Any, ...]) -> Message:
-    (mid, org_id, channel, status, sandbox, api_key_id, content, pmid, count, err, cat, uat) = row
+    (mid, org_id, channel, status, sandbox, api_key_id, content, pmid, count, err, cat, uat, sat) = (
+        row
+    )
     column = _CONTENT[Channel(channel)]
     data = json.loads(content)
     contents: dict[str, Any] = {"email": None}  # the one Message field without a default
@@ -264,6 +266,7 @@ def _message_from_row(row: tuple[Any, ...]) -> Message:
         last_error=err,
         created_at=parse_ts(cat),
         updated_at=parse_ts(uat),
+        scheduled_at=_opt_ts(sat),
         **contents,
     )
 
@@ -272,7 +275,7 @@ def _message_from_row(row: tuple[Any, ...]) -> Message:
 MESSAGES = Rows(
     "messages",
     "id, org_id, channel, status, sandbox, api_key_id, content, provider_message_id, "
-    "attempt_count, last_error, created_at, updated_at",
+    "attempt_count, last_error, created_at, updated_at, scheduled_at",
     _message_from_row,
 )
 # The same columns of the alias ``m``, for the claim's join with jobs.
@@ -303,7 +306,9 @@ EVENTS = record_rows(
 _ATTEMPTS = record_rows(
     "attempts",
     Attempt,
-    "message_id, number, provider, outcome, error_category, error_message, duration_ms, started_at",
+    "message_id, number, provider, outcome, error_category, error_message, duration_ms, "
+    "started_at, status",
+    status=lambda text: None if text is None else Status(text),
 )
 _IDEMPOTENCY_KEYS = record_rows(
     "idempotency_keys",
@@ -376,8 +381,8 @@ def _insert_message(conn: sqlite3.Connection, m: Message) -> None:
     content = _content(m)
     conn.execute(
         "INSERT INTO messages (id, org_id, channel, status, sandbox, api_key_id, recipient, "
-        "content, provider_message_id, attempt_count, last_error, created_at, updated_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "content, provider_message_id, attempt_count, last_error, created_at, updated_at, "
+        "scheduled_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             m.id,
             m.org_id,
@@ -392,6 +397,7 @@ def _insert_message(conn: sqlite3.Connection, m: Message) -> None:
             m.last_error,
             ts(m.created_at),
             ts(m.updated_at),
+            None if m.scheduled_at is None else ts(m.scheduled_at),
         ),
     )
 
@@ -1265,8 +1271,8 @@ class SqliteBackend:
                 return False
             conn.execute(
                 "INSERT OR REPLACE INTO attempts (message_id, number, provider, outcome, "
-                "error_category, error_message, duration_ms, started_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "error_category, error_message, duration_ms, started_at, status) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     attempt.message_id,
                     attempt.number,
@@ -1276,6 +1282,7 @@ class SqliteBackend:
                     attempt.error_message,
                     attempt.duration_ms,
                     ts(attempt.started_at),
+                    None if attempt.status is None else str(attempt.status),
                 ),
             )
             conn.execute(

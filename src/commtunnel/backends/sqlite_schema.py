@@ -302,6 +302,54 @@ MIGRATIONS: list[tuple[int, str]] = [
         )
         """,
     ),
+    (
+        6,
+        # The delivery engine: scheduled sends, the message status after each
+        # attempt, cursor listing across channels, per-organization IP
+        # allowlists and rate limits (per key too), the email suppression list,
+        # provider health as workers report it, and batch answers kept for
+        # idempotent replays.
+        """
+        ALTER TABLE messages ADD COLUMN scheduled_at TEXT;
+        CREATE INDEX messages_org_listing ON messages(org_id, created_at, id);
+        ALTER TABLE attempts ADD COLUMN status TEXT;
+        ALTER TABLE orgs ADD COLUMN ip_allowlist TEXT;
+        ALTER TABLE orgs ADD COLUMN rate_limit TEXT;
+        ALTER TABLE api_keys ADD COLUMN rate_limit TEXT;
+        CREATE TABLE email_suppressions (
+            org_id TEXT NOT NULL REFERENCES orgs(id),
+            address TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            origin TEXT NOT NULL,
+            message_id TEXT,
+            detail TEXT,
+            created_at TEXT NOT NULL,
+            expires_at TEXT,
+            PRIMARY KEY (org_id, address)
+        );
+        CREATE TABLE provider_health (
+            provider TEXT PRIMARY KEY,
+            channel TEXT NOT NULL,
+            state TEXT NOT NULL,
+            consecutive_failures INTEGER NOT NULL,
+            opened_until TEXT,
+            calls INTEGER NOT NULL,
+            failures INTEGER NOT NULL,
+            last_error TEXT,
+            last_error_category TEXT,
+            last_error_at TEXT,
+            reported_by TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE TABLE email_batches (
+            id TEXT PRIMARY KEY,
+            org_id TEXT NOT NULL,
+            items TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        );
+        CREATE INDEX email_batches_created ON email_batches(created_at)
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

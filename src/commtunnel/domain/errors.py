@@ -61,6 +61,8 @@ METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
 SMS_SENDER_ID_NOT_APPROVED = "SMS_SENDER_ID_NOT_APPROVED"
 SMS_BRAND_NOT_APPROVED = "SMS_BRAND_NOT_APPROVED"
 SMS_RECIPIENT_OPTED_OUT = "SMS_RECIPIENT_OPTED_OUT"
+EMAIL_RECIPIENT_SUPPRESSED = "EMAIL_RECIPIENT_SUPPRESSED"
+MESSAGE_NOT_CANCELABLE = "MESSAGE_NOT_CANCELABLE"
 OTP_COOLDOWN = "OTP_COOLDOWN"
 MESSAGE_NOT_RETRYABLE = "MESSAGE_NOT_RETRYABLE"
 INVALID_WEBHOOK_TOKEN = "INVALID_WEBHOOK_TOKEN"  # noqa: S105 - an error code, not a secret
@@ -192,6 +194,20 @@ class SmsRecipientOptedOutError(CommtunnelError):
     http_status = 403
 
 
+class EmailRecipientSuppressedError(CommtunnelError):
+    """The recipient is on the organization's email suppression list (``details.reason``)."""
+
+    code = EMAIL_RECIPIENT_SUPPRESSED
+    http_status = 403
+
+
+class IpNotAllowedError(CommtunnelError):
+    """The caller's address is outside the organization's IP allowlist (``details.ip``)."""
+
+    code = IP_NOT_ALLOWED
+    http_status = 403
+
+
 class WebhookAuthError(CommtunnelError):
     """An inbound webhook (DLR, MO, provider callback) failed its token or signature check."""
 
@@ -247,6 +263,13 @@ class MessageNotRetryableError(CommtunnelError):
     """A retry was asked for a message that is not FAILED (``details.status``)."""
 
     code = MESSAGE_NOT_RETRYABLE
+    http_status = 409
+
+
+class MessageNotCancelableError(CommtunnelError):
+    """A cancel was asked for a message no longer SCHEDULED or QUEUED (``details.status``)."""
+
+    code = MESSAGE_NOT_CANCELABLE
     http_status = 409
 
 

@@ -3,9 +3,12 @@
 The status machine follows ``../shared/DESIGN.md`` ("Status machine")::
 
     SCHEDULED -> QUEUED -> PROCESSING -> SENT -> DELIVERED (-> READ, WhatsApp)
-                               |  ^
-                               v  |
-                            RETRYING            FAILED / BOUNCED are terminal
+        |          |          |  ^
+        v          v          v  |
+        CANCELED <-+       RETRYING             FAILED / BOUNCED are terminal
+
+CANCELED (a cancel while the message was still SCHEDULED or QUEUED) is
+terminal too; it is not in DESIGN.md's list, which has no cancel.
 
 Every transition is recorded as a timeline event (see ``events.py``); callers
 obtain the event type with :func:`event_for` so the status is never set
@@ -49,6 +52,7 @@ class Status(enum.StrEnum):
     READ = "READ"
     FAILED = "FAILED"
     BOUNCED = "BOUNCED"
+    CANCELED = "CANCELED"
 
     @property
     def is_final(self) -> bool:
@@ -56,13 +60,15 @@ class Status(enum.StrEnum):
         return self in _FINAL
 
 
-_FINAL = frozenset({Status.SENT, Status.DELIVERED, Status.READ, Status.FAILED, Status.BOUNCED})
+_FINAL = frozenset(
+    {Status.SENT, Status.DELIVERED, Status.READ, Status.FAILED, Status.BOUNCED, Status.CANCELED}
+)
 
 # from-status -> statuses it may move to. PROCESSING -> PROCESSING is a re-claim
 # after a lease expired (the worker that held it died); it is recorded too.
 TRANSITIONS: dict[Status, frozenset[Status]] = {
-    Status.SCHEDULED: frozenset({Status.QUEUED}),
-    Status.QUEUED: frozenset({Status.PROCESSING}),
+    Status.SCHEDULED: frozenset({Status.QUEUED, Status.CANCELED}),
+    Status.QUEUED: frozenset({Status.PROCESSING, Status.CANCELED}),
     Status.PROCESSING: frozenset(
         {Status.PROCESSING, Status.SENT, Status.RETRYING, Status.FAILED, Status.BOUNCED}
     ),
@@ -72,6 +78,7 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
     Status.READ: frozenset(),
     Status.FAILED: frozenset({Status.QUEUED}),  # an explicit retry re-queues a failed message
     Status.BOUNCED: frozenset(),
+    Status.CANCELED: frozenset(),
 }
 
 # The timeline event suffix recorded when a message enters a status.
@@ -85,6 +92,7 @@ _EVENT_SUFFIX: dict[Status, str] = {
     Status.READ: "read",
     Status.FAILED: "failed",
     Status.BOUNCED: "bounced",
+    Status.CANCELED: "canceled",
 }
 
 
@@ -226,6 +234,7 @@ class Message:
         created_at / updated_at: UTC, timezone-aware.
         provider_message_id: the provider's reference once accepted.
         attempt_count: provider calls made so far.
+        scheduled_at: when a scheduled send is due (UTC), None for "now".
     """
 
     id: str
@@ -242,6 +251,7 @@ class Message:
     last_error: str | None = None
     sms: SmsContent | None = None
     whatsapp: WhatsAppContent | None = None
+    scheduled_at: datetime | None = attrs.field(default=None, validator=_aware)
 
 
 @attrs.frozen(kw_only=True)
@@ -257,6 +267,9 @@ class Attempt:
         error_message: provider's explanation, truncated, no secrets.
         duration_ms: wall time of the call, milliseconds.
         started_at: UTC start time.
+        status: the message's status the attempt left it in (``SENT``,
+            ``RETRYING``, ``FAILED``, ``BOUNCED``); None for attempts
+            recorded before schema v6.
     """
 
     message_id: str
@@ -267,3 +280,4 @@ class Attempt:
     error_message: str | None
     duration_ms: float
     started_at: datetime = attrs.field(validator=_aware)
+    status: Status | None = None

@@ -311,6 +311,7 @@ class Dispatcher:
             error_message=result.error_message,
             duration_ms=duration_ms,
             started_at=started_at,
+            status=new_status,
         )
         event = status_event(message, new_status, at=self._clock.now(), details=details)
         recorded = await self._queue.complete(
