@@ -267,6 +267,7 @@ async def test_get_shows_the_message_with_its_attempts(env: Env) -> None:
         "number",
         "provider",
         "status",
+        "outcome",
         "errorCategory",
         "errorMessage",
         "durationMs",
