@@ -273,7 +273,7 @@ async def test_get_shows_the_message_with_its_attempts(env: Env) -> None:
         "durationMs",
         "timestamp",
     }
-    assert (attempt["number"], attempt["provider"], attempt["status"]) == (
+    assert (attempt["number"], attempt["provider"], attempt["outcome"]) == (
         1,
         "whatsapp_cloud",
         "accepted",
