@@ -9,7 +9,7 @@ runs before that, so a refused request stores nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from datetime import datetime
 from typing import Any
 
@@ -140,6 +140,9 @@ class EmailService:
         clock: every "now".
         renderer: liquid templates.
         idempotency_retention: seconds an idempotency key is remembered.
+        recipient_check: awaited with (organization id, recipient addr-spec)
+            before a send is accepted; raises to refuse it (the suppression
+            list's check). None checks nothing.
     """
 
     def __init__(
@@ -149,8 +152,10 @@ class EmailService:
         renderer: TemplateRenderer,
         *,
         idempotency_retention: float = 86_400.0,
+        recipient_check: Callable[[str, str], Awaitable[None]] | None = None,
     ) -> None:
         self._storage = storage
+        self._recipient_check = recipient_check
         self._clock = clock
         self._renderer = renderer
         self._retention = idempotency_retention
@@ -345,6 +350,8 @@ class EmailService:
                 variables=req.variables,
             )
             await self._check_sender(principal.org_id, sender[1])
+            if self._recipient_check is not None:
+                await self._recipient_check(principal.org_id, to_addr)
             now = self._clock.now()
             message_id = new_id()
             content = EmailContent(
