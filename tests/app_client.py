@@ -48,6 +48,8 @@ def assert_error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
     """Check the envelope's shape, status, code, message and request id; return its details."""
     assert r.status_code == status, r.text
     body = r.json()
+    if status == 429:  # echoes Retry-After at the top level too
+        assert body.pop("retryAfter") == int(r.headers["retry-after"])
     assert set(body) == {"error", "code", "requestId", "details"}
     assert body["code"] == code
     assert isinstance(body["error"], str) and body["error"]

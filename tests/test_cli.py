@@ -103,9 +103,11 @@ def test_orgs_list_shows_created_orgs(runner: CliRunner, db: Path) -> None:
     """``orgs list`` lists what was created, oldest first, as JSON and as a table."""
     a = ok_json(run(runner, db, "orgs", "create", "acme", "--json"))
     b = ok_json(run(runner, db, "orgs", "create", "globex", "--json"))
-    assert ok_json(run(runner, db, "orgs", "list", "--json")) == [a, b]
+    unset = {"ipAllowlist": None, "rateLimit": None}  # any address, the server's limit
+    assert ok_json(run(runner, db, "orgs", "list", "--json")) == [{**a, **unset}, {**b, **unset}]
     table = run(runner, db, "orgs", "list").stdout.splitlines()
-    assert table[0].split() == ["ID", "NAME", "CREATED"]
+    assert table[0].split() == ["ID", "NAME", "CREATED", "IP", "ALLOWLIST", "RATE", "LIMIT"]
+    assert table[1].split()[-2:] == ["any", "default"]
     assert [line.split()[1] for line in table[1:]] == ["acme", "globex"]
 
 
@@ -820,13 +822,16 @@ def test_orgs_set_otp_ignores_opt_out(runner: CliRunner, db: Path, acme: dict[st
     updated = ok_json(
         run(runner, db, "orgs", "set", "--org", "acme", "--otp-ignores-opt-out", "true", "--json")
     )
-    assert updated == {**acme, "otpIgnoresOptOut": True}
+    assert updated == {**acme, "otpIgnoresOptOut": True, "ipAllowlist": None, "rateLimit": None}
     sent = in_process(db, lambda ct: ct.sms_service.send_otp(as_org(acme), otp))
     assert sent.message.sms is not None
     assert sent.message.sms.flow == "OTP"
     plain = run(runner, db, "orgs", "set", "--org", "acme", "--otp-ignores-opt-out", "false")
     assert plain.exit_code == 0
-    assert plain.stdout == f"organization acme (id {acme['id']}): otp-ignores-opt-out false\n"
+    assert plain.stdout == (
+        f"organization acme (id {acme['id']}): otp-ignores-opt-out false, "
+        "ip-allowlist any, rate-limit default\n"
+    )
     org = in_process(db, lambda ct: ct.admin.get_org("acme"))
     assert org.otp_ignores_opt_out is False
 

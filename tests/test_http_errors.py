@@ -344,7 +344,7 @@ async def test_request_ids_are_unique(env: Env) -> None:
 
 
 def test_rate_limited_error_carries_retry_after() -> None:
-    """RateLimitedError answers 429 RATE_LIMITED with a Retry-After header in seconds."""
+    """RateLimitedError answers 429 RATE_LIMITED, Retry-After in seconds, echoed as retryAfter."""
     r = error_response(RateLimitedError("Slow down", retry_after=7), "rid")
     assert r.status_code == 429
     assert r.headers["retry-after"] == "7"
@@ -353,6 +353,7 @@ def test_rate_limited_error_carries_retry_after() -> None:
         "code": "RATE_LIMITED",
         "requestId": "rid",
         "details": {"retryAfter": 7},
+        "retryAfter": 7,
     }
 
 

@@ -426,6 +426,7 @@ async def test_get_shows_the_sms_with_its_attempts(env: Env) -> None:
         "segments": 1,
         "flow": "STANDARD",
         "purpose": None,
+        "scheduledAt": None,
         "sandbox": False,
         "providerMessageId": "mock-sms-1",
         "attemptCount": 1,

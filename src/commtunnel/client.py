@@ -29,20 +29,28 @@ from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeVar
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from commtunnel.backends.sqlite import SqliteBackend
+from commtunnel.backends.sqlite_access import SqliteAccessStore
+from commtunnel.backends.sqlite_listing import SqliteListingStore
+from commtunnel.backends.sqlite_retention import SqliteRetentionStore
+from commtunnel.backends.sqlite_routing import SqliteRoutingStore
+from commtunnel.backends.sqlite_scheduling import SqliteSchedulingStore
 from commtunnel.backends.sqlite_sms import SqliteSmsStore
+from commtunnel.backends.sqlite_suppressions import SqliteSuppressionStore
 from commtunnel.backends.sqlite_webhooks import SqliteWebhookStore
 from commtunnel.backends.sqlite_whatsapp import SqliteWhatsAppStore
 from commtunnel.clock import SystemClock
 from commtunnel.config import Settings
 from commtunnel.crypto import SecretBox
+from commtunnel.domain.circuit import ProviderHealth
 from commtunnel.domain.delivery import ProviderResult
 from commtunnel.domain.errors import ProviderConfigError
 from commtunnel.domain.events import TimelineEvent
 from commtunnel.domain.keys import ALL_SCOPES, Organization, Principal
-from commtunnel.domain.messages import Message
-from commtunnel.ports import Clock, EmailProvider, SmsProvider, WhatsAppProvider
-from commtunnel.providers import load_provider, redact_url
+from commtunnel.domain.messages import EmailContent, Message
+from commtunnel.ports import Clock, EmailProvider, PurgeCounts, SmsProvider, WhatsAppProvider
+from commtunnel.providers import load_named_providers, redact_url
 from commtunnel.providers.webhook_http import HttpWebhookSender
+from commtunnel.services.access import AccessService
 from commtunnel.services.admin import AdminService
 from commtunnel.services.auth import KeyService
 from commtunnel.services.dispatch import Dispatcher
@@ -54,6 +62,11 @@ from commtunnel.services.email import (
     Rendered,
     SendResult,
 )
+from commtunnel.services.email_batch import BatchRequest, BatchResult
+from commtunnel.services.listing import DEFAULT_LIMIT, MessageListing, MessagePage
+from commtunnel.services.ratelimit import RateLimiter
+from commtunnel.services.retention import Purger
+from commtunnel.services.routing import ProviderRoute
 from commtunnel.services.sms import (
     OtpSendRequest,
     OtpSendResult,
@@ -63,6 +76,7 @@ from commtunnel.services.sms import (
     SmsService,
     SmsStatus,
 )
+from commtunnel.services.suppressions import SuppressionService
 from commtunnel.services.templates import TemplateRenderer
 from commtunnel.services.tracking import TrackingService
 from commtunnel.services.webhook_worker import WebhookWorker
@@ -83,9 +97,15 @@ class EmailClient:
     (see :class:`~commtunnel.services.email.EmailService`).
     """
 
-    def __init__(self, service: EmailService, principal: Principal) -> None:
+    def __init__(
+        self,
+        service: EmailService,
+        principal: Principal,
+        listing: MessageListing | None = None,
+    ) -> None:
         self._service = service
         self.principal = principal
+        self._listing = listing
 
     async def send(
         self,
@@ -98,18 +118,27 @@ class EmailClient:
         template_id: str | None = None,
         variables: dict[str, Any] | None = None,
         tracking: bool = False,
+        unsubscribe: bool = False,
         sandbox_mode: bool = False,
+        scheduled_at: datetime | str | None = None,
         idempotency_key: str | None = None,
     ) -> SendResult:
         """Queue an email (``from_`` because ``from`` is a Python keyword).
+
+        ``scheduled_at`` (an aware datetime or an ISO 8601 string with a
+        timezone, in the future, within ``schedule_horizon``) holds it as
+        SCHEDULED until then.
+
+        ``unsubscribe`` adds ``List-Unsubscribe`` / ``List-Unsubscribe-Post``
+        headers with a signed one-click link (RFC 2369, RFC 8058).
 
         Returns:
             :class:`SendResult` with the message (status QUEUED) and ``duplicate``
             (True: an idempotent replay of ``idempotency_key``, nothing queued).
 
         Raises:
-            ValidationError, SenderNotVerifiedError, IdempotencyKeyReusedError,
-            IdempotencyKeyInUseError: see
+            ValidationError, SenderNotVerifiedError, EmailRecipientSuppressedError,
+            IdempotencyKeyReusedError, IdempotencyKeyInUseError: see
             :meth:`~commtunnel.services.email.EmailService.send`.
         """
         request = EmailSendRequest(
@@ -121,10 +150,44 @@ class EmailClient:
             template_id=template_id,
             variables=variables,
             tracking=tracking,
+            unsubscribe=unsubscribe,
             sandbox_mode=sandbox_mode,
+            scheduled_at=scheduled_at,
             idempotency_key=idempotency_key,
         )
         return await self._service.send(self.principal, request)
+
+    async def send_batch(
+        self, messages: list[dict[str, Any]], *, idempotency_key: str | None = None
+    ) -> BatchResult:
+        """Queue up to ``batch_max_messages`` emails, each checked alone, accepted together.
+
+        Args:
+            messages: send requests in wire spelling, as ``POST
+                /v1/public/emails/batch`` takes them (``{"from": ..., "to": ...,
+                "subject": ..., "text": ..., "scheduledAt": ...}``), without
+                ``idempotencyKey``.
+            idempotency_key: one key for the whole batch.
+
+        Returns:
+            :class:`~commtunnel.services.email_batch.BatchResult`: per item the
+            message or the error (code, message, details), and the batch id.
+
+        Raises:
+            ValidationError, IdempotencyKeyReusedError, IdempotencyKeyInUseError:
+            see :meth:`~commtunnel.services.email.EmailService.send_batch`.
+        """
+        request = BatchRequest(messages=messages, idempotency_key=idempotency_key)
+        return await self._service.send_batch(self.principal, request)
+
+    async def cancel(self, message_id: str) -> EmailStatus:
+        """Cancel a SCHEDULED or QUEUED email (never sent); returns it, CANCELED.
+
+        Raises:
+            NotFoundError: no such email in this organization.
+            MessageNotCancelableError: any other status (``details.status``).
+        """
+        return await self._service.cancel(self.principal, message_id)
 
     async def preview(
         self,
@@ -186,6 +249,38 @@ class EmailClient:
             self.principal, start=start, end=end, include_bots=include_bots
         )
 
+    async def list(
+        self,
+        *,
+        status: str | None = None,
+        created_after: datetime | str | None = None,
+        created_before: datetime | str | None = None,
+        to: str | None = None,
+        limit: int = DEFAULT_LIMIT,
+        cursor: str | None = None,
+    ) -> MessagePage:
+        """Emails of the organization, newest first, a page at a time (``GET /v1/public/emails``).
+
+        Returns:
+            :class:`~commtunnel.services.listing.MessagePage`: items with their
+            attempts, and the ``cursor`` of the next page (None on the last).
+
+        Raises:
+            ValidationError: see :meth:`~commtunnel.services.listing.MessageListing.list_emails`.
+            RuntimeError: this client was built without the listing service.
+        """
+        if self._listing is None:
+            raise RuntimeError("EmailClient has no listing service")
+        return await self._listing.list_emails(
+            self.principal,
+            status=status,
+            created_after=created_after,
+            created_before=created_before,
+            to=to,
+            limit=limit,
+            cursor=cursor,
+        )
+
 
 class SmsClient:
     """The SMS channel for one principal (in process: the facade's organization).
@@ -206,9 +301,13 @@ class SmsClient:
         body: str,
         send_type: int = 0,
         sandbox_mode: bool = False,
+        scheduled_at: datetime | str | None = None,
         idempotency_key: str | None = None,
     ) -> SmsSendResult:
         """Queue an SMS; ``to`` in E.164, ``send_type`` 0 normal / 1 flash / 2 unicode.
+
+        ``scheduled_at`` (an aware datetime or an ISO 8601 string with a
+        timezone) holds it as SCHEDULED until then.
 
         Returns:
             :class:`SmsSendResult`: the message (QUEUED), its segments and
@@ -225,6 +324,7 @@ class SmsClient:
             body=body,
             send_type=send_type,
             sandbox_mode=sandbox_mode,
+            scheduled_at=scheduled_at,
             idempotency_key=idempotency_key,
         )
         return await self._service.send(self.principal, request)
@@ -282,6 +382,15 @@ class SmsClient:
         """
         return await self._service.retry(self.principal, message_id)
 
+    async def cancel(self, message_id: str) -> SmsStatus:
+        """Cancel a SCHEDULED or QUEUED SMS (never sent); returns it, CANCELED.
+
+        Raises:
+            NotFoundError: no such SMS in this organization.
+            MessageNotCancelableError: any other status (``details.status``).
+        """
+        return await self._service.cancel(self.principal, message_id)
+
     async def list(
         self,
         *,
@@ -317,6 +426,19 @@ def _default_whatsapp(settings: Settings, clock: Clock) -> WhatsAppProvider | No
     )
 
 
+def _route(channel: str, provider: Any, settings: Settings) -> ProviderRoute[Any]:
+    """``provider`` when it is a route, else a route of that one provider, named after it,
+    with the settings' circuit breaker."""
+    if isinstance(provider, ProviderRoute):
+        return provider
+    return ProviderRoute(
+        channel,
+        [(provider.name, provider)],
+        failure_threshold=settings.breaker_failures,
+        cooldown=settings.breaker_cooldown,
+    )
+
+
 def _same(a: object, b: object) -> bool:
     """Whether two provider references are one object: one provider may serve two channels.
 
@@ -331,14 +453,19 @@ class Commtunnel:
 
     Args:
         backend: storage + queue (the SQLite backend by default).
-        email_provider: the email channel's provider.
+        email_provider: the email channel's provider, or a
+            :class:`~commtunnel.services.routing.ProviderRoute` of several in
+            failover order.
         clock: every "now" (``SystemClock`` by default; ``ManualClock`` in tests).
-        sms_provider: the SMS channel's provider (None: SMS attempts fail as UNSUPPORTED).
+        sms_provider: the SMS channel's provider or route (None: SMS attempts
+            fail as UNSUPPORTED).
         whatsapp_provider: the WhatsApp channel's provider (None: the channel
             sends nothing; :meth:`open` builds the Graph one when enabled).
         settings: limits, retry policy, worker tuning.
         org: the organization ``ct.email`` acts for in process (created if missing).
         rng: jitter source for the worker's backoff (seed it in tests).
+        rate_limiter: counts API-key requests (by default in memory, or in
+            Redis when ``settings.redis_url`` is set; tests pass their own).
 
     Use :meth:`open` to build one from settings; ``async with`` starts and
     closes it.
@@ -348,27 +475,57 @@ class Commtunnel:
         self,
         *,
         backend: SqliteBackend,
-        email_provider: EmailProvider,
+        email_provider: EmailProvider | ProviderRoute[EmailProvider],
         clock: Clock,
         settings: Settings,
         org: str = "default",
         rng: random.Random | None = None,
-        sms_provider: SmsProvider | None = None,
+        sms_provider: SmsProvider | ProviderRoute[SmsProvider] | None = None,
         whatsapp_provider: WhatsAppProvider | None = None,
+        rate_limiter: RateLimiter | None = None,
     ) -> None:
         self.backend = backend
         self.whatsapp_provider = whatsapp_provider
-        self.email_provider = email_provider
-        self.sms_provider = sms_provider
+        #: the email providers in failover order; ``email_provider`` is the first.
+        self.email_route: ProviderRoute[EmailProvider] = _route("email", email_provider, settings)
+        #: the SMS providers in failover order (None: no SMS provider).
+        self.sms_route: ProviderRoute[SmsProvider] | None = (
+            None if sms_provider is None else _route("sms", sms_provider, settings)
+        )
+        self.routing_store = SqliteRoutingStore(backend)
         self.clock = clock
         self.settings = settings
         self._org_name = org
         self._rng = rng
         self.renderer = TemplateRenderer()
         self.keys = KeyService(backend, clock)
+        #: API-key requests' IP allowlist and request limit (``commtunnel.services.access``).
+        self.access = AccessService(
+            SqliteAccessStore(backend),
+            rate_limiter or RateLimiter(settings.redis_url),
+            default_rate_limit=settings.rate_limit,
+            trusted_proxies=settings.trusted_proxies,
+        )
         self.admin = AdminService(backend, clock, self.renderer)
+        self.suppression_store = SqliteSuppressionStore(backend)
+        self.suppressions = SuppressionService(
+            self.suppression_store,
+            backend,
+            SqliteSmsStore(backend),  # applies the BOUNCED move an ESP reports
+            clock,
+            base_url=settings.base_url,
+            secret_key=settings.secret_key,
+        )
+        self.scheduling_store = SqliteSchedulingStore(backend)
         self.emails = EmailService(
-            backend, clock, self.renderer, idempotency_retention=settings.idempotency_retention
+            backend,
+            clock,
+            self.renderer,
+            idempotency_retention=settings.idempotency_retention,
+            scheduling_store=self.scheduling_store,
+            schedule_horizon=settings.schedule_horizon,
+            batch_max_messages=settings.batch_max_messages,
+            recipient_check=self.suppressions.check,
         )
         self.tracking = TrackingService(
             backend, clock, base_url=settings.base_url, secret_key=settings.secret_key
@@ -384,6 +541,8 @@ class Commtunnel:
             help_text=settings.sms_help_text,
             stop_text=settings.sms_stop_text,
             start_text=settings.sms_start_text,
+            scheduling_store=self.scheduling_store,
+            schedule_horizon=settings.schedule_horizon,
         )
         self.whatsapp_store = SqliteWhatsAppStore(backend)
         self.whatsapp_service = WhatsAppService(
@@ -411,6 +570,14 @@ class Commtunnel:
             secret_box=SecretBox(settings.secret_key) if settings.secret_key else None,
             secret_grace=settings.webhook_secret_grace,
         )
+        self.listing = MessageListing(SqliteListingStore(backend))
+        self.purger = Purger(
+            SqliteRetentionStore(backend),
+            clock,
+            retention=settings.retention,
+            idempotency_retention=settings.idempotency_retention,
+            batch=settings.purge_batch,
+        )
         self._org: Organization | None = None
         self._dispatcher: Dispatcher | None = None
         self._webhook_worker: WebhookWorker | None = None
@@ -427,13 +594,15 @@ class Commtunnel:
         rng: random.Random | None = None,
         sms_provider: str | SmsProvider | None = None,
         whatsapp_provider: WhatsAppProvider | None = None,
+        rate_limiter: RateLimiter | None = None,
     ) -> Commtunnel:
         """Build a facade from settings (environment by default), not yet started.
 
         Args:
             db: SQLite path; overrides ``settings.db``.
-            email_provider: a provider URL or an instance; overrides the setting.
-            sms_provider: a provider URL or an instance; overrides the setting.
+            email_provider: a provider URL or an instance; overrides the settings'
+                list (``COMMTUNNEL_EMAIL_PROVIDERS``, else ``COMMTUNNEL_EMAIL_PROVIDER``).
+            sms_provider: a provider URL or an instance; overrides the settings' list.
             whatsapp_provider: an instance (tests: one on a fake Graph); by default
                 a WhatsApp Cloud provider on ``WHATSAPP_GRAPH_BASE_URL`` when the
                 channel is enabled.
@@ -441,33 +610,73 @@ class Commtunnel:
             settings: defaults to ``Settings.from_env()``.
             org: the in-process organization name.
             rng: backoff jitter source.
+            rate_limiter: counts API-key requests (default: from ``settings.redis_url``).
 
         Raises:
-            ProviderConfigError: the provider URL names no installed provider.
+            ProviderConfigError: a provider URL names no installed provider, two
+                providers share a name, or an SMS provider cannot send SMS.
+            ValueError: ``rate_limit`` or ``trusted_proxies`` does not parse.
         """
         settings = settings or Settings.from_env()
         clock = clock or SystemClock()
         path = str(db) if db is not None else settings.db_path
-        provider = email_provider if email_provider is not None else settings.email_provider
-        if isinstance(provider, str):
-            provider = load_provider(provider, clock=clock)
-        sms = sms_provider if sms_provider is not None else settings.sms_provider
-        if isinstance(sms, str):
-            sms = load_provider(sms, clock=clock)
-            if not isinstance(sms, SmsProvider):
-                raise ProviderConfigError(
-                    f"The provider for {redact_url(settings.sms_provider)} cannot send SMS"
-                )
+        email: EmailProvider | ProviderRoute[EmailProvider]
+        if email_provider is None or isinstance(email_provider, str):
+            urls = settings.email_provider_urls if email_provider is None else [email_provider]
+            email = ProviderRoute(
+                "email",
+                load_named_providers(urls, clock=clock),
+                failure_threshold=settings.breaker_failures,
+                cooldown=settings.breaker_cooldown,
+            )
+        else:
+            email = email_provider
+        sms: SmsProvider | ProviderRoute[SmsProvider]
+        if sms_provider is None or isinstance(sms_provider, str):
+            urls = settings.sms_provider_urls if sms_provider is None else [sms_provider]
+            named = load_named_providers(urls, clock=clock)
+            for (name, provider), url in zip(named, urls, strict=True):
+                if not isinstance(provider, SmsProvider):
+                    raise ProviderConfigError(
+                        f"The provider {name} ({redact_url(url)}) cannot send SMS"
+                    )
+            sms = ProviderRoute(
+                "sms",
+                named,
+                failure_threshold=settings.breaker_failures,
+                cooldown=settings.breaker_cooldown,
+            )
+        else:
+            sms = sms_provider
         return cls(
             backend=SqliteBackend(path, clock=clock),
-            email_provider=provider,
+            email_provider=email,
             clock=clock,
             settings=settings,
             org=org,
             rng=rng,
             sms_provider=sms,
             whatsapp_provider=whatsapp_provider or _default_whatsapp(settings, clock),
+            rate_limiter=rate_limiter,
         )
+
+    @property
+    def email_provider(self) -> EmailProvider:
+        """The first email provider; assigning one makes it the channel's only provider."""
+        return self.email_route.primary
+
+    @email_provider.setter
+    def email_provider(self, provider: EmailProvider) -> None:
+        self.email_route = ProviderRoute.of("email", provider)
+
+    @property
+    def sms_provider(self) -> SmsProvider | None:
+        """The first SMS provider; assigning one makes it the channel's only provider."""
+        return None if self.sms_route is None else self.sms_route.primary
+
+    @sms_provider.setter
+    def sms_provider(self, provider: SmsProvider | None) -> None:
+        self.sms_route = None if provider is None else ProviderRoute.of("sms", provider)
 
     async def start(self) -> Self:
         """Open storage (migrating it) and ensure the in-process organization exists."""
@@ -476,12 +685,19 @@ class Commtunnel:
         return self
 
     async def aclose(self) -> None:
-        """Close the provider and storage (pending writes are committed first)."""
+        """Close the providers and storage (pending writes are committed first)."""
         try:
             await self.webhook_sender.aclose()
-            await self.email_provider.aclose()
-            if self.sms_provider is not None and not _same(self.sms_provider, self.email_provider):
-                await self.sms_provider.aclose()
+            await self.access.limiter.aclose()
+            routes: list[ProviderRoute[Any]] = [self.email_route]
+            if self.sms_route is not None:
+                routes.append(self.sms_route)
+            closed: list[object] = []  # one provider may serve both channels (the outbox)
+            for route in routes:
+                for routed in route.routes:
+                    if not any(_same(routed.provider, done) for done in closed):
+                        closed.append(routed.provider)
+                        await routed.provider.aclose()
             if self.whatsapp_provider is not None:
                 await self.whatsapp_provider.aclose()
         finally:
@@ -503,7 +719,7 @@ class Commtunnel:
     @property
     def email(self) -> EmailClient:
         """The email channel, acting for :attr:`org` with every scope."""
-        return EmailClient(self.emails, self._in_process_principal)
+        return EmailClient(self.emails, self._in_process_principal, self.listing)
 
     @property
     def sms(self) -> SmsClient:
@@ -516,7 +732,7 @@ class Commtunnel:
 
     def email_for(self, principal: Principal) -> EmailClient:
         """The email channel acting for ``principal`` (what the HTTP adapter uses)."""
-        return EmailClient(self.emails, principal)
+        return EmailClient(self.emails, principal, self.listing)
 
     async def authenticate(self, token: str | None) -> Principal:
         """The principal for a bearer API key (raises ``UnauthorizedError``)."""
@@ -529,23 +745,52 @@ class Commtunnel:
             s = self.settings
             self._dispatcher = Dispatcher(
                 self.backend,
-                self.email_provider,
+                self.email_route,
                 self.clock,
                 policy=s.retry_policy,
                 lease_seconds=s.lease_seconds,
                 send_timeout=s.send_timeout,
                 concurrency=s.worker_concurrency,
                 rng=self._rng,
-                sms_provider=self.sms_provider,
+                sms_provider=self.sms_route,
+                routing=self.routing_store,
                 sms_status_callback_url=(
                     None if s.public_url is None else f"{s.base_url}/v1/webhooks/sms/provider"
                 ),
                 whatsapp_provider=self.whatsapp_provider,
                 whatsapp_line=self.whatsapp_service.line_for_message,
                 after_attempt=self._after_attempt,
-                prepare_email=self.tracking.prepare_email,
+                prepare_email=self._prepare_email,
             )
         return self._dispatcher
+
+    async def provider_health(self) -> list[ProviderHealth]:
+        """Each provider's circuit state, recent error rate and last error.
+
+        The providers configured here come first, email then SMS, in failover
+        order: as this process's worker sees them when it has made calls, else
+        as the last worker to report on them stored it, else with no report
+        (``reported_by`` None, state CLOSED). Providers that only other
+        workers know follow, as stored.
+
+        Returns:
+            One :class:`~commtunnel.domain.circuit.ProviderHealth` per provider.
+        """
+        now = self.clock.now()
+        reports = await self.routing_store.list_provider_health()
+        stored = {(h.channel, h.provider): h for h in reports}
+        worker = None if self._dispatcher is None else self._dispatcher.worker_id
+        routes: list[ProviderRoute[Any]] = [self.email_route]
+        if self.sms_route is not None:
+            routes.append(self.sms_route)
+        report: list[ProviderHealth] = []
+        for route in routes:
+            live = worker is not None and route.used
+            for health in route.health(now, worker=worker if live else None):
+                key = (health.channel, health.provider)
+                report.append(health if live else stored.get(key, health))
+                stored.pop(key, None)
+        return report + list(stored.values())
 
     async def _after_attempt(self, message: Message, result: ProviderResult) -> None:
         """Consequences of a failed attempt beyond the message itself."""
@@ -553,6 +798,13 @@ class Commtunnel:
             await self.whatsapp_service.after_attempt(message, result)
         elif message.sms is not None:
             await self.sms_service.after_attempt(message, result)
+        elif message.email is not None:
+            await self.suppressions.after_attempt(message, result)  # a hard bounce
+
+    async def _prepare_email(self, message: Message) -> EmailContent:
+        """The content an email provider gets: tracking rewrites, then the unsubscribe link."""
+        content = await self.tracking.prepare_email(message)
+        return await self.suppressions.prepare_email(message, content)
 
     async def run_worker_until_idle(self) -> int:
         """Deliver everything due at the clock's current time; returns jobs processed.
@@ -562,20 +814,43 @@ class Commtunnel:
         return await self.dispatcher.run_until_idle()
 
     async def run_worker(self, stop: asyncio.Event) -> None:
-        """Run the dispatch worker and the webhook worker until ``stop`` is set."""
+        """Run the dispatch worker, the webhook worker and the purge until ``stop`` is set.
+
+        The purge (:class:`~commtunnel.services.retention.Purger`) runs at once
+        and then every ``settings.purge_interval`` seconds.
+        """
         # Not a TaskGroup: a second cancellation (the CLI's second SIGTERM) must
         # reach the dispatcher's wait for attempts in flight, and a TaskGroup
         # passes only the first one on to its tasks.
         webhooks = asyncio.create_task(self.webhook_worker.run(stop), name="commtunnel-webhooks")
+        purge = asyncio.create_task(
+            self.purger.run(stop, interval=self.settings.purge_interval), name="commtunnel-purge"
+        )
         try:
             await self.dispatcher.run(stop)
         except BaseException:
             webhooks.cancel()
+            purge.cancel()
             raise
         finally:
-            for outcome in await asyncio.gather(webhooks, return_exceptions=True):
+            outcomes = await asyncio.gather(webhooks, purge, return_exceptions=True)
+            for name, outcome in zip(("webhook worker", "purge"), outcomes, strict=True):
                 if isinstance(outcome, Exception):
-                    log.error("the webhook worker stopped", exc_info=outcome)
+                    log.error("the %s stopped", name, exc_info=outcome)
+
+    async def purge_until_done(self, *, dry_run: bool = False) -> PurgeCounts:
+        """Delete what is past its retention at the clock's now (what the worker does).
+
+        Args:
+            dry_run: count what would be deleted, delete nothing.
+
+        Returns:
+            Rows deleted (or deletable) per table.
+        """
+        now = self.clock.now()
+        if dry_run:
+            return await self.purger.count(now)
+        return await self.purger.purge_once(now)
 
     @property
     def webhook_worker(self) -> WebhookWorker:
@@ -632,10 +907,13 @@ class _SyncEmailClient(_Blocking[EmailClient]):
     """Blocking twin of :class:`EmailClient` (same methods, same arguments)."""
 
     send = _blocking(EmailClient.send)
+    send_batch = _blocking(EmailClient.send_batch)
+    cancel = _blocking(EmailClient.cancel)
     preview = _blocking(EmailClient.preview)
     get = _blocking(EmailClient.get)
     timeline = _blocking(EmailClient.timeline)
     stats = _blocking(EmailClient.stats)
+    list = _blocking(EmailClient.list)
 
 
 class _SyncSmsClient(_Blocking[SmsClient]):
@@ -646,6 +924,7 @@ class _SyncSmsClient(_Blocking[SmsClient]):
     get = _blocking(SmsClient.get)
     timeline = _blocking(SmsClient.timeline)
     retry = _blocking(SmsClient.retry)
+    cancel = _blocking(SmsClient.cancel)
     list = _blocking(SmsClient.list)
 
 

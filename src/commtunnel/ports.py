@@ -8,12 +8,13 @@ every implementation.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
+from commtunnel.domain.circuit import ProviderHealth
 from commtunnel.domain.delivery import ProviderResult
 from commtunnel.domain.events import TimelineEvent
 from commtunnel.domain.keys import ApiKey, Organization
@@ -27,6 +28,8 @@ from commtunnel.domain.messages import (
     WhatsAppContent,
     _aware,
 )
+from commtunnel.domain.paging import Position
+from commtunnel.domain.suppressions import Suppression
 from commtunnel.domain.tracking import EngagementCounts
 from commtunnel.domain.webhooks import (
     DeliveryStatus,
@@ -584,7 +587,10 @@ class Queue(Protocol):
         synchronous hand-off); an empty list when another worker holds it.
 
         Each claimed message moves to PROCESSING with the event built by
-        ``processing_event(message, attempt_number)``, in the same transaction.
+        ``processing_event(message, attempt_number)``, in the same transaction;
+        a SCHEDULED message whose time came gets a ``<channel>_queued`` event
+        (``details.scheduled``) before it, as the status machine goes
+        SCHEDULED -> QUEUED -> PROCESSING.
         """
         ...
 
@@ -1078,4 +1084,380 @@ class WebhookSender(Protocol):
 
     async def aclose(self) -> None:
         """Release connections."""
+        ...
+
+
+class RoutingStorage(Protocol):
+    """What provider routing reads and writes (``services/routing.py``)."""
+
+    async def last_attempt(self, message_id: str) -> Attempt | None:
+        """The message's latest attempt (highest number), None before the first."""
+        ...
+
+    async def report_provider_health(self, reports: Sequence[ProviderHealth]) -> None:
+        """Store each provider's latest health report (one row per provider, last writer wins)."""
+        ...
+
+    async def list_provider_health(self) -> list[ProviderHealth]:
+        """Every provider's latest report, by channel then provider name."""
+        ...
+
+
+# --------------------------------------------------------------------------- listing, retention
+
+
+@attrs.frozen(kw_only=True)
+class MessageQuery:
+    """One page of a message listing: the organization, the filters (AND), where to start.
+
+    Attributes:
+        org_id: only this organization's messages.
+        channels: only these channels (never empty).
+        status: only messages in this status now; None: any.
+        created_after / created_before: inclusive bounds on ``created_at`` (UTC); None: open.
+        to_address: only email messages to this addr-spec, compared with the
+            recipient's addr-spec case-insensitively (ASCII letters); None: any.
+        to_phone: only SMS / WhatsApp messages to this E.164 number; None: any.
+        after: list only messages strictly after this position in the order
+            ``(created_at DESC, id DESC)`` (the previous page's last item); None: from the newest.
+        limit: the most messages returned (>= 1).
+    """
+
+    org_id: str
+    channels: frozenset[Channel]
+    status: Status | None = None
+    created_after: datetime | None = attrs.field(default=None, validator=_aware)
+    created_before: datetime | None = attrs.field(default=None, validator=_aware)
+    to_address: str | None = None
+    to_phone: str | None = None
+    after: Position | None = None
+    limit: int = 20
+
+
+class ListingStorage(Protocol):
+    """Message listings across channels, newest first (keyset pagination)."""
+
+    async def list_messages(self, query: MessageQuery) -> list[tuple[Message, list[Attempt]]]:
+        """Up to ``query.limit`` messages matching every filter, newest first.
+
+        Returns:
+            (message, its attempts in order) pairs, ordered by ``(created_at,
+            id)`` descending; the attempts of the whole page are read at once.
+        """
+        ...
+
+
+@attrs.frozen(kw_only=True)
+class PurgeCounts:
+    """Rows one purge deleted (or, for a dry run, would delete), per table.
+
+    Attributes:
+        messages / events / attempts: messages, their timeline events
+            (organization-level ones too) and provider attempts.
+        webhook_deliveries / webhook_attempts: customer-webhook deliveries of
+            the purged messages and old organization-level ones, with their attempts.
+        inbound_messages: received SMS / WhatsApp (MO) messages.
+        idempotency_keys: keys whose window has passed.
+        email_batches: batch answers kept for idempotent replays.
+    """
+
+    messages: int = 0
+    events: int = 0
+    attempts: int = 0
+    webhook_deliveries: int = 0
+    webhook_attempts: int = 0
+    inbound_messages: int = 0
+    idempotency_keys: int = 0
+    email_batches: int = 0
+
+    def __add__(self, other: PurgeCounts) -> PurgeCounts:
+        return PurgeCounts(
+            **{
+                name: getattr(self, name) + getattr(other, name)
+                for name in attrs.fields_dict(PurgeCounts)
+            }
+        )
+
+    @property
+    def total(self) -> int:
+        """Rows of every table together."""
+        return sum(attrs.astuple(self))
+
+
+@attrs.frozen(kw_only=True)
+class PurgeCutoffs:
+    """What one purge removes: everything created (or expiring) before these instants.
+
+    Attributes:
+        records: messages (without a job left), their events, attempts and
+            webhook deliveries, organization-level events and deliveries, and
+            inbound messages created before it (now - ``retention``).
+        now: idempotency keys whose ``expires_at`` is at or before it go.
+        batches: email batch answers created before it (now - idempotency retention) go.
+    """
+
+    records: datetime = attrs.field(validator=_aware)
+    now: datetime = attrs.field(validator=_aware)
+    batches: datetime = attrs.field(validator=_aware)
+
+
+class RetentionStorage(Protocol):
+    """Deletes what is past its retention, one short transaction per batch.
+
+    Each method deletes at most ``limit`` rows of its main table (plus, for
+    messages, their dependent rows) and answers how many; a caller repeats a
+    call until it answers fewer than ``limit``.
+    """
+
+    async def purge_messages(self, before: datetime, limit: int) -> PurgeCounts:
+        """Delete up to ``limit`` messages created before ``before`` that have no job.
+
+        A message with a job (scheduled, queued, retrying) is kept whatever its
+        age; with each deleted message go its events, attempts and webhook
+        deliveries (with their attempts).
+        """
+        ...
+
+    async def purge_others(self, cutoffs: PurgeCutoffs, limit: int) -> PurgeCounts:
+        """Delete up to ``limit`` rows of each other table past its cutoff.
+
+        Organization-level events and webhook deliveries (no message) and
+        inbound messages created before ``cutoffs.records``, idempotency keys
+        expired at ``cutoffs.now``, email batches created before ``cutoffs.batches``.
+        """
+        ...
+
+    async def count_purgeable(self, cutoffs: PurgeCutoffs) -> PurgeCounts:
+        """What :meth:`purge_messages` and :meth:`purge_others` would delete now (a dry run)."""
+        ...
+
+
+# --------------------------------------------------------------------------- scheduling, batches
+
+
+@attrs.frozen(kw_only=True)
+class NewMessage:
+    """One message to accept: the message, its first event, when its job comes due.
+
+    Attributes:
+        message: the message (QUEUED, or SCHEDULED with ``scheduled_at``).
+        event: its first timeline event (``<channel>_queued`` / ``_scheduled``).
+        run_at: when its dispatch job comes due (UTC): now, or ``scheduled_at``.
+    """
+
+    message: Message
+    event: TimelineEvent
+    run_at: datetime = attrs.field(validator=_aware)
+
+
+@attrs.frozen(kw_only=True)
+class EmailBatch:
+    """A batch send's answer as stored, for idempotent replays.
+
+    Attributes:
+        id: the batch id (UUIDv7).
+        org_id: the sending organization.
+        items: one JSON-ready object per item, in request order:
+            ``{"index": i, "id": message id}`` for an accepted item,
+            ``{"index": i, "error": {"error", "code", "details"}}`` for a refused one.
+        created_at: when it was accepted (UTC).
+    """
+
+    id: str
+    org_id: str
+    items: list[dict[str, Any]]
+    created_at: datetime = attrs.field(validator=_aware)
+
+
+@attrs.frozen(kw_only=True)
+class BatchAcceptResult:
+    """What :meth:`SchedulingStorage.accept_batch` did.
+
+    Exactly one of: the new ``batch`` (duplicate False); the ``batch`` an
+    earlier request with the same key stored (duplicate True); or a
+    ``conflict`` with a key used for another payload or endpoint.
+    """
+
+    batch: EmailBatch | None
+    duplicate: bool = False
+    conflict: IdempotencyRecord | None = None
+
+
+class SchedulingStorage(Protocol):
+    """Cancelling scheduled or queued messages, and accepting email batches atomically."""
+
+    async def cancel(
+        self,
+        org_id: str,
+        message_id: str,
+        *,
+        event: TimelineEvent,
+        cancelable: frozenset[Status],
+    ) -> tuple[Message, bool] | None:
+        """Move the message to CANCELED with ``event`` and delete its job, atomically.
+
+        Only while its status is in ``cancelable`` (decided inside the write's
+        transaction); a message a worker has claimed is PROCESSING, so it is
+        never cancelled mid-send. The event's details gain ``previousStatus``.
+
+        Returns:
+            (the cancelled message, True); (the unchanged message, False) when
+            its status is not cancelable; None when the organization has no
+            such message.
+        """
+        ...
+
+    async def accept_batch(
+        self,
+        batch: EmailBatch,
+        messages: Sequence[NewMessage],
+        *,
+        idempotency: IdempotencyRecord | None,
+    ) -> BatchAcceptResult:
+        """Commit the batch answer and every message with its first event and job, in one
+        transaction: all of them or, when any write fails, none.
+
+        ``idempotency.message_id`` is the batch id. An existing, unexpired key
+        with the same endpoint and fingerprint returns the stored batch
+        (``duplicate=True``, nothing written); another endpoint or fingerprint
+        returns ``conflict``; an expired key is replaced.
+        """
+        ...
+
+    async def find_batch_replay(
+        self, org_id: str, key: str, *, endpoint: str, fingerprint: str, now: datetime
+    ) -> BatchAcceptResult | None:
+        """What an unexpired idempotency key already answers for a batch (read only).
+
+        Returns:
+            None for an unused or expired key (or a batch no longer stored); the
+            stored batch as a duplicate; or a conflict (another payload, or a
+            key used by a single send).
+        """
+        ...
+
+
+# --------------------------------------------------------------------------- access (IP, rate)
+
+
+@attrs.frozen(kw_only=True)
+class OrgAccess:
+    """An organization's access settings.
+
+    Attributes:
+        ip_allowlist: CIDR networks its API keys may call from (normalized,
+            e.g. ``203.0.113.0/24``); None: any address.
+        rate_limit: its keys' request limit in ``limits`` notation
+            (``500/minute``); None: the server default (``COMMTUNNEL_RATE_LIMIT``).
+    """
+
+    org_id: str
+    ip_allowlist: tuple[str, ...] | None = None
+    rate_limit: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class AccessPolicy:
+    """What one API key's request is checked against (its organization's settings and its own).
+
+    Attributes:
+        ip_allowlist: the organization's networks, None for any address.
+        org_rate_limit: the organization's limit, None for the server default.
+        key_rate_limit: the key's own limit, None for the organization's.
+    """
+
+    ip_allowlist: tuple[str, ...] | None
+    org_rate_limit: str | None
+    key_rate_limit: str | None
+
+
+class AccessStorage(Protocol):
+    """IP allowlists and request limits of organizations and keys."""
+
+    async def access_policy(self, key_id: str) -> AccessPolicy | None:
+        """The settings a request with key ``key_id`` is checked against (None: no such key)."""
+        ...
+
+    async def get_org_access(self, org_id: str) -> OrgAccess | None:
+        """One organization's settings (None: no such organization)."""
+        ...
+
+    async def list_org_access(self) -> dict[str, OrgAccess]:
+        """Every organization's settings, by organization id."""
+        ...
+
+    async def set_org_access(
+        self,
+        org_id: str,
+        *,
+        ip_allowlist: tuple[str, ...] | object | None = KEEP,
+        rate_limit: str | object | None = KEEP,
+    ) -> bool:
+        """Change one or both settings (None clears, :data:`KEEP` leaves it).
+
+        Returns:
+            False when there is no such organization.
+        """
+        ...
+
+    async def set_key_rate_limit(self, org_id: str, key_id: str, rate_limit: str | None) -> bool:
+        """Set (None: clear) a key's own limit; False when the organization has no such key."""
+        ...
+
+    async def key_rate_limits(self, org_id: str) -> dict[str, str]:
+        """The keys of the organization that have their own limit: key id -> limit."""
+        ...
+
+
+class SuppressionStorage(Protocol):
+    """The email suppression list and the email events webhook's tokens.
+
+    Every method is scoped to one organization. ``now`` decides which entries
+    are active: an entry whose ``expires_at`` is at or before ``now`` is
+    treated as absent by every read and by :meth:`remove_suppression`, and
+    is replaced by :meth:`add_suppression`.
+    """
+
+    async def add_suppression(
+        self, suppression: Suppression, event: TimelineEvent
+    ) -> tuple[Suppression, bool]:
+        """List an address, with its event, unless an entry that blocks as long is there.
+
+        The check and the write are one transaction; the rule is
+        :func:`~commtunnel.domain.suppressions.supersedes` at ``suppression.created_at``.
+
+        Returns:
+            (the entry now stored, True when ``suppression`` was written with
+            its event; False when the existing entry was kept and nothing written).
+        """
+        ...
+
+    async def remove_suppression(
+        self, org_id: str, address: str, *, now: datetime, event: TimelineEvent
+    ) -> Suppression | None:
+        """Delete an active entry with its event; the deleted entry, or None (nothing written)."""
+        ...
+
+    async def get_suppression(
+        self, org_id: str, address: str, *, now: datetime
+    ) -> Suppression | None:
+        """The active entry for a normalized address, or None."""
+        ...
+
+    async def list_suppressions(
+        self, org_id: str, *, now: datetime, reason: str | None, offset: int, limit: int
+    ) -> tuple[list[Suppression], int]:
+        """(``limit`` active entries from the ``offset``-th, newest first; their total count)."""
+        ...
+
+    async def set_email_events_token(self, org_id: str, token: str, at: datetime) -> None:
+        """Store or replace the organization's email events webhook token."""
+        ...
+
+    async def get_email_events_token(self, org_id: str) -> str | None:
+        """The organization's current email events webhook token."""
+        ...
+
+    async def org_for_email_events_token(self, token: str) -> str | None:
+        """The organization holding this token."""
         ...

@@ -19,8 +19,10 @@ import attrs
 import cattrs
 from cattrs.gen import make_dict_unstructure_fn, override
 
+from commtunnel.domain.circuit import ProviderHealth
 from commtunnel.domain.events import TimelineEvent, format_timestamp
 from commtunnel.domain.messages import Attempt
+from commtunnel.domain.suppressions import Suppression
 from commtunnel.domain.webhooks import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from commtunnel.ports import DeliveryPage, InboundMessage, OptOut, SenderIdRequest
 from commtunnel.services.webhooks import EndpointWithSecret
@@ -38,10 +40,11 @@ def _enum_value(member: enum.Enum) -> Any:
 def make_converter() -> cattrs.Converter:
     """The converter for the wire: camelCase attrs classes, ms-Z datetimes, enum values.
 
-    Attempts, timeline events, opt-outs, inbound messages, sender-ID
-    requests and webhook endpoints, deliveries and attempts get their public
-    shapes here (renamed, and without internal fields such as ``org_id``,
-    the reviewing key's id or a signing secret).
+    Attempts, timeline events, opt-outs, email suppressions (``address``
+    as ``email``), inbound messages, sender-ID requests and webhook
+    endpoints, deliveries and attempts get their public shapes here
+    (renamed, and without internal fields such as ``org_id``, the
+    reviewing key's id or a signing secret).
     """
     conv = cattrs.Converter()
     conv.register_unstructure_hook(datetime, format_timestamp)
@@ -69,6 +72,10 @@ def make_converter() -> cattrs.Converter:
         shaped(TimelineEvent, message_id=override(omit=True), org_id=override(omit=True)),
     )
     conv.register_unstructure_hook(OptOut, shaped(OptOut, org_id=override(omit=True)))
+    conv.register_unstructure_hook(
+        Suppression,
+        shaped(Suppression, org_id=override(omit=True), address=override(rename="email")),
+    )
     conv.register_unstructure_hook(
         InboundMessage,
         shaped(
@@ -139,3 +146,13 @@ def delivery_page_json(conv: cattrs.Converter, page: DeliveryPage) -> dict[str, 
     if page.next_cursor is not None:
         body["nextCursor"] = page.next_cursor
     return body
+
+
+def provider_health_json(conv: cattrs.Converter, reports: list[ProviderHealth]) -> dict[str, Any]:
+    """``{providers: [...]}``: each report camelCased, with ``errorRate`` (0..1, 4 places)."""
+    providers = []
+    for report in reports:
+        shaped: dict[str, Any] = conv.unstructure(report, ProviderHealth)
+        shaped["errorRate"] = round(report.error_rate, 4)
+        providers.append(shaped)
+    return {"providers": providers}

@@ -22,9 +22,14 @@ from starlette.middleware import Middleware
 from commtunnel.client import Commtunnel
 from commtunnel.domain.errors import CommtunnelError
 from commtunnel_http.errors import RequestIdMiddleware, handle_exception
+from commtunnel_http.listing_routes import ListingRoutes
+from commtunnel_http.provider_routes import ProviderRoutes
+from commtunnel_http.quota import QuotaHeadersMiddleware
 from commtunnel_http.routes import EmailRoutes
+from commtunnel_http.scheduling_routes import SchedulingRoutes
 from commtunnel_http.sms_routes import SmsRoutes
 from commtunnel_http.sms_webhooks import SmsWebhookRoutes
+from commtunnel_http.suppression_routes import SuppressionRoutes, UnsubscribeRoutes
 from commtunnel_http.tracking_routes import TrackingRoutes
 from commtunnel_http.webhook_routes import WebhookRoutes
 from commtunnel_http.whatsapp_routes import WhatsAppRoutes
@@ -52,7 +57,9 @@ def create_app(ct: Commtunnel, *, run_worker: bool | None = None) -> Starlette:
         :class:`~commtunnel_http.sms_webhooks.SmsWebhookRoutes`,
         :class:`~commtunnel_http.whatsapp_routes.WhatsAppRoutes`,
         :class:`~commtunnel_http.webhook_routes.WebhookRoutes` and
-        :class:`~commtunnel_http.tracking_routes.TrackingRoutes`, ``X-Request-Id``
+        :class:`~commtunnel_http.tracking_routes.TrackingRoutes` (and the
+        suppression list, email events and unsubscribe routes of
+        :mod:`~commtunnel_http.suppression_routes`), ``X-Request-Id``
         on every response, one error envelope for every failure.
     """
     embedded = ct.settings.embedded_worker if run_worker is None else run_worker
@@ -76,15 +83,20 @@ def create_app(ct: Commtunnel, *, run_worker: bool | None = None) -> Starlette:
     wire = Wire()
     routes = [
         *EmailRoutes(ct, wire).routes(),
+        *SchedulingRoutes(ct, wire).routes(),
+        *ListingRoutes(ct, wire).routes(),
         *SmsRoutes(ct, wire).routes(),
         *SmsWebhookRoutes(ct, wire).routes(),
         *WhatsAppRoutes(ct, wire).routes(),
         *WebhookRoutes(ct, wire).routes(),
         *TrackingRoutes(ct).routes(),
+        *SuppressionRoutes(ct, wire).routes(),
+        *UnsubscribeRoutes(ct).routes(),
+        *ProviderRoutes(ct, wire).routes(),
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(RequestIdMiddleware)],
+        middleware=[Middleware(RequestIdMiddleware), Middleware(QuotaHeadersMiddleware)],
         exception_handlers={HTTPException: handle_exception, CommtunnelError: handle_exception},
         lifespan=lifespan,
     )

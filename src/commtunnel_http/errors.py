@@ -79,14 +79,23 @@ def envelope(
     status: int,
     details: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
+    retry_after: int | None = None,
 ) -> JSONResponse:
     """The error response: the envelope as JSON with ``status``.
 
     Returns:
         ``{"error": message, "code": code, "requestId": request_id, "details": details or {}}``
-        with ``status`` and ``headers``.
+        with ``status`` and ``headers``; a 429 also echoes its ``Retry-After``
+        seconds as a top-level ``retryAfter`` (the reference's "07 · rate limits").
     """
-    body = {"error": message, "code": code, "requestId": request_id, "details": details or {}}
+    body: dict[str, Any] = {
+        "error": message,
+        "code": code,
+        "requestId": request_id,
+        "details": details or {},
+    }
+    if retry_after is not None:
+        body["retryAfter"] = retry_after
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -103,10 +112,12 @@ def error_response(exc: Exception, request_id: str) -> JSONResponse:
     """
     if isinstance(exc, CommtunnelError):
         headers: dict[str, str] = {}
+        retry_after: int | None = None
         if isinstance(exc, UnauthorizedError):
             headers["WWW-Authenticate"] = "Bearer"
         elif isinstance(exc, RateLimitedError):
-            headers["Retry-After"] = str(exc.retry_after)
+            retry_after = exc.retry_after
+            headers["Retry-After"] = str(retry_after)
         if exc.http_status >= 500:
             log.error("request %s failed: %r", request_id, exc)
         return envelope(
@@ -116,6 +127,7 @@ def error_response(exc: Exception, request_id: str) -> JSONResponse:
             status=exc.http_status,
             details=exc.details,
             headers=headers,
+            retry_after=retry_after,
         )
     if isinstance(exc, HTTPException) and exc.status_code < 500:
         code = _HTTP_CODES.get(exc.status_code, f"HTTP_{exc.status_code}")

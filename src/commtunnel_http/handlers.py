@@ -31,8 +31,10 @@ from commtunnel.domain.errors import (
     ValidationError,
 )
 from commtunnel.domain.keys import Principal
+from commtunnel.domain.network import IPAddress
 from commtunnel.services.channel import MAX_TIMELINE_LIMIT
 from commtunnel.services.sms import MAX_PAGE_SIZE
+from commtunnel_http.quota import SCOPE_KEY as QUOTA_SCOPE_KEY
 from commtunnel_http.wire import Wire
 
 IDEMPOTENCY_HEADER = "x-idempotency-key"
@@ -57,6 +59,21 @@ def bearer_token(request: Request) -> str | None:
     if scheme.lower() != "bearer" or not token.strip():
         raise UnauthorizedError("Malformed Authorization header: expected 'Bearer <key>'")
     return token.strip()
+
+
+def caller_address(ct: Commtunnel, request: Request) -> IPAddress | None:
+    """The caller's IP address: the TCP peer, or behind a trusted proxy its ``X-Forwarded-For``.
+
+    ``COMMTUNNEL_TRUSTED_PROXIES`` decides which peers' header is believed
+    (:func:`commtunnel.domain.network.client_address`); the server itself
+    never rewrites the peer (``commtunnel serve`` runs uvicorn without proxy
+    headers).
+
+    Returns:
+        The address, None when the peer is unknown or no address.
+    """
+    peer = request.client.host if request.client is not None else None
+    return ct.access.client_address(peer, request.headers.getlist("x-forwarded-for"))
 
 
 # --------------------------------------------------------------------------- the body
@@ -250,12 +267,24 @@ class Handlers:
         self.wire = wire or Wire()
 
     async def principal(self, request: Request) -> Principal:
-        """The caller behind the bearer key.
+        """The caller behind the bearer key, admitted by its organization's access rules.
+
+        After the key: the caller's address must be in the organization's IP
+        allowlist (``X-Forwarded-For`` believed only from trusted proxies),
+        then the request counts against the key's limit; the quota is left in
+        the scope for the ``RateLimit-*`` headers (:mod:`commtunnel_http.quota`).
 
         Raises:
             UnauthorizedError: 401, no key or a malformed, unknown or revoked one.
+            IpNotAllowedError: 403 ``IP_NOT_ALLOWED`` (``details.ip``).
+            RateLimitedError: 429 ``RATE_LIMITED`` (``Retry-After``, ``retryAfter``).
         """
-        return await self.ct.authenticate(bearer_token(request))
+        principal = await self.ct.authenticate(bearer_token(request))
+        quota = await self.ct.access.check(principal, caller_address(self.ct, request))
+        if quota is not None:
+            request.scope[QUOTA_SCOPE_KEY] = quota
+            quota.enforce()
+        return principal
 
     async def body(self, request: Request) -> bytes:
         """The raw body, within ``settings.max_body_bytes`` (else 413, see :func:`read_body`)."""

@@ -20,6 +20,12 @@ from commtunnel import __version__
 from commtunnel.domain import sms as sms_rules
 from commtunnel.domain.email import MAX_SUBJECT_CHARS
 from commtunnel.domain.messages import Status
+from commtunnel.domain.suppressions import (
+    MAX_DETAIL_CHARS,
+    MAX_PROVIDER_EVENTS,
+    SuppressionReason,
+)
+from commtunnel.domain.suppressions import MAX_TOKEN_CHARS as UNSUBSCRIBE_TOKEN_CHARS
 from commtunnel.domain.webhooks import (
     EVENT_TYPES,
     MAX_DESCRIPTION_LENGTH,
@@ -27,6 +33,8 @@ from commtunnel.domain.webhooks import (
     RESPONSE_BODY_LIMIT,
     DeliveryStatus,
 )
+from commtunnel.services import email_batch
+from commtunnel.services import listing as listing_service
 from commtunnel.services import sms as sms_service
 from commtunnel.services import whatsapp as whatsapp_service
 from commtunnel.services.channel import MAX_TIMELINE_LIMIT
@@ -65,6 +73,20 @@ _TIMESTAMP = {
     "description": "UTC, ISO 8601 with milliseconds and Z: 2026-06-03T12:00:00.000Z",
 }
 _IDEMPOTENCY_KEY = {"type": "string", "minLength": 1, "maxLength": MAX_KEY_CHARS}
+_SCHEDULED_AT = {
+    "type": "string",
+    "format": "date-time",
+    "description": (
+        "Hold the message (status SCHEDULED) until this time, then dispatch it: ISO 8601 with "
+        "a timezone (Z or +hh:mm), in the future, at most COMMTUNNEL_SCHEDULE_HORIZON ahead "
+        "(30 days by default). Cancel it before then with POST .../{id}/cancel."
+    ),
+}
+_SCHEDULED_AT_SHOWN = {
+    **_TIMESTAMP,
+    "nullable": True,
+    "description": "When a scheduled send is (or was) due; null for a send made at once.",
+}
 _DUPLICATE = {"type": "boolean", "description": "A replay of an earlier send."}
 _ATTEMPTS = {"type": "array", "items": _ref("Attempt")}
 #: what every channel's message shows besides id, channel, status and its content.
@@ -102,6 +124,49 @@ _SEND_ERRORS = {
 }
 
 
+_SECONDS = {"type": "integer", "minimum": 0}
+#: ``commtunnel_http.quota``: on every answer to an API-key request.
+_RATE_LIMIT_HEADERS = {
+    "RateLimit-Limit": {"description": "Requests allowed per window.", "schema": _SECONDS},
+    "RateLimit-Remaining": {"description": "Requests left in the window.", "schema": _SECONDS},
+    "RateLimit-Reset": {"description": "Seconds until a request frees up.", "schema": _SECONDS},
+    "RateLimit-Policy": {"description": "limit;w=window seconds: 100;w=60.", "schema": _STRING},
+}
+_RATE_LIMITED = (
+    "RATE_LIMITED: over the API key's request limit (default 100 a minute, sliding window, "
+    "reads and sends alike); retryAfter echoes Retry-After"
+)
+_IP_NOT_ALLOWED = "IP_NOT_ALLOWED: the caller's address is outside the organization's IP allowlist"
+
+
+def _with_access_rules(responses: dict[str, Any]) -> None:
+    """An API-key operation's answers (its 401 is the shared Unauthorized) get the access rules.
+
+    403 ``IP_NOT_ALLOWED`` and 429 ``RATE_LIMITED`` (with ``Retry-After``)
+    join its refusals, and every answer carries the ``RateLimit-*`` headers.
+    """
+    if responses.get("401") != _AUTH_ERRORS["401"]:
+        return
+    for status, response in list(responses.items()):
+        if status != "default" and "$ref" not in response:
+            headers = {**response.get("headers", {}), **_RATE_LIMIT_HEADERS}
+            responses[status] = {**response, "headers": headers}
+    forbidden = responses.get("403")
+    description = (
+        _IP_NOT_ALLOWED if forbidden is None else f"{forbidden['description']}; {_IP_NOT_ALLOWED}"
+    )
+    responses["403"] = {**(forbidden or {}), **_error(description)}
+    limited = responses.get("429")
+    description = _RATE_LIMITED if limited is None else f"{limited['description']}; {_RATE_LIMITED}"
+    responses["429"] = {
+        **_error(description),
+        "headers": {
+            "Retry-After": {"description": "Seconds to wait.", "schema": _SECONDS},
+            **_RATE_LIMIT_HEADERS,
+        },
+    }
+
+
 def _read_errors(what: str) -> dict[str, Any]:
     """Refusals of a read of one message: no key, no scope, not the caller's ``what``."""
     return {**_AUTH_ERRORS, "404": _error(f"NOT_FOUND: no such {what} in your organization")}
@@ -136,6 +201,10 @@ _SCHEMAS: dict[str, Any] = {
                 "additionalProperties": True,
                 "description": "Context; for validation errors, field name -> reason.",
             },
+            "retryAfter": {
+                "type": "integer",
+                "description": "429 only: seconds to wait, as the Retry-After header.",
+            },
         },
     },
     "Status": {"type": "string", "enum": [s.value for s in Status]},
@@ -156,7 +225,16 @@ _SCHEMAS: dict[str, Any] = {
             "templateId": _UUID,
             "variables": {"type": "object", "additionalProperties": True},
             "tracking": {"type": "boolean", "default": False},
+            "unsubscribe": {
+                "type": "boolean",
+                "default": False,
+                "description": (
+                    "Add List-Unsubscribe and List-Unsubscribe-Post (RFC 8058 one-click) "
+                    "headers with a signed link; using it suppresses the recipient."
+                ),
+            },
             "sandboxMode": {"type": "boolean", "default": False},
+            "scheduledAt": _SCHEDULED_AT,
             "idempotencyKey": _IDEMPOTENCY_KEY,
         },
     },
@@ -240,7 +318,9 @@ _SCHEMAS: dict[str, Any] = {
             "text": _NULLABLE_STRING,
             "templateId": _NULLABLE_STRING,
             "tracking": {"type": "boolean"},
+            "unsubscribe": {"type": "boolean"},
             "messageId": {"type": "string", "description": "The RFC 5322 Message-ID header."},
+            "scheduledAt": _SCHEDULED_AT_SHOWN,
             **_MESSAGE_PROPERTIES,
             "attempts": _ATTEMPTS,
         },
@@ -319,6 +399,11 @@ _PATHS: dict[str, Any] = {
             "responses": {
                 "202": _json(_ref("SendEmailResponse"), "Accepted; a replay has duplicate=true"),
                 **_SEND_ERRORS,
+                "403": _error(
+                    "INSUFFICIENT_SCOPE, SENDER_NOT_VERIFIED, or EMAIL_RECIPIENT_SUPPRESSED: "
+                    "the recipient is on the suppression list (details.to, details.reason); "
+                    "sandbox sends are refused too"
+                ),
             },
         }
     },
@@ -426,6 +511,7 @@ _SMS_PROPERTIES: dict[str, Any] = {
         "enum": [*(p.value for p in sms_rules.OtpPurpose), None],
         "description": "OTP purpose; null for STANDARD messages.",
     },
+    "scheduledAt": _SCHEDULED_AT_SHOWN,
     **_MESSAGE_PROPERTIES,
 }
 _MO_PROPERTIES: dict[str, Any] = {
@@ -476,6 +562,7 @@ _SCHEMAS.update(
                     "description": "0 normal, 1 flash, 2 unicode (UCS-2 forced).",
                 },
                 "sandboxMode": {"type": "boolean", "default": False},
+                "scheduledAt": _SCHEDULED_AT,
                 "idempotencyKey": _IDEMPOTENCY_KEY,
             },
         },
@@ -1705,10 +1792,559 @@ _PATHS.update(
 )
 
 
+# --------------------------------------------------------------------------- listings
+
+_LISTING_TIME = {"type": "string", "format": "date-time"}
+_LISTING_FILTERS = [
+    _query("status", _ref("Status"), "Only messages in this status now (any case)."),
+    _query(
+        "createdAfter",
+        _LISTING_TIME,
+        "Created at or after this instant (ISO 8601 with a timezone). Alias: after.",
+    ),
+    _query(
+        "createdBefore",
+        _LISTING_TIME,
+        "Created at or before this instant (ISO 8601 with a timezone). Alias: before.",
+    ),
+]
+_LISTING_PAGING = [
+    _query(
+        "limit",
+        {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": listing_service.MAX_LIMIT,
+            "default": listing_service.DEFAULT_LIMIT,
+        },
+        "Messages per page.",
+    ),
+    _query(
+        "cursor",
+        _STRING,
+        "The cursor of the previous page, with the same filters; walk until it is absent.",
+    ),
+]
+_LISTING_ERRORS = {
+    "400": _error(
+        "VALIDATION_ERROR (details per parameter; details.cursor: not from a previous page, "
+        "or made for other filters)"
+    ),
+    **_AUTH_ERRORS,
+}
+
+
+def _listing_page(item: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["items"],
+        "description": description,
+        "properties": {
+            "items": {"type": "array", "items": item},
+            "cursor": {
+                "type": "string",
+                "description": "Pass as cursor for the next page; absent on the last page.",
+            },
+        },
+    }
+
+
+_SCHEMAS.update(
+    {
+        "MessagePage": _listing_page(
+            {"oneOf": [_ref("Email"), _ref("SmsWithAttempts"), _ref("WhatsAppMessage")]},
+            "Newest first; each item in its channel's GET shape, attempts included.",
+        ),
+        "EmailPage": _listing_page(_ref("Email"), "Newest first, attempts included."),
+    }
+)
+
+_PATHS.update(
+    {
+        "/v1/public/messages": {
+            "get": {
+                "operationId": "listMessages",
+                "summary": (
+                    "Messages of your organization, newest first, of every channel the key "
+                    "reads (read:email, read:sms, read:whatsapp); filters combine with AND."
+                ),
+                "parameters": [
+                    _query(
+                        "channel",
+                        {"type": "string", "enum": ["email", "sms", "whatsapp"]},
+                        "Only this channel (any case); the key must read it (else 403).",
+                    ),
+                    *_LISTING_FILTERS,
+                    _query(
+                        "to",
+                        _STRING,
+                        "Only messages to this recipient: an email address (its addr-spec, "
+                        "ASCII case-insensitive) or an E.164 number.",
+                    ),
+                    *_LISTING_PAGING,
+                ],
+                "responses": {
+                    "200": _json(_ref("MessagePage"), "A page."),
+                    **_LISTING_ERRORS,
+                },
+            }
+        },
+        "/v1/public/emails": {
+            "get": {
+                "operationId": "listEmails",
+                "summary": "Emails of your organization, newest first (scope read:email).",
+                "parameters": [
+                    *_LISTING_FILTERS,
+                    _query(
+                        "to",
+                        _STRING,
+                        "Only emails to this address (its addr-spec, ASCII case-insensitive).",
+                    ),
+                    *_LISTING_PAGING,
+                ],
+                "responses": {
+                    "200": _json(_ref("EmailPage"), "A page."),
+                    **_LISTING_ERRORS,
+                },
+            }
+        },
+    }
+)
+
+
+_SCHEMAS.update(
+    {
+        "ProviderHealth": {
+            "type": "object",
+            "properties": {
+                "provider": {"type": "string", "description": "The provider's name in attempts[]."},
+                "channel": {"type": "string", "enum": ["email", "sms"]},
+                "state": {"type": "string", "enum": ["CLOSED", "OPEN", "HALF_OPEN"]},
+                "consecutiveFailures": {"type": "integer", "minimum": 0},
+                "openedUntil": {
+                    **_TIMESTAMP,
+                    "nullable": True,
+                    "description": "When an open circuit lets a probe through.",
+                },
+                "calls": {"type": "integer", "description": "Calls in the last 5 minutes."},
+                "failures": {"type": "integer", "description": "Provider faults among them."},
+                "errorRate": {"type": "number", "minimum": 0, "maximum": 1},
+                "lastError": _NULLABLE_STRING,
+                "lastErrorCategory": _NULLABLE_STRING,
+                "lastErrorAt": {**_TIMESTAMP, "nullable": True},
+                "reportedBy": {
+                    "type": "string",
+                    "nullable": True,
+                    "description": "The worker that reported; null before any report.",
+                },
+                "updatedAt": {**_TIMESTAMP, "nullable": True},
+            },
+        },
+    }
+)
+_PATHS.update(
+    {
+        "/v1/public/providers/health": {
+            "get": {
+                "operationId": "getProviderHealth",
+                "summary": (
+                    "Each email and SMS provider's circuit breaker state, recent error rate "
+                    "and last error, in failover order."
+                ),
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "providers": {"type": "array", "items": _ref("ProviderHealth")}
+                            },
+                        },
+                        "The providers.",
+                    ),
+                    **_AUTH_ERRORS,
+                },
+            }
+        },
+    }
+)
+
+
+# --------------------------------------------------------------------------- batches, cancels
+
+_CANCEL_CONFLICT = {
+    "409": _error(
+        "MESSAGE_NOT_CANCELABLE: only SCHEDULED or QUEUED messages not yet claimed by a worker "
+        "(details.status: the status now)"
+    )
+}
+
+_SCHEMAS.update(
+    {
+        "EmailBatchRequest": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["messages"],
+            "properties": {
+                "messages": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": email_batch.DEFAULT_MAX_MESSAGES,
+                    "description": (
+                        "The emails, each a send request without idempotencyKey and checked on "
+                        "its own. At most COMMTUNNEL_BATCH_MAX_MESSAGES (100 by default)."
+                    ),
+                    "items": _ref("SendEmailRequest"),
+                },
+                "idempotencyKey": {
+                    **_IDEMPOTENCY_KEY,
+                    "description": "One key for the whole batch (or the x-idempotency-key header).",
+                },
+            },
+        },
+        "BatchItemError": {
+            "type": "object",
+            "required": ["error", "code", "details"],
+            "description": "The error envelope of a refused item (the request id is the batch's).",
+            "properties": {
+                "error": _STRING,
+                "code": {"type": "string", "description": "e.g. VALIDATION_ERROR"},
+                "details": {"type": "object", "additionalProperties": True},
+            },
+        },
+        "EmailBatchItem": {
+            "type": "object",
+            "required": ["index"],
+            "description": (
+                "One item's outcome: id, status, createdAt and scheduledAt when accepted; "
+                "error when refused."
+            ),
+            "properties": {
+                "index": {"type": "integer", "minimum": 0, "description": "Position in messages."},
+                "id": _UUID,
+                "status": _ref("Status"),
+                "createdAt": _TIMESTAMP,
+                "scheduledAt": _SCHEDULED_AT_SHOWN,
+                "error": _ref("BatchItemError"),
+            },
+        },
+        "EmailBatchResponse": {
+            "type": "object",
+            "required": ["id", "data", "accepted", "rejected", "duplicate"],
+            "properties": {
+                "id": {
+                    **_UUID,
+                    "nullable": True,
+                    "description": "The batch; null when every item was refused (nothing stored).",
+                },
+                "data": {"type": "array", "items": _ref("EmailBatchItem")},
+                "accepted": {"type": "integer", "minimum": 0},
+                "rejected": {"type": "integer", "minimum": 0},
+                "duplicate": {
+                    "type": "boolean",
+                    "description": "A replay of an earlier batch (statuses as they are now).",
+                },
+            },
+        },
+    }
+)
+
+_PATHS.update(
+    {
+        "/v1/public/emails/batch": {
+            "post": {
+                "operationId": "sendEmailBatch",
+                "summary": (
+                    "Queue several emails at once (scope send:email): each is checked on its own, "
+                    "the accepted ones are committed together."
+                ),
+                "parameters": _IDEMPOTENCY_HEADER,
+                "requestBody": {
+                    "required": True,
+                    **_json(_ref("EmailBatchRequest"), "The emails."),
+                },
+                "responses": {
+                    "200": {
+                        **_json(
+                            _ref("EmailBatchResponse"),
+                            "One result per item, in order; a replay has duplicate=true.",
+                        ),
+                        "headers": {
+                            "Idempotent-Replayed": {
+                                "description": "true on a replay.",
+                                "schema": {"type": "string", "enum": ["true"]},
+                            }
+                        },
+                    },
+                    **_SEND_ERRORS,
+                    "400": _error(
+                        "INVALID_JSON, or VALIDATION_ERROR: messages missing, empty or too many, "
+                        "unknown fields, a malformed idempotencyKey"
+                    ),
+                },
+            }
+        },
+        "/v1/public/emails/{id}/cancel": {
+            "post": {
+                "operationId": "cancelEmail",
+                "summary": "Cancel a scheduled or queued email (scope send:email).",
+                "parameters": [_ID],
+                "responses": {
+                    "200": _json(_ref("Email"), "The email, CANCELED (an email_canceled event)."),
+                    **_read_errors("email"),
+                    **_CANCEL_CONFLICT,
+                },
+            }
+        },
+        "/v1/public/sms/{id}/cancel": {
+            "post": {
+                "operationId": "cancelSms",
+                "summary": "Cancel a scheduled or queued SMS (scope send:sms).",
+                "parameters": [_ID],
+                "responses": {
+                    "200": _json(_ref("SmsWithAttempts"), "The SMS, CANCELED (sms_canceled)."),
+                    **_read_errors("SMS"),
+                    **_CANCEL_CONFLICT,
+                },
+            }
+        },
+    }
+)
+
+
+# --------------------------------------------------------------------------- suppressions
+
+_SUPPRESSION_REASON = {"type": "string", "enum": [r.value for r in SuppressionReason]}
+_SUPPRESSION_PROPERTIES: dict[str, Any] = {
+    "email": {"type": "string", "description": "The address, normalized (lower case)."},
+    "reason": _SUPPRESSION_REASON,
+    "origin": {
+        "type": "string",
+        "description": "Who listed it: api, cli, provider, webhook or unsubscribe.",
+    },
+    "createdAt": _TIMESTAMP,
+    "expiresAt": {**_TIMESTAMP, "nullable": True, "description": "Null: never expires."},
+    "messageId": {**_UUID, "nullable": True, "description": "The message that caused it."},
+    "detail": {"type": "string", "nullable": True, "maxLength": MAX_DETAIL_CHARS},
+}
+_SCHEMAS.update(
+    {
+        "Suppression": {"type": "object", "properties": _SUPPRESSION_PROPERTIES},
+        "SuppressionPage": _page_of("Suppression"),
+        "AddSuppressionRequest": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["email"],
+            "properties": {
+                "email": {"type": "string", "description": "addr or 'Name <addr>'."},
+                "reason": {**_SUPPRESSION_REASON, "default": "MANUAL"},
+                "expiresAt": {
+                    "type": "string",
+                    "format": "date-time",
+                    "description": "In the future, with a timezone; omit for never.",
+                },
+                "detail": {"type": "string", "maxLength": MAX_DETAIL_CHARS},
+            },
+        },
+        "SuppressionAdded": {
+            "type": "object",
+            "properties": {
+                **_SUPPRESSION_PROPERTIES,
+                "created": {
+                    "type": "boolean",
+                    "description": "False: an entry blocking at least as long was kept.",
+                },
+            },
+        },
+        "SuppressionRemoved": {
+            "type": "object",
+            "required": ["email", "suppressed"],
+            "properties": {"email": _STRING, "suppressed": {"type": "boolean", "enum": [False]}},
+        },
+        "EmailProviderEvents": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["events"],
+            "properties": {
+                "events": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": MAX_PROVIDER_EVENTS,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["type"],
+                        "properties": {
+                            "type": {"type": "string", "enum": ["bounce", "complaint"]},
+                            "messageId": {
+                                "type": "string",
+                                "description": "Our message id or the Message-ID header we set.",
+                            },
+                            "email": {
+                                "type": "string",
+                                "description": "The recipient (else the message's).",
+                            },
+                            "bounceType": {
+                                "type": "string",
+                                "enum": ["hard", "soft"],
+                                "default": "hard",
+                            },
+                            "diagnostic": {
+                                "type": "string",
+                                "description": "The ESP's words, kept in detail.",
+                            },
+                        },
+                    },
+                }
+            },
+        },
+        "EmailProviderEventsResult": {
+            "type": "object",
+            "properties": {
+                name: {"type": "integer", "minimum": 0}
+                for name in ("received", "suppressed", "bounced", "complained", "ignored")
+            },
+        },
+    }
+)
+_EMAIL_PATH = {
+    "name": "email",
+    "in": "path",
+    "required": True,
+    "schema": _STRING,
+    "description": "The address (percent-encoded); matched case-insensitively.",
+}
+_NOT_LISTED = {"404": _error("NOT_FOUND: the address is not (or no longer) on the list")}
+_BAD_EMAIL = {"400": _error("VALIDATION_ERROR (details.email)")}
+_UNSUBSCRIBE_TOKEN = {
+    "name": "token",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "maxLength": UNSUBSCRIBE_TOKEN_CHARS},
+    "description": "The signed token of the List-Unsubscribe link.",
+}
+_HTML = {"text/html": {"schema": {"type": "string"}}}
+_PATHS.update(
+    {
+        "/v1/public/suppressions": {
+            "get": {
+                "operationId": "listEmailSuppressions",
+                "summary": (
+                    "The email suppression list, newest first; expired entries are left out "
+                    "(scope read:email or opt_outs:manage)."
+                ),
+                "parameters": [
+                    _query("reason", _SUPPRESSION_REASON, "Only entries with this reason."),
+                    *_paging(50),
+                ],
+                "responses": {
+                    "200": _json(_ref("SuppressionPage"), "A page."),
+                    **_QUERY_ERRORS,
+                },
+            },
+            "post": {
+                "operationId": "addEmailSuppression",
+                "summary": "Put an address on the list (scope send:email or opt_outs:manage).",
+                "requestBody": {
+                    "required": True,
+                    **_json(_ref("AddSuppressionRequest"), "The address."),
+                },
+                "responses": {
+                    "201": _json(_ref("SuppressionAdded"), "Added (or an expired entry replaced)."),
+                    "200": _json(_ref("SuppressionAdded"), "Already listed (created=false)."),
+                    **_BODY_ERRORS,
+                    **_AUTH_ERRORS,
+                },
+            },
+        },
+        "/v1/public/suppressions/{email}": {
+            "get": {
+                "operationId": "getEmailSuppression",
+                "summary": "One entry (scope read:email or opt_outs:manage).",
+                "parameters": [_EMAIL_PATH],
+                "responses": {
+                    "200": _json(_ref("Suppression"), "The entry."),
+                    **_BAD_EMAIL,
+                    **_AUTH_ERRORS,
+                    **_NOT_LISTED,
+                },
+            },
+            "delete": {
+                "operationId": "removeEmailSuppression",
+                "summary": "Take an address off the list (scope opt_outs:manage).",
+                "parameters": [_EMAIL_PATH],
+                "responses": {
+                    "200": _json(_ref("SuppressionRemoved"), "Removed."),
+                    **_BAD_EMAIL,
+                    **_AUTH_ERRORS,
+                    **_NOT_LISTED,
+                },
+            },
+        },
+        "/v1/webhooks/email/events": {
+            "post": {
+                "operationId": "receiveEmailProviderEvents",
+                "summary": "Bounce and complaint reports from your ESP (token in ?token=).",
+                "description": (
+                    "A hard bounce lists the address as HARD_BOUNCE and moves the message "
+                    "(SENT or DELIVERED) to BOUNCED; a complaint lists it as COMPLAINT and "
+                    "records email_complained; a soft bounce changes nothing. The token is "
+                    "the organization's email events token "
+                    "(commtunnel suppressions webhook-token --org NAME)."
+                ),
+                "security": [],
+                "parameters": [
+                    {
+                        "name": "token",
+                        "in": "query",
+                        "required": True,
+                        "schema": _STRING,
+                        "description": "The organization's email events token.",
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    **_json(_ref("EmailProviderEvents"), "The events."),
+                },
+                "responses": {
+                    "200": _json(_ref("EmailProviderEventsResult"), "Applied."),
+                    **_WEBHOOK_ERRORS,
+                },
+            }
+        },
+        "/v1/unsubscribe/{token}": {
+            "get": {
+                "operationId": "unsubscribePage",
+                "summary": "A page with an Unsubscribe button; changes nothing (no auth).",
+                "security": [],
+                "parameters": [_UNSUBSCRIBE_TOKEN],
+                "responses": {
+                    "200": {"description": "The page.", "content": _HTML},
+                    "400": _error("INVALID_UNSUBSCRIBE_TOKEN"),
+                },
+            },
+            "post": {
+                "operationId": "unsubscribe",
+                "summary": (
+                    "One-click unsubscribe (RFC 8058; body List-Unsubscribe=One-Click) or the "
+                    "page's button: lists the address as UNSUBSCRIBE (no auth)."
+                ),
+                "security": [],
+                "parameters": [_UNSUBSCRIBE_TOKEN],
+                "responses": {
+                    "200": {"description": "Unsubscribed (an HTML page).", "content": _HTML},
+                    "400": _error("INVALID_UNSUBSCRIBE_TOKEN"),
+                },
+            },
+        },
+    }
+)
+
+
 # Whatever else fails (404/405 from routing, 500) answers the envelope too.
 for _item in _PATHS.values():
     for _operation in _item.values():
         _operation["responses"]["default"] = _error("Any other failure (e.g. 500 INTERNAL_ERROR).")
+        _with_access_rules(_operation["responses"])
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.0.3",

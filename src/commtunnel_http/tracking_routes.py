@@ -25,6 +25,7 @@ from starlette.routing import BaseRoute, Route
 from commtunnel.client import Commtunnel
 from commtunnel.domain.errors import InvalidTrackingTokenError, ValidationError
 from commtunnel.domain.tracking import CLICK_PATH, OPEN_PATH, TRANSPARENT_GIF
+from commtunnel_http.handlers import caller_address
 
 NO_STORE = {"Cache-Control": "no-store"}
 
@@ -39,6 +40,12 @@ def _token(request: Request) -> str:
     if token is None:
         raise ValidationError.from_fields({"t": "is required"})
     return token
+
+
+def _client_ip(ct: Commtunnel, request: Request) -> str | None:
+    """The opener's address as text (behind trusted proxies, from ``X-Forwarded-For``)."""
+    address = caller_address(ct, request)
+    return None if address is None else str(address)
 
 
 def _pixel(status: int) -> Response:
@@ -62,7 +69,7 @@ class TrackingRoutes:
             await self.ct.tracking.record_open(
                 token,
                 user_agent=request.headers.get("user-agent"),
-                client_ip=request.client.host if request.client else None,
+                client_ip=_client_ip(self.ct, request),
                 probe=request.method == "HEAD",
             )
         except InvalidTrackingTokenError:
@@ -78,7 +85,7 @@ class TrackingRoutes:
         click = await self.ct.tracking.record_click(
             _token(request),
             user_agent=request.headers.get("user-agent"),
-            client_ip=request.client.host if request.client else None,
+            client_ip=_client_ip(self.ct, request),
             probe=request.method == "HEAD",
         )
         return RedirectResponse(

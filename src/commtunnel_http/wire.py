@@ -24,6 +24,7 @@ from commtunnel.domain.events import TimelineEvent, format_timestamp
 from commtunnel.domain.messages import Attempt, Message, SmsContent, WhatsAppContent
 from commtunnel.ports import InboundMessage, OptOut, SenderIdRequest
 from commtunnel.services.email import EmailStats, EmailStatus, Rendered, SendResult
+from commtunnel.services.email_batch import BatchItem, BatchResult
 from commtunnel.services.sms import (
     InboundResult,
     OtpSendResult,
@@ -110,8 +111,37 @@ class Wire:
             "text": e.text,
             "templateId": e.template_id,
             "tracking": e.tracking,
+            "unsubscribe": e.unsubscribe,
             "messageId": e.message_id_header,
+            "scheduledAt": _scheduled_at(m),
             "attempts": self._attempts(status.attempts),
+        }
+
+    def batch_result(self, result: BatchResult) -> dict[str, Any]:
+        """``POST /emails/batch``: id, data (one result per item, in order), counts, duplicate.
+
+        An accepted item is ``{index, id, status, createdAt, scheduledAt}``
+        (status and times null on a replay whose message is no longer
+        stored); a refused one is ``{index, error: {error, code, details}}``.
+        """
+        return {
+            "id": result.id,
+            "data": [self._batch_item(item) for item in result.items],
+            "accepted": result.accepted,
+            "rejected": result.rejected,
+            "duplicate": result.duplicate,
+        }
+
+    def _batch_item(self, item: BatchItem) -> dict[str, Any]:
+        if item.error is not None:
+            return {"index": item.index, "error": item.error.to_wire()}
+        m = item.message
+        return {
+            "index": item.index,
+            "id": item.message_id,
+            "status": None if m is None else self.conv.unstructure(m.status),
+            "createdAt": None if m is None else format_timestamp(m.created_at),
+            "scheduledAt": None if m is None else _scheduled_at(m),
         }
 
     def timeline(self, message_id: str, events: list[TimelineEvent]) -> dict[str, Any]:
@@ -178,6 +208,7 @@ class Wire:
             "segments": sms.segments,
             "flow": sms.flow,
             "purpose": sms.purpose,
+            "scheduledAt": _scheduled_at(m),
         }
 
     def sms_status(self, status: SmsStatus) -> dict[str, Any]:
@@ -302,6 +333,11 @@ def _whatsapp_content(message: Message) -> WhatsAppContent:
     if message.whatsapp is None:  # pragma: no cover - the service returns WhatsApp only
         raise ValueError(f"message {message.id} has no WhatsApp content")
     return message.whatsapp
+
+
+def _scheduled_at(message: Message) -> str | None:
+    """When a scheduled send is (or was) due, in wire format; None for a send made at once."""
+    return None if message.scheduled_at is None else format_timestamp(message.scheduled_at)
 
 
 def _sms_content(message: Message) -> SmsContent:

@@ -53,6 +53,7 @@ from commtunnel.domain.messages import (
     SmsContent,
     Status,
     WhatsAppContent,
+    event_for,
 )
 from commtunnel.domain.tracking import EngagementCounts
 from commtunnel.ids import new_id
@@ -197,6 +198,7 @@ _CONTENT: dict[Channel, _ContentColumn] = {
             "message_id_header": "messageIdHeader",
             "template_id": "templateId",
             "tracking": "tracking",
+            "unsubscribe": "unsubscribe",
         },
     ),
     Channel.SMS: _ContentColumn(
@@ -247,13 +249,29 @@ def _content_json(message: Message) -> str:
 
 
 def _message_from_row(row: tuple[Any, ...]) -> Message:
-    (mid, org_id, channel, status, sandbox, api_key_id, content, pmid, count, err, cat, uat, sat) = (
-        row
-    )
+    (
+        mid,
+        org_id,
+        channel,
+        status,
+        sandbox,
+        api_key_id,
+        content,
+        pmid,
+        count,
+        err,
+        cat,
+        uat,
+        sat,
+    ) = row
     column = _CONTENT[Channel(channel)]
     data = json.loads(content)
     contents: dict[str, Any] = {"email": None}  # the one Message field without a default
-    contents[column.attribute] = column.make(**{f: data[k] for f, k in column.keys.items()})
+    # A key added to a content after rows were written (email "unsubscribe") is
+    # absent from those rows: the content class's default applies.
+    contents[column.attribute] = column.make(
+        **{f: data[k] for f, k in column.keys.items() if k in data}
+    )
     return Message(
         id=mid,
         org_id=org_id,
@@ -377,7 +395,12 @@ def insert_event(conn: sqlite3.Connection, event: TimelineEvent) -> None:
         )
 
 
-def _insert_message(conn: sqlite3.Connection, m: Message) -> None:
+def insert_message(conn: sqlite3.Connection, m: Message) -> None:
+    """Write a new message row (its event and job are the caller's, in the same transaction).
+
+    Raises:
+        sqlite3.IntegrityError: a message with this id is stored already.
+    """
     content = _content(m)
     conn.execute(
         "INSERT INTO messages (id, org_id, channel, status, sandbox, api_key_id, recipient, "
@@ -449,6 +472,23 @@ def _replay(
         return AcceptResult(message=None, conflict=record)
     message = get_message(conn, record.message_id, org_id)
     return None if message is None else AcceptResult(message=message, duplicate=True)
+
+
+def _due_event(message: Message, at: datetime) -> TimelineEvent:
+    """The ``<channel>_queued`` event of a scheduled message whose time came (``scheduled``).
+
+    The status machine goes SCHEDULED -> QUEUED -> PROCESSING; a claim takes a
+    due scheduled message through both moves in one transaction.
+    """
+    return TimelineEvent(
+        id=new_id(),
+        message_id=message.id,
+        org_id=message.org_id,
+        type=event_for(message.channel, Status.QUEUED),
+        status=Status.QUEUED,
+        created_at=at,
+        details={"scheduled": True},
+    )
 
 
 class _CooldownRefusal(Exception):
@@ -1032,7 +1072,7 @@ class SqliteBackend:
                 if blocked_until is not None:
                     # Undo the key inserted above: a refused request stores nothing.
                     raise _CooldownRefusal(blocked_until)
-            _insert_message(conn, message)
+            insert_message(conn, message)
             insert_event(conn, event)
             insert_job(conn, message.id, run_at=run_at, created_at=message.created_at)
             return AcceptResult(message=message)
@@ -1182,6 +1222,8 @@ class SqliteBackend:
     ) -> list[ClaimedJob]:
         """Lease up to ``limit`` due jobs and move their messages to PROCESSING.
 
+        A due SCHEDULED message passes through QUEUED on the way (two events).
+
         Args:
             worker_id: recorded as the lease's owner.
             now: jobs with ``run_at`` at or before it, and no lease alive at it, are due.
@@ -1215,6 +1257,9 @@ class SqliteBackend:
             for job_id, attempts_before, *message_row in rows:
                 message = MESSAGES.from_row(tuple(message_row))
                 number = message.attempt_count + 1
+                if message.status == Status.SCHEDULED:
+                    # Built first: event ids are time-ordered, so it sorts before PROCESSING.
+                    events.append(_due_event(message, now))
                 events.append(processing_event(message, number))
                 claimed.append(
                     ClaimedJob(

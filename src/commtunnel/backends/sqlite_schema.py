@@ -306,7 +306,8 @@ MIGRATIONS: list[tuple[int, str]] = [
         6,
         # The delivery engine: scheduled sends, the message status after each
         # attempt, cursor listing across channels, per-organization IP
-        # allowlists and rate limits (per key too), the email suppression list,
+        # allowlists and rate limits (per key too), the email suppression list
+        # (and the email events webhook's tokens),
         # provider health as workers report it, and batch answers kept for
         # idempotent replays.
         """
@@ -326,6 +327,13 @@ MIGRATIONS: list[tuple[int, str]] = [
             created_at TEXT NOT NULL,
             expires_at TEXT,
             PRIMARY KEY (org_id, address)
+        );
+        CREATE INDEX email_suppressions_listing
+            ON email_suppressions(org_id, created_at, address);
+        CREATE TABLE email_events_tokens (
+            org_id TEXT PRIMARY KEY REFERENCES orgs(id),
+            token TEXT NOT NULL UNIQUE,
+            created_at TEXT NOT NULL
         );
         CREATE TABLE provider_health (
             provider TEXT PRIMARY KEY,

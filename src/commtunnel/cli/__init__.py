@@ -4,8 +4,10 @@
 
     commtunnel serve  [--db PATH] [--host H] [--port N] [--email-provider URL] [--no-worker]
     commtunnel worker [--db PATH] [--email-provider URL]
-    commtunnel orgs      create NAME | list | set --org NAME --otp-ignores-opt-out true|false
+    commtunnel orgs      create NAME | list | set --org NAME [--otp-ignores-opt-out true|false]
+                         [--ip-allowlist CIDR,CIDR|any] [--rate-limit N/UNIT|default]
     commtunnel keys      create --org NAME --scopes a,b [--test] [--name N] | list | revoke
+                         | set-limit --org NAME KEY_ID N/UNIT|default
     commtunnel senders   add --org NAME ADDRESS_OR_DOMAIN | list
     commtunnel templates add --org NAME --name N --subject S --html FILE [--text FILE] | list
     commtunnel sms token --org NAME [--rotate]
@@ -14,17 +16,22 @@
                                 | list --org NAME [--flow F] | requests [--org NAME] [--status S]
     commtunnel sms opt-outs list --org NAME | add --org NAME PHONE | remove --org NAME PHONE
     commtunnel sms inbound --org NAME
+    commtunnel suppressions list --org NAME [--reason R]
+                          | add --org NAME EMAIL [--reason R] [--expires-at T] [--detail D]
+                          | remove --org NAME EMAIL | webhook-token --org NAME [--rotate]
     commtunnel webhooks create --org NAME URL [--events a,b] [--description D] [--disabled]
                       | list | get ID | update ID [--url U] [--events E|all] [--enable|--disable]
                       | delete ID | rotate-secret ID | test ID | replay DELIVERY_ID
                       | deliveries [--endpoint ID] [--message ID] [--limit N]
+    commtunnel purge [--dry-run] [--json]
+    commtunnel providers health [--json]
     commtunnel whatsapp line --org NAME [--phone-number-id ID | --clear-phone-number-id]
                                         [--access-token TOKEN | --clear-access-token]
 
 One module a part: :mod:`~commtunnel.cli.server` (serve, worker),
 :mod:`~commtunnel.cli.admin` (orgs, keys, senders, templates),
-:mod:`~commtunnel.cli.sms`, :mod:`~commtunnel.cli.whatsapp`,
-:mod:`~commtunnel.cli.webhooks`; what they share
+:mod:`~commtunnel.cli.sms`, :mod:`~commtunnel.cli.suppressions`, :mod:`~commtunnel.cli.whatsapp`,
+:mod:`~commtunnel.cli.webhooks`, :mod:`~commtunnel.cli.retention` (purge); what they share
 is in :mod:`~commtunnel.cli._support`.
 
 Settings come from :meth:`Settings.from_env <commtunnel.config.Settings.from_env>`
@@ -54,8 +61,11 @@ from __future__ import annotations
 import click
 
 from commtunnel.cli.admin import keys, orgs, senders, templates
+from commtunnel.cli.providers import providers
+from commtunnel.cli.retention import purge
 from commtunnel.cli.server import serve, worker
 from commtunnel.cli.sms import sms
+from commtunnel.cli.suppressions import suppressions
 from commtunnel.cli.webhooks import webhooks
 from commtunnel.cli.whatsapp import whatsapp
 
@@ -68,5 +78,7 @@ def main() -> None:
     """Commtunnel: transactional messaging as a library and an HTTP API."""
 
 
-for _command in (serve, worker, orgs, keys, senders, templates, sms, whatsapp, webhooks):
+for _command in (serve, worker, orgs, keys, senders, templates, sms, whatsapp, webhooks, providers):
     main.add_command(_command)
+main.add_command(purge)
+main.add_command(suppressions)

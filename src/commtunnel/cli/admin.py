@@ -24,12 +24,34 @@ from commtunnel.cli._support import (
 )
 from commtunnel.client import Commtunnel
 from commtunnel.domain.keys import ApiKey, Organization, parse_scopes
-from commtunnel.ports import Sender, Template
+from commtunnel.ports import OrgAccess, Sender, Template
 
 
 def org_json(org: Organization) -> dict[str, Any]:
     """``{"id", "name", "createdAt"}``."""
     return {"id": org.id, "name": org.name, "createdAt": iso(org.created_at)}
+
+
+def access_json(access: OrgAccess | None) -> dict[str, Any]:
+    """``{"ipAllowlist": [CIDR, ...] or None (any address), "rateLimit": None (default) or str}``.
+
+    Returns:
+        The organization's access settings as the CLI prints them.
+    """
+    allowlist = None if access is None else access.ip_allowlist
+    return {
+        "ipAllowlist": None if allowlist is None else list(allowlist),
+        "rateLimit": None if access is None else access.rate_limit,
+    }
+
+
+def _allowlist_text(access: OrgAccess | None) -> str:
+    allowlist = None if access is None else access.ip_allowlist
+    return "any" if allowlist is None else ",".join(allowlist)
+
+
+def _rate_limit_text(access: OrgAccess | None) -> str:
+    return (access.rate_limit if access is not None else None) or "default"
 
 
 def key_json(key: ApiKey) -> dict[str, Any]:
@@ -93,13 +115,24 @@ def orgs_create(name: str, db: str | None, as_json: bool) -> None:
 @db_option
 @json_option
 def orgs_list(db: str | None, as_json: bool) -> None:
-    """List organizations, oldest first."""
+    """List organizations, oldest first, with their IP allowlist and request limit."""
+
+    async def with_access(ct: Commtunnel) -> list[tuple[Organization, OrgAccess | None]]:
+        access = await ct.access.list_org_access()
+        return [(org, access.get(org.id)) for org in await ct.backend.list_orgs()]
+
     listing(
-        run_admin(db, lambda ct: ct.backend.list_orgs()),
+        run_admin(db, with_access),
         as_json=as_json,
-        to_json=org_json,
-        headers=("ID", "NAME", "CREATED"),
-        row=lambda o: (o.id, o.name, iso(o.created_at) or ""),
+        to_json=lambda pair: {**org_json(pair[0]), **access_json(pair[1])},
+        headers=("ID", "NAME", "CREATED", "IP ALLOWLIST", "RATE LIMIT"),
+        row=lambda pair: (
+            pair[0].id,
+            pair[0].name,
+            iso(pair[0].created_at) or "",
+            _allowlist_text(pair[1]),
+            _rate_limit_text(pair[1]),
+        ),
     )
 
 
@@ -112,26 +145,56 @@ def orgs_list(db: str | None, as_json: bool) -> None:
     metavar="true|false",
     help="Whether OTP messages still reach numbers on the SMS opt-out list.",
 )
+@click.option(
+    "--ip-allowlist",
+    default=None,
+    metavar="CIDR,CIDR|any",
+    help="Networks (or addresses) the organization's API keys may call from; "
+    "'any' removes the allowlist. Others answer 403 IP_NOT_ALLOWED.",
+)
+@click.option(
+    "--rate-limit",
+    default=None,
+    metavar="N/UNIT|default",
+    help="Requests each of its API keys may make, e.g. 500/minute; "
+    "'default' returns to the server's (COMMTUNNEL_RATE_LIMIT).",
+)
 @db_option
 @json_option
 def orgs_set(
-    org_name: str, otp_ignores_opt_out: bool | None, db: str | None, as_json: bool
+    org_name: str,
+    otp_ignores_opt_out: bool | None,
+    ip_allowlist: str | None,
+    rate_limit: str | None,
+    db: str | None,
+    as_json: bool,
 ) -> None:
     """Change an organization's settings; prints the organization with them."""
-    if otp_ignores_opt_out is None:
-        raise click.UsageError("nothing to set: give --otp-ignores-opt-out true|false")
-    value = otp_ignores_opt_out
+    if otp_ignores_opt_out is None and ip_allowlist is None and rate_limit is None:
+        raise click.UsageError(
+            "nothing to set: give --otp-ignores-opt-out, --ip-allowlist and/or --rate-limit"
+        )
+    access: dict[str, Any] = {}
+    if ip_allowlist is not None:
+        any_address = ip_allowlist.strip().lower() == "any"
+        access["ip_allowlist"] = None if any_address else ip_allowlist.split(",")
+    if rate_limit is not None:
+        access["rate_limit"] = None if rate_limit.strip().lower() == "default" else rate_limit
 
-    async def action(ct: Commtunnel, org: Organization) -> Organization:
-        await ct.sms_service.set_otp_ignores_opt_out(org.id, value)
-        return await ct.admin.get_org(org.id)
+    async def action(ct: Commtunnel, org: Organization) -> tuple[Organization, OrgAccess]:
+        # The access settings first: they are the ones that can be refused.
+        settings = await ct.access.set_org_access(org.id, **access)
+        if otp_ignores_opt_out is not None:
+            await ct.sms_service.set_otp_ignores_opt_out(org.id, otp_ignores_opt_out)
+        return await ct.admin.get_org(org.id), settings
 
-    org = run_for_org(db, org_name, action)
+    org, settings = run_for_org(db, org_name, action)
     state = "true" if org.otp_ignores_opt_out else "false"
     report(
         as_json,
-        {**org_json(org), "otpIgnoresOptOut": org.otp_ignores_opt_out},
-        f"organization {org.name} (id {org.id}): otp-ignores-opt-out {state}",
+        {**org_json(org), "otpIgnoresOptOut": org.otp_ignores_opt_out, **access_json(settings)},
+        f"organization {org.name} (id {org.id}): otp-ignores-opt-out {state}, "
+        f"ip-allowlist {_allowlist_text(settings)}, rate-limit {_rate_limit_text(settings)}",
     )
 
 
@@ -201,21 +264,70 @@ def keys_create(
 @db_option
 @json_option
 def keys_list(org_name: str, db: str | None, as_json: bool) -> None:
-    """List an organization's keys (their prefixes, never the keys)."""
+    """List an organization's keys (their prefixes, never the keys) and their request limits.
+
+    ``rateLimit`` is the key's own limit (null: it has the organization's);
+    ``effectiveRateLimit`` and the RATE LIMIT column are the limit it has.
+    """
+
+    async def with_limits(
+        ct: Commtunnel, org: Organization
+    ) -> tuple[list[tuple[ApiKey, str | None]], str]:
+        own = await ct.access.key_rate_limits(org.id)
+        inherited = (await ct.access.get_org_access(org.id)).rate_limit
+        pairs = [(key, own.get(key.id)) for key in await ct.keys.list(org.id)]
+        return pairs, inherited or ct.access.default_rate_limit
+
+    pairs, org_limit = run_for_org(db, org_name, with_limits)
     listing(
-        run_for_org(db, org_name, lambda ct, org: ct.keys.list(org.id)),
+        pairs,
         as_json=as_json,
-        to_json=key_json,
-        headers=("ID", "PREFIX", "NAME", "SCOPES", "MODE", "CREATED", "REVOKED"),
-        row=lambda k: (
-            k.id,
-            k.display + "…",
-            k.name,
-            ",".join(sorted(k.scopes)),
-            "test" if k.test else "live",
-            iso(k.created_at) or "",
-            iso(k.revoked_at) or "-",
+        to_json=lambda pair: {
+            **key_json(pair[0]),
+            "rateLimit": pair[1],
+            "effectiveRateLimit": pair[1] or org_limit,
+        },
+        headers=("ID", "PREFIX", "NAME", "SCOPES", "MODE", "RATE LIMIT", "CREATED", "REVOKED"),
+        row=lambda pair: (
+            pair[0].id,
+            pair[0].display + "…",
+            pair[0].name,
+            ",".join(sorted(pair[0].scopes)),
+            "test" if pair[0].test else "live",
+            pair[1] or org_limit,
+            iso(pair[0].created_at) or "",
+            iso(pair[0].revoked_at) or "-",
         ),
+    )
+
+
+@keys.command("set-limit")
+@org_option
+@click.argument("key_id")
+@click.argument("rate_limit", metavar="LIMIT")
+@db_option
+@json_option
+def keys_set_limit(
+    org_name: str, key_id: str, rate_limit: str, db: str | None, as_json: bool
+) -> None:
+    """Give the key KEY_ID its own request LIMIT (e.g. 1000/minute), or 'default'.
+
+    'default' returns the key to its organization's limit (orgs set
+    --rate-limit), else the server's. Effective on the key's next request.
+    """
+    own = None if rate_limit.strip().lower() == "default" else rate_limit
+    effective = run_for_org(
+        db, org_name, lambda ct, org: ct.access.set_key_rate_limit(org.id, key_id, own)
+    )
+    source = "its own" if own is not None else "inherited"
+    report(
+        as_json,
+        {
+            "id": key_id,
+            "rateLimit": effective if own is not None else None,
+            "effectiveRateLimit": effective,
+        },
+        f"key {key_id}: rate-limit {effective} ({source})",
     )
 
 

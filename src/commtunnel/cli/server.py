@@ -78,6 +78,10 @@ def serve(
         log_level=log_level.lower(),
         access_log=access_log,
         lifespan="on",
+        # The app reads X-Forwarded-For itself, believing only
+        # COMMTUNNEL_TRUSTED_PROXIES (commtunnel.domain.network). uvicorn's own
+        # rewrite would trust any peer on 127.0.0.1 and bypass that setting.
+        proxy_headers=False,
     )
     where = f"db {settings.db_path}, email {redact_url(settings.email_provider)}, " + (
         "embedded worker" if settings.embedded_worker else "no worker"

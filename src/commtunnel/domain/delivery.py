@@ -42,6 +42,32 @@ class ErrorCategory(enum.StrEnum):
     UNKNOWN = "UNKNOWN"  # an unexpected exception, classified as transient
 
 
+#: Failures that say the provider, not the recipient or the content, is in
+#: trouble: they count against its circuit breaker (``domain/circuit.py``).
+PROVIDER_FAULTS: frozenset[ErrorCategory] = frozenset(
+    {
+        ErrorCategory.PROVIDER_OUTAGE,
+        ErrorCategory.TIMEOUT,
+        ErrorCategory.RATE_LIMITED,
+        ErrorCategory.AUTH,
+        ErrorCategory.UNSUPPORTED,
+        ErrorCategory.UNKNOWN,
+    }
+)
+
+#: Failures about the recipient (or the sending line) that no other provider
+#: can fix: the message does not fail over on them.
+RECIPIENT_FAULTS: frozenset[ErrorCategory] = frozenset(
+    {
+        ErrorCategory.INVALID_RECIPIENT,
+        ErrorCategory.RECIPIENT_OPTED_OUT,
+        ErrorCategory.UNDELIVERABLE,
+        ErrorCategory.TEMPLATE_REQUIRED,
+        ErrorCategory.LINE_PAUSED,
+    }
+)
+
+
 @attrs.frozen(kw_only=True)
 class ProviderResult:
     """The classified result of one provider call.
@@ -81,6 +107,21 @@ class ProviderResult:
     def permanent(cls, category: ErrorCategory, message: str) -> ProviderResult:
         """A failure that no retry will fix."""
         return cls(outcome=Outcome.PERMANENT, error_category=category, error_message=message[:500])
+
+    @property
+    def provider_fault(self) -> bool:
+        """Whether this failure counts against the provider's health (:data:`PROVIDER_FAULTS`)."""
+        return self.outcome != Outcome.ACCEPTED and self.error_category in PROVIDER_FAULTS
+
+    @property
+    def may_fail_over(self) -> bool:
+        """Whether another provider might deliver what this one did not.
+
+        True for every failure except :data:`RECIPIENT_FAULTS`: an outage, a
+        timeout, refused credentials, and a content refusal too (another ESP's
+        filters may differ), transient or permanent.
+        """
+        return self.outcome != Outcome.ACCEPTED and self.error_category not in RECIPIENT_FAULTS
 
 
 @attrs.frozen(kw_only=True)

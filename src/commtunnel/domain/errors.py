@@ -6,6 +6,7 @@
     ├── ValidationError                   400 VALIDATION_ERROR (details: field -> reason)
     ├── InvalidJsonError                  400 INVALID_JSON
     ├── InvalidTrackingTokenError         400 INVALID_TRACKING_TOKEN (open/click links)
+    ├── InvalidUnsubscribeTokenError      400 INVALID_UNSUBSCRIBE_TOKEN (unsubscribe links)
     ├── WebhookUrlNotAllowedError         400 WEBHOOK_URL_NOT_ALLOWED (private address, SSRF guard)
     ├── UnauthorizedError                 401 UNAUTHORIZED
     ├── InsufficientScopeError            403 INSUFFICIENT_SCOPE (details.requiredScope)
@@ -45,6 +46,7 @@ from typing import Any, ClassVar
 VALIDATION_ERROR = "VALIDATION_ERROR"
 INVALID_JSON = "INVALID_JSON"
 INVALID_TRACKING_TOKEN = "INVALID_TRACKING_TOKEN"  # noqa: S105 - an error code, not a secret
+INVALID_UNSUBSCRIBE_TOKEN = "INVALID_UNSUBSCRIBE_TOKEN"  # noqa: S105 - an error code
 WEBHOOK_URL_NOT_ALLOWED = "WEBHOOK_URL_NOT_ALLOWED"
 UNAUTHORIZED = "UNAUTHORIZED"
 INSUFFICIENT_SCOPE = "INSUFFICIENT_SCOPE"
@@ -144,6 +146,17 @@ class InvalidTrackingTokenError(CommtunnelError):
     """
 
     code = INVALID_TRACKING_TOKEN
+    http_status = 400
+
+
+class InvalidUnsubscribeTokenError(CommtunnelError):
+    """An unsubscribe link's token is tampered with, truncated, of another kind or foreign.
+
+    Both unsubscribe routes (the page and the one-click POST) answer it with
+    the envelope.
+    """
+
+    code = INVALID_UNSUBSCRIBE_TOKEN
     http_status = 400
 
 

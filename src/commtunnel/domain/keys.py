@@ -33,7 +33,7 @@ class Scope(enum.StrEnum):
     READ_WHATSAPP = "read:whatsapp"
     SENDER_IDS_REQUEST = "sender_ids:request"  # request SMS sender IDs / OTP brands
     PLATFORM_ADMIN = "platform:admin"  # review sender-ID requests (operators only)
-    OPT_OUTS_MANAGE = "opt_outs:manage"  # add or remove numbers on the SMS opt-out list
+    OPT_OUTS_MANAGE = "opt_outs:manage"  # change the SMS opt-out and email suppression lists
     ACCOUNT_MANAGE = "account:manage"  # organization settings such as the WhatsApp line
     WEBHOOKS_MANAGE = "webhooks:manage"  # customer webhook endpoints and their delivery log
 

@@ -154,6 +154,10 @@ class EmailContent:
         message_id_header: the stable RFC 5322 ``Message-ID`` including angle brackets.
         template_id: the template rendered, if any.
         tracking: whether open/click tracking was asked for.
+        unsubscribe: whether the email carries ``List-Unsubscribe`` and
+            one-click ``List-Unsubscribe-Post`` headers (RFC 2369, RFC 8058).
+        unsubscribe_url: the signed unsubscribe link those headers carry; set
+            only on the copy handed to the provider at delivery, never stored.
     """
 
     from_addr: str
@@ -164,6 +168,8 @@ class EmailContent:
     message_id_header: str
     template_id: str | None = None
     tracking: bool = False
+    unsubscribe: bool = False
+    unsubscribe_url: str | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -55,7 +55,7 @@ MAX_DESCRIPTION_LENGTH = 500
 
 # Events that belong to no status change, per channel, beyond ``<channel>_<status>``.
 _EXTRA_EVENTS: dict[Channel, tuple[str, ...]] = {
-    Channel.EMAIL: ("opened", "clicked", "complained"),
+    Channel.EMAIL: ("opened", "clicked", "complained", "suppressed"),
     Channel.SMS: ("opt_out",),
     Channel.WHATSAPP: ("opt_out", "line_paused", "line_flagged"),
 }

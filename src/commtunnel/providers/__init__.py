@@ -13,6 +13,7 @@ Built in: ``outbox:`` (files on disk, the default, for email and SMS),
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib.metadata import entry_points
 from types import TracebackType
 from typing import Any, Self
@@ -56,6 +57,53 @@ def load_provider(url: str, *, clock: Clock) -> Any:
         raise
     except (ValueError, TypeError) as exc:
         raise ProviderConfigError(f"Invalid provider URL {redact_url(url)}: {exc}") from None
+
+
+def load_named_providers(urls: Sequence[str], *, clock: Clock) -> list[tuple[str, Any]]:
+    """Build a channel's providers, in failover order, each with its name in ``attempts[]``.
+
+    A URL's fragment names its provider (``smtp://mx1.example.com#primary``);
+    the fragment is not passed on. Without one a provider is named after its
+    kind (``smtp``), and when several of one kind are unnamed they are
+    numbered in order (``smtp-1``, ``smtp-2``).
+
+    Args:
+        urls: one or more provider URLs (``Settings.email_provider_urls``).
+        clock: the clock the providers measure with.
+
+    Returns:
+        (name, provider) pairs in the order of ``urls``.
+
+    Raises:
+        ProviderConfigError: an unknown scheme, options a provider refuses, a
+            name that is not 1-64 letters, digits, ``.``, ``_`` or ``-``, or
+            two providers with one name.
+    """
+    from commtunnel.services.routing import NAME_PATTERN
+
+    named: list[tuple[str | None, Any]] = []
+    for url in urls:
+        base, _, fragment = url.partition("#")
+        if fragment and not NAME_PATTERN.fullmatch(fragment):
+            raise ProviderConfigError(
+                f"Provider name '{fragment}' in {redact_url(base)}#... must be 1-64 letters, "
+                "digits, '.', '_' or '-'"
+            )
+        named.append((fragment or None, load_provider(base, clock=clock)))
+    kinds = [str(provider.name) for name, provider in named if name is None]
+    counters: dict[str, int] = {}
+    result: list[tuple[str, Any]] = []
+    for name, provider in named:
+        if name is None:
+            kind = str(provider.name)
+            counters[kind] = counters.get(kind, 0) + 1
+            name = kind if kinds.count(kind) == 1 else f"{kind}-{counters[kind]}"
+        result.append((name, provider))
+    names = [name for name, _ in result]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ProviderConfigError(f"Provider names must be unique: {', '.join(duplicates)}")
+    return result
 
 
 def redact_url(url: str, *, keep_user: bool = True) -> str:

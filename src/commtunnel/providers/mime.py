@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 import email_validator
 
 from commtunnel.domain.email import has_line_break
+from commtunnel.domain.suppressions import list_unsubscribe_headers
 from commtunnel.ports import OutgoingEmail
 
 __all__ = ["build_mime", "envelope_recipients", "envelope_sender"]
@@ -193,7 +194,10 @@ def build_mime(email: OutgoingEmail) -> bytes:
     Headers: ``From``, ``To``, ``Subject`` (RFC 2047 when not plain ASCII),
     ``Date`` (from ``email.created_at``), ``Message-ID`` (exactly
     ``email.content.message_id_header``), ``MIME-Version`` and
-    ``X-Commtunnel-Message-Id`` (``email.message_id``). Body: ``text/plain``,
+    ``X-Commtunnel-Message-Id`` (``email.message_id``), and when
+    ``email.content.unsubscribe_url`` is set ``List-Unsubscribe: <url>`` and
+    ``List-Unsubscribe-Post: List-Unsubscribe=One-Click`` (RFC 2369, RFC
+    8058 one-click unsubscribe). Body: ``text/plain``,
     ``text/html``, or ``multipart/alternative`` (text first, then html) when
     both are set; UTF-8 in 7bit, quoted-printable or base64 (see the module
     docstring). No output line is longer than 998 octets.
@@ -254,7 +258,7 @@ def _bodies(email: OutgoingEmail) -> list[tuple[str, str]]:
 def _headers(email: OutgoingEmail) -> list[tuple[str, str | Header]]:
     """The header fields after the MIME ones, in order, with checked and encoded values."""
     content = email.content
-    return [
+    headers: list[tuple[str, str | Header]] = [
         ("From", _address_header(content.from_addr)),
         ("To", _address_header(content.to)),
         ("Subject", _subject_header(content.subject)),
@@ -262,6 +266,9 @@ def _headers(email: OutgoingEmail) -> list[tuple[str, str | Header]]:
         ("Message-ID", content.message_id_header),
         (COMMTUNNEL_ID_HEADER, email.message_id),
     ]
+    if content.unsubscribe_url is not None:
+        headers += list_unsubscribe_headers(content.unsubscribe_url)
+    return headers
 
 
 def _message(email: OutgoingEmail) -> _Message:

@@ -25,6 +25,7 @@ import attrs
 from commtunnel.domain.errors import (
     IdempotencyKeyReusedError,
     InternalError,
+    MessageNotCancelableError,
     MessageNotRetryableError,
     NotFoundError,
     ValidationError,
@@ -32,9 +33,16 @@ from commtunnel.domain.errors import (
 from commtunnel.domain.events import TimelineEvent
 from commtunnel.domain.keys import Principal
 from commtunnel.domain.messages import Attempt, Channel, Message, Status
-from commtunnel.ports import AcceptResult, IdempotencyRecord, SmsStorage, Storage
+from commtunnel.ports import (
+    AcceptResult,
+    IdempotencyRecord,
+    SchedulingStorage,
+    SmsStorage,
+    Storage,
+)
 from commtunnel.services import idempotency
 from commtunnel.services.auth import require
+from commtunnel.services.scheduling import CANCELABLE
 from commtunnel.services.timeline import status_event
 
 #: the most events one timeline call returns.
@@ -371,3 +379,48 @@ class ChannelMessages:
                 details={"id": message_id, "status": str(message.status)},
             )
         return message
+
+    async def cancel(
+        self,
+        store: SchedulingStorage,
+        principal: Principal,
+        message_id: str,
+        *,
+        now: datetime,
+    ) -> MessageStatus:
+        """Move a SCHEDULED or QUEUED message to CANCELED, with a ``<channel>_canceled`` event.
+
+        Its job is deleted in the same transaction, so it is never sent. A
+        message a worker has claimed is PROCESSING and is refused: a send in
+        progress is not cut off.
+
+        Args:
+            store: where cancels happen (``SchedulingStorage.cancel``).
+            principal: the caller.
+            message_id: the message to cancel.
+            now: the event's time (UTC).
+
+        Returns:
+            The cancelled message with its attempts (as :meth:`get` answers).
+
+        Raises:
+            InsufficientScopeError: the caller lacks the send scope.
+            NotFoundError: as for :meth:`own`.
+            MessageNotCancelableError: the message is neither SCHEDULED nor
+                QUEUED (``details.status``).
+        """
+        require(principal, self._send_scope)
+        message = await self.own(principal, message_id)
+        event = status_event(message, Status.CANCELED, at=now)
+        org_id = principal.org_id
+        outcome = await store.cancel(org_id, message_id, event=event, cancelable=CANCELABLE)
+        if outcome is None:
+            raise self.not_found(message_id)
+        message, canceled = outcome
+        if not canceled:
+            raise MessageNotCancelableError(
+                f"Only SCHEDULED or QUEUED messages can be canceled; this one is {message.status}",
+                details={"id": message_id, "status": str(message.status)},
+            )
+        attempts = await self._storage.list_attempts(principal.org_id, message_id)
+        return MessageStatus(message=message, attempts=attempts)

@@ -9,6 +9,14 @@ event in the same transaction as the attempt record:
   recipient); transient failure -> RETRYING with exponential backoff and
   jitter, or FAILED once the retry policy's attempts are used up.
 
+Email and SMS go through a :class:`~commtunnel.services.routing.ProviderRoute`:
+the channel's providers in failover order, each behind a circuit breaker.
+A failure that another provider may fix moves the next attempt to the next
+provider of the list, at once (no backoff) and even when the failure was
+permanent for this provider (refused credentials, a content refusal); only
+wrapping round to the first provider again waits for the backoff. Each
+attempt records the provider that made it (``attempts[].provider``).
+
 A provider that raises or hangs never kills the worker: exceptions are
 classified as transient ``UNKNOWN``, and each call is bounded by
 ``send_timeout`` (shorter than the lease, so a slow call does not let
@@ -25,6 +33,8 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+import attrs
+
 from commtunnel.domain.delivery import ErrorCategory, Outcome, ProviderResult, RetryPolicy
 from commtunnel.domain.events import TimelineEvent
 from commtunnel.domain.messages import Attempt, EmailContent, Message, Status
@@ -37,15 +47,28 @@ from commtunnel.ports import (
     OutgoingSms,
     OutgoingWhatsApp,
     Queue,
+    RoutingStorage,
     SmsProvider,
     WhatsAppLine,
     WhatsAppProvider,
 )
+from commtunnel.services.routing import ProviderRoute
 from commtunnel.services.timeline import status_event
 
 log = logging.getLogger("commtunnel.worker")
 
 SANDBOX_PROVIDER = "sandbox"
+#: the provider recorded for an attempt that called none (not configured, every circuit open).
+NO_PROVIDER = "none"
+
+
+@attrs.frozen
+class _Call:
+    """One provider call to make: the provider's name, the call, the route it came from."""
+
+    name: str
+    send: Callable[[], Awaitable[ProviderResult]]
+    route: ProviderRoute[Any] | None
 
 
 async def until_idle(run_once: Callable[[], Awaitable[int]], max_batches: int) -> int:
@@ -74,10 +97,14 @@ class Dispatcher:
 
     Args:
         queue: where jobs are claimed and results recorded.
-        email_provider: the email channel's provider.
+        email_provider: the email channel's provider, or its providers in
+            failover order (a route).
         clock: every "now" and every duration.
-        sms_provider: the SMS channel's provider (None: SMS jobs fail as
-            ``UNSUPPORTED``, permanently).
+        sms_provider: the SMS channel's provider or route (None: SMS jobs
+            fail as ``UNSUPPORTED``, permanently).
+        routing: where the previous attempt's provider is read (to fail
+            over from it) and provider health is reported; None: every
+            attempt starts at the first provider and health is not stored.
         sms_status_callback_url: handed to the SMS provider so it can POST
             delivery receipts back (``<public URL>/v1/webhooks/sms/provider``).
         whatsapp_provider: the WhatsApp Cloud provider (None: WhatsApp jobs
@@ -104,7 +131,7 @@ class Dispatcher:
     def __init__(
         self,
         queue: Queue,
-        email_provider: EmailProvider,
+        email_provider: EmailProvider | ProviderRoute[EmailProvider],
         clock: Clock,
         *,
         policy: RetryPolicy | None = None,
@@ -113,7 +140,8 @@ class Dispatcher:
         concurrency: int = 16,
         rng: random.Random | None = None,
         worker_id: str | None = None,
-        sms_provider: SmsProvider | None = None,
+        sms_provider: SmsProvider | ProviderRoute[SmsProvider] | None = None,
+        routing: RoutingStorage | None = None,
         sms_status_callback_url: str | None = None,
         whatsapp_provider: WhatsAppProvider | None = None,
         whatsapp_line: Callable[[Message], Awaitable[WhatsAppLine | ProviderResult]] | None = None,
@@ -123,8 +151,9 @@ class Dispatcher:
         if send_timeout >= lease_seconds:
             raise ValueError("send_timeout must be shorter than lease_seconds")
         self._queue = queue
-        self._provider = email_provider
-        self._sms_provider = sms_provider
+        self._email_route = ProviderRoute.of("email", email_provider)
+        self._sms_route = None if sms_provider is None else ProviderRoute.of("sms", sms_provider)
+        self._routing = routing
         self._sms_callback_url = sms_status_callback_url
         self._whatsapp_provider = whatsapp_provider
         self._whatsapp_line = whatsapp_line
@@ -196,13 +225,36 @@ class Dispatcher:
         )
         return provider.name, lambda: provider.send_whatsapp(outgoing)
 
-    async def _provider_call(
-        self, job: ClaimedJob
-    ) -> tuple[str, Callable[[], Awaitable[ProviderResult]]] | ProviderResult:
-        """(provider name, the call to make) for the message's channel, or a result at once."""
+    async def _route_call(
+        self,
+        job: ClaimedJob,
+        route: ProviderRoute[Any],
+        send: Callable[[Any], Awaitable[ProviderResult]],
+    ) -> _Call | ProviderResult:
+        """The call to the provider ``route`` chooses for this attempt, or a result at once."""
+        message = job.message
+        previous = None
+        if message.attempt_count > 0 and self._routing is not None:
+            previous = await self._routing.last_attempt(message.id)
+        now = self._clock.now()
+        chosen = route.choose(now, previous)
+        if chosen is None:
+            wait = route.seconds_until_probe(now)
+            return ProviderResult.transient(
+                ErrorCategory.PROVIDER_OUTAGE,
+                f"every {route.channel} provider's circuit is open "
+                f"({', '.join(route.names)}); next probe in {wait:g} s",
+                retry_after=wait,
+            )
+        provider = chosen.provider
+        return _Call(chosen.name, lambda: send(provider), route)
+
+    async def _provider_call(self, job: ClaimedJob) -> _Call | ProviderResult:
+        """The call to make for the message's channel, or a result at once."""
         message = job.message
         if message.whatsapp is not None:
-            return await self._whatsapp_call(job)
+            call = await self._whatsapp_call(job)
+            return call if isinstance(call, ProviderResult) else _Call(call[0], call[1], None)
         if message.email is not None:
             prepare = self._prepare_email
             email = OutgoingEmail(
@@ -212,11 +264,11 @@ class Dispatcher:
                 created_at=message.created_at,
                 attempt_number=job.attempt_number,
             )
-            provider = self._provider
-            return provider.name, lambda: provider.send_email(email)
+            return await self._route_call(
+                job, self._email_route, lambda provider: provider.send_email(email)
+            )
         if message.sms is not None:
-            sms_provider = self._sms_provider
-            if sms_provider is None:
+            if self._sms_route is None:
                 return ProviderResult.permanent(
                     ErrorCategory.UNSUPPORTED, "no SMS provider is configured"
                 )
@@ -228,41 +280,55 @@ class Dispatcher:
                 attempt_number=job.attempt_number,
                 status_callback_url=self._sms_callback_url,
             )
-            return sms_provider.name, lambda: sms_provider.send_sms(sms)
+            return await self._route_call(
+                job, self._sms_route, lambda provider: provider.send_sms(sms)
+            )
         return ProviderResult.permanent(
             ErrorCategory.UNSUPPORTED, f"no content for channel {message.channel}"
         )
 
-    async def _call_provider(self, job: ClaimedJob) -> tuple[str, ProviderResult]:
+    async def _call_provider(
+        self, job: ClaimedJob
+    ) -> tuple[str, ProviderResult, ProviderRoute[Any] | None]:
+        """(provider name, its result, the route it was chosen from) for one attempt."""
         message = job.message
         if message.sandbox:
-            return SANDBOX_PROVIDER, ProviderResult.accepted(None)
+            return SANDBOX_PROVIDER, ProviderResult.accepted(None), None
         try:
             call = await self._provider_call(job)
         except Exception as exc:  # e.g. a stored token that no longer decrypts
             log.exception("preparing the provider call for %s failed", message.id)
-            return "none", ProviderResult.transient(
-                ErrorCategory.UNKNOWN, f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"
+            return (
+                NO_PROVIDER,
+                ProviderResult.transient(
+                    ErrorCategory.UNKNOWN, f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"
+                ),
+                None,
             )
         if isinstance(call, ProviderResult):
-            return "none", call
-        name, send = call
+            return NO_PROVIDER, call, None
         try:
             async with asyncio.timeout(self._send_timeout):
-                result = await send()
+                result = await call.send()
         except TimeoutError:
             result = ProviderResult.transient(
                 ErrorCategory.TIMEOUT, f"provider call exceeded {self._send_timeout:g} s"
             )
         except Exception as exc:  # a provider bug must not kill the worker
-            log.exception("provider %s raised while sending %s", name, message.id)
+            log.exception("provider %s raised while sending %s", call.name, message.id)
             result = ProviderResult.transient(ErrorCategory.UNKNOWN, f"{type(exc).__name__}: {exc}")
-        return name, result
+        return call.name, result, call.route
 
     def _decide(
-        self, job: ClaimedJob, result: ProviderResult
+        self, job: ClaimedJob, result: ProviderResult, *, failover_to: str | None
     ) -> tuple[Status, datetime | None, dict[str, Any]]:
-        """(new status, UTC time of the next attempt or None, event details) for a result."""
+        """(new status, UTC time of the next attempt or None, event details) for a result.
+
+        Args:
+            failover_to: the provider after this one in the route, when the
+                failure may be fixed by another provider; the next attempt
+                then goes to it at once.
+        """
         details: dict[str, Any] = {"attempt": job.attempt_number}
         if result.outcome == Outcome.ACCEPTED:
             if result.provider_message_id:
@@ -270,23 +336,38 @@ class Dispatcher:
             return Status.SENT, None, details
         details["errorCategory"] = str(result.error_category)
         details["error"] = result.error_message
-        if result.outcome == Outcome.PERMANENT:
+        if result.outcome == Outcome.PERMANENT and failover_to is None:
             bounced = result.error_category == ErrorCategory.INVALID_RECIPIENT
             return (Status.BOUNCED if bounced else Status.FAILED), None, details
         # An explicit retry of a FAILED message starts a fresh retry budget. A
         # paused line (its token expired) holds messages without spending it:
         # they go out once the token is replaced.
         paused = result.error_category == ErrorCategory.LINE_PAUSED
-        if not paused and not self._policy.should_retry(job.attempt_number - job.attempts_before):
+        attempts_made = job.attempt_number - job.attempts_before
+        if not paused and not self._policy.should_retry(attempts_made):
             details["reason"] = f"gave up after {job.attempt_number} attempts"
             return Status.FAILED, None, details
-        delay = self._policy.delay(
-            job.attempt_number - job.attempts_before, self._rng, result.retry_after
-        )
+        if failover_to is not None:
+            details["failoverTo"] = failover_to
+            delay = 0.0
+        else:
+            delay = self._policy.delay(attempts_made, self._rng, result.retry_after)
         retry_at = self._clock.now() + timedelta(seconds=delay)
         details["retryAt"] = retry_at.isoformat()
         details["retryInSeconds"] = round(delay, 3)
         return Status.RETRYING, retry_at, details
+
+    async def _report_health(
+        self, route: ProviderRoute[Any], name: str, result: ProviderResult
+    ) -> None:
+        """Count the result against the provider's breaker; store the health when due."""
+        now = self._clock.now()
+        if route.record(name, now, result) and self._routing is not None:
+            try:
+                await self._routing.report_provider_health(route.health(now, worker=self.worker_id))
+                route.reported(now)
+            except Exception:  # health is a report; the attempt is what matters
+                log.exception("reporting provider health failed")
 
     async def process(self, job: ClaimedJob) -> bool:
         """Make one attempt for a claimed job and record it.
@@ -297,9 +378,14 @@ class Dispatcher:
         """
         started_at = self._clock.now()
         t0 = self._clock.monotonic()
-        provider_name, result = await self._call_provider(job)
+        provider_name, result, route = await self._call_provider(job)
         duration_ms = round((self._clock.monotonic() - t0) * 1000, 3)
-        new_status, retry_at, details = self._decide(job, result)
+        failover_to = None
+        if route is not None:
+            await self._report_health(route, provider_name, result)
+            if result.may_fail_over:
+                failover_to = route.next_after(provider_name)
+        new_status, retry_at, details = self._decide(job, result, failover_to=failover_to)
         details["provider"] = provider_name
         message = job.message
         attempt = Attempt(

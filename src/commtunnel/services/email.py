@@ -19,14 +19,13 @@ from commtunnel.domain import email as rules
 from commtunnel.domain.errors import SenderNotVerifiedError, ValidationError
 from commtunnel.domain.events import TimelineEvent
 from commtunnel.domain.keys import Principal, Scope
-from commtunnel.domain.messages import Channel, EmailContent, Message, Status
+from commtunnel.domain.messages import Channel, EmailContent, Message
 from commtunnel.ids import new_id
-from commtunnel.ports import Clock, Storage
-from commtunnel.services import channel, idempotency
+from commtunnel.ports import Clock, NewMessage, SchedulingStorage, Storage
+from commtunnel.services import channel, email_batch, idempotency, scheduling
 from commtunnel.services.auth import require
 from commtunnel.services.channel import MAX_TIMELINE_LIMIT as MAX_TIMELINE_LIMIT  # re-exported
 from commtunnel.services.templates import TemplateError, TemplateRenderer
-from commtunnel.services.timeline import status_event
 
 ENDPOINT_SEND = "emails.send"
 MAX_BODY_CHARS = 5_000_000  # per part; the HTTP body limit is usually lower
@@ -49,12 +48,14 @@ class EmailSendRequest:
     template_id: Any = None
     variables: Any = None
     tracking: Any = False
+    unsubscribe: Any = False
     sandbox_mode: Any = False
+    scheduled_at: Any = None
     idempotency_key: Any = None
 
     def wire_payload(self) -> dict[str, Any]:
         """The request in wire spelling, without the idempotency key (for fingerprints)."""
-        return channel.wire_payload(self, WIRE_FIELDS)
+        return scheduling.fingerprint_payload(channel.wire_payload(self, WIRE_FIELDS))
 
 
 #: wire field name -> EmailSendRequest attribute
@@ -67,7 +68,9 @@ WIRE_FIELDS: dict[str, str] = {
     "templateId": "template_id",
     "variables": "variables",
     "tracking": "tracking",
+    "unsubscribe": "unsubscribe",
     "sandboxMode": "sandbox_mode",
+    "scheduledAt": "scheduled_at",
     "idempotencyKey": "idempotency_key",
 }
 
@@ -132,6 +135,15 @@ class EmailStats:
     include_bots: bool = False
 
 
+@attrs.frozen(kw_only=True)
+class _Checked:
+    """A send request's fields once checked: (name, addr-spec) mailboxes, the time it is due."""
+
+    sender: tuple[str, str]
+    to: tuple[str, str]
+    scheduled_at: datetime | None
+
+
 class EmailService:
     """Send, preview and read transactional email.
 
@@ -143,6 +155,10 @@ class EmailService:
         recipient_check: awaited with (organization id, recipient addr-spec)
             before a send is accepted; raises to refuse it (the suppression
             list's check). None checks nothing.
+        scheduling_store: cancels and batches (None: :meth:`cancel` and
+            :meth:`send_batch` raise ``RuntimeError``).
+        schedule_horizon: seconds ahead a ``scheduledAt`` may be at most.
+        batch_max_messages: the most emails in one batch.
     """
 
     def __init__(
@@ -153,8 +169,14 @@ class EmailService:
         *,
         idempotency_retention: float = 86_400.0,
         recipient_check: Callable[[str, str], Awaitable[None]] | None = None,
+        scheduling_store: SchedulingStorage | None = None,
+        schedule_horizon: float = scheduling.DEFAULT_HORIZON,
+        batch_max_messages: int = email_batch.DEFAULT_MAX_MESSAGES,
     ) -> None:
         self._storage = storage
+        self._scheduling = scheduling_store
+        self._horizon = schedule_horizon
+        self._batch_max = batch_max_messages
         self._recipient_check = recipient_check
         self._clock = clock
         self._renderer = renderer
@@ -196,7 +218,11 @@ class EmailService:
             problems["templateId"] = "must be a string"
         if req.variables is not None and not isinstance(req.variables, dict):
             problems["variables"] = "must be an object"
-        for wire, value in (("tracking", req.tracking), ("sandboxMode", req.sandbox_mode)):
+        for wire, value in (
+            ("tracking", req.tracking),
+            ("unsubscribe", req.unsubscribe),
+            ("sandboxMode", req.sandbox_mode),
+        ):
             if not isinstance(value, bool):
                 problems[wire] = "must be a boolean"
         if req.template_id is None:
@@ -310,26 +336,28 @@ class EmailService:
     # ------------------------------------------------------------------ use cases
 
     async def send(self, principal: Principal, req: EmailSendRequest) -> SendResult:
-        """Accept an email for delivery.
+        """Accept an email for delivery, now or at ``scheduled_at``.
 
         Returns:
-            The queued message (status QUEUED), or with ``duplicate=True`` the
-            message an earlier request with the same idempotency key created.
+            The queued message (status QUEUED, or SCHEDULED with a
+            ``scheduledAt``), or with ``duplicate=True`` the message an earlier
+            request with the same idempotency key created.
 
         Raises:
             InsufficientScopeError: the key lacks ``send:email``.
             ValidationError: bad fields (``details`` per field), a malformed
-                idempotency key, or an unknown template.
+                idempotency key, an unknown template, or a ``scheduledAt`` that
+                is not an ISO 8601 time with a timezone, not in the future or
+                beyond the horizon (:mod:`commtunnel.services.scheduling`).
             SenderNotVerifiedError: ``from`` is not a verified address or domain.
+            EmailRecipientSuppressedError: what ``recipient_check`` raises: ``to``
+                is on the organization's suppression list.
             IdempotencyKeyReusedError: the key was used with another payload or endpoint.
             IdempotencyKeyInUseError: the key's first request is still in flight.
         """
         require(principal, Scope.SEND_EMAIL)
         key = idempotency.validate_key(req.idempotency_key)
-        problems, mailboxes = self._check_fields(req)
-        if problems:
-            raise ValidationError.from_fields(problems)
-        sender, (to_name, to_addr) = mailboxes["from"], mailboxes["to"]
+        checked = self._checked(req)
         with self._in_flight.hold(principal.org_id, key):
             original = await channel.replay(
                 self._storage,
@@ -341,55 +369,101 @@ class EmailService:
             )
             if original is not None:
                 return SendResult(message=original, duplicate=True)
-            rendered = await self._render(
-                principal.org_id,
-                subject=req.subject,
-                html=req.html,
-                text=req.text,
-                template_id=req.template_id,
-                variables=req.variables,
-            )
-            await self._check_sender(principal.org_id, sender[1])
-            if self._recipient_check is not None:
-                await self._recipient_check(principal.org_id, to_addr)
-            now = self._clock.now()
-            message_id = new_id()
-            content = EmailContent(
-                from_addr=rules.format_mailbox(*sender),
-                to=rules.format_mailbox(to_name, to_addr),
-                subject=rendered.subject,
-                html=rendered.html,
-                text=rendered.text,
-                message_id_header=f"<{message_id}@{rules.domain_of(sender[1])}>",
-                template_id=rendered.template_id,
-                tracking=bool(req.tracking),
-            )
-            message = Message(
-                id=message_id,
-                org_id=principal.org_id,
-                channel=Channel.EMAIL,
-                status=Status.QUEUED,
-                sandbox=principal.sandbox or bool(req.sandbox_mode),
-                api_key_id=principal.api_key_id,
-                email=content,
-                created_at=now,
-                updated_at=now,
-            )
-            event = status_event(
-                message, Status.QUEUED, at=now, details={"sandbox": True} if message.sandbox else {}
-            )
+            new = await self._prepare(principal, req, checked, details={})
             record = channel.idempotency_record(
                 org_id=principal.org_id,
                 key=key,
                 endpoint=ENDPOINT_SEND,
                 payload=req.wire_payload(),
-                message_id=message_id,
-                now=now,
+                message_id=new.message.id,
+                now=new.message.created_at,
                 retention=self._retention,
             )
-            result = await self._storage.accept(message, event, run_at=now, idempotency=record)
+            result = await self._storage.accept(
+                new.message, new.event, run_at=new.run_at, idempotency=record
+            )
         accepted = channel.accepted_message(result, key=key, endpoint=ENDPOINT_SEND)
         return SendResult(message=accepted, duplicate=result.duplicate)
+
+    def _checked(self, req: EmailSendRequest) -> _Checked:
+        """Every field's problems at once, ``scheduledAt``'s format among them.
+
+        Raises:
+            ValidationError: per field.
+        """
+        problems, mailboxes = self._check_fields(req)
+        scheduled_at = None
+        try:
+            scheduled_at = scheduling.read_scheduled_at(req.scheduled_at)
+        except ValidationError as exc:
+            problems.update(exc.details)
+        if problems:
+            raise ValidationError.from_fields(problems)
+        return _Checked(sender=mailboxes["from"], to=mailboxes["to"], scheduled_at=scheduled_at)
+
+    async def _prepare(
+        self,
+        principal: Principal,
+        req: EmailSendRequest,
+        checked: _Checked,
+        *,
+        details: dict[str, Any],
+    ) -> NewMessage:
+        """What runs after the replay lookup: the schedule's window, template, sender and
+        recipient checks, then the message, its first event and its job's time.
+
+        Args:
+            details: extra details of the first event (a batch's ``batchId``).
+
+        Raises:
+            ValidationError: ``scheduledAt`` not in the future or beyond the
+                horizon, an unknown template, a render error.
+            SenderNotVerifiedError: ``from`` is not verified.
+            CommtunnelError: whatever the recipient check raises (a suppressed address).
+        """
+        scheduling.check_scheduled_at(
+            checked.scheduled_at, now=self._clock.now(), horizon=self._horizon
+        )
+        rendered = await self._render(
+            principal.org_id,
+            subject=req.subject,
+            html=req.html,
+            text=req.text,
+            template_id=req.template_id,
+            variables=req.variables,
+        )
+        await self._check_sender(principal.org_id, checked.sender[1])
+        if self._recipient_check is not None:
+            await self._recipient_check(principal.org_id, checked.to[1])
+        now = self._clock.now()
+        message_id = new_id()
+        content = EmailContent(
+            from_addr=rules.format_mailbox(*checked.sender),
+            to=rules.format_mailbox(*checked.to),
+            subject=rendered.subject,
+            html=rendered.html,
+            text=rendered.text,
+            message_id_header=f"<{message_id}@{rules.domain_of(checked.sender[1])}>",
+            template_id=rendered.template_id,
+            tracking=bool(req.tracking),
+            unsubscribe=bool(req.unsubscribe),
+        )
+        message = Message(
+            id=message_id,
+            org_id=principal.org_id,
+            channel=Channel.EMAIL,
+            status=scheduling.first_status(checked.scheduled_at),
+            sandbox=principal.sandbox or bool(req.sandbox_mode),
+            api_key_id=principal.api_key_id,
+            email=content,
+            created_at=now,
+            updated_at=now,
+            scheduled_at=checked.scheduled_at,
+        )
+        if message.sandbox:
+            details = {**details, "sandbox": True}
+        event = scheduling.first_event(message, at=now, details=details)
+        return NewMessage(message=message, event=event, run_at=scheduling.run_at(message))
 
     async def preview(
         self,
@@ -479,6 +553,81 @@ class EmailService:
             NotFoundError: no such email in the caller's organization.
         """
         return await self._messages.timeline(principal, message_id, limit)
+
+    def _scheduling_store(self) -> SchedulingStorage:
+        if self._scheduling is None:
+            raise RuntimeError("EmailService was built without a scheduling store")
+        return self._scheduling
+
+    async def cancel(self, principal: Principal, message_id: str) -> EmailStatus:
+        """Cancel an email that is SCHEDULED, or QUEUED and not yet claimed by a worker.
+
+        The message moves to CANCELED with an ``email_canceled`` event
+        (``details.previousStatus``) and its job is deleted, atomically: it is
+        never sent.
+
+        Returns:
+            The message (CANCELED) with its attempts, as :meth:`get` shows it.
+
+        Raises:
+            InsufficientScopeError: the key lacks ``send:email``.
+            NotFoundError: no such email in the caller's organization.
+            MessageNotCancelableError: 409, any other status (``details.status``),
+                PROCESSING (a worker is sending it) among them.
+        """
+        store = self._scheduling_store()
+        return await self._messages.cancel(store, principal, message_id, now=self._clock.now())
+
+    async def send_batch(
+        self, principal: Principal, request: email_batch.BatchRequest
+    ) -> email_batch.BatchResult:
+        """Accept up to ``batch_max_messages`` emails, each checked as :meth:`send` checks one.
+
+        Refused items are answered with their error and take nothing with them;
+        the accepted ones are committed together (all or none). The
+        idempotency key covers the whole batch; items may not carry their own.
+        See :mod:`commtunnel.services.email_batch`.
+
+        Returns:
+            Each item's outcome, in order (message or error), and the batch id
+            (None when every item was refused: nothing is stored then).
+
+        Raises:
+            InsufficientScopeError: the key lacks ``send:email``.
+            ValidationError: ``messages`` is not a list of 1..max items, or a
+                malformed idempotency key.
+            IdempotencyKeyReusedError / IdempotencyKeyInUseError: see DESIGN.md.
+        """
+        require(principal, Scope.SEND_EMAIL)
+        sender = email_batch.BatchSender(
+            self._storage,
+            self._scheduling_store(),
+            self._clock,
+            prepare=self._prepare_item,
+            in_flight=self._in_flight,
+            retention=self._retention,
+            max_messages=self._batch_max,
+        )
+        return await sender.send(principal, request)
+
+    async def _prepare_item(
+        self, principal: Principal, item: Any, details: dict[str, Any]
+    ) -> NewMessage:
+        """One batch item, checked as a single send is (the key is the batch's).
+
+        Raises:
+            ValidationError: the item is not an object, carries an
+                ``idempotencyKey``, or has bad or unknown fields.
+            CommtunnelError: any other refusal of a single send.
+        """
+        if not isinstance(item, dict):
+            raise ValidationError.from_fields({"message": "must be a JSON object"})
+        if "idempotencyKey" in item:
+            raise ValidationError.from_fields(
+                {"idempotencyKey": "set one key on the batch, not on its messages"}
+            )
+        req = request_from_wire(item, header_key=None)
+        return await self._prepare(principal, req, self._checked(req), details=details)
 
     async def stats(
         self, principal: Principal, *, start: datetime, end: datetime, include_bots: bool = False

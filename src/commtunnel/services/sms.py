@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import secrets
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import attrs
@@ -45,16 +45,17 @@ from commtunnel.ports import (
     InboundMessage,
     OptOut,
     ReceiptOutcome,
+    SchedulingStorage,
     SenderIdRequest,
     SmsPage,
     SmsProvider,
     SmsStorage,
     Storage,
 )
-from commtunnel.services import channel, idempotency
+from commtunnel.services import channel, idempotency, scheduling
 from commtunnel.services.auth import require
 from commtunnel.services.channel import MAX_TIMELINE_LIMIT as MAX_TIMELINE_LIMIT  # re-exported
-from commtunnel.services.timeline import apply_receipt, org_event, status_event
+from commtunnel.services.timeline import apply_receipt, org_event
 
 ENDPOINT_SEND = "sms.send"
 ENDPOINT_OTP = "sms.otp.send"
@@ -80,11 +81,12 @@ class SmsSendRequest:
     body: Any = None
     send_type: Any = None
     sandbox_mode: Any = False
+    scheduled_at: Any = None
     idempotency_key: Any = None
 
     def wire_payload(self) -> dict[str, Any]:
         """The request in wire spelling without the key (for fingerprints)."""
-        return channel.wire_payload(self, SEND_WIRE_FIELDS)
+        return scheduling.fingerprint_payload(channel.wire_payload(self, SEND_WIRE_FIELDS))
 
 
 @attrs.frozen(kw_only=True)
@@ -109,6 +111,7 @@ SEND_WIRE_FIELDS = {
     "body": "body",
     "sendType": "send_type",
     "sandboxMode": "sandbox_mode",
+    "scheduledAt": "scheduled_at",
     "idempotencyKey": "idempotency_key",
 }
 OTP_WIRE_FIELDS = {
@@ -245,6 +248,8 @@ class SmsService:
         otp_cooldown: seconds between OTPs to one number for one purpose.
         idempotency_retention: seconds an idempotency key is remembered.
         help_text / stop_text / start_text: replies to HELP, STOP and START.
+        scheduling_store: cancels (None: :meth:`cancel` raises ``RuntimeError``).
+        schedule_horizon: seconds ahead a ``scheduledAt`` may be at most.
     """
 
     def __init__(
@@ -259,9 +264,13 @@ class SmsService:
         help_text: str = "",
         stop_text: str = "",
         start_text: str = "",
+        scheduling_store: SchedulingStorage | None = None,
+        schedule_horizon: float = scheduling.DEFAULT_HORIZON,
     ) -> None:
         self._storage = storage
         self._store = sms_store
+        self._scheduling = scheduling_store
+        self._horizon = schedule_horizon
         self._clock = clock
         self._default_sender_id = default_sender_id
         self._cooldown = otp_cooldown
@@ -279,7 +288,7 @@ class SmsService:
     # ------------------------------------------------------------------ sending
 
     async def send(self, principal: Principal, req: SmsSendRequest) -> SmsSendResult:
-        """Queue a standard SMS.
+        """Queue a standard SMS, now or at ``scheduled_at`` (stored SCHEDULED until then).
 
         Returns:
             The queued message (``sms`` content carries ``encoding`` and
@@ -290,7 +299,8 @@ class SmsService:
             InsufficientScopeError: the key lacks ``send:sms``.
             ValidationError: bad ``to`` (not E.164), ``senderId``, ``body``
                 (empty or over 1600 characters), ``sendType``, ``sandboxMode``
-                (not a boolean), or key; every bad field at once.
+                (not a boolean), ``scheduledAt`` (see
+                :mod:`commtunnel.services.scheduling`) or key; every bad field at once.
             SmsSenderIdNotApprovedError: the sender ID is neither approved
                 for the organization nor the platform default.
             SmsRecipientOptedOutError: the number is on the opt-out list.
@@ -298,17 +308,21 @@ class SmsService:
         """
         require(principal, Scope.SEND_SMS)
         key = idempotency.validate_key(req.idempotency_key)
-        to, sender_id, body, send_type, sandbox_mode = channel.check_fields(
+        to, sender_id, body, send_type, sandbox_mode, scheduled_at = channel.check_fields(
             lambda: rules.normalise_e164(req.to),
             lambda: rules.validate_sender_id(req.sender_id),
             lambda: rules.validate_body(req.body),
             lambda: rules.parse_send_type(req.send_type),
             lambda: channel.check_bool(req.sandbox_mode, "sandboxMode"),
+            lambda: scheduling.read_scheduled_at(req.scheduled_at),
         )
         with self._in_flight.hold(principal.org_id, key):
             original = await self._replay(principal, key, ENDPOINT_SEND, req.wire_payload())
             if original is not None:
                 return SmsSendResult(message=original, duplicate=True)
+            scheduling.check_scheduled_at(
+                scheduled_at, now=self._clock.now(), horizon=self._horizon
+            )
             if not await self._sender_id_allowed(principal.org_id, sender_id):
                 raise SmsSenderIdNotApprovedError(
                     f"Sender ID '{sender_id}' is not approved for this organization",
@@ -326,7 +340,13 @@ class SmsService:
                 flow="STANDARD",
             )
             result = await self._accept(
-                principal, content, key, ENDPOINT_SEND, req.wire_payload(), sandbox_mode
+                principal,
+                content,
+                key,
+                ENDPOINT_SEND,
+                req.wire_payload(),
+                sandbox_mode,
+                scheduled_at=scheduled_at,
             )
         message = channel.accepted_message(result, key=key, endpoint=ENDPOINT_SEND)
         return SmsSendResult(message=message, duplicate=result.duplicate)
@@ -454,6 +474,7 @@ class SmsService:
         sandbox_mode: bool,
         *,
         cooldown: CooldownClaim | None = None,
+        scheduled_at: datetime | None = None,
     ) -> AcceptResult:
         now = cooldown.now if cooldown is not None else self._clock.now()
         message_id = new_id()
@@ -461,18 +482,19 @@ class SmsService:
             id=message_id,
             org_id=principal.org_id,
             channel=Channel.SMS,
-            status=Status.QUEUED,
+            status=scheduling.first_status(scheduled_at),
             sandbox=principal.sandbox or sandbox_mode,
             api_key_id=principal.api_key_id,
             email=None,
             sms=content,
             created_at=now,
             updated_at=now,
+            scheduled_at=scheduled_at,
         )
         details: dict[str, Any] = {"segments": content.segments, "encoding": content.encoding}
         if message.sandbox:
             details["sandbox"] = True
-        event = status_event(message, Status.QUEUED, at=now, details=details)
+        event = scheduling.first_event(message, at=now, details=details)
         record = channel.idempotency_record(
             org_id=principal.org_id,
             key=key,
@@ -483,7 +505,11 @@ class SmsService:
             retention=self._retention,
         )
         return await self._storage.accept(
-            message, event, run_at=now, idempotency=record, cooldown=cooldown
+            message,
+            event,
+            run_at=scheduling.run_at(message),
+            idempotency=record,
+            cooldown=cooldown,
         )
 
     # ------------------------------------------------------------------ reading
@@ -577,6 +603,27 @@ class SmsService:
         return await self._messages.requeue_failed(
             self._store, principal, message_id, now=now, run_at=now
         )
+
+    async def cancel(self, principal: Principal, message_id: str) -> SmsStatus:
+        """Cancel an SMS that is SCHEDULED, or QUEUED and not yet claimed by a worker.
+
+        The message moves to CANCELED with an ``sms_canceled`` event
+        (``details.previousStatus``) and its job is deleted, atomically.
+
+        Returns:
+            The message (CANCELED) with its attempts, as :meth:`get` shows it.
+
+        Raises:
+            InsufficientScopeError: the key lacks ``send:sms``.
+            NotFoundError: no such SMS in the caller's organization.
+            MessageNotCancelableError: 409, any other status (``details.status``).
+        """
+        if self._scheduling is None:
+            raise RuntimeError("SmsService was built without a scheduling store")
+        status = await self._messages.cancel(
+            self._scheduling, principal, message_id, now=self._clock.now()
+        )
+        return attrs.evolve(status, message=_for_reading(status.message))
 
     # ------------------------------------------------------------------ sender IDs
 
