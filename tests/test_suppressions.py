@@ -206,6 +206,26 @@ async def test_a_listed_address_refuses_sends_whatever_its_case(ct: Commtunnel) 
     await ct.email.send(**SEND, to="ann@example.net")  # others still go
 
 
+async def test_an_address_suppressed_after_acceptance_is_not_delivered(
+    ct: Commtunnel, provider: MockProvider, clock: ManualClock
+) -> None:
+    """A scheduled email whose recipient is listed meanwhile fails at its attempt, unsent."""
+    scheduled = await ct.email.send(
+        **SEND, to=BOB, scheduled_at=(clock.now() + timedelta(hours=1)).isoformat()
+    )
+    other = await ct.email.send(**SEND, to="ann@example.net")
+    await ct.suppressions.add_suppression(ct.email.principal, BOB, reason="COMPLAINT")
+    clock.advance(3600)
+    assert await ct.run_worker_until_idle() == 2
+    status = await ct.email.get(scheduled.message.id)
+    assert status.message.status == Status.FAILED
+    [attempt] = status.attempts
+    assert (attempt.provider, attempt.error_category) == ("none", "RECIPIENT_OPTED_OUT")
+    assert "suppression list (COMPLAINT)" in (attempt.error_message or "")
+    assert [e.content.to for e in provider.sent] == ["ann@example.net"]
+    assert (await ct.email.get(other.message.id)).message.status == Status.SENT
+
+
 async def test_sandbox_sends_are_refused_too(ct: Commtunnel) -> None:
     """A sandbox send behaves like the real thing: refused."""
     await ct.suppressions.add_suppression(ct.email.principal, BOB)

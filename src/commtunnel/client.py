@@ -761,6 +761,7 @@ class Commtunnel:
                 whatsapp_line=self.whatsapp_service.line_for_message,
                 after_attempt=self._after_attempt,
                 prepare_email=self._prepare_email,
+                check_email=self.suppressions.held,
             )
         return self._dispatcher
 

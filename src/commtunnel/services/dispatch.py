@@ -119,6 +119,9 @@ class Dispatcher:
             here, so the stored message keeps the original); None sends
             ``message.email`` as stored. If it raises, the attempt is a
             transient ``UNKNOWN`` failure.
+        check_email: asked before each email attempt; a result it returns is
+            recorded instead of calling a provider (a recipient suppressed
+            since the send was accepted). None: no check.
         policy: retry policy for transient failures.
         lease_seconds: how long a claim is exclusive; a worker that dies
             leaves a lease that expires after this many seconds.
@@ -147,6 +150,7 @@ class Dispatcher:
         whatsapp_line: Callable[[Message], Awaitable[WhatsAppLine | ProviderResult]] | None = None,
         after_attempt: Callable[[Message, ProviderResult], Awaitable[object]] | None = None,
         prepare_email: Callable[[Message], Awaitable[EmailContent]] | None = None,
+        check_email: Callable[[Message], Awaitable[ProviderResult | None]] | None = None,
     ) -> None:
         if send_timeout >= lease_seconds:
             raise ValueError("send_timeout must be shorter than lease_seconds")
@@ -159,6 +163,7 @@ class Dispatcher:
         self._whatsapp_line = whatsapp_line
         self._after_attempt = after_attempt
         self._prepare_email = prepare_email
+        self._check_email = check_email
         self._clock = clock
         self._policy = policy or RetryPolicy()
         self._lease_seconds = lease_seconds
@@ -256,6 +261,8 @@ class Dispatcher:
             call = await self._whatsapp_call(job)
             return call if isinstance(call, ProviderResult) else _Call(call[0], call[1], None)
         if message.email is not None:
+            if self._check_email is not None and (held := await self._check_email(message)):
+                return held
             prepare = self._prepare_email
             email = OutgoingEmail(
                 message_id=message.id,

@@ -377,6 +377,29 @@ class SuppressionService:
                 details={"to": key, "reason": str(found.reason)},
             )
 
+    async def held(self, message: Message) -> ProviderResult | None:
+        """The result to record instead of sending, when the recipient was suppressed since.
+
+        A scheduled, queued or retrying email whose recipient joined the list
+        after the send was accepted is not delivered: each attempt asks here
+        first (the dispatcher's ``check_email`` hook).
+
+        Returns:
+            A permanent ``RECIPIENT_OPTED_OUT`` result naming the reason (the
+            message becomes FAILED and no other provider is tried), or None.
+        """
+        if message.email is None:
+            return None
+        key = normalize_address(message.email.to)
+        found = await self._store.get_suppression(message.org_id, key, now=self._clock.now())
+        if found is None:
+            return None
+        return ProviderResult.permanent(
+            ErrorCategory.RECIPIENT_OPTED_OUT,
+            f"the recipient was added to the suppression list ({found.reason}) "
+            "after this email was accepted",
+        )
+
     async def after_attempt(self, message: Message, result: ProviderResult) -> None:
         """List the recipient of an email the provider refused for good as ``HARD_BOUNCE``.
 
