@@ -321,7 +321,8 @@ EVENTS = record_rows(
     status=lambda text: None if text is None else Status(text),
     details=json.loads,
 )
-_ATTEMPTS = record_rows(
+#: attempts as records (the routing store reads them too).
+ATTEMPTS = record_rows(
     "attempts",
     Attempt,
     "message_id, number, provider, outcome, error_category, error_message, duration_ms, "
@@ -489,6 +490,66 @@ def _due_event(message: Message, at: datetime) -> TimelineEvent:
         created_at=at,
         details={"scheduled": True},
     )
+
+
+def claim_idempotency_key(
+    conn: sqlite3.Connection,
+    record: IdempotencyRecord,
+    target_id: str,
+    replay: Callable[..., R | None],
+) -> R | None:
+    """Take an idempotency key for ``target_id`` (a message, or a batch), or answer its replay.
+
+    The primary key (org_id, key) is what guarantees one result per key,
+    across processes too. The insert comes first: a new key (the usual case)
+    costs one statement, and the stored key is read only on a conflict.
+
+    Args:
+        conn: the connection, inside the caller's transaction.
+        record: the key, its endpoint, fingerprint and window.
+        target_id: what the key produces (stored in ``message_id``).
+        replay: ``replay(conn, org_id, key, endpoint=, fingerprint=, now=)``:
+            what an unexpired stored key answers (a duplicate or a conflict),
+            None when it has expired or what it named is gone.
+
+    Returns:
+        None when the key is now this request's (new, or an expired one taken
+        over); else ``replay``'s answer, and nothing was written.
+    """
+    key_values = (
+        record.endpoint,
+        record.fingerprint,
+        target_id,
+        ts(record.created_at),
+        ts(record.expires_at),
+        record.org_id,
+        record.key,
+    )
+    inserted = conn.execute(
+        "INSERT INTO idempotency_keys (endpoint, fingerprint, message_id, "
+        "created_at, expires_at, org_id, key) VALUES (?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (org_id, key) DO NOTHING",
+        key_values,
+    ).rowcount
+    if inserted:
+        return None
+    answer = replay(
+        conn,
+        record.org_id,
+        record.key,
+        endpoint=record.endpoint,
+        fingerprint=record.fingerprint,
+        now=record.created_at,
+    )
+    if answer is not None:
+        return answer
+    conn.execute(
+        "UPDATE idempotency_keys SET endpoint = ?, fingerprint = ?, "
+        "message_id = ?, created_at = ?, expires_at = ? "
+        "WHERE org_id = ? AND key = ?",
+        key_values,
+    )
+    return None
 
 
 class _CooldownRefusal(Exception):
@@ -1031,42 +1092,9 @@ class SqliteBackend:
 
         def op(conn: sqlite3.Connection) -> AcceptResult:
             if idempotency is not None:
-                # The primary key (org_id, key) is what guarantees one message per
-                # key, across processes too. Insert first: a new key (the usual case)
-                # costs one statement, and the stored key is read only on a conflict.
-                key_values = (
-                    idempotency.endpoint,
-                    idempotency.fingerprint,
-                    message.id,
-                    ts(idempotency.created_at),
-                    ts(idempotency.expires_at),
-                    idempotency.org_id,
-                    idempotency.key,
-                )
-                inserted = conn.execute(
-                    "INSERT INTO idempotency_keys (endpoint, fingerprint, message_id, "
-                    "created_at, expires_at, org_id, key) VALUES (?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (org_id, key) DO NOTHING",
-                    key_values,
-                ).rowcount
-                if not inserted:
-                    replay = _replay(
-                        conn,
-                        idempotency.org_id,
-                        idempotency.key,
-                        endpoint=idempotency.endpoint,
-                        fingerprint=idempotency.fingerprint,
-                        now=idempotency.created_at,
-                    )
-                    if replay is not None:
-                        return replay
-                    # The stored key has expired: this request takes it over.
-                    conn.execute(
-                        "UPDATE idempotency_keys SET endpoint = ?, fingerprint = ?, "
-                        "message_id = ?, created_at = ?, expires_at = ? "
-                        "WHERE org_id = ? AND key = ?",
-                        key_values,
-                    )
+                replay = claim_idempotency_key(conn, idempotency, message.id, _replay)
+                if replay is not None:
+                    return replay
             if cooldown is not None:
                 blocked_until = _claim_cooldown(conn, cooldown, message.id)
                 if blocked_until is not None:
@@ -1110,7 +1138,7 @@ class SqliteBackend:
 
     async def list_attempts(self, org_id: str, message_id: str) -> list[Attempt]:
         """Every attempt of a message of the organization, in order."""
-        return _ATTEMPTS.all(
+        return ATTEMPTS.all(
             self.conn,
             # The subquery is NULL (nothing matches) for another organization's message.
             "WHERE message_id = (SELECT id FROM messages WHERE id = ? AND org_id = ?) "

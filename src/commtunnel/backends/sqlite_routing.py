@@ -10,17 +10,10 @@ import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
 
-from commtunnel.backends.sqlite import BackendStore, parse_ts, record_rows, ts
+from commtunnel.backends.sqlite import ATTEMPTS, BackendStore, parse_ts, record_rows, ts
 from commtunnel.domain.circuit import CircuitState, ProviderHealth
-from commtunnel.domain.messages import Attempt, Status
+from commtunnel.domain.messages import Attempt
 
-_ATTEMPTS = record_rows(
-    "attempts",
-    Attempt,
-    "message_id, number, provider, outcome, error_category, error_message, duration_ms, "
-    "started_at, status",
-    status=lambda text: None if text is None else Status(text),
-)
 _HEALTH = record_rows(
     "provider_health",
     ProviderHealth,
@@ -44,7 +37,7 @@ class SqliteRoutingStore(BackendStore):
 
     async def last_attempt(self, message_id: str) -> Attempt | None:
         """The message's latest attempt (highest number), None before the first."""
-        return _ATTEMPTS.one(
+        return ATTEMPTS.one(
             self._conn, "WHERE message_id = ? ORDER BY number DESC LIMIT 1", (message_id,)
         )
 

@@ -27,6 +27,7 @@ import attrs
 
 from commtunnel.backends.sqlite import (
     BackendStore,
+    claim_idempotency_key,
     get_message,
     insert_event,
     insert_job,
@@ -135,39 +136,9 @@ class SqliteSchedulingStore(BackendStore):
 
         def op(conn: sqlite3.Connection) -> BatchAcceptResult:
             if idempotency is not None:
-                key_values = (
-                    idempotency.endpoint,
-                    idempotency.fingerprint,
-                    batch.id,
-                    ts(idempotency.created_at),
-                    ts(idempotency.expires_at),
-                    idempotency.org_id,
-                    idempotency.key,
-                )
-                inserted = conn.execute(
-                    "INSERT INTO idempotency_keys (endpoint, fingerprint, message_id, "
-                    "created_at, expires_at, org_id, key) VALUES (?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (org_id, key) DO NOTHING",
-                    key_values,
-                ).rowcount
-                if not inserted:
-                    replay = _batch_replay(
-                        conn,
-                        idempotency.org_id,
-                        idempotency.key,
-                        endpoint=idempotency.endpoint,
-                        fingerprint=idempotency.fingerprint,
-                        now=idempotency.created_at,
-                    )
-                    if replay is not None:
-                        return replay
-                    # The stored key has expired (or its batch is gone): this batch takes it.
-                    conn.execute(
-                        "UPDATE idempotency_keys SET endpoint = ?, fingerprint = ?, "
-                        "message_id = ?, created_at = ?, expires_at = ? "
-                        "WHERE org_id = ? AND key = ?",
-                        key_values,
-                    )
+                replay = claim_idempotency_key(conn, idempotency, batch.id, _batch_replay)
+                if replay is not None:
+                    return replay
             conn.execute(
                 "INSERT INTO email_batches (id, org_id, items, created_at) VALUES (?, ?, ?, ?)",
                 (
