@@ -181,7 +181,50 @@ def test_open_circuits_are_passed_over_and_all_open_chooses_none() -> None:
 
 def test_next_after_does_not_wrap_and_ignores_unknown_names() -> None:
     route = three()
-    assert [route.next_after(n) for n in ("a", "b", "c", "sandbox")] == ["b", "c", None, None]
+    names = [route.next_after(n, T0) for n in ("a", "b", "c", "sandbox")]
+    assert names == ["b", "c", None, None]
+
+
+def test_next_after_passes_over_open_circuits_without_taking_a_probe() -> None:
+    route = three()
+    route.record("b", T0, OUTAGE)  # b opens for 30 s
+    assert route.next_after("a", T0) == "c"
+    route.record("c", T0, OUTAGE)
+    assert route.next_after("a", T0) is None  # every later circuit is open: back off
+    later = T0 + timedelta(seconds=30)
+    assert route.next_after("a", later) == "b"
+    assert route.routes[1].breaker.state == CircuitState.OPEN  # asking took no probe
+    assert route.routes[1].breaker.allows(later)
+
+
+def test_results_of_calls_started_before_the_circuit_opened_change_nothing() -> None:
+    breaker = CircuitBreaker(failure_threshold=1, cooldown=30)
+    breaker.record(T0, OUTAGE)
+    assert breaker.record(T0 + timedelta(seconds=1), OK) is False  # a late success
+    assert breaker.state == CircuitState.OPEN
+    breaker.record(T0 + timedelta(seconds=2), OUTAGE)  # a late fault
+    assert breaker.opened_until == T0 + timedelta(seconds=30)
+    assert breaker.recent(T0 + timedelta(seconds=2)) == (3, 2)  # but both are counted
+
+
+def test_a_deferred_recipient_is_not_a_provider_fault_and_does_not_fail_over() -> None:
+    deferred = ProviderResult.transient(ErrorCategory.RECIPIENT_DEFERRED, "452 4.2.2 full")
+    assert not deferred.provider_fault and not deferred.may_fail_over
+    breaker = CircuitBreaker(failure_threshold=1)
+    breaker.record(T0, deferred)
+    assert breaker.state == CircuitState.CLOSED
+
+
+def test_the_last_error_hides_addresses_and_numbers() -> None:
+    breaker = CircuitBreaker()
+    breaker.record(
+        T0,
+        ProviderResult.transient(
+            ErrorCategory.PROVIDER_OUTAGE,
+            "421 busy (recipient Bob.X@tenant.example, +1 415 555 0123)",
+        ),
+    )
+    assert breaker.last_error == "421 busy (recipient <address>, <number>)"
 
 
 def test_route_refuses_no_providers_and_duplicate_names() -> None:
@@ -487,6 +530,89 @@ async def test_when_every_circuit_is_open_the_attempt_waits_for_the_first_probe(
         await ct.run_worker_until_idle()
         for message_id in (first, second):
             assert (await ct.email.get(message_id)).message.status == Status.SENT
+
+
+@pytest.mark.anyio
+async def test_with_the_fallback_open_a_rate_limited_primary_waits_for_its_retry_after(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    """No instant failover to an open circuit: the backoff applies, Retry-After its floor."""
+    limited = ProviderResult.transient(ErrorCategory.RATE_LIMITED, "429", retry_after=60)
+    primary = MockProvider(lambda e: limited, name="primary")
+    fallback = MockProvider(lambda e: OK, name="fallback")
+    route = ProviderRoute(
+        "email", [("primary", primary), ("fallback", fallback)], failure_threshold=1, cooldown=600
+    )
+    route.routes[0].breaker.failure_threshold = 5
+    route.record("fallback", clock.now(), OUTAGE)  # the fallback's circuit is open
+    async with Commtunnel.open(
+        db=tmp_path / "ct.db",
+        email_provider=route,
+        settings=Settings(embedded_worker=False),
+        clock=clock,
+    ) as ct:
+        await ct.admin.add_sender(ct.org.id, "example.com")
+        message_id = await send(ct)
+        assert await ct.run_worker_until_idle() == 1  # no instant second call
+        status = await ct.email.get(message_id)
+        assert shaped(status.attempts) == [("primary", Status.RETRYING, "RATE_LIMITED")]
+        retrying = [e for e in await ct.email.timeline(message_id) if e.type == "email_retrying"]
+        assert "failoverTo" not in retrying[-1].details
+        assert retrying[-1].details["retryInSeconds"] >= 60
+        assert fallback.sent == []
+
+
+@pytest.mark.anyio
+async def test_email_and_sms_providers_of_one_name_keep_their_own_health(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    async with Commtunnel.open(
+        db=tmp_path / "ct.db",
+        email_provider=MockProvider(lambda e: OUTAGE, name="main"),
+        sms_provider=MockSmsProvider(name="main"),
+        settings=Settings(embedded_worker=False, breaker_failures=1),
+        clock=clock,
+    ) as ct:
+        await ct.admin.add_sender(ct.org.id, "example.com")
+        await send(ct)
+        await ct.run_worker_until_idle()
+        await ct.routing_store.report_provider_health(
+            ct.sms_route.health(clock.now(), worker="w2")  # type: ignore[union-attr]
+        )
+        stored = {
+            (h.channel, h.provider): h.state for h in await ct.routing_store.list_provider_health()
+        }
+        assert stored == {
+            ("email", "main"): CircuitState.OPEN,
+            ("sms", "main"): CircuitState.CLOSED,
+        }
+
+
+@pytest.mark.anyio
+async def test_health_shows_no_recipient_data_to_another_organization(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    fault = ProviderResult.transient(
+        ErrorCategory.PROVIDER_OUTAGE, "421 try later (recipient secret.customer@tenant-a.example)"
+    )
+    async with Commtunnel.open(
+        db=tmp_path / "ct.db",
+        email_provider=MockProvider(lambda e: fault),
+        settings=Settings(embedded_worker=False),
+        clock=clock,
+    ) as ct:
+        await ct.admin.add_sender(ct.org.id, "example.com")
+        await send(ct, to="secret.customer@tenant-a.example")
+        await ct.run_worker_until_idle()
+        other = await ct.admin.create_org("other")
+        _, key = await ct.keys.create(other.id, scopes=frozenset({"read:sms"}))
+        async with app_client(create_app(ct)) as client:
+            r = await client.get(
+                "/v1/public/providers/health", headers={"Authorization": f"Bearer {key}"}
+            )
+        assert r.status_code == 200
+        assert "tenant-a" not in r.text
+        assert r.json()["providers"][0]["lastError"] == "421 try later (recipient <address>)"
 
 
 @pytest.mark.anyio

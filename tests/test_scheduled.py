@@ -204,6 +204,22 @@ async def test_scheduled_sms_is_held_until_due_then_sent(
     }
 
 
+async def test_a_scheduled_sms_to_a_number_that_opted_out_meanwhile_is_not_sent(
+    ct: Commtunnel, clock: ManualClock, sms_provider: MockSmsProvider
+) -> None:
+    """STOP before the send time: the attempt records FAILED, RECIPIENT_OPTED_OUT, unsent."""
+    await approve(ct)
+    result = await ct.sms.send(to=PHONE, sender_id="ACME", body="hi", scheduled_at=IN_AN_HOUR)
+    await ct.sms_service.opt_out(ct.org.id, PHONE, source="mo")
+    clock.advance(3600)
+    assert await ct.run_worker_until_idle() == 1
+    status = await ct.sms.get(result.message.id)
+    assert status.message.status == Status.FAILED
+    [attempt] = status.attempts
+    assert (attempt.provider, attempt.error_category) == ("none", "RECIPIENT_OPTED_OUT")
+    assert sms_provider.sent == []
+
+
 async def test_scheduled_sms_refuses_a_past_time(ct: Commtunnel) -> None:
     """The SMS send applies the same rule: a past time is a 400 on scheduledAt."""
     await approve(ct)

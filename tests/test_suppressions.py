@@ -46,6 +46,7 @@ from commtunnel.domain.suppressions import (
 from commtunnel.domain.tracking import OpenToken, TokenSigner
 from commtunnel.domain.webhooks import EVENT_TYPES
 from commtunnel.ports import OutgoingEmail
+from commtunnel.services.email import EmailSendRequest
 from commtunnel.testing import EPOCH, ManualClock, MockProvider
 
 pytestmark = pytest.mark.anyio
@@ -532,3 +533,11 @@ async def test_a_550_from_a_real_smtp_server_suppresses_and_the_next_send_is_ref
     [data] = handler.received  # only the accepted one arrived, with its one-click headers
     assert b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n" in data
     assert b"List-Unsubscribe: " in data
+
+
+def test_a_send_without_unsubscribe_keeps_the_fingerprint_of_older_versions() -> None:
+    """Keys stored before the field existed still replay: unset fields are not fingerprinted."""
+    base = {"from_addr": "a@example.com", "to": BOB, "subject": "s", "text": "t"}
+    payload = EmailSendRequest(**base).wire_payload()
+    assert "unsubscribe" not in payload and "scheduledAt" not in payload
+    assert EmailSendRequest(**base, unsubscribe=True).wire_payload()["unsubscribe"] is True

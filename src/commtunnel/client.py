@@ -762,6 +762,7 @@ class Commtunnel:
                 after_attempt=self._after_attempt,
                 prepare_email=self._prepare_email,
                 check_email=self.suppressions.held,
+                check_sms=self.sms_service.held,
             )
         return self._dispatcher
 

@@ -1095,7 +1095,7 @@ class RoutingStorage(Protocol):
         ...
 
     async def report_provider_health(self, reports: Sequence[ProviderHealth]) -> None:
-        """Store each provider's latest health report (one row per provider, last writer wins)."""
+        """Store each provider's latest health report (one row per channel and provider)."""
         ...
 
     async def list_provider_health(self) -> list[ProviderHealth]:

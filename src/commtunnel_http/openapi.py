@@ -33,7 +33,6 @@ from commtunnel.domain.webhooks import (
     RESPONSE_BODY_LIMIT,
     DeliveryStatus,
 )
-from commtunnel.services import email_batch
 from commtunnel.services import listing as listing_service
 from commtunnel.services import sms as sms_service
 from commtunnel.services import whatsapp as whatsapp_service
@@ -1988,7 +1987,6 @@ _SCHEMAS.update(
                 "messages": {
                     "type": "array",
                     "minItems": 1,
-                    "maxItems": email_batch.DEFAULT_MAX_MESSAGES,
                     "description": (
                         "The emails, each a send request without idempotencyKey and checked on "
                         "its own. At most COMMTUNNEL_BATCH_MAX_MESSAGES (100 by default)."

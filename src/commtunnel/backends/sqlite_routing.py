@@ -42,7 +42,7 @@ class SqliteRoutingStore(BackendStore):
         )
 
     async def report_provider_health(self, reports: Sequence[ProviderHealth]) -> None:
-        """Upsert one row per provider (the latest report wins), in one group-committed write."""
+        """Upsert one row per (channel, provider) (the latest report wins), group-committed."""
         rows = [
             (
                 r.provider,
@@ -66,7 +66,7 @@ class SqliteRoutingStore(BackendStore):
                 "INSERT INTO provider_health (provider, channel, state, consecutive_failures, "
                 "opened_until, calls, failures, last_error, last_error_category, last_error_at, "
                 "reported_by, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (provider) DO UPDATE SET channel = excluded.channel, "
+                "ON CONFLICT (channel, provider) DO UPDATE SET "
                 "state = excluded.state, consecutive_failures = excluded.consecutive_failures, "
                 "opened_until = excluded.opened_until, calls = excluded.calls, "
                 "failures = excluded.failures, last_error = excluded.last_error, "

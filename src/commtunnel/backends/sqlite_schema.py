@@ -336,7 +336,7 @@ MIGRATIONS: list[tuple[int, str]] = [
             created_at TEXT NOT NULL
         );
         CREATE TABLE provider_health (
-            provider TEXT PRIMARY KEY,
+            provider TEXT NOT NULL,
             channel TEXT NOT NULL,
             state TEXT NOT NULL,
             consecutive_failures INTEGER NOT NULL,
@@ -347,7 +347,8 @@ MIGRATIONS: list[tuple[int, str]] = [
             last_error_category TEXT,
             last_error_at TEXT,
             reported_by TEXT NOT NULL,
-            updated_at TEXT NOT NULL
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (channel, provider)
         );
         CREATE TABLE email_batches (
             id TEXT PRIMARY KEY,

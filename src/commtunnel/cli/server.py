@@ -20,6 +20,7 @@ from commtunnel.cli._support import (
     run,
     settings_from,
 )
+from commtunnel.config import Settings
 from commtunnel.providers import redact_url
 
 
@@ -64,6 +65,7 @@ def serve(
         host=host,
         port=port,
         email_provider=email_provider,
+        email_providers=email_provider,  # the flag wins over COMMTUNNEL_EMAIL_PROVIDERS too
         embedded_worker=False if no_worker else None,
     )
     configure_logging(log_level)
@@ -83,7 +85,7 @@ def serve(
         # rewrite would trust any peer on 127.0.0.1 and bypass that setting.
         proxy_headers=False,
     )
-    where = f"db {settings.db_path}, email {redact_url(settings.email_provider)}, " + (
+    where = f"db {settings.db_path}, email {_providers(settings)}, " + (
         "embedded worker" if settings.embedded_worker else "no worker"
     )
 
@@ -102,6 +104,11 @@ def serve(
     Server(config).run()
 
 
+def _providers(settings: Settings) -> str:
+    """The email providers for the startup line, in order, passwords masked."""
+    return ", ".join(redact_url(url) for url in settings.email_provider_urls)
+
+
 def _ignore_signal(_signum: int, _frame: FrameType | None) -> None:
     """Signal handler that does nothing (uvicorn has already shut down)."""
 
@@ -118,7 +125,7 @@ def worker(db: str | None, email_provider: str | None, log_level: str) -> None:
     once with exit status 1, and jobs still leased are claimed again when
     their lease expires.
     """
-    settings = settings_from(db=db, email_provider=email_provider)
+    settings = settings_from(db=db, email_provider=email_provider, email_providers=email_provider)
     configure_logging(log_level)
 
     async def main() -> None:
@@ -136,8 +143,7 @@ def worker(db: str | None, email_provider: str | None, log_level: str) -> None:
             loop.add_signal_handler(sig, on_signal)
         async with ct:
             click.echo(
-                f"commtunnel worker running (db {settings.db_path}, "
-                f"email {redact_url(settings.email_provider)})"
+                f"commtunnel worker running (db {settings.db_path}, email {_providers(settings)})"
             )
             try:
                 await ct.run_worker(stop)

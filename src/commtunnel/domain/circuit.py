@@ -14,6 +14,15 @@ The classic three states (M. Nygard, *Release It!*, "Circuit Breaker"):
   probe that never reports (its worker died) is given up after ``cooldown``
   seconds and another call may probe.
 
+While the circuit is OPEN, results of calls that started before it opened
+(a worker has many in flight) are counted in the error rate but change no
+state: a late success does not close it, a late fault does not lengthen
+the cool-down.
+
+The last fault's text is kept for the health report, which any API key may
+read: email addresses and phone numbers in it (an SMTP reply may quote the
+recipient) are replaced by ``<address>`` and ``<number>`` first.
+
 Every "now" is passed in (the Clock port's), so tests drive the breaker with
 a manual clock. The breaker also keeps the outcomes of the last ``window``
 seconds (at most :data:`MAX_OUTCOMES`) for the recent error rate that the
@@ -23,6 +32,7 @@ health endpoint shows.
 from __future__ import annotations
 
 import enum
+import re
 from collections import deque
 from datetime import datetime, timedelta
 
@@ -32,6 +42,23 @@ from commtunnel.domain.delivery import ProviderResult
 
 #: the most outcomes kept for the recent error rate.
 MAX_OUTCOMES = 1000
+
+_ADDRESS = re.compile(r"[^\s<>()\[\]\"',;:]+@[^\s<>()\[\]\"',;:]+")
+_NUMBER = re.compile(r"\+?\d(?:[ -]?\d){7,14}")
+
+
+def redact(text: str | None) -> str | None:
+    """``text`` with email addresses and phone-number-like digit runs masked.
+
+    Returns:
+        The text with each ``local@domain`` as ``<address>`` and each run of
+        8 to 15 digits (single spaces or dashes allowed between them, a
+        leading ``+``) as ``<number>``; SMTP codes such as ``451 4.3.0`` stay.
+        None stays None.
+    """
+    if text is None:
+        return None
+    return _NUMBER.sub("<number>", _ADDRESS.sub("<address>", text))
 
 
 class CircuitState(enum.StrEnum):
@@ -127,6 +154,15 @@ class CircuitBreaker:
         self.probe_started = now
         return True
 
+    def would_allow(self, now: datetime) -> bool:
+        """Whether :meth:`allows` would say yes at ``now``, without taking a probe."""
+        if self.state == CircuitState.CLOSED:
+            return True
+        if self.state == CircuitState.OPEN:
+            return self.opened_until is None or now >= self.opened_until
+        cooldown = timedelta(seconds=self.cooldown)
+        return self.probe_started is None or now >= self.probe_started + cooldown
+
     def record(self, now: datetime, result: ProviderResult) -> bool:
         """Count one call's result.
 
@@ -138,12 +174,15 @@ class CircuitBreaker:
         fault = result.provider_fault
         self._outcomes.append((now, fault))
         if fault:
-            self.consecutive_failures += 1
-            self.last_error = result.error_message
+            self.last_error = redact(result.error_message)
             self.last_error_category = (
                 None if result.error_category is None else str(result.error_category)
             )
             self.last_error_at = now
+        if self.state == CircuitState.OPEN:
+            return False  # a call that started before the circuit opened: no state change
+        if fault:
+            self.consecutive_failures += 1
             if (
                 self.state == CircuitState.HALF_OPEN
                 or self.consecutive_failures >= self.failure_threshold

@@ -32,6 +32,7 @@ class ErrorCategory(enum.StrEnum):
     TIMEOUT = "TIMEOUT"
     AUTH = "AUTH"  # the provider refused our credentials
     INVALID_RECIPIENT = "INVALID_RECIPIENT"  # mailbox unknown: a hard bounce
+    RECIPIENT_DEFERRED = "RECIPIENT_DEFERRED"  # this mailbox, for now: greylisted, full
     REJECTED = "REJECTED"  # content or policy refused
     RECIPIENT_OPTED_OUT = "RECIPIENT_OPTED_OUT"  # the recipient told the provider to stop
     UNDELIVERABLE = "UNDELIVERABLE"  # the provider will not deliver to this recipient
@@ -60,6 +61,7 @@ PROVIDER_FAULTS: frozenset[ErrorCategory] = frozenset(
 RECIPIENT_FAULTS: frozenset[ErrorCategory] = frozenset(
     {
         ErrorCategory.INVALID_RECIPIENT,
+        ErrorCategory.RECIPIENT_DEFERRED,
         ErrorCategory.RECIPIENT_OPTED_OUT,
         ErrorCategory.UNDELIVERABLE,
         ErrorCategory.TEMPLATE_REQUIRED,

@@ -33,6 +33,8 @@ a greeting other than 220 (even 554): no service right now  transient PROVIDER_O
 ``SMTPTimeoutError`` / ``TimeoutError``                     transient TIMEOUT
 ``SMTPAuthenticationError`` (535...), or no AUTH offered    transient AUTH
 452, or a 4xx saying "too many" / "rate" / "limit"          transient RATE_LIMITED
+  (to RCPT: only a 4xx saying so)
+a 4xx to RCPT with 4.1.x/4.2.x or "greylist" (mailbox full)  transient RECIPIENT_DEFERRED
 other 4xx (421, 450, 451...)                                transient PROVIDER_OUTAGE
 5xx refusing a recipient (550, 551, 553)                    permanent INVALID_RECIPIENT
 other 5xx (554 on DATA, sender refused...)                  permanent REJECTED
@@ -219,6 +221,10 @@ class SmtpSettings:
         return f"{scheme}://{userinfo}{host}:{self.port}?{'&'.join(query)}"
 
 
+#: a 4xx reply to RCPT about the mailbox, not the server: 4.1.x / 4.2.x or greylisting.
+_MAILBOX_DEFERRAL = re.compile(r"^\s*4\.[12]\.\d{1,3}\b|greylist|graylist", re.IGNORECASE)
+
+
 def _reply(code: int, message: str) -> str:
     return f"{code} {message}".strip()
 
@@ -227,8 +233,13 @@ def _classify_reply(code: int, message: str, *, recipient: bool) -> ProviderResu
     """Classify one SMTP reply code (4xx / 5xx) and its text."""
     text = _reply(code, message)
     if 400 <= code < 500:
-        if code == 452 or _RATE_WORDS.search(message):
+        if _RATE_WORDS.search(message) or (code == 452 and not recipient):
             return ProviderResult.transient(ErrorCategory.RATE_LIMITED, text)
+        if recipient and _MAILBOX_DEFERRAL.search(message):
+            # This one mailbox, for now (RFC 3463 §3.3/§3.4: 4.1.x address and
+            # 4.2.x mailbox status; greylisting): no other provider would do
+            # better, and the provider itself is fine.
+            return ProviderResult.transient(ErrorCategory.RECIPIENT_DEFERRED, text)
         return ProviderResult.transient(ErrorCategory.PROVIDER_OUTAGE, text)
     if 500 <= code < 600:
         if recipient and code in _INVALID_RECIPIENT_CODES:

@@ -13,8 +13,9 @@ Email and SMS go through a :class:`~commtunnel.services.routing.ProviderRoute`:
 the channel's providers in failover order, each behind a circuit breaker.
 A failure that another provider may fix moves the next attempt to the next
 provider of the list, at once (no backoff) and even when the failure was
-permanent for this provider (refused credentials, a content refusal); only
-wrapping round to the first provider again waits for the backoff. Each
+permanent for this provider (refused credentials, a content refusal), as
+long as a later provider's circuit would take the call; wrapping round to
+the first provider again, or every later circuit open, waits for the backoff. Each
 attempt records the provider that made it (``attempts[].provider``).
 
 A provider that raises or hangs never kills the worker: exceptions are
@@ -122,6 +123,7 @@ class Dispatcher:
         check_email: asked before each email attempt; a result it returns is
             recorded instead of calling a provider (a recipient suppressed
             since the send was accepted). None: no check.
+        check_sms: the same for SMS (a number that opted out since).
         policy: retry policy for transient failures.
         lease_seconds: how long a claim is exclusive; a worker that dies
             leaves a lease that expires after this many seconds.
@@ -151,6 +153,7 @@ class Dispatcher:
         after_attempt: Callable[[Message, ProviderResult], Awaitable[object]] | None = None,
         prepare_email: Callable[[Message], Awaitable[EmailContent]] | None = None,
         check_email: Callable[[Message], Awaitable[ProviderResult | None]] | None = None,
+        check_sms: Callable[[Message], Awaitable[ProviderResult | None]] | None = None,
     ) -> None:
         if send_timeout >= lease_seconds:
             raise ValueError("send_timeout must be shorter than lease_seconds")
@@ -164,6 +167,7 @@ class Dispatcher:
         self._after_attempt = after_attempt
         self._prepare_email = prepare_email
         self._check_email = check_email
+        self._check_sms = check_sms
         self._clock = clock
         self._policy = policy or RetryPolicy()
         self._lease_seconds = lease_seconds
@@ -279,6 +283,8 @@ class Dispatcher:
                 return ProviderResult.permanent(
                     ErrorCategory.UNSUPPORTED, "no SMS provider is configured"
                 )
+            if self._check_sms is not None and (held := await self._check_sms(message)):
+                return held
             sms = OutgoingSms(
                 message_id=message.id,
                 org_id=message.org_id,
@@ -391,7 +397,7 @@ class Dispatcher:
         if route is not None:
             await self._report_health(route, provider_name, result)
             if result.may_fail_over:
-                failover_to = route.next_after(provider_name)
+                failover_to = route.next_after(provider_name, self._clock.now())
         new_status, retry_at, details = self._decide(job, result, failover_to=failover_to)
         details["provider"] = provider_name
         message = job.message

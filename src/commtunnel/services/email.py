@@ -55,7 +55,11 @@ class EmailSendRequest:
 
     def wire_payload(self) -> dict[str, Any]:
         """The request in wire spelling, without the idempotency key (for fingerprints)."""
-        return scheduling.fingerprint_payload(channel.wire_payload(self, WIRE_FIELDS))
+        payload = scheduling.fingerprint_payload(channel.wire_payload(self, WIRE_FIELDS))
+        if payload.get("unsubscribe") is False:
+            # As for scheduledAt: a key stored before the field existed still replays.
+            del payload["unsubscribe"]
+        return payload
 
 
 #: wire field name -> EmailSendRequest attribute

@@ -15,8 +15,10 @@ Which provider makes an attempt (:meth:`ProviderRoute.choose`):
    probe through.
 
 How long the next attempt waits is the dispatcher's rule: at once when it
-moves on down the list (:meth:`ProviderRoute.next_after`), with the retry
-policy's backoff when it wraps round to the first provider again.
+moves on down the list to a provider whose circuit would take the call
+(:meth:`ProviderRoute.next_after`), with the retry policy's backoff (the
+provider's ``Retry-After`` as its floor) when it wraps round to the first
+provider again or every later circuit is open.
 
 Breakers live in the worker's memory (each worker judges the providers by
 its own calls, as Hystrix-style breakers do); their health is written to
@@ -152,15 +154,20 @@ class ProviderRoute(Generic[P]):
                 return route
         return None
 
-    def next_after(self, name: str) -> str | None:
-        """The provider after ``name`` in the list, without wrapping round; None at the end.
+    def next_after(self, name: str, now: datetime) -> str | None:
+        """The first provider after ``name`` in the list whose circuit would take a call now.
 
-        Also None for a name that is not in the route (``sandbox``, ``none``).
+        Without wrapping round: None when every later provider's circuit is
+        open (the next attempt then waits for the backoff), at the end of the
+        list, and for a name not in the route (``sandbox``, ``none``).
         """
         index = self._index.get(name)
-        if index is None or index + 1 >= len(self.routes):
+        if index is None:
             return None
-        return self.routes[index + 1].name
+        for route in self.routes[index + 1 :]:
+            if route.breaker.would_allow(now):
+                return route.name
+        return None
 
     def seconds_until_probe(self, now: datetime) -> float:
         """Seconds until the first open circuit lets a probe through (0 if one already may)."""

@@ -1080,6 +1080,29 @@ class SmsService:
         results = await self.receive_provider_receipts(receipts, provider=provider.name)
         return len(receipts), sum(1 for r in results if r.applied)
 
+    async def held(self, message: Message) -> ProviderResult | None:
+        """The result to record instead of sending, when the number opted out since.
+
+        A scheduled, queued or retrying SMS whose recipient replied STOP (or was
+        put on the list) after the send was accepted is not sent: each attempt
+        asks here first (the dispatcher's ``check_sms`` hook). An OTP still
+        goes when the organization lets OTPs ignore opt-outs, as at accept.
+
+        Returns:
+            A permanent ``RECIPIENT_OPTED_OUT`` result (the message becomes
+            FAILED, no other provider is tried), or None.
+        """
+        if message.sms is None:
+            return None
+        try:
+            await self._check_opt_out(message.org_id, message.sms.to, otp=message.sms.flow == "OTP")
+        except SmsRecipientOptedOutError:
+            return ProviderResult.permanent(
+                ErrorCategory.RECIPIENT_OPTED_OUT,
+                "the recipient opted out after this message was accepted",
+            )
+        return None
+
     async def after_attempt(self, message: Message, result: ProviderResult) -> None:
         """Consequences of a failed attempt beyond the message: a provider that says
         the recipient opted out (Twilio 21610) puts the number on the opt-out list."""
