@@ -1444,6 +1444,10 @@ class SuppressionStorage(Protocol):
         """The active entry for a normalized address, or None."""
         ...
 
+    async def suppression_reason(self, org_id: str, address: str, *, now: datetime) -> str | None:
+        """The active entry's reason for a normalized address, or None (the send path's check)."""
+        ...
+
     async def list_suppressions(
         self, org_id: str, *, now: datetime, reason: str | None, offset: int, limit: int
     ) -> tuple[list[Suppression], int]:

@@ -305,7 +305,9 @@ MIGRATIONS: list[tuple[int, str]] = [
     (
         6,
         # The delivery engine: scheduled sends, the message status after each
-        # attempt, cursor listing across channels, per-organization IP
+        # attempt, cursor listing across channels (its index replaces the
+        # per-channel one: every insert pays for one index, not two; channel
+        # filters read the org's range and skip other channels' rows), per-organization IP
         # allowlists and rate limits (per key too), the email suppression list
         # (and the email events webhook's tokens),
         # provider health as workers report it, and batch answers kept for
@@ -313,6 +315,7 @@ MIGRATIONS: list[tuple[int, str]] = [
         """
         ALTER TABLE messages ADD COLUMN scheduled_at TEXT;
         CREATE INDEX messages_org_listing ON messages(org_id, created_at, id);
+        DROP INDEX messages_org_created;
         ALTER TABLE attempts ADD COLUMN status TEXT;
         ALTER TABLE orgs ADD COLUMN ip_allowlist TEXT;
         ALTER TABLE orgs ADD COLUMN rate_limit TEXT;

@@ -96,6 +96,17 @@ class SqliteSuppressionStore(BackendStore):
             (org_id, address, ts(now)),
         )
 
+    async def suppression_reason(self, org_id: str, address: str, *, now: datetime) -> str | None:
+        """The active entry's reason, or None: one primary-key lookup, no record built.
+
+        It runs for every email accepted and every email attempt, so it reads one column.
+        """
+        row = self._conn.execute(
+            f"SELECT reason FROM email_suppressions WHERE org_id = ? AND address = ? AND {_ACTIVE}",  # noqa: S608
+            (org_id, address, ts(now)),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
     async def list_suppressions(
         self, org_id: str, *, now: datetime, reason: str | None, offset: int, limit: int
     ) -> tuple[list[Suppression], int]:

@@ -370,11 +370,11 @@ class SuppressionService:
                 and ``reason``.
         """
         key = address.lower()
-        found = await self._store.get_suppression(org_id, key, now=self._clock.now())
-        if found is not None:
+        reason = await self._store.suppression_reason(org_id, key, now=self._clock.now())
+        if reason is not None:
             raise EmailRecipientSuppressedError(
-                f"'{key}' is on this organization's suppression list ({found.reason})",
-                details={"to": key, "reason": str(found.reason)},
+                f"'{key}' is on this organization's suppression list ({reason})",
+                details={"to": key, "reason": reason},
             )
 
     async def held(self, message: Message) -> ProviderResult | None:
@@ -391,12 +391,12 @@ class SuppressionService:
         if message.email is None:
             return None
         key = normalize_address(message.email.to)
-        found = await self._store.get_suppression(message.org_id, key, now=self._clock.now())
-        if found is None:
+        reason = await self._store.suppression_reason(message.org_id, key, now=self._clock.now())
+        if reason is None:
             return None
         return ProviderResult.permanent(
             ErrorCategory.RECIPIENT_OPTED_OUT,
-            f"the recipient was added to the suppression list ({found.reason}) "
+            f"the recipient was added to the suppression list ({reason}) "
             "after this email was accepted",
         )
 
