@@ -129,7 +129,18 @@ def test_walkthrough_endpoint_tracked_email_open_click_signed_events(
             )
             assert by_type["email_opened"]["data"]["isBot"] is False
 
-            log = http.get(f"/v1/public/webhooks/deliveries?messageId={message_id}", headers=auth)
+            def delivery_log() -> httpx.Response:
+                return http.get(
+                    f"/v1/public/webhooks/deliveries?messageId={message_id}", headers=auth
+                )
+
+            # The receiver has the third POST before the worker commits its attempt.
+            wait_until(
+                lambda: sum(len(d["attempts"]) for d in delivery_log().json()["data"]) >= 3,
+                10,
+                "three recorded attempts in the delivery log",
+            )
+            log = delivery_log()
             assert log.status_code == 200
             statuses = {d["eventType"]: d["status"] for d in log.json()["data"]}
             attempts = [a for d in log.json()["data"] for a in d["attempts"]]
