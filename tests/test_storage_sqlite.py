@@ -149,25 +149,36 @@ async def test_reopening_does_not_reapply_migrations(tmp_path: Path, clock: Manu
     await second.aclose()
 
 
+def old_schema_file(path: Path, clock: ManualClock, version: int, *rows: str) -> Path:
+    """``path`` as a library at schema ``version`` left it, holding ``rows``.
+
+    Each of ``rows`` is one SQL statement whose ``?`` marks all stand for the
+    clock's now (as stored).
+    """
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        now = ts(clock.now())
+        sqlite_schema.migrate(conn, now, target=version)
+        for sql in rows:
+            conn.execute(sql, (now,) * sql.count("?"))
+    finally:
+        conn.close()
+    return path
+
+
 async def test_older_file_is_upgraded(
     tmp_path: Path, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A file written by an older library gains the newer migrations and keeps its rows."""
-    path = tmp_path / "old.db"
-    conn = sqlite3.connect(path, isolation_level=None)
-    sqlite_schema.migrate(conn, ts(clock.now()), target=1)
-    now = ts(clock.now())
-    conn.execute("INSERT INTO orgs (id, name, created_at) VALUES ('o1', 'old', ?)", (now,))
-    conn.execute(
+    path = old_schema_file(
+        tmp_path / "old.db",
+        clock,
+        1,
+        "INSERT INTO orgs (id, name, created_at) VALUES ('o1', 'old', ?)",
         "INSERT INTO events (id, org_id, message_id, type, status, created_at, details) "
         "VALUES ('e1', 'o1', 'm1', 'email_queued', 'QUEUED', ?, '{}')",
-        (now,),
-    )
-    conn.execute(
         "INSERT INTO jobs (id, message_id, run_at, created_at) VALUES ('m1', 'm1', ?, ?)",
-        (now, now),
     )
-    conn.close()
     future = sqlite_schema.LATEST_VERSION + 1
     newer = [
         *sqlite_schema.MIGRATIONS,
@@ -569,17 +580,14 @@ async def test_v4_keeps_sms_webhook_tokens_and_drops_their_digest(
     tmp_path: Path, clock: ManualClock
 ) -> None:
     """A v3 file's tokens still open their organization after the upgrade; no digest is left."""
-    path = tmp_path / "v3.db"
-    conn = sqlite3.connect(path, isolation_level=None)
-    sqlite_schema.migrate(conn, ts(clock.now()), target=3)
-    now = ts(clock.now())
-    conn.execute("INSERT INTO orgs (id, name, created_at) VALUES ('o1', 'acme', ?)", (now,))
-    conn.execute(
+    path = old_schema_file(
+        tmp_path / "v3.db",
+        clock,
+        3,
+        "INSERT INTO orgs (id, name, created_at) VALUES ('o1', 'acme', ?)",
         "INSERT INTO sms_tokens (org_id, token, token_hash, created_at) "
         "VALUES ('o1', 'smst_abc', 'digest', ?)",
-        (now,),
     )
-    conn.close()
     backend = SqliteBackend(path, clock=clock)
     await backend.open()
     try:

@@ -28,7 +28,7 @@ from commtunnel.domain.webhooks import (
 from commtunnel.ids import new_id
 from commtunnel.ports import ClaimedDelivery, DeliveryCompletion
 from commtunnel.testing import ManualClock
-from test_storage_sqlite import queued_email
+from test_storage_sqlite import old_schema_file, queued_email
 
 pytestmark = pytest.mark.anyio
 
@@ -651,17 +651,14 @@ async def test_a_v4_file_gains_the_webhook_tables_and_keeps_its_rows(
     tmp_path: Path, clock: ManualClock
 ) -> None:
     """After the v5 upgrade old events stay, and new events fan out to new endpoints."""
-    path = tmp_path / "v4.db"
-    conn = sqlite3.connect(path, isolation_level=None)
-    sqlite_schema.migrate(conn, ts(clock.now()), target=4)
-    now = ts(clock.now())
-    conn.execute("INSERT INTO orgs (id, name, created_at) VALUES ('org-1', 'acme', ?)", (now,))
-    conn.execute(
+    path = old_schema_file(
+        tmp_path / "v4.db",
+        clock,
+        4,
+        "INSERT INTO orgs (id, name, created_at) VALUES ('org-1', 'acme', ?)",
         "INSERT INTO events (id, org_id, message_id, type, status, created_at, details) "
         "VALUES ('e-old', 'org-1', 'm-old', 'email_sent', 'SENT', ?, '{}')",
-        (now,),
     )
-    conn.close()
     backend = SqliteBackend(path, clock=clock)
     await backend.open()
     try:

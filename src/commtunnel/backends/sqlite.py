@@ -125,6 +125,23 @@ class Rows(Generic[R]):
         """The records of every row matching ``where`` (which may end in ORDER BY, LIMIT)."""
         return [self.from_row(row) for row in conn.execute(f"{self._select} {where}", params)]
 
+    def grouped(
+        self, conn: sqlite3.Connection, column: str, keys: Sequence[str], *, order_by: str
+    ) -> dict[str, list[R]]:
+        """Every key -> the records whose ``column`` (also the records' attribute) holds it.
+
+        One ``IN (...)`` query for a page of parents (keep ``keys`` to a page:
+        each is a host parameter); a key with no row maps to an empty list.
+        """
+        groups: dict[str, list[R]] = {key: [] for key in keys}
+        if groups:
+            marks = ", ".join("?" * len(groups))
+            for record in self.all(
+                conn, f"WHERE {column} IN ({marks}) ORDER BY {order_by}", list(groups)
+            ):
+                groups[getattr(record, column)].append(record)
+        return groups
+
     def page(
         self,
         conn: sqlite3.Connection,
@@ -450,6 +467,14 @@ def insert_job(
     )
 
 
+def unexpired_key(
+    conn: sqlite3.Connection, org_id: str, key: str, now: datetime
+) -> IdempotencyRecord | None:
+    """The organization's stored idempotency ``key``; None when absent or expired at ``now``."""
+    record = _IDEMPOTENCY_KEYS.one(conn, "WHERE org_id = ? AND key = ?", (org_id, key))
+    return None if record is None or record.expires_at <= now else record
+
+
 def _replay(
     conn: sqlite3.Connection,
     org_id: str,
@@ -466,8 +491,8 @@ def _replay(
         original message as a duplicate when endpoint and fingerprint match;
         else the stored record as the ``conflict``.
     """
-    record = _IDEMPOTENCY_KEYS.one(conn, "WHERE org_id = ? AND key = ?", (org_id, key))
-    if record is None or record.expires_at <= now:
+    record = unexpired_key(conn, org_id, key, now)
+    if record is None:
         return None
     if (record.endpoint, record.fingerprint) != (endpoint, fingerprint):
         return AcceptResult(message=None, conflict=record)

@@ -18,17 +18,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from commtunnel.backends.sqlite import MESSAGES, BackendStore, record_rows, ts
-from commtunnel.domain.messages import Attempt, Channel, Message, Status
+from commtunnel.backends.sqlite import ATTEMPTS, MESSAGES, BackendStore, ts
+from commtunnel.domain.messages import Attempt, Channel, Message
 from commtunnel.ports import MessageQuery
 
-_ATTEMPTS = record_rows(
-    "attempts",
-    Attempt,
-    "message_id, number, provider, outcome, error_category, error_message, duration_ms, "
-    "started_at, status",
-    status=lambda text: None if text is None else Status(text),
-)
 #: Channels whose ``recipient`` is an E.164 number.
 _PHONE_CHANNELS = frozenset({Channel.SMS, Channel.WHATSAPP})
 
@@ -89,13 +82,7 @@ class SqliteListingStore(BackendStore):
             f"WHERE {where} ORDER BY created_at DESC, id DESC LIMIT ?",
             [*params, query.limit],
         )
-        attempts: dict[str, list[Attempt]] = {m.id: [] for m in messages}
-        if messages:
-            marks = ", ".join("?" * len(messages))
-            for attempt in _ATTEMPTS.all(
-                self._conn,
-                f"WHERE message_id IN ({marks}) ORDER BY message_id, number",
-                list(attempts),
-            ):
-                attempts[attempt.message_id].append(attempt)
+        attempts = ATTEMPTS.grouped(
+            self._conn, "message_id", [m.id for m in messages], order_by="message_id, number"
+        )
         return [(m, attempts[m.id]) for m in messages]

@@ -33,18 +33,12 @@ from commtunnel.backends.sqlite import (
     insert_job,
     insert_message,
     parse_ts,
-    record_rows,
     ts,
+    unexpired_key,
 )
 from commtunnel.domain.events import TimelineEvent
 from commtunnel.domain.messages import Message, Status
 from commtunnel.ports import BatchAcceptResult, EmailBatch, IdempotencyRecord, NewMessage
-
-_KEYS = record_rows(
-    "idempotency_keys",
-    IdempotencyRecord,
-    "org_id, key, endpoint, fingerprint, message_id, created_at, expires_at",
-)
 
 
 def _get_batch(conn: sqlite3.Connection, org_id: str, batch_id: str) -> EmailBatch | None:
@@ -69,8 +63,8 @@ def _batch_replay(
     now: datetime,
 ) -> BatchAcceptResult | None:
     """What the stored key answers a batch at ``now`` (see ``find_batch_replay``)."""
-    record = _KEYS.one(conn, "WHERE org_id = ? AND key = ?", (org_id, key))
-    if record is None or record.expires_at <= now:
+    record = unexpired_key(conn, org_id, key, now)
+    if record is None:
         return None
     if (record.endpoint, record.fingerprint) != (endpoint, fingerprint):
         return BatchAcceptResult(batch=None, conflict=record)

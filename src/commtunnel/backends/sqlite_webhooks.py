@@ -306,15 +306,9 @@ class SqliteWebhookStore(BackendStore):
         )
         more = len(deliveries) > limit
         deliveries = deliveries[:limit]
-        attempts: dict[str, list[WebhookAttempt]] = {d.id: [] for d in deliveries}
-        if deliveries:
-            marks = ", ".join("?" * len(deliveries))
-            for attempt in _ATTEMPTS.all(
-                self._conn,
-                f"WHERE delivery_id IN ({marks}) ORDER BY delivery_id, number",
-                list(attempts),
-            ):
-                attempts[attempt.delivery_id].append(attempt)
+        attempts = _ATTEMPTS.grouped(
+            self._conn, "delivery_id", [d.id for d in deliveries], order_by="delivery_id, number"
+        )
         return DeliveryPage(
             items=[(d, attempts[d.id]) for d in deliveries],
             next_cursor=deliveries[-1].id if more else None,
