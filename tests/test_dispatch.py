@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -71,6 +73,22 @@ async def test_transient_failure_backs_off_then_delivers(
         "email_processing",
         "email_sent",
     ]
+
+
+async def test_retry_event_says_when_in_the_wire_time_format(
+    ct: Commtunnel, clock: ManualClock
+) -> None:
+    """``details.retryAt`` is UTC with milliseconds and ``Z``, ``retryInSeconds`` from now."""
+    ct.email_provider._handler = lambda e: ProviderResult.transient(  # type: ignore[attr-defined]
+        ErrorCategory.PROVIDER_OUTAGE, "421 busy"
+    )
+    sent = await ct.email.send(**BASE)
+    await ct.run_worker_until_idle()
+    retry = (await ct.email.timeline(sent.message.id))[-1]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", retry.details["retryAt"])
+    due = datetime.fromisoformat(retry.details["retryAt"])
+    expected = clock.now() + timedelta(seconds=retry.details["retryInSeconds"])
+    assert abs(due - expected) < timedelta(milliseconds=2)
 
 
 async def test_retries_stop_at_max_attempts(tmp_path, clock: ManualClock) -> None:  # type: ignore[no-untyped-def]

@@ -277,6 +277,35 @@ def test_provider_names_that_cannot_be_used_are_refused(urls: list[str], reason:
         load_named_providers(urls, clock=ManualClock())
 
 
+def test_an_sms_provider_url_naming_an_email_only_provider_is_refused(tmp_path: Path) -> None:
+    """``sms_provider`` must name a provider that sends SMS; the refusal hides the password."""
+    with pytest.raises(ProviderConfigError) as caught:
+        Commtunnel.open(
+            db=tmp_path / "ct.db",
+            sms_provider="smtp://user:secret@127.0.0.1:25#mail",
+            clock=ManualClock(),
+            settings=Settings(),
+        )
+    assert caught.value.message == (
+        "The provider mail (smtp://user:***@127.0.0.1:25#mail) cannot send SMS"
+    )
+
+
+def test_a_provider_assigned_later_gets_the_settings_breaker(tmp_path: Path) -> None:
+    """``ct.email_provider = p`` and ``ct.sms_provider = p`` use the configured threshold and
+    cool-down, as the providers given to ``open`` do."""
+    settings = Settings(breaker_failures=2, breaker_cooldown=7)
+    ct = Commtunnel.open(
+        db=tmp_path / "ct.db", email_provider=MockProvider(), clock=ManualClock(), settings=settings
+    )
+    ct.email_provider = MockProvider(name="other")
+    ct.sms_provider = MockSmsProvider()
+    assert ct.sms_route is not None
+    for route in (ct.email_route, ct.sms_route):
+        breaker = route.routes[0].breaker
+        assert (breaker.failure_threshold, breaker.cooldown) == (2, 7)
+
+
 def test_settings_split_the_provider_list_and_fall_back_to_the_single_url() -> None:
     settings = Settings.from_env(
         {"COMMTUNNEL_EMAIL_PROVIDERS": "smtp://a:25#one, smtp://b:25#two,", "X": "1"}

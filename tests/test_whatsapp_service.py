@@ -428,6 +428,15 @@ async def test_status_webhooks_move_forward_once_and_never_back(wa: Commtunnel) 
     assert events == ["whatsapp_queued", "whatsapp_processing", "whatsapp_sent", "whatsapp_read"]
 
 
+async def test_status_event_keeps_meta_time_in_the_wire_format(wa: Commtunnel) -> None:
+    """The event of a status webhook says when Meta saw it: ``details.at``, UTC ms ``Z``."""
+    message = (await send(wa, to=TO, body="hi")).message
+    await deliver_webhook(wa, status_webhook(message.provider_message_id, "delivered"))
+    event = (await wa.whatsapp_service.timeline(admin(wa), message.id))[-1]
+    assert event.type == "whatsapp_delivered"
+    assert (event.details["source"], event.details["at"]) == ("meta", "2026-01-01T12:00:00.000Z")
+
+
 async def test_failed_status_webhook(wa: Commtunnel) -> None:
     """A failed status with error 131050 fails the message and records an opt-out."""
     message = (await send(wa, to=TO, body="hi")).message

@@ -427,13 +427,15 @@ def _default_whatsapp(settings: Settings, clock: Clock) -> WhatsAppProvider | No
 
 
 def _route(channel: str, provider: Any, settings: Settings) -> ProviderRoute[Any]:
-    """``provider`` when it is a route, else a route of that one provider, named after it,
-    with the settings' circuit breaker."""
+    """``provider`` when it is a route already; else a route, with the settings' circuit
+    breaker, of ``provider``'s (name, provider) pairs (a list) or of that one provider,
+    named after it."""
     if isinstance(provider, ProviderRoute):
         return provider
+    named = provider if isinstance(provider, list) else [(provider.name, provider)]
     return ProviderRoute(
         channel,
-        [(provider.name, provider)],
+        named,
         failure_threshold=settings.breaker_failures,
         cooldown=settings.breaker_cooldown,
     )
@@ -507,11 +509,12 @@ class Commtunnel:
             trusted_proxies=settings.trusted_proxies,
         )
         self.admin = AdminService(backend, clock, self.renderer)
+        self.sms_store = SqliteSmsStore(backend)
         self.suppression_store = SqliteSuppressionStore(backend)
         self.suppressions = SuppressionService(
             self.suppression_store,
             backend,
-            SqliteSmsStore(backend),  # applies the BOUNCED move an ESP reports
+            self.sms_store,  # applies the BOUNCED move an ESP reports
             clock,
             base_url=settings.base_url,
             secret_key=settings.secret_key,
@@ -530,7 +533,6 @@ class Commtunnel:
         self.tracking = TrackingService(
             backend, clock, base_url=settings.base_url, secret_key=settings.secret_key
         )
-        self.sms_store = SqliteSmsStore(backend)
         self.sms_service = SmsService(
             backend,
             self.sms_store,
@@ -623,12 +625,7 @@ class Commtunnel:
         email: EmailProvider | ProviderRoute[EmailProvider]
         if email_provider is None or isinstance(email_provider, str):
             urls = settings.email_provider_urls if email_provider is None else [email_provider]
-            email = ProviderRoute(
-                "email",
-                load_named_providers(urls, clock=clock),
-                failure_threshold=settings.breaker_failures,
-                cooldown=settings.breaker_cooldown,
-            )
+            email = _route("email", load_named_providers(urls, clock=clock), settings)
         else:
             email = email_provider
         sms: SmsProvider | ProviderRoute[SmsProvider]
@@ -640,12 +637,7 @@ class Commtunnel:
                     raise ProviderConfigError(
                         f"The provider {name} ({redact_url(url)}) cannot send SMS"
                     )
-            sms = ProviderRoute(
-                "sms",
-                named,
-                failure_threshold=settings.breaker_failures,
-                cooldown=settings.breaker_cooldown,
-            )
+            sms = _route("sms", named, settings)
         else:
             sms = sms_provider
         return cls(
@@ -667,7 +659,7 @@ class Commtunnel:
 
     @email_provider.setter
     def email_provider(self, provider: EmailProvider) -> None:
-        self.email_route = ProviderRoute.of("email", provider)
+        self.email_route = _route("email", provider, self.settings)
 
     @property
     def sms_provider(self) -> SmsProvider | None:
@@ -676,7 +668,12 @@ class Commtunnel:
 
     @sms_provider.setter
     def sms_provider(self, provider: SmsProvider | None) -> None:
-        self.sms_route = None if provider is None else ProviderRoute.of("sms", provider)
+        self.sms_route = None if provider is None else _route("sms", provider, self.settings)
+
+    @property
+    def _routes(self) -> list[ProviderRoute[Any]]:
+        """The email route, then the SMS route when there is one."""
+        return [self.email_route] + ([] if self.sms_route is None else [self.sms_route])
 
     async def start(self) -> Self:
         """Open storage (migrating it) and ensure the in-process organization exists."""
@@ -689,11 +686,8 @@ class Commtunnel:
         try:
             await self.webhook_sender.aclose()
             await self.access.limiter.aclose()
-            routes: list[ProviderRoute[Any]] = [self.email_route]
-            if self.sms_route is not None:
-                routes.append(self.sms_route)
             closed: list[object] = []  # one provider may serve both channels (the outbox)
-            for route in routes:
+            for route in self._routes:
                 for routed in route.routes:
                     if not any(_same(routed.provider, done) for done in closed):
                         closed.append(routed.provider)
@@ -782,11 +776,8 @@ class Commtunnel:
         reports = await self.routing_store.list_provider_health()
         stored = {(h.channel, h.provider): h for h in reports}
         worker = None if self._dispatcher is None else self._dispatcher.worker_id
-        routes: list[ProviderRoute[Any]] = [self.email_route]
-        if self.sms_route is not None:
-            routes.append(self.sms_route)
         report: list[ProviderHealth] = []
-        for route in routes:
+        for route in self._routes:
             live = worker is not None and route.used
             for health in route.health(now, worker=worker if live else None):
                 key = (health.channel, health.provider)

@@ -141,21 +141,20 @@ class CircuitBreaker:
         first caller then holds the probe until it reports (:meth:`record`)
         or ``cooldown`` seconds pass.
         """
-        if self.state == CircuitState.CLOSED:
-            return True
-        if self.state == CircuitState.OPEN:
-            if self.opened_until is not None and now < self.opened_until:
-                return False
-            self.state = CircuitState.HALF_OPEN
-            self.probe_started = None
-        cooldown = timedelta(seconds=self.cooldown)
-        if self.probe_started is not None and now < self.probe_started + cooldown:
+        if not self.would_allow(now):
             return False
-        self.probe_started = now
+        if self.state != CircuitState.CLOSED:
+            self.state = CircuitState.HALF_OPEN
+            self.probe_started = now
         return True
 
     def would_allow(self, now: datetime) -> bool:
-        """Whether :meth:`allows` would say yes at ``now``, without taking a probe."""
+        """Whether a call may go to the provider at ``now``, changing nothing (no probe taken).
+
+        Closed: yes. Open: once its cool-down has ended. Half-open: while no
+        probe is out, or once the last one has gone ``cooldown`` seconds
+        without reporting.
+        """
         if self.state == CircuitState.CLOSED:
             return True
         if self.state == CircuitState.OPEN:

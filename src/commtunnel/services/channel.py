@@ -8,7 +8,8 @@ the same for every channel live here:
   it back for a fingerprint (:func:`wire_payload`), and checking its fields
   (:func:`check_fields`, :func:`check_bool`, :func:`is_int_in`);
 * the idempotency record handed to ``Storage.accept``
-  (:func:`idempotency_record`) and reading its answer (:func:`accepted_message`);
+  (:func:`idempotency_record`) and reading its answer (:func:`accepted_message`,
+  :func:`key_reused`);
 * what a send answers (:class:`SendResult`);
 * reading and re-queuing one message of one channel (:class:`ChannelMessages`,
   answering :class:`MessageStatus`).
@@ -243,6 +244,25 @@ async def replay(
     return accepted_message(found, key=key, endpoint=endpoint)
 
 
+def key_reused(
+    conflict: IdempotencyRecord, *, key: str | None, endpoint: str
+) -> IdempotencyKeyReusedError:
+    """The error for a key stored with another payload, or by another endpoint.
+
+    Args:
+        conflict: the stored key's record.
+        key: the request's idempotency key (``details.idempotencyKey``).
+        endpoint: the operation of this request; the record's is
+            ``details.originalEndpoint``.
+    """
+    same_endpoint = conflict.endpoint == endpoint
+    return IdempotencyKeyReusedError(
+        "This idempotency key was already used with a different "
+        + ("payload" if same_endpoint else "endpoint"),
+        details={"idempotencyKey": key, "originalEndpoint": conflict.endpoint},
+    )
+
+
 def accepted_message(result: AcceptResult, *, key: str | None, endpoint: str) -> Message:
     """The message ``Storage.accept`` stored or found, or the error its answer means.
 
@@ -260,12 +280,7 @@ def accepted_message(result: AcceptResult, *, key: str | None, endpoint: str) ->
         InternalError: the storage answered nothing (a contract violation).
     """
     if result.conflict is not None:
-        same_endpoint = result.conflict.endpoint == endpoint
-        raise IdempotencyKeyReusedError(
-            "This idempotency key was already used with a different "
-            + ("payload" if same_endpoint else "endpoint"),
-            details={"idempotencyKey": key, "originalEndpoint": result.conflict.endpoint},
-        )
+        raise key_reused(result.conflict, key=key, endpoint=endpoint)
     if result.message is None:  # pragma: no cover - storage contract violation
         raise InternalError("storage accepted nothing")
     return result.message

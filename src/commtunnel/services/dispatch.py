@@ -37,7 +37,7 @@ from typing import Any
 import attrs
 
 from commtunnel.domain.delivery import ErrorCategory, Outcome, ProviderResult, RetryPolicy
-from commtunnel.domain.events import TimelineEvent
+from commtunnel.domain.events import TimelineEvent, format_timestamp
 from commtunnel.domain.messages import Attempt, EmailContent, Message, Status
 from commtunnel.ports import (
     ClaimedJob,
@@ -131,6 +131,9 @@ class Dispatcher:
         concurrency: provider calls in flight at once.
         rng: jitter source (seed it in tests).
         worker_id: recorded on leases; random by default.
+
+    Raises:
+        ValueError: ``send_timeout`` is not shorter than ``lease_seconds``.
     """
 
     def __init__(
@@ -212,9 +215,8 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ one attempt
 
-    async def _whatsapp_call(
-        self, job: ClaimedJob
-    ) -> tuple[str, Callable[[], Awaitable[ProviderResult]]] | ProviderResult:
+    async def _whatsapp_call(self, job: ClaimedJob) -> _Call | ProviderResult:
+        """The call to the WhatsApp provider from the message's line, or a result at once."""
         message = job.message
         provider = self._whatsapp_provider
         if provider is None or self._whatsapp_line is None or message.whatsapp is None:
@@ -232,7 +234,7 @@ class Dispatcher:
             created_at=message.created_at,
             attempt_number=job.attempt_number,
         )
-        return provider.name, lambda: provider.send_whatsapp(outgoing)
+        return _Call(provider.name, lambda: provider.send_whatsapp(outgoing), None)
 
     async def _route_call(
         self,
@@ -262,8 +264,7 @@ class Dispatcher:
         """The call to make for the message's channel, or a result at once."""
         message = job.message
         if message.whatsapp is not None:
-            call = await self._whatsapp_call(job)
-            return call if isinstance(call, ProviderResult) else _Call(call[0], call[1], None)
+            return await self._whatsapp_call(job)
         if message.email is not None:
             if self._check_email is not None and (held := await self._check_email(message)):
                 return held
@@ -366,7 +367,7 @@ class Dispatcher:
         else:
             delay = self._policy.delay(attempts_made, self._rng, result.retry_after)
         retry_at = self._clock.now() + timedelta(seconds=delay)
-        details["retryAt"] = retry_at.isoformat()
+        details["retryAt"] = format_timestamp(retry_at)
         details["retryInSeconds"] = round(delay, 3)
         return Status.RETRYING, retry_at, details
 

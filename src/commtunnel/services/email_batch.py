@@ -26,12 +26,7 @@ from typing import Any
 
 import attrs
 
-from commtunnel.domain.errors import (
-    CommtunnelError,
-    IdempotencyKeyReusedError,
-    InternalError,
-    ValidationError,
-)
+from commtunnel.domain.errors import CommtunnelError, InternalError, ValidationError
 from commtunnel.domain.keys import Principal
 from commtunnel.domain.messages import Message
 from commtunnel.ids import new_id
@@ -268,12 +263,7 @@ class BatchSender:
             IdempotencyKeyReusedError: ``found`` is a conflict.
         """
         if found.conflict is not None:
-            same_endpoint = found.conflict.endpoint == ENDPOINT_BATCH
-            raise IdempotencyKeyReusedError(
-                "This idempotency key was already used with a different "
-                + ("payload" if same_endpoint else "endpoint"),
-                details={"idempotencyKey": key, "originalEndpoint": found.conflict.endpoint},
-            )
+            raise channel.key_reused(found.conflict, key=key, endpoint=ENDPOINT_BATCH)
         batch = found.batch
         if batch is None:  # pragma: no cover - storage contract violation
             raise InternalError("storage answered no batch")

@@ -111,16 +111,12 @@ class ProviderRoute(Generic[P]):
         self._last_report: datetime | None = None
 
     @classmethod
-    def single(cls, channel: str, provider: P, *, name: str) -> ProviderRoute[P]:
-        """A route of one provider (no failover; its breaker still reports health)."""
-        return cls(channel, [(name, provider)])
-
-    @classmethod
     def of(cls, channel: str, provider: P | ProviderRoute[P]) -> ProviderRoute[P]:
-        """``provider`` when it is a route already, else a one-provider route named after it."""
+        """``provider`` when it is a route already, else a route of that one provider named
+        after it (no failover; its breaker, with the default settings, still reports health)."""
         if isinstance(provider, ProviderRoute):
             return provider
-        return cls.single(channel, provider, name=provider.name)  # type: ignore[attr-defined]
+        return cls(channel, [(provider.name, provider)])  # type: ignore[attr-defined]
 
     @property
     def primary(self) -> P:

@@ -36,7 +36,7 @@ from commtunnel.domain.errors import (
     WhatsAppProviderError,
     WhatsAppSendRejectedError,
 )
-from commtunnel.domain.events import TimelineEvent
+from commtunnel.domain.events import TimelineEvent, format_timestamp
 from commtunnel.domain.keys import Principal, Scope
 from commtunnel.domain.messages import Channel, Message, Status
 from commtunnel.domain.whatsapp import MAX_TEXT_CHARACTERS as MAX_TEXT_CHARACTERS  # re-exported
@@ -643,7 +643,7 @@ class WhatsAppService:
             details: dict[str, Any] = {
                 "source": "meta",
                 "providerStatus": update.provider_status,
-                "at": update.timestamp.isoformat(),
+                "at": format_timestamp(update.timestamp),
             }
             if update.errors:
                 details["errors"] = update.errors
