@@ -15,6 +15,7 @@ from commtunnel.domain import email as rules
 from commtunnel.domain import keys
 from commtunnel.domain.delivery import ErrorCategory, Outcome, ProviderResult, RetryPolicy
 from commtunnel.domain.errors import InvalidTransitionError, ValidationError
+from commtunnel.domain.events import parse_timestamp
 from commtunnel.domain.messages import (
     TRANSITIONS,
     Channel,
@@ -260,3 +261,23 @@ def test_whatsapp_opted_out_error_code() -> None:
     assert update.recipient_opted_out is False
     opted = attrs.evolve(update, errors=[*update.errors, {"code": 131050, "title": "stopped"}])
     assert opted.recipient_opted_out is True
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("2026-01-01T13:00:00", "must include a timezone (e.g. Z or +02:00)"),
+        ("next week", "must be an ISO 8601 date-time with a timezone, e.g. 2026-06-03T12:00:00Z"),
+        (1767272400, "must be a string (an ISO 8601 date-time with a timezone)"),
+    ],
+)
+def test_parse_timestamp_refuses_what_is_not_an_aware_iso_time(value: object, reason: str) -> None:
+    """One parser for scheduledAt, expiresAt, listing bounds and the stats window."""
+    with pytest.raises(ValidationError) as raised:
+        parse_timestamp(value, "when")
+    assert raised.value.details == {"when": reason}
+
+
+def test_parse_timestamp_answers_utc() -> None:
+    parsed = parse_timestamp("2026-06-03T14:00:00+02:00", "when")
+    assert parsed == datetime(2026, 6, 3, 12, tzinfo=UTC) and parsed.tzinfo is UTC

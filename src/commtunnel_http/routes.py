@@ -18,6 +18,7 @@ from starlette.routing import BaseRoute, Route
 
 from commtunnel.client import Commtunnel
 from commtunnel.domain.errors import ValidationError
+from commtunnel.domain.events import parse_timestamp
 from commtunnel.services.email import request_from_wire
 from commtunnel_http.handlers import Handlers, limit_param, send_answer
 from commtunnel_http.openapi import openapi_document
@@ -28,19 +29,16 @@ PREVIEW_FIELDS = frozenset({"subject", "html", "text", "templateId", "variables"
 
 
 def _parse_datetime(params: dict[str, str], name: str, problems: dict[str, str]) -> datetime | None:
+    """A required ISO 8601 query parameter (``parse_timestamp``); a refusal goes in ``problems``."""
     raw = params.get(name)
     if raw is None or raw == "":
         problems[name] = "is required (ISO 8601 date-time with timezone)"
         return None
     try:
-        value = datetime.fromisoformat(raw)
-    except ValueError:
-        problems[name] = "must be an ISO 8601 date-time with timezone, e.g. 2026-06-03T12:00:00Z"
+        return parse_timestamp(raw, name)
+    except ValidationError as exc:
+        problems.update(exc.details)
         return None
-    if value.tzinfo is None:
-        problems[name] = "must include a timezone (e.g. Z or +02:00)"
-        return None
-    return value
 
 
 class EmailRoutes(Handlers):

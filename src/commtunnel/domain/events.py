@@ -11,7 +11,41 @@ from typing import Any
 
 import attrs
 
+from commtunnel.domain.errors import ValidationError
 from commtunnel.domain.messages import Channel, Status, _aware
+
+
+def parse_timestamp(value: Any, field: str) -> datetime:
+    """A time given by a caller: ISO 8601 text with a timezone (or, in process, an aware datetime).
+
+    Args:
+        value: ``2026-06-03T12:00:00Z``, ``2026-06-03T14:00:00+02:00`` (Python's
+            :meth:`datetime.fromisoformat` grammar) or a timezone-aware datetime.
+        field: the wire name a refusal names.
+
+    Returns:
+        The time in UTC.
+
+    Raises:
+        ValidationError: on ``field``: not a string, not ISO 8601, or without a
+            timezone (a naive time is ambiguous).
+    """
+    if isinstance(value, datetime):
+        when = value
+    elif isinstance(value, str):
+        try:
+            when = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValidationError.from_fields(
+                {field: "must be an ISO 8601 date-time with a timezone, e.g. 2026-06-03T12:00:00Z"}
+            ) from None
+    else:
+        raise ValidationError.from_fields(
+            {field: "must be a string (an ISO 8601 date-time with a timezone)"}
+        )
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise ValidationError.from_fields({field: "must include a timezone (e.g. Z or +02:00)"})
+    return when.astimezone(UTC)
 
 
 def format_timestamp(value: datetime) -> str:

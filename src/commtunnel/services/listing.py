@@ -31,6 +31,7 @@ import attrs
 from commtunnel.domain import email as email_rules
 from commtunnel.domain import sms as sms_rules
 from commtunnel.domain.errors import InsufficientScopeError, ValidationError
+from commtunnel.domain.events import parse_timestamp
 from commtunnel.domain.keys import Principal, Scope
 from commtunnel.domain.messages import Channel, Status
 from commtunnel.domain.paging import (
@@ -97,24 +98,14 @@ class _Filters:
 
 
 def _parse_time(value: Any, name: str, problems: dict[str, str]) -> datetime | None:
-    """A timezone-aware datetime from ISO 8601 text (or a datetime in process)."""
+    """A timezone-aware datetime from ISO 8601 text (or a datetime in process); None if absent."""
     if value is None:
         return None
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value)
-        except ValueError:
-            problems[name] = (
-                "must be an ISO 8601 date-time with timezone, e.g. 2026-06-03T12:00:00Z"
-            )
-            return None
-    if not isinstance(value, datetime):
-        problems[name] = "must be an ISO 8601 date-time with timezone"
+    try:
+        return parse_timestamp(value, name)
+    except ValidationError as exc:
+        problems.update(exc.details)
         return None
-    if value.tzinfo is None:
-        problems[name] = "must include a timezone (e.g. Z or +02:00)"
-        return None
-    return value
 
 
 def _parse_to(value: Any, channel: Channel | None, problems: dict[str, str]) -> tuple[Any, Any]:

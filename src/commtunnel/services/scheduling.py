@@ -15,11 +15,11 @@ so that a typo in the year cannot park a message for ever.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from commtunnel.domain.errors import ValidationError
-from commtunnel.domain.events import TimelineEvent, format_timestamp
+from commtunnel.domain.events import TimelineEvent, format_timestamp, parse_timestamp
 from commtunnel.domain.messages import Message, Status
 from commtunnel.services.timeline import status_event
 
@@ -56,24 +56,7 @@ def read_scheduled_at(value: Any, *, field: str = FIELD) -> datetime | None:
         ValidationError: on ``field``: not a string, not ISO 8601, or without a
             timezone (a naive time is ambiguous).
     """
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        when = value
-    elif isinstance(value, str):
-        try:
-            when = datetime.fromisoformat(value)
-        except ValueError:
-            raise ValidationError.from_fields(
-                {field: "must be an ISO 8601 date-time with a timezone, e.g. 2026-06-03T12:00:00Z"}
-            ) from None
-    else:
-        raise ValidationError.from_fields(
-            {field: "must be a string (an ISO 8601 date-time with a timezone)"}
-        )
-    if when.tzinfo is None or when.utcoffset() is None:
-        raise ValidationError.from_fields({field: "must include a timezone (e.g. Z or +02:00)"})
-    return when.astimezone(UTC)
+    return None if value is None else parse_timestamp(value, field)
 
 
 def check_scheduled_at(

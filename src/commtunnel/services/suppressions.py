@@ -38,9 +38,8 @@ from commtunnel.domain.errors import (
     EmailRecipientSuppressedError,
     NotFoundError,
     ValidationError,
-    WebhookAuthError,
 )
-from commtunnel.domain.events import format_timestamp
+from commtunnel.domain.events import format_timestamp, parse_timestamp
 from commtunnel.domain.keys import Principal, Scope
 from commtunnel.domain.messages import Channel, EmailContent, Message, Status
 from commtunnel.domain.suppressions import (
@@ -61,9 +60,8 @@ from commtunnel.domain.suppressions import (
     parse_provider_events,
 )
 from commtunnel.ports import Clock, SmsStorage, Storage, SuppressionStorage
-from commtunnel.services import channel
-from commtunnel.services.auth import require
-from commtunnel.services.sms import MAX_PAGE_SIZE, Page
+from commtunnel.services.auth import new_webhook_token, org_for_webhook_token, require
+from commtunnel.services.sms import Page, page_problems
 from commtunnel.services.timeline import apply_receipt, message_event, org_event
 
 #: The name of the server-made secret in ``Storage.instance_secret``.
@@ -73,7 +71,6 @@ _HKDF_INFO = b"commtunnel unsubscribe tokens v1"
 DEFAULT_PAGE_SIZE = 50
 #: The prefix of an email events webhook token.
 TOKEN_PREFIX = "emt_"  # noqa: S105 - a prefix, not a secret
-MAX_TOKEN_CHARACTERS = 200
 REASONS = tuple(SuppressionReason)
 
 
@@ -214,13 +211,9 @@ class SuppressionService:
             ValidationError: an unknown ``reason``, a page out of range.
         """
         require(principal, Scope.READ_EMAIL, Scope.OPT_OUTS_MANAGE)
-        problems = {}
+        problems = page_problems(page, page_size)
         if reason is not None and reason not in REASONS:
             problems["reason"] = f"must be one of {', '.join(REASONS)}"
-        if not channel.is_int_in(page, 1):
-            problems["page"] = "must be an integer >= 1"
-        if not channel.is_int_in(page_size, 1, MAX_PAGE_SIZE):
-            problems["pageSize"] = f"must be an integer from 1 to {MAX_PAGE_SIZE}"
         if problems:
             raise ValidationError.from_fields(problems)
         items, total = await self._store.list_suppressions(
@@ -307,14 +300,10 @@ class SuppressionService:
         """``expiresAt`` as a UTC-aware datetime after ``now``; a problem noted otherwise."""
         if value is None:
             return None
-        parsed: datetime | None = value if isinstance(value, datetime) else None
-        if isinstance(value, str):
-            try:
-                parsed = datetime.fromisoformat(value)
-            except ValueError:
-                parsed = None
-        if parsed is None or parsed.tzinfo is None:
-            problems["expiresAt"] = "must be an ISO 8601 date-time with a timezone (e.g. Z)"
+        try:
+            parsed = parse_timestamp(value, "expiresAt")
+        except ValidationError as exc:
+            problems.update(exc.details)
             return None
         if parsed <= now:
             problems["expiresAt"] = "must be in the future"
@@ -510,7 +499,7 @@ class SuppressionService:
         current = await self._store.get_email_events_token(org_id)
         if current is not None and not rotate:
             return current
-        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        token = new_webhook_token(TOKEN_PREFIX)
         await self._store.set_email_events_token(org_id, token, self._clock.now())
         return token
 
@@ -519,14 +508,9 @@ class SuppressionService:
 
         Raises:
             WebhookAuthError: 401, no token, one over 200 characters, or one no
-                organization holds.
+                organization holds (:func:`~commtunnel.services.auth.org_for_webhook_token`).
         """
-        if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_CHARACTERS:
-            raise WebhookAuthError("Missing or invalid webhook token")
-        org_id = await self._store.org_for_email_events_token(token)
-        if org_id is None:
-            raise WebhookAuthError("Missing or invalid webhook token")
-        return org_id
+        return await org_for_webhook_token(token, self._store.org_for_email_events_token)
 
     async def receive_provider_events(
         self, org_id: str, payload: dict[str, Any]
