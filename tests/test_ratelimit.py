@@ -270,7 +270,10 @@ async def test_key_limit_beats_org_limit_beats_default(ct: Commtunnel) -> None:
     assert await ct.access.key_rate_limits(ct.org.id) == {key_id: "5/minute"}
     assert await ct.access.set_key_rate_limit(ct.org.id, key_id, None) == "2/minute"
     assert await ct.access.key_rate_limits(ct.org.id) == {}
+    assert await ct.access.org_rate_limit(ct.org.id) == "2/minute"
     await ct.access.set_org_access(ct.org.id, rate_limit=None)
+    assert await ct.access.org_rate_limit(ct.org.id) == "100/minute"
+    assert await ct.access.set_key_rate_limit(ct.org.id, key_id, None) == "100/minute"
     back = await ct.access.admit(principal, ANY_ADDRESS)
     assert back is not None and back.limit == 100
 
@@ -340,6 +343,8 @@ async def test_unknown_org_or_key_is_not_found(ct: Commtunnel) -> None:
         await ct.access.set_org_access("no-such-org", rate_limit="5/minute")
     with pytest.raises(NotFoundError):
         await ct.access.get_org_access("no-such-org")
+    with pytest.raises(NotFoundError):
+        await ct.access.org_rate_limit("no-such-org")
     with pytest.raises(NotFoundError):
         await ct.access.set_key_rate_limit(ct.org.id, key_id, "5/minute")
     with pytest.raises(ValidationError):

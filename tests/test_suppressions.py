@@ -16,6 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from aiosmtpd.controller import Controller
 
@@ -38,6 +39,7 @@ from commtunnel.domain.suppressions import (
     SuppressionReason,
     UnsubscribeSigner,
     UnsubscribeToken,
+    list_unsubscribe_headers,
     message_id_of,
     normalize_address,
     parse_provider_events,
@@ -130,6 +132,18 @@ def test_unsubscribe_tokens_round_trip_and_refuse_tampering() -> None:
             signer.read(bad)
     with pytest.raises(ValueError, match="32 bytes"):
         UnsubscribeSigner(b"short")
+
+
+def test_list_unsubscribe_headers_are_the_one_click_pair() -> None:
+    """The URL in angle brackets and the RFC 8058 POST field; a URL that breaks out is refused."""
+    url = "https://ct.example/v1/unsubscribe/abc"
+    assert list_unsubscribe_headers(url) == [
+        ("List-Unsubscribe", f"<{url}>"),
+        ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
+    ]
+    for bad in (url + "\r\nBcc: x@example.net", url + " x", url + ">, <mailto:x@example.net"):
+        with pytest.raises(ValueError, match="must not contain"):
+            list_unsubscribe_headers(bad)
 
 
 def test_provider_events_are_parsed() -> None:
@@ -351,6 +365,9 @@ async def test_listing_filters_pages_and_stays_in_the_organization(
     for bad in ({"reason": "X"}, {"page": 0}, {"page_size": 101}, {"page_size": True}):
         with pytest.raises(ValidationError):
             await ct.suppressions.list_suppressions(p, **bad)
+    with pytest.raises(ValidationError) as raised:
+        await ct.suppressions.list_suppressions(p, reason="X", page=0, page_size=0)
+    assert set(raised.value.details) == {"reason", "page", "pageSize"}  # every problem at once
     other = await ct.admin.ensure_org("other")
     stranger = Principal(org_id=other.id, scopes=p.scopes)
     assert (await ct.suppressions.list_suppressions(stranger)).total == 0
@@ -414,6 +431,13 @@ async def test_unsubscribing_twice_lists_once(ct: Commtunnel) -> None:
     )
     with pytest.raises(InvalidUnsubscribeTokenError):
         await ct.suppressions.unsubscribe(token[:-2])
+
+
+async def test_only_an_email_gets_an_unsubscribe_url(ct: Commtunnel) -> None:
+    """A message without email content has no recipient address to sign: ValueError."""
+    sent = await ct.email.send(**SEND, to=BOB)
+    with pytest.raises(ValueError, match="no email content"):
+        await ct.suppressions.unsubscribe_url(attrs.evolve(sent.message, email=None))
 
 
 # ----------------------------------------------------------------------------- hard bounces

@@ -125,7 +125,7 @@ class SuppressionRoutes(Handlers):
         result = await self.suppressions.receive_provider_events(
             org_id, await self.json_body(request)
         )
-        return JSONResponse(_events_result(result))
+        return JSONResponse(self.wire.conv.unstructure(result, ProviderEventsResult))
 
     def routes(self) -> list[BaseRoute]:
         """The route table."""
@@ -136,16 +136,6 @@ class SuppressionRoutes(Handlers):
             Route("/v1/public/suppressions/{email}", self.remove, methods=["DELETE"]),
             Route(EVENTS_PATH, self.events, methods=["POST"]),
         ]
-
-
-def _events_result(result: ProviderEventsResult) -> dict[str, int]:
-    return {
-        "received": result.received,
-        "suppressed": result.suppressed,
-        "bounced": result.bounced,
-        "complained": result.complained,
-        "ignored": result.ignored,
-    }
 
 
 class UnsubscribeRoutes:

@@ -17,6 +17,7 @@ import sqlite3
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from datetime import datetime
 from typing import Any, NoReturn, TypeVar
+from urllib.parse import quote
 
 import cattrs
 import click
@@ -224,6 +225,30 @@ def report(as_json: bool, json_value: Any, text: str) -> None:
         emit_json(json_value)
     else:
         click.echo(text)
+
+
+def show_webhook_token(
+    token: str, label: str, urls: Sequence[str], *, rotated: bool, as_json: bool
+) -> None:
+    """Print an inbound webhook token: ``{"token"}`` as JSON, or else the token alone on stdout.
+
+    Without ``--json`` the ``POST <url>?token=`` lines it guards go to stderr
+    (so ``TOKEN=$(commtunnel ...)`` captures the token only).
+
+    Args:
+        token: the organization's token.
+        label: what it is, for people (``SMS webhook token``).
+        urls: the webhook URLs it guards, without the query.
+        rotated: it was just replaced (the line says ``new``).
+        as_json: ``--json``.
+    """
+    if as_json:
+        emit_json({"token": token})
+        return
+    click.echo(f"{'new ' if rotated else ''}{label}; it guards:", err=True)
+    for url in urls:
+        click.echo(f"  POST {url}?token={quote(token, safe='')}", err=True)
+    click.echo(token)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

@@ -274,9 +274,8 @@ def keys_list(org_name: str, db: str | None, as_json: bool) -> None:
         ct: Commtunnel, org: Organization
     ) -> tuple[list[tuple[ApiKey, str | None]], str]:
         own = await ct.access.key_rate_limits(org.id)
-        inherited = (await ct.access.get_org_access(org.id)).rate_limit
         pairs = [(key, own.get(key.id)) for key in await ct.keys.list(org.id)]
-        return pairs, inherited or ct.access.default_rate_limit
+        return pairs, await ct.access.org_rate_limit(org.id)
 
     pairs, org_limit = run_for_org(db, org_name, with_limits)
     listing(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote
 
 import click
 
@@ -18,7 +17,6 @@ from commtunnel.cli._support import (
     acting_for,
     all_pages,
     db_option,
-    emit_json,
     iso,
     json_option,
     listing,
@@ -27,6 +25,7 @@ from commtunnel.cli._support import (
     report,
     run_admin,
     run_for_org,
+    show_webhook_token,
 )
 from commtunnel.client import Commtunnel
 from commtunnel.domain.keys import Organization
@@ -75,13 +74,8 @@ def sms_token(org_name: str, rotate: bool, db: str | None, as_json: bool) -> Non
         return await ct.sms_service.token(org.id, rotate=rotate), ct.settings.base_url
 
     token, base = run_for_org(db, org_name, action)
-    if as_json:
-        emit_json({"token": token})
-        return
-    click.echo(f"{'new ' if rotate else ''}SMS webhook token; it guards:", err=True)
-    for route in WEBHOOK_ROUTES:
-        click.echo(f"  POST {base}/v1/webhooks/sms/{route}?token={quote(token, safe='')}", err=True)
-    click.echo(token)
+    urls = [f"{base}/v1/webhooks/sms/{route}" for route in WEBHOOK_ROUTES]
+    show_webhook_token(token, "SMS webhook token", urls, rotated=rotate, as_json=as_json)
 
 
 # ------------------------------------------------------------- sender IDs

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 from typing import Any
-from urllib.parse import quote
 
 import click
 
@@ -17,7 +16,6 @@ from commtunnel.cli._support import (
     acting_for,
     all_pages,
     db_option,
-    emit_json,
     iso,
     json_option,
     listing,
@@ -25,6 +23,7 @@ from commtunnel.cli._support import (
     record_json,
     report,
     run_for_org,
+    show_webhook_token,
 )
 from commtunnel.client import Commtunnel
 from commtunnel.domain.keys import Organization
@@ -148,9 +147,10 @@ def suppressions_webhook_token(org_name: str, rotate: bool, db: str | None, as_j
         return await ct.suppressions.events_token(org.id, rotate=rotate), ct.settings.base_url
 
     token, base = run_for_org(db, org_name, action)
-    if as_json:
-        emit_json({"token": token})
-        return
-    click.echo(f"{'new ' if rotate else ''}email events token; it guards:", err=True)
-    click.echo(f"  POST {base}/v1/webhooks/email/events?token={quote(token, safe='')}", err=True)
-    click.echo(token)
+    show_webhook_token(
+        token,
+        "email events token",
+        [f"{base}/v1/webhooks/email/events"],
+        rotated=rotate,
+        as_json=as_json,
+    )

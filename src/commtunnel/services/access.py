@@ -242,10 +242,18 @@ class AccessService:
         canonical = _checked_limit(rate_limit)
         if not await self._store.set_key_rate_limit(org_id, key_id, canonical):
             raise NotFoundError("No such API key", details={"keyId": key_id})
-        if canonical is not None:
-            return canonical
-        org = await self.get_org_access(org_id)
-        return org.rate_limit or self.default_rate_limit
+        return canonical or await self.org_rate_limit(org_id)
+
+    async def org_rate_limit(self, org_id: str) -> str:
+        """The limit of the organization's keys without one of their own (canonical).
+
+        Returns:
+            The organization's limit, else the server default.
+
+        Raises:
+            NotFoundError: no such organization.
+        """
+        return (await self.get_org_access(org_id)).rate_limit or self.default_rate_limit
 
     async def key_rate_limits(self, org_id: str) -> dict[str, str]:
         """The organization's keys that have their own limit: key id -> limit."""

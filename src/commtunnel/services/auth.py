@@ -1,8 +1,10 @@
-"""API keys: issue, authenticate, revoke, and scope checks."""
+"""API keys: issue, authenticate, revoke, and scope checks; inbound webhook tokens."""
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from commtunnel.domain import keys
 from commtunnel.domain.errors import (
@@ -10,6 +12,7 @@ from commtunnel.domain.errors import (
     NotFoundError,
     UnauthorizedError,
     ValidationError,
+    WebhookAuthError,
 )
 from commtunnel.domain.keys import ApiKey, Principal
 from commtunnel.ids import new_id
@@ -25,6 +28,36 @@ def require(principal: Principal, scope: str, *alternatives: str) -> None:
     """
     if not any(principal.has(s) for s in (scope, *alternatives)):
         raise InsufficientScopeError(scope)
+
+
+# An organization's inbound webhooks (SMS ``smst_``, email events ``emt_``) are
+# authenticated by a per-organization token in the URL's ``?token=``.
+
+#: Characters of a webhook token looked up at most (real ones are a prefix and 43).
+MAX_WEBHOOK_TOKEN_CHARACTERS = 200
+
+
+def new_webhook_token(prefix: str) -> str:
+    """A fresh inbound webhook token: ``prefix`` and 43 URL-safe characters (256 random bits)."""
+    return prefix + secrets.token_urlsafe(32)
+
+
+async def org_for_webhook_token(token: Any, lookup: Callable[[str], Awaitable[str | None]]) -> str:
+    """The organization holding an inbound webhook token.
+
+    Args:
+        token: the ``?token=`` query parameter, untrusted (None when absent).
+        lookup: the storage query from token to organization id (None: no holder).
+
+    Raises:
+        WebhookAuthError: 401, no token, one over :data:`MAX_WEBHOOK_TOKEN_CHARACTERS`
+            characters, or one no organization holds (one message for all).
+    """
+    if isinstance(token, str) and 0 < len(token) <= MAX_WEBHOOK_TOKEN_CHARACTERS:
+        org_id = await lookup(token)
+        if org_id is not None:
+            return org_id
+    raise WebhookAuthError("Missing or invalid webhook token")
 
 
 class KeyService:

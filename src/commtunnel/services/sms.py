@@ -14,7 +14,6 @@ refused request stores nothing.
 from __future__ import annotations
 
 import math
-import secrets
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -31,7 +30,6 @@ from commtunnel.domain.errors import (
     SmsRecipientOptedOutError,
     SmsSenderIdNotApprovedError,
     ValidationError,
-    WebhookAuthError,
 )
 from commtunnel.domain.events import TimelineEvent
 from commtunnel.domain.keys import Principal, Scope
@@ -53,7 +51,7 @@ from commtunnel.ports import (
     Storage,
 )
 from commtunnel.services import channel, idempotency, scheduling
-from commtunnel.services.auth import require
+from commtunnel.services.auth import new_webhook_token, org_for_webhook_token, require
 from commtunnel.services.channel import MAX_TIMELINE_LIMIT as MAX_TIMELINE_LIMIT  # re-exported
 from commtunnel.services.timeline import apply_receipt, org_event
 
@@ -65,7 +63,6 @@ LIST_STATUSES = tuple(s.value for s in Status)
 MAX_PAGE_SIZE = 100
 MAX_REASON_CHARACTERS = 500
 MAX_QUERY_CHARACTERS = 200
-MAX_WEBHOOK_TOKEN_CHARACTERS = 200
 OPT_OUT_EVENT = "sms_opt_out"
 
 
@@ -195,17 +192,28 @@ class InboundResult:
     recorded: bool = False
 
 
-def _page_bounds(page: Any, page_size: Any) -> tuple[int, int]:
-    """(page, page_size) when ``page`` >= 1 and ``page_size`` is 1..100.
+def page_problems(page: Any, page_size: Any) -> dict[str, str]:
+    """What is wrong with a listing's paging, keyed ``page`` / ``pageSize``; empty when fine.
 
-    Raises:
-        ValidationError: on ``page`` and/or ``pageSize``.
+    ``page`` must be an integer >= 1 and ``page_size`` one from 1 to
+    :data:`MAX_PAGE_SIZE` (every offset-paged listing: SMS messages, opt-outs,
+    inbound messages, the email suppression list).
     """
     problems = {}
     if not channel.is_int_in(page, 1):
         problems["page"] = "must be an integer >= 1"
     if not channel.is_int_in(page_size, 1, MAX_PAGE_SIZE):
         problems["pageSize"] = f"must be an integer from 1 to {MAX_PAGE_SIZE}"
+    return problems
+
+
+def _page_bounds(page: Any, page_size: Any) -> tuple[int, int]:
+    """(page, page_size) when ``page`` >= 1 and ``page_size`` is 1..100.
+
+    Raises:
+        ValidationError: on ``page`` and/or ``pageSize`` (:func:`page_problems`).
+    """
+    problems = page_problems(page, page_size)
     if problems:
         raise ValidationError.from_fields(problems)
     return page, page_size
@@ -841,7 +849,7 @@ class SmsService:
         current = await self._store.get_sms_token(org_id)
         if current is not None and not rotate:
             return current
-        token = "smst_" + secrets.token_urlsafe(32)
+        token = new_webhook_token("smst_")
         await self._store.set_sms_token(org_id, token, self._clock.now())
         return token
 
@@ -850,14 +858,9 @@ class SmsService:
 
         Raises:
             WebhookAuthError: no token, one over 200 characters, or one no
-                organization holds.
+                organization holds (:func:`~commtunnel.services.auth.org_for_webhook_token`).
         """
-        if not isinstance(token, str) or not 0 < len(token) <= MAX_WEBHOOK_TOKEN_CHARACTERS:
-            raise WebhookAuthError("Missing or invalid webhook token")
-        org_id = await self._store.org_for_sms_token(token)
-        if org_id is None:
-            raise WebhookAuthError("Missing or invalid webhook token")
-        return org_id
+        return await org_for_webhook_token(token, self._store.org_for_sms_token)
 
     # ------------------------------------------------------------------ inbound MO
 
