@@ -342,6 +342,16 @@ def test_cli_purge_dry_run_then_purge(
     assert dry.exit_code == 0, dry.output
     counts = json.loads(dry.stdout)
     assert counts["dryRun"] is True
+    assert set(counts) - {"dryRun"} == {
+        "messages",
+        "events",
+        "attempts",
+        "webhookDeliveries",
+        "webhookAttempts",
+        "inboundMessages",
+        "idempotencyKeys",
+        "emailBatches",
+    }
     assert (counts["messages"], counts["events"], counts["attempts"]) == (1, 3, 1)
     done = runner.invoke(main, ["purge", "--db", str(old_db)])
     assert done.exit_code == 0, done.output

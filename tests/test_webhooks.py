@@ -21,6 +21,7 @@ from commtunnel import Commtunnel, Settings
 from commtunnel.domain.errors import (
     ConflictError,
     InsufficientScopeError,
+    InternalError,
     NotFoundError,
     ValidationError,
     WebhookUrlNotAllowedError,
@@ -446,6 +447,11 @@ async def test_secrets_are_stored_encrypted_when_the_server_has_a_key(
         await send_email(ct)
         await ct.run_webhooks_until_idle()
         assert receiver.received[0].verified_with == receiver.secrets
+        # A server that lost its key cannot sign with the stored secret: an internal error.
+        keyless = WebhookService(ct.webhook_store, clock, sender=HttpWebhookSender())
+        (endpoint,) = await ct.webhook_store.list_endpoints(ct.org.id)
+        with pytest.raises(InternalError, match="COMMTUNNEL_SECRET_KEY"):
+            keyless.signing_secrets(endpoint, clock.now())
 
 
 # --------------------------------------------------------------------------- durability
@@ -649,6 +655,11 @@ async def test_management_refusals(ct: Commtunnel, receiver: Receiver) -> None:
         await ct.webhooks.rotate_secret(admin(ct), "missing")
     with pytest.raises(ValidationError):
         await ct.webhooks.deliveries(admin(ct), limit=0)
+    with pytest.raises(ValidationError) as err:
+        await ct.webhooks.deliveries(admin(ct), cursor="not-a-delivery-id")
+    assert set(err.value.details) == {"cursor"}
+    with pytest.raises(NotFoundError):
+        await ct.webhooks.deliveries(admin(ct), endpoint_id="missing")
     other_org = Principal(org_id="another-org", scopes=admin(ct).scopes)
     with pytest.raises(NotFoundError):
         await ct.webhooks.get(other_org, endpoint)

@@ -53,14 +53,37 @@ def _error(description: str) -> dict[str, Any]:
     return _json(_ref("Error"), description)
 
 
-def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+def _query(
+    name: str, schema: dict[str, Any], description: str, *, required: bool = False
+) -> dict[str, Any]:
     return {
         "name": name,
         "in": "query",
-        "required": False,
+        "required": required,
         "description": description,
         "schema": schema,
     }
+
+
+def _path(name: str, schema: dict[str, Any], description: str | None = None) -> dict[str, Any]:
+    parameter = {"name": name, "in": "path", "required": True, "schema": schema}
+    return parameter if description is None else {**parameter, "description": description}
+
+
+def _body(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    """A required JSON request body."""
+    return {"required": True, **_json(schema, description)}
+
+
+def _cursor_paging(
+    maximum: int, default: int, limit_description: str, cursor_description: str
+) -> list[dict[str, Any]]:
+    """``limit`` (1..``maximum``) and ``cursor``: a keyset-paged listing's parameters."""
+    limit = {"type": "integer", "minimum": 1, "maximum": maximum, "default": default}
+    return [
+        _query("limit", limit, limit_description),
+        _query("cursor", _STRING, cursor_description),
+    ]
 
 
 _STRING = {"type": "string"}
@@ -98,7 +121,7 @@ _MESSAGE_PROPERTIES: dict[str, Any] = {
     "updatedAt": _TIMESTAMP,
 }
 
-_ID = {"name": "id", "in": "path", "required": True, "schema": _STRING}
+_ID = _path("id", _STRING)
 _LIMIT = _query(
     "limit",
     {"type": "integer", "minimum": 1, "maximum": MAX_TIMELINE_LIMIT, "default": 100},
@@ -379,13 +402,12 @@ _SCHEMAS: dict[str, Any] = {
 
 
 def _window(name: str, what: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "in": "query",
-        "required": True,
-        "description": f"Window {what}, ISO 8601 with a timezone.",
-        "schema": {"type": "string", "format": "date-time"},
-    }
+    return _query(
+        name,
+        {"type": "string", "format": "date-time"},
+        f"Window {what}, ISO 8601 with a timezone.",
+        required=True,
+    )
 
 
 _PATHS: dict[str, Any] = {
@@ -394,7 +416,7 @@ _PATHS: dict[str, Any] = {
             "operationId": "sendEmail",
             "summary": "Queue an email for delivery (scope send:email).",
             "parameters": _IDEMPOTENCY_HEADER,
-            "requestBody": {"required": True, **_json(_ref("SendEmailRequest"), "The email.")},
+            "requestBody": _body(_ref("SendEmailRequest"), "The email."),
             "responses": {
                 "202": _json(_ref("SendEmailResponse"), "Accepted; a replay has duplicate=true"),
                 **_SEND_ERRORS,
@@ -410,7 +432,7 @@ _PATHS: dict[str, Any] = {
         "post": {
             "operationId": "previewEmail",
             "summary": "Render subject and bodies without queuing (scope send:email).",
-            "requestBody": {"required": True, **_json(_ref("PreviewEmailRequest"), "Sources.")},
+            "requestBody": _body(_ref("PreviewEmailRequest"), "Sources."),
             "responses": {
                 "200": _json(_ref("PreviewEmailResponse"), "The rendered email."),
                 **_BODY_ERRORS,
@@ -844,7 +866,7 @@ _PATHS.update(
                 "operationId": "sendSms",
                 "summary": "Queue an SMS (scope send:sms).",
                 "parameters": _IDEMPOTENCY_HEADER,
-                "requestBody": {"required": True, **_json(_ref("SendSmsRequest"), "The SMS.")},
+                "requestBody": _body(_ref("SendSmsRequest"), "The SMS."),
                 "responses": {
                     "202": _json(_ref("SendSmsResponse"), "Accepted; a replay has duplicate=true"),
                     **_SEND_ERRORS,
@@ -859,7 +881,7 @@ _PATHS.update(
                 "operationId": "sendOtp",
                 "summary": "Queue a one-time passcode under an OTP brand (scope send:sms).",
                 "parameters": _IDEMPOTENCY_HEADER,
-                "requestBody": {"required": True, **_json(_ref("SendOtpRequest"), "The OTP.")},
+                "requestBody": _body(_ref("SendOtpRequest"), "The OTP."),
                 "responses": {
                     "202": _json(_ref("SendOtpResponse"), "Accepted; a replay has duplicate=true"),
                     **_SEND_ERRORS,
@@ -899,10 +921,7 @@ _PATHS.update(
             "post": {
                 "operationId": "addSmsOptOut",
                 "summary": "Put a number on the opt-out list (scope opt_outs:manage).",
-                "requestBody": {
-                    "required": True,
-                    **_json(_ref("AddOptOutRequest"), "The number, E.164."),
-                },
+                "requestBody": _body(_ref("AddOptOutRequest"), "The number, E.164."),
                 "responses": {
                     "201": _json(_ref("OptOutAdded"), "Added."),
                     "200": _json(_ref("OptOutAdded"), "Already listed (created=false)."),
@@ -916,13 +935,11 @@ _PATHS.update(
                 "operationId": "removeSmsOptOut",
                 "summary": "Take a number off the opt-out list (scope opt_outs:manage).",
                 "parameters": [
-                    {
-                        "name": "e164",
-                        "in": "path",
-                        "required": True,
-                        "description": "The number: %2B2348012345678, +2348012345678 or digits.",
-                        "schema": _STRING,
-                    }
+                    _path(
+                        "e164",
+                        _STRING,
+                        "The number: %2B2348012345678, +2348012345678 or digits.",
+                    )
                 ],
                 "responses": {
                     "200": _json(_ref("OptOutRemoved"), "Removed."),
@@ -977,10 +994,7 @@ _PATHS.update(
             "post": {
                 "operationId": "requestSenderId",
                 "summary": "Ask for a sender ID or OTP brand (scope sender_ids:request).",
-                "requestBody": {
-                    "required": True,
-                    **_json(_ref("CreateSenderIdRequest"), "The request."),
-                },
+                "requestBody": _body(_ref("CreateSenderIdRequest"), "The request."),
                 "responses": {
                     "201": _json(_ref("SenderIdRequest"), "Pending review."),
                     **_BODY_ERRORS,
@@ -1016,13 +1030,8 @@ _PATHS.update(
             "post": {
                 "operationId": "reviewSenderIdRequest",
                 "summary": "Approve or reject a pending request (scope platform:admin).",
-                "parameters": [
-                    {"name": "requestId", "in": "path", "required": True, "schema": _STRING}
-                ],
-                "requestBody": {
-                    "required": True,
-                    **_json(_ref("ReviewSenderIdRequest"), "The decision."),
-                },
+                "parameters": [_path("requestId", _STRING)],
+                "requestBody": _body(_ref("ReviewSenderIdRequest"), "The decision."),
                 "responses": {
                     "200": _json(_ref("SenderIdRequest"), "The reviewed request."),
                     **_BODY_ERRORS,
@@ -1072,10 +1081,7 @@ _PATHS.update(
                 "operationId": "receiveSmsDeliveryReceipt",
                 "summary": "A carrier delivery receipt; never moves a message backwards.",
                 "security": _TOKEN,
-                "requestBody": {
-                    "required": True,
-                    **_json(_ref("DeliveryReceipt"), "The receipt."),
-                },
+                "requestBody": _body(_ref("DeliveryReceipt"), "The receipt."),
                 "responses": {
                     "202": _json(_ref("DeliveryReceiptResult"), "Received."),
                     **_WEBHOOK_ERRORS,
@@ -1288,7 +1294,7 @@ _SCHEMAS.update(
 
 
 def _hub(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {**_query(f"hub.{name}", schema, description), "required": True}
+    return _query(f"hub.{name}", schema, description, required=True)
 
 
 _PATHS.update(
@@ -1302,10 +1308,7 @@ _PATHS.update(
                     "status SENT and the wamid, or the Error envelope when Graph failed."
                 ),
                 "parameters": _IDEMPOTENCY_HEADER,
-                "requestBody": {
-                    "required": True,
-                    **_json(_ref("SendWhatsAppRequest"), "The message."),
-                },
+                "requestBody": _body(_ref("SendWhatsAppRequest"), "The message."),
                 "responses": {
                     "201": _json(_ref("SendWhatsAppResponse"), "Sent (status SENT)."),
                     "200": {
@@ -1362,10 +1365,7 @@ _PATHS.update(
             "patch": {
                 "operationId": "updateWhatsAppLine",
                 "summary": "Set or clear the phone number id and token (scope account:manage).",
-                "requestBody": {
-                    "required": True,
-                    **_json(_ref("UpdateWhatsAppLineRequest"), "The fields to change."),
-                },
+                "requestBody": _body(_ref("UpdateWhatsAppLineRequest"), "The fields to change."),
                 "responses": {
                     "200": _json(_ref("WhatsAppLine"), "The line after the change."),
                     **_BODY_ERRORS,
@@ -1411,10 +1411,7 @@ _PATHS.update(
                         "schema": {"type": "string", "pattern": "^sha256=[0-9a-fA-F]{64}$"},
                     }
                 ],
-                "requestBody": {
-                    "required": True,
-                    **_json(_ref("WhatsAppWebhook"), "Meta's payload."),
-                },
+                "requestBody": _body(_ref("WhatsAppWebhook"), "Meta's payload."),
                 "responses": {
                     "200": _json(_ref("WhatsAppWebhookResult"), "Applied."),
                     "400": _error("VALIDATION_ERROR: not a WhatsApp Business webhook"),
@@ -1427,13 +1424,9 @@ _PATHS.update(
 )
 
 
-_TRACKING_TOKEN = {
-    "name": "t",
-    "in": "query",
-    "required": True,
-    "description": "Signed tracking token, as written into the email.",
-    "schema": _STRING,
-}
+_TRACKING_TOKEN = _query(
+    "t", _STRING, "Signed tracking token, as written into the email.", required=True
+)
 _PIXEL = {"image/gif": {"schema": {"type": "string", "format": "binary"}}}
 _NO_STORE = {"Cache-Control": {"schema": {"type": "string", "enum": ["no-store"]}}}
 
@@ -1656,14 +1649,9 @@ _WEBHOOK_BODY_ERRORS = {
     ),
     "413": _TOO_LARGE,
 }
-_DELIVERY_PAGING = [
-    _query(
-        "limit",
-        {"type": "integer", "minimum": 1, "maximum": MAX_DELIVERY_PAGE, "default": 50},
-        "Page size.",
-    ),
-    _query("cursor", _STRING, "nextCursor of the previous page."),
-]
+_DELIVERY_PAGING = _cursor_paging(
+    MAX_DELIVERY_PAGE, 50, "Page size.", "nextCursor of the previous page."
+)
 _DISABLED = {"409": _error("CONFLICT: the endpoint is disabled (details.disabledReason)")}
 
 _PATHS.update(
@@ -1672,7 +1660,7 @@ _PATHS.update(
             "post": {
                 "operationId": "createWebhook",
                 "summary": "Register an endpoint (scope webhooks:manage); returns its secret once.",
-                "requestBody": {"required": True, **_json(_ref("CreateWebhookRequest"), "")},
+                "requestBody": _body(_ref("CreateWebhookRequest"), ""),
                 "responses": {
                     "201": _json(_ref("WebhookEndpointWithSecret"), "Created."),
                     **_WEBHOOK_BODY_ERRORS,
@@ -1704,9 +1692,7 @@ _PATHS.update(
             "post": {
                 "operationId": "replayWebhookDelivery",
                 "summary": "Send a delivery's event again (same webhook-id) as a new delivery.",
-                "parameters": [
-                    {"name": "deliveryId", "in": "path", "required": True, "schema": _STRING}
-                ],
+                "parameters": [_path("deliveryId", _STRING)],
                 "responses": {
                     "202": _json(_ref("WebhookDelivery"), "Queued."),
                     **_AUTH_ERRORS,
@@ -1730,7 +1716,7 @@ _PATHS.update(
                 "operationId": "updateWebhook",
                 "summary": "Change url, events, description and/or enabled.",
                 "parameters": [_ID],
-                "requestBody": {"required": True, **_json(_ref("UpdateWebhookRequest"), "")},
+                "requestBody": _body(_ref("UpdateWebhookRequest"), ""),
                 "responses": {
                     "200": _json(_ref("WebhookEndpoint"), "Changed."),
                     **_WEBHOOK_BODY_ERRORS,
@@ -1807,23 +1793,12 @@ _LISTING_FILTERS = [
         "Created at or before this instant (ISO 8601 with a timezone). Alias: before.",
     ),
 ]
-_LISTING_PAGING = [
-    _query(
-        "limit",
-        {
-            "type": "integer",
-            "minimum": 1,
-            "maximum": listing_service.MAX_LIMIT,
-            "default": listing_service.DEFAULT_LIMIT,
-        },
-        "Messages per page.",
-    ),
-    _query(
-        "cursor",
-        _STRING,
-        "The cursor of the previous page, with the same filters; walk until it is absent.",
-    ),
-]
+_LISTING_PAGING = _cursor_paging(
+    listing_service.MAX_LIMIT,
+    listing_service.DEFAULT_LIMIT,
+    "Messages per page.",
+    "The cursor of the previous page, with the same filters; walk until it is absent.",
+)
 _LISTING_ERRORS = {
     "400": _error(
         "VALIDATION_ERROR (details per parameter; details.cursor: not from a previous page, "
@@ -2056,10 +2031,7 @@ _PATHS.update(
                     "the accepted ones are committed together."
                 ),
                 "parameters": _IDEMPOTENCY_HEADER,
-                "requestBody": {
-                    "required": True,
-                    **_json(_ref("EmailBatchRequest"), "The emails."),
-                },
+                "requestBody": _body(_ref("EmailBatchRequest"), "The emails."),
                 "responses": {
                     "200": {
                         **_json(
@@ -2204,22 +2176,14 @@ _SCHEMAS.update(
         },
     }
 )
-_EMAIL_PATH = {
-    "name": "email",
-    "in": "path",
-    "required": True,
-    "schema": _STRING,
-    "description": "The address (percent-encoded); matched case-insensitively.",
-}
+_EMAIL_PATH = _path("email", _STRING, "The address (percent-encoded); matched case-insensitively.")
 _NOT_LISTED = {"404": _error("NOT_FOUND: the address is not (or no longer) on the list")}
 _BAD_EMAIL = {"400": _error("VALIDATION_ERROR (details.email)")}
-_UNSUBSCRIBE_TOKEN = {
-    "name": "token",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string", "maxLength": UNSUBSCRIBE_TOKEN_CHARS},
-    "description": "The signed token of the List-Unsubscribe link.",
-}
+_UNSUBSCRIBE_TOKEN = _path(
+    "token",
+    {"type": "string", "maxLength": UNSUBSCRIBE_TOKEN_CHARS},
+    "The signed token of the List-Unsubscribe link.",
+)
 _HTML = {"text/html": {"schema": {"type": "string"}}}
 _PATHS.update(
     {
@@ -2242,10 +2206,7 @@ _PATHS.update(
             "post": {
                 "operationId": "addEmailSuppression",
                 "summary": "Put an address on the list (scope send:email or opt_outs:manage).",
-                "requestBody": {
-                    "required": True,
-                    **_json(_ref("AddSuppressionRequest"), "The address."),
-                },
+                "requestBody": _body(_ref("AddSuppressionRequest"), "The address."),
                 "responses": {
                     "201": _json(_ref("SuppressionAdded"), "Added (or an expired entry replaced)."),
                     "200": _json(_ref("SuppressionAdded"), "Already listed (created=false)."),
@@ -2291,18 +2252,11 @@ _PATHS.update(
                 ),
                 "security": [],
                 "parameters": [
-                    {
-                        "name": "token",
-                        "in": "query",
-                        "required": True,
-                        "schema": _STRING,
-                        "description": "The organization's email events token.",
-                    }
+                    _query(
+                        "token", _STRING, "The organization's email events token.", required=True
+                    )
                 ],
-                "requestBody": {
-                    "required": True,
-                    **_json(_ref("EmailProviderEvents"), "The events."),
-                },
+                "requestBody": _body(_ref("EmailProviderEvents"), "The events."),
                 "responses": {
                     "200": _json(_ref("EmailProviderEventsResult"), "Applied."),
                     **_WEBHOOK_ERRORS,

@@ -5,27 +5,15 @@ from __future__ import annotations
 import attrs
 import click
 
-from commtunnel.cli._support import db_option, json_option, report, run_admin
+from commtunnel.cli._support import db_option, json_option, record_json, report, run_admin
 from commtunnel.client import Commtunnel
 from commtunnel.ports import PurgeCounts
 
-#: JSON names of the counts (camelCase, as everywhere on the wire).
-_JSON_NAMES = {
-    "messages": "messages",
-    "events": "events",
-    "attempts": "attempts",
-    "webhook_deliveries": "webhookDeliveries",
-    "webhook_attempts": "webhookAttempts",
-    "inbound_messages": "inboundMessages",
-    "idempotency_keys": "idempotencyKeys",
-    "email_batches": "emailBatches",
-}
-
 
 def counts_json(counts: PurgeCounts, *, dry_run: bool) -> dict[str, object]:
-    """``{dryRun, messages, events, ...}``: rows deleted (or, dry, deletable) per table."""
-    values = attrs.asdict(counts)
-    return {"dryRun": dry_run, **{_JSON_NAMES[k]: v for k, v in values.items()}}
+    """``{dryRun, messages, events, webhookDeliveries, ...}``: rows deleted (or, dry,
+    deletable) per table, camelCased as on the wire."""
+    return {"dryRun": dry_run, **record_json(counts, PurgeCounts)}
 
 
 def counts_text(counts: PurgeCounts, *, dry_run: bool) -> str:

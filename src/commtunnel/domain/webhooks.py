@@ -28,6 +28,7 @@ import attrs
 
 from commtunnel.domain.errors import ValidationError
 from commtunnel.domain.messages import Channel, Status, _aware, event_for
+from commtunnel.domain.network import IPAddress, parse_address
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the prefix, not a secret
 SECRET_BYTES = 24
@@ -277,15 +278,9 @@ _METADATA_ADDRESSES = frozenset(
 )
 
 
-def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The address, IPv4-mapped IPv6 as its IPv4; None when not an address."""
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
+def _ip(address: str) -> IPAddress | None:
+    """The address without its IPv6 zone, IPv4-mapped IPv6 as its IPv4; None when not one."""
+    return parse_address(address.split("%", 1)[0])
 
 
 def metadata_address(address: str) -> str | None:

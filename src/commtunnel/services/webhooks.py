@@ -151,16 +151,17 @@ class WebhookService:
         await self._check_url(values["url"])
         now = self._clock.now()
         secret = new_secret()
+        enabled = values.get("enabled", True)
         endpoint = WebhookEndpoint(
             id=new_id(),
             org_id=principal.org_id,
             url=values["url"],
             description=values.get("description", ""),
             events=values.get("events"),
-            enabled=values.get("enabled", True),
+            enabled=enabled,
             secret=self._seal(secret),
-            disabled_at=None if values.get("enabled", True) else now,
-            disabled_reason=None if values.get("enabled", True) else "manual",
+            disabled_at=None if enabled else now,
+            disabled_reason=None if enabled else "manual",
             created_at=now,
             updated_at=now,
         )
@@ -206,7 +207,7 @@ class WebhookService:
         require(principal, Scope.WEBHOOKS_MANAGE)
         endpoint = await self._store.get_endpoint(principal.org_id, endpoint_id)
         if endpoint is None:
-            raise NotFoundError("Webhook endpoint not found", details={"id": endpoint_id})
+            raise _endpoint_not_found(endpoint_id)
         return endpoint
 
     async def update(
@@ -241,7 +242,7 @@ class WebhookService:
             principal.org_id, endpoint_id, changes, self._clock.now()
         )
         if updated is None:
-            raise NotFoundError("Webhook endpoint not found", details={"id": endpoint_id})
+            raise _endpoint_not_found(endpoint_id)
         return updated
 
     async def delete(self, principal: Principal, endpoint_id: str) -> None:
@@ -253,7 +254,7 @@ class WebhookService:
         """
         require(principal, Scope.WEBHOOKS_MANAGE)
         if not await self._store.delete_endpoint(principal.org_id, endpoint_id):
-            raise NotFoundError("Webhook endpoint not found", details={"id": endpoint_id})
+            raise _endpoint_not_found(endpoint_id)
 
     async def rotate_secret(self, principal: Principal, endpoint_id: str) -> EndpointWithSecret:
         """Give the endpoint a new secret; the old one keeps signing for the grace period.
@@ -280,7 +281,7 @@ class WebhookService:
             at=now,
         )
         if rotated is None:
-            raise NotFoundError("Webhook endpoint not found", details={"id": endpoint_id})
+            raise _endpoint_not_found(endpoint_id)
         return EndpointWithSecret(endpoint=rotated, secret=secret)
 
     # ------------------------------------------------------------------ delivery log
@@ -393,6 +394,10 @@ class WebhookService:
         )
         await self._store.add_delivery(delivery)
         return delivery
+
+
+def _endpoint_not_found(endpoint_id: str) -> NotFoundError:
+    return NotFoundError("Webhook endpoint not found", details={"id": endpoint_id})
 
 
 def _is_uuid(value: str) -> bool:
