@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from commtunnel.backends.sqlite import BackendStore
+from commtunnel.backends.sqlite import BackendStore, fetch_all, fetch_one
 from commtunnel.ports import KEEP, AccessPolicy, OrgAccess
 
 
@@ -36,11 +36,12 @@ class SqliteAccessStore(BackendStore):
 
     async def access_policy(self, key_id: str) -> AccessPolicy | None:
         """The organization's allowlist and limit, and the key's limit (None: no such key)."""
-        row = self._conn.execute(
+        row = await self._backend.read(
+            fetch_one,
             "SELECT o.ip_allowlist, o.rate_limit, k.rate_limit FROM api_keys k "
             "JOIN orgs o ON o.id = k.org_id WHERE k.id = ?",
             (key_id,),
-        ).fetchone()
+        )
         if row is None:
             return None
         return AccessPolicy(
@@ -49,12 +50,14 @@ class SqliteAccessStore(BackendStore):
 
     async def get_org_access(self, org_id: str) -> OrgAccess | None:
         """One organization's settings (None: no such organization)."""
-        row = self._conn.execute(f"{_ORG_ACCESS} WHERE id = ?", (org_id,)).fetchone()
+        row = await self._backend.read(fetch_one, f"{_ORG_ACCESS} WHERE id = ?", (org_id,))
         return None if row is None else _org_access(row)
 
     async def list_org_access(self) -> dict[str, OrgAccess]:
         """Every organization's settings, by organization id."""
-        return {row[0]: _org_access(row) for row in self._conn.execute(_ORG_ACCESS)}
+        return {
+            row[0]: _org_access(row) for row in await self._backend.read(fetch_all, _ORG_ACCESS)
+        }
 
     async def set_org_access(
         self,
@@ -81,7 +84,7 @@ class SqliteAccessStore(BackendStore):
             params.append(rate_limit)
         if not sets:
             return await self.get_org_access(org_id) is not None
-        cursor = self._backend.transaction(
+        cursor = await self._backend.transaction(
             lambda c: c.execute(
                 f"UPDATE orgs SET {', '.join(sets)} WHERE id = ?",  # noqa: S608 - fixed names
                 (*params, org_id),
@@ -91,7 +94,7 @@ class SqliteAccessStore(BackendStore):
 
     async def set_key_rate_limit(self, org_id: str, key_id: str, rate_limit: str | None) -> bool:
         """Set (None: clear) a key's own limit; False when the organization has no such key."""
-        cursor = self._backend.transaction(
+        cursor = await self._backend.transaction(
             lambda c: c.execute(
                 "UPDATE api_keys SET rate_limit = ? WHERE id = ? AND org_id = ?",
                 (rate_limit, key_id, org_id),
@@ -101,7 +104,8 @@ class SqliteAccessStore(BackendStore):
 
     async def key_rate_limits(self, org_id: str) -> dict[str, str]:
         """The keys of the organization that have their own limit: key id -> limit."""
-        rows = self._conn.execute(
+        rows = await self._backend.read(
+            fetch_all,
             "SELECT id, rate_limit FROM api_keys WHERE org_id = ? AND rate_limit IS NOT NULL",
             (org_id,),
         )

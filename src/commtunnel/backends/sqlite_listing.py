@@ -77,12 +77,12 @@ class SqliteListingStore(BackendStore):
             (message, attempts by number) pairs in ``(created_at, id)`` descending order.
         """
         where, params = listing_where(query)
-        messages = MESSAGES.all(
-            self._conn,
+        messages = await self._backend.read(
+            MESSAGES.all,
             f"WHERE {where} ORDER BY created_at DESC, id DESC LIMIT ?",
             [*params, query.limit],
         )
-        attempts = ATTEMPTS.grouped(
-            self._conn, "message_id", [m.id for m in messages], order_by="message_id, number"
+        attempts = await self._backend.read(
+            ATTEMPTS.grouped, "message_id", [m.id for m in messages], order_by="message_id, number"
         )
         return [(m, attempts[m.id]) for m in messages]

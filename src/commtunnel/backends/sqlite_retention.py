@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from commtunnel.backends.sqlite import BackendStore, ts
+from commtunnel.backends.sqlite import BackendStore, fetch_one, ts
 from commtunnel.ports import PurgeCounts, PurgeCutoffs
 
 #: ids per ``IN (...)`` list (far below SQLite's 32766 host parameters).
@@ -87,7 +87,7 @@ class SqliteRetentionStore(BackendStore):
                     counts += self._delete_messages(conn, org_id, ids)
             return counts
 
-        return self._backend.transaction(op)
+        return await self._backend.transaction(op)
 
     @staticmethod
     def _delete_messages(conn: sqlite3.Connection, org_id: str, ids: list[str]) -> PurgeCounts:
@@ -164,7 +164,7 @@ class SqliteRetentionStore(BackendStore):
                 email_batches=batches,
             )
 
-        return self._backend.transaction(op)
+        return await self._backend.transaction(op)
 
     async def count_purgeable(self, cutoffs: PurgeCutoffs) -> PurgeCounts:
         """What the two purge methods would delete at these cutoffs, counted (nothing deleted)."""
@@ -200,7 +200,7 @@ class SqliteRetentionStore(BackendStore):
         }
         return PurgeCounts(
             **{
-                name: int(self._conn.execute(sql, params).fetchone()[0])
+                name: int((await self._backend.read(fetch_one, sql, params))[0])
                 for name, sql in queries.items()
             }
         )

@@ -37,8 +37,8 @@ class SqliteRoutingStore(BackendStore):
 
     async def last_attempt(self, message_id: str) -> Attempt | None:
         """The message's latest attempt (highest number), None before the first."""
-        return ATTEMPTS.one(
-            self._conn, "WHERE message_id = ? ORDER BY number DESC LIMIT 1", (message_id,)
+        return await self._backend.read(
+            ATTEMPTS.one, "WHERE message_id = ? ORDER BY number DESC LIMIT 1", (message_id,)
         )
 
     async def report_provider_health(self, reports: Sequence[ProviderHealth]) -> None:
@@ -80,4 +80,4 @@ class SqliteRoutingStore(BackendStore):
 
     async def list_provider_health(self) -> list[ProviderHealth]:
         """Every provider's latest report, by channel then provider name."""
-        return _HEALTH.all(self._conn, "ORDER BY channel, provider")
+        return await self._backend.read(_HEALTH.all, "ORDER BY channel, provider")

@@ -159,10 +159,10 @@ class SqliteSchedulingStore(BackendStore):
         self, org_id: str, key: str, *, endpoint: str, fingerprint: str, now: datetime
     ) -> BatchAcceptResult | None:
         """What an unexpired key already answers for a batch (read only; see the port)."""
-        return _batch_replay(
-            self._conn, org_id, key, endpoint=endpoint, fingerprint=fingerprint, now=now
+        return await self._backend.read(
+            _batch_replay, org_id, key, endpoint=endpoint, fingerprint=fingerprint, now=now
         )
 
     async def get_batch(self, org_id: str, batch_id: str) -> EmailBatch | None:
         """One stored batch answer of the organization (None: unknown, or purged)."""
-        return _get_batch(self._conn, org_id, batch_id)
+        return await self._backend.read(_get_batch, org_id, batch_id)

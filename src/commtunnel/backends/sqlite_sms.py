@@ -21,6 +21,7 @@ from commtunnel.backends.sqlite import (
     MESSAGES,
     BackendStore,
     SqliteBackend,
+    fetch_one,
     get_message,
     insert_event,
     insert_job,
@@ -142,7 +143,7 @@ class SqliteSmsStore(BackendStore):
                 request with the same value (case-insensitive) and flow.
         """
         try:
-            self._backend.transaction(
+            await self._backend.transaction(
                 lambda c: c.execute(
                     f"INSERT INTO sms_sender_ids ({_REQUESTS.columns}) "  # noqa: S608 - fixed names
                     "VALUES (?, ?, ?, ?, ?, ?, NULL, NULL, NULL, ?)",
@@ -166,7 +167,7 @@ class SqliteSmsStore(BackendStore):
 
     async def get_sender_id_request(self, request_id: str) -> SenderIdRequest | None:
         """One request by id, any organization."""
-        return _REQUESTS.one(self._conn, "WHERE id = ?", (request_id,))
+        return await self._backend.read(_REQUESTS.one, "WHERE id = ?", (request_id,))
 
     async def list_sender_id_requests(
         self, *, org_id: str | None, status: str | None, flow: str | None
@@ -178,7 +179,7 @@ class SqliteSmsStore(BackendStore):
                 clauses.append(f"{column} = ?")
                 params.append(value)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        return _REQUESTS.all(self._conn, f"{where} ORDER BY created_at, id", params)
+        return await self._backend.read(_REQUESTS.all, f"{where} ORDER BY created_at, id", params)
 
     async def review_sender_id_request(
         self,
@@ -190,7 +191,7 @@ class SqliteSmsStore(BackendStore):
         at: datetime,
     ) -> SenderIdRequest | None:
         """PENDING -> ``status``; None when the request is absent or already reviewed."""
-        cursor = self._backend.transaction(
+        cursor = await self._backend.transaction(
             lambda c: c.execute(
                 "UPDATE sms_sender_ids SET status = ?, review_reason = ?, reviewed_by = ?, "
                 "reviewed_at = ? WHERE id = ? AND status = 'PENDING'",
@@ -203,11 +204,12 @@ class SqliteSmsStore(BackendStore):
 
     async def is_sender_id_approved(self, org_id: str, sender_id: str, flow: str) -> bool:
         """Whether the value is APPROVED for the flow (case-insensitive)."""
-        row = self._conn.execute(
+        row = await self._backend.read(
+            fetch_one,
             "SELECT 1 FROM sms_sender_ids WHERE org_id = ? AND flow = ? AND status = 'APPROVED' "
             "AND sender_id = ? COLLATE NOCASE LIMIT 1",
             (org_id, flow, sender_id),
-        ).fetchone()
+        )
         return row is not None
 
     # ------------------------------------------------------------------ opt-outs
@@ -232,14 +234,14 @@ class SqliteSmsStore(BackendStore):
 
     async def is_opted_out(self, org_id: str, phone: str) -> bool:
         """Whether the number is on the list."""
-        return is_listed(self._conn, "sms_opt_outs", org_id, phone)
+        return await self._backend.read(is_listed, "sms_opt_outs", org_id, phone)
 
     async def list_opt_outs(
         self, org_id: str, *, offset: int, limit: int
     ) -> tuple[list[OptOut], int]:
         """(``limit`` opt-outs from the ``offset``-th, newest first; the total count)."""
-        return _SMS_OPT_OUTS.page(
-            self._conn,
+        return await self._backend.read(
+            _SMS_OPT_OUTS.page,
             "WHERE org_id = ?",
             (org_id,),
             order_by="created_at DESC, phone",
@@ -249,17 +251,18 @@ class SqliteSmsStore(BackendStore):
 
     async def has_sent_sms_to(self, org_id: str, phone: str) -> bool:
         """Whether any SMS of the organization went (or is going) to the number."""
-        row = self._conn.execute(
+        row = await self._backend.read(
+            fetch_one,
             "SELECT 1 FROM messages WHERE org_id = ? AND channel = 'sms' AND recipient = ? LIMIT 1",
             (org_id, phone),
-        ).fetchone()
+        )
         return row is not None
 
     # ------------------------------------------------------------------ tokens, inbound
 
     async def set_sms_token(self, org_id: str, token: str, at: datetime) -> None:
         """Store or replace the organization's webhook token."""
-        self._backend.transaction(
+        await self._backend.transaction(
             lambda c: c.execute(
                 "INSERT INTO sms_tokens (org_id, token, created_at) VALUES (?, ?, ?) "
                 "ON CONFLICT (org_id) DO UPDATE SET token = excluded.token, "
@@ -270,16 +273,16 @@ class SqliteSmsStore(BackendStore):
 
     async def get_sms_token(self, org_id: str) -> str | None:
         """The current token of the organization."""
-        row = self._conn.execute(
-            "SELECT token FROM sms_tokens WHERE org_id = ?", (org_id,)
-        ).fetchone()
+        row = await self._backend.read(
+            fetch_one, "SELECT token FROM sms_tokens WHERE org_id = ?", (org_id,)
+        )
         return None if row is None else str(row[0])
 
     async def org_for_sms_token(self, token: str) -> str | None:
         """The organization holding this token (a unique index lookup)."""
-        row = self._conn.execute(
-            "SELECT org_id FROM sms_tokens WHERE token = ?", (token,)
-        ).fetchone()
+        row = await self._backend.read(
+            fetch_one, "SELECT org_id FROM sms_tokens WHERE token = ?", (token,)
+        )
         return None if row is None else str(row[0])
 
     async def add_inbound(self, message: InboundMessage) -> bool:
@@ -310,8 +313,8 @@ class SqliteSmsStore(BackendStore):
         self, org_id: str, channel: Channel, *, offset: int, limit: int
     ) -> tuple[list[InboundMessage], int]:
         """(``limit`` MO messages from the ``offset``-th, newest first; the total count)."""
-        return _INBOUND.page(
-            self._conn,
+        return await self._backend.read(
+            _INBOUND.page,
             "WHERE org_id = ? AND channel = ?",
             (org_id, str(channel)),
             order_by="created_at DESC, id DESC",
@@ -351,8 +354,8 @@ class SqliteSmsStore(BackendStore):
                 "ESCAPE '\\' OR id LIKE ? ESCAPE '\\' OR provider_message_id LIKE ? ESCAPE '\\')"
             )
             params.extend([pattern] * 4)
-        messages, total = MESSAGES.page(
-            self._conn,
+        messages, total = await self._backend.read(
+            MESSAGES.page,
             f"WHERE {' AND '.join(clauses)}",
             params,
             order_by="created_at DESC, id DESC",
@@ -365,8 +368,8 @@ class SqliteSmsStore(BackendStore):
         self, channel: Channel, provider_message_id: str
     ) -> Message | None:
         """The message a provider knows by this id, in any organization."""
-        return MESSAGES.one(
-            self._conn,
+        return await self._backend.read(
+            MESSAGES.one,
             "WHERE provider_message_id = ? AND channel = ? LIMIT 1",
             (provider_message_id, str(channel)),
         )
@@ -429,7 +432,7 @@ class SqliteSmsStore(BackendStore):
 
     async def set_otp_ignores_opt_out(self, org_id: str, value: bool) -> bool:
         """Set the organization's OTP opt-out policy; False for an unknown organization."""
-        cursor = self._backend.transaction(
+        cursor = await self._backend.transaction(
             lambda c: c.execute(
                 "UPDATE orgs SET otp_ignores_opt_out = ? WHERE id = ?", (int(value), org_id)
             )

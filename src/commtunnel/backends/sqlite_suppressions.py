@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlite3
 from datetime import datetime
 
-from commtunnel.backends.sqlite import BackendStore, insert_event, record_rows, ts
+from commtunnel.backends.sqlite import BackendStore, fetch_one, insert_event, record_rows, ts
 from commtunnel.domain.events import TimelineEvent
 from commtunnel.domain.suppressions import Suppression, SuppressionReason, supersedes
 
@@ -90,8 +90,8 @@ class SqliteSuppressionStore(BackendStore):
         self, org_id: str, address: str, *, now: datetime
     ) -> Suppression | None:
         """The active entry for the address (a primary-key lookup), or None."""
-        return _SUPPRESSIONS.one(
-            self._conn,
+        return await self._backend.read(
+            _SUPPRESSIONS.one,
             f"WHERE org_id = ? AND address = ? AND {_ACTIVE}",
             (org_id, address, ts(now)),
         )
@@ -101,10 +101,11 @@ class SqliteSuppressionStore(BackendStore):
 
         It runs for every email accepted and every email attempt, so it reads one column.
         """
-        row = self._conn.execute(
+        row = await self._backend.read(
+            fetch_one,
             f"SELECT reason FROM email_suppressions WHERE org_id = ? AND address = ? AND {_ACTIVE}",  # noqa: S608
             (org_id, address, ts(now)),
-        ).fetchone()
+        )
         return None if row is None else str(row[0])
 
     async def list_suppressions(
@@ -116,8 +117,8 @@ class SqliteSuppressionStore(BackendStore):
         if reason is not None:
             where += " AND reason = ?"
             params.append(reason)
-        return _SUPPRESSIONS.page(
-            self._conn,
+        return await self._backend.read(
+            _SUPPRESSIONS.page,
             where,
             params,
             order_by="created_at DESC, address",
@@ -129,7 +130,7 @@ class SqliteSuppressionStore(BackendStore):
 
     async def set_email_events_token(self, org_id: str, token: str, at: datetime) -> None:
         """Store or replace the organization's token (the old one stops working at once)."""
-        self._backend.transaction(
+        await self._backend.transaction(
             lambda c: c.execute(
                 "INSERT INTO email_events_tokens (org_id, token, created_at) VALUES (?, ?, ?) "
                 "ON CONFLICT (org_id) DO UPDATE SET token = excluded.token, "
@@ -140,14 +141,14 @@ class SqliteSuppressionStore(BackendStore):
 
     async def get_email_events_token(self, org_id: str) -> str | None:
         """The organization's current token, or None before the first one."""
-        row = self._conn.execute(
-            "SELECT token FROM email_events_tokens WHERE org_id = ?", (org_id,)
-        ).fetchone()
+        row = await self._backend.read(
+            fetch_one, "SELECT token FROM email_events_tokens WHERE org_id = ?", (org_id,)
+        )
         return None if row is None else str(row[0])
 
     async def org_for_email_events_token(self, token: str) -> str | None:
         """The organization holding this token (a unique index lookup), or None."""
-        row = self._conn.execute(
-            "SELECT org_id FROM email_events_tokens WHERE token = ?", (token,)
-        ).fetchone()
+        row = await self._backend.read(
+            fetch_one, "SELECT org_id FROM email_events_tokens WHERE token = ?", (token,)
+        )
         return None if row is None else str(row[0])

@@ -11,7 +11,6 @@ ran out writes nothing.
 
 from __future__ import annotations
 
-import contextlib
 import secrets
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
@@ -22,6 +21,7 @@ from commtunnel.backends.sqlite import (
     EVENTS,
     BackendStore,
     Rows,
+    fetch_one,
     insert_event,
     parse_ts,
     record_rows,
@@ -130,7 +130,7 @@ class SqliteWebhookStore(BackendStore):
         Raises:
             sqlite3.IntegrityError: the id is taken, or the organization does not exist.
         """
-        self._backend.transaction(
+        await self._backend.transaction(
             lambda c: c.execute(
                 f"INSERT INTO webhook_endpoints ({_ENDPOINTS.columns}) "  # noqa: S608 - fixed names
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -146,11 +146,15 @@ class SqliteWebhookStore(BackendStore):
 
     async def get_endpoint(self, org_id: str, endpoint_id: str) -> WebhookEndpoint | None:
         """One endpoint of the organization."""
-        return _ENDPOINTS.one(self._conn, "WHERE id = ? AND org_id = ?", (endpoint_id, org_id))
+        return await self._backend.read(
+            _ENDPOINTS.one, "WHERE id = ? AND org_id = ?", (endpoint_id, org_id)
+        )
 
     async def list_endpoints(self, org_id: str) -> list[WebhookEndpoint]:
         """Every endpoint of the organization, oldest first."""
-        return _ENDPOINTS.all(self._conn, "WHERE org_id = ? ORDER BY created_at, id", (org_id,))
+        return await self._backend.read(
+            _ENDPOINTS.all, "WHERE org_id = ? ORDER BY created_at, id", (org_id,)
+        )
 
     async def update_endpoint(
         self, org_id: str, endpoint_id: str, changes: Mapping[str, Any], at: datetime
@@ -184,7 +188,7 @@ class SqliteWebhookStore(BackendStore):
             )
             return _ENDPOINTS.one(conn, "WHERE id = ? AND org_id = ?", (endpoint_id, org_id))
 
-        return self._backend.transaction(op)
+        return await self._backend.transaction(op)
 
     async def rotate_secret(
         self, org_id: str, endpoint_id: str, *, secret: str, previous_until: datetime, at: datetime
@@ -203,7 +207,7 @@ class SqliteWebhookStore(BackendStore):
             )
             return _ENDPOINTS.one(conn, "WHERE id = ? AND org_id = ?", (endpoint_id, org_id))
 
-        return self._backend.transaction(op)
+        return await self._backend.transaction(op)
 
     async def delete_endpoint(self, org_id: str, endpoint_id: str) -> bool:
         """Delete an endpoint with its deliveries and attempts; False if absent.
@@ -227,7 +231,7 @@ class SqliteWebhookStore(BackendStore):
             conn.execute("DELETE FROM webhook_deliveries WHERE endpoint_id = ?", (endpoint_id,))
             return True
 
-        return self._backend.transaction(op)
+        return await self._backend.transaction(op)
 
     # ------------------------------------------------------------------ deliveries
 
@@ -239,7 +243,7 @@ class SqliteWebhookStore(BackendStore):
                 (``replay_of`` None) of the same event to the same endpoint exists.
         """
         d = delivery
-        self._backend.transaction(
+        await self._backend.transaction(
             lambda c: c.execute(
                 f"INSERT INTO webhook_deliveries ({_DELIVERIES.columns}) "  # noqa: S608 - fixed names
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -265,7 +269,9 @@ class SqliteWebhookStore(BackendStore):
 
     async def get_delivery(self, org_id: str, delivery_id: str) -> WebhookDelivery | None:
         """One delivery of the organization."""
-        return _DELIVERIES.one(self._conn, "WHERE id = ? AND org_id = ?", (delivery_id, org_id))
+        return await self._backend.read(
+            _DELIVERIES.one, "WHERE id = ? AND org_id = ?", (delivery_id, org_id)
+        )
 
     async def list_deliveries(
         self,
@@ -299,15 +305,18 @@ class SqliteWebhookStore(BackendStore):
                 clauses.append(clause)
                 params.append(value)
         # One row more than the page tells whether another page follows.
-        deliveries = _DELIVERIES.all(
-            self._conn,
+        deliveries = await self._backend.read(
+            _DELIVERIES.all,
             f"WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ?",
             [*params, limit + 1],
         )
         more = len(deliveries) > limit
         deliveries = deliveries[:limit]
-        attempts = _ATTEMPTS.grouped(
-            self._conn, "delivery_id", [d.id for d in deliveries], order_by="delivery_id, number"
+        attempts = await self._backend.read(
+            _ATTEMPTS.grouped,
+            "delivery_id",
+            [d.id for d in deliveries],
+            order_by="delivery_id, number",
         )
         return DeliveryPage(
             items=[(d, attempts[d.id]) for d in deliveries],
@@ -417,22 +426,21 @@ class SqliteWebhookStore(BackendStore):
         A leased delivery counts as due when its lease runs out (it is due
         again only if its worker never records the attempt).
         """
-        cursor = self._conn.execute(
-            "SELECT next_attempt_at, lease_until FROM webhook_deliveries "
-            "WHERE status = 'PENDING' AND next_attempt_at IS NOT NULL ORDER BY next_attempt_at"
+        # An unleased delivery is due at its own time; a leased one at the later of
+        # its time and its lease's end. Leased rows are few (those in flight).
+        row = await self._backend.read(
+            fetch_one,
+            "SELECT MIN(next_attempt_at) FROM webhook_deliveries WHERE status = 'PENDING' "
+            "AND next_attempt_at IS NOT NULL AND lease_until IS NULL",
         )
-        earliest: str | None = None
-        # Rows come in due order, so the walk ends at the first unleased one, or
-        # once rows are due later than the best found: a leased row is due at
-        # its lease's end, never before its own time. Texts sort as times.
-        with contextlib.closing(cursor):
-            for due, lease_until in cursor:
-                if earliest is not None and due >= earliest:
-                    break
-                candidate = due if lease_until is None else max(due, lease_until)
-                earliest = candidate if earliest is None else min(earliest, candidate)
-                if lease_until is None:
-                    break
+        leased = await self._backend.read(
+            fetch_one,
+            "SELECT MIN(CASE WHEN lease_until > next_attempt_at THEN lease_until "
+            "ELSE next_attempt_at END) FROM webhook_deliveries WHERE status = 'PENDING' "
+            "AND next_attempt_at IS NOT NULL AND lease_until IS NOT NULL",
+        )
+        times = [t for t in (row[0], leased[0]) if t is not None]
+        earliest = min(times) if times else None
         return None if earliest is None else parse_ts(earliest)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 from datetime import datetime
 
-from commtunnel.backends.sqlite import BackendStore, insert_event, record_rows, ts
+from commtunnel.backends.sqlite import BackendStore, fetch_one, insert_event, record_rows, ts
 from commtunnel.backends.sqlite_sms import insert_opt_out, is_listed
 from commtunnel.domain.errors import WhatsAppLineInUseError
 from commtunnel.domain.events import TimelineEvent
@@ -38,7 +38,7 @@ class SqliteWhatsAppStore(BackendStore):
 
     async def get_line(self, org_id: str) -> TenantLine | None:
         """The organization's own line settings, if it has any."""
-        return _LINES.one(self._conn, "WHERE org_id = ?", (org_id,))
+        return await self._backend.read(_LINES.one, "WHERE org_id = ?", (org_id,))
 
     async def set_line(
         self,
@@ -58,7 +58,7 @@ class SqliteWhatsAppStore(BackendStore):
         new_pnid = None if keep_pnid else phone_number_id
         new_token = None if keep_token else access_token_enc
         try:
-            self._backend.transaction(
+            await self._backend.transaction(
                 lambda c: c.execute(
                     "INSERT INTO whatsapp_lines (org_id, phone_number_id, access_token_enc, "
                     "updated_at) VALUES (?, ?, ?, ?) ON CONFLICT (org_id) DO UPDATE SET "
@@ -81,16 +81,20 @@ class SqliteWhatsAppStore(BackendStore):
 
     async def org_for_phone_number_id(self, phone_number_id: str) -> str | None:
         """The organization whose own line has this phone number id."""
-        row = self._conn.execute(
-            "SELECT org_id FROM whatsapp_lines WHERE phone_number_id = ?", (phone_number_id,)
-        ).fetchone()
+        row = await self._backend.read(
+            fetch_one,
+            "SELECT org_id FROM whatsapp_lines WHERE phone_number_id = ?",
+            (phone_number_id,),
+        )
         return None if row is None else str(row[0])
 
     # ------------------------------------------------------------------ line states
 
     async def get_line_state(self, phone_number_id: str) -> LineState | None:
         """The recorded state of a line (None: never paused or flagged)."""
-        return _LINE_STATES.one(self._conn, "WHERE phone_number_id = ?", (phone_number_id,))
+        return await self._backend.read(
+            _LINE_STATES.one, "WHERE phone_number_id = ?", (phone_number_id,)
+        )
 
     async def set_line_state(
         self,
@@ -135,4 +139,4 @@ class SqliteWhatsAppStore(BackendStore):
 
     async def is_opted_out(self, org_id: str, phone: str) -> bool:
         """Whether the number is on the organization's WhatsApp opt-out list."""
-        return is_listed(self._conn, "whatsapp_opt_outs", org_id, phone)
+        return await self._backend.read(is_listed, "whatsapp_opt_outs", org_id, phone)
