@@ -20,10 +20,12 @@ sent. No storage, no status, no MIME building while timed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -57,7 +59,30 @@ class Sink:
         self._ask("reset")
 
 
-async def _wait_sink(sink: Sink, expected: int, limit: float) -> int:
+@contextlib.contextmanager
+def sink_process() -> Iterator[Sink]:
+    """Start ``benchmarks.sink`` (uvloop) on a free port; yield it once it listens, then stop it.
+
+    Raises:
+        RuntimeError: the sink did not report ``ready``.
+    """
+    port = free_port()
+    with managed_process(
+        [sys.executable, "-m", "benchmarks.sink", "--port", str(port), "--loop", "uvloop"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        assert proc.stdin is not None and proc.stdout is not None
+        ready = proc.stdout.readline().split()
+        if not ready or ready[0] != "ready":
+            raise RuntimeError(f"SMTP sink did not start: {ready!r}")
+        yield Sink(proc, port, ready[2])
+        proc.stdin.write("quit\n")
+        proc.stdin.flush()
+
+
+async def wait_sink(sink: Sink, expected: int, limit: float) -> int:
     """The sink's count once it reaches ``expected`` (or after ``limit`` seconds)."""
     deadline = time.perf_counter() + limit
     while True:
@@ -67,7 +92,13 @@ async def _wait_sink(sink: Sink, expected: int, limit: float) -> int:
         await asyncio.sleep(0.01)
 
 
-async def _raw(sink: Sink, *, messages: int, connections: int) -> dict[str, Any]:
+async def raw_send(sink: Sink, *, messages: int, connections: int) -> dict[str, Any]:
+    """Baseline: send ``messages`` prebuilt emails over ``connections`` reused aiosmtplib links.
+
+    Returns:
+        ``rps`` (messages/s, connecting included), ``seconds``, CPU ms per message,
+        what the sink counted, per-connection counts.
+    """
     import aiosmtplib
 
     built = [payload.raw_mime(n) for n in range(messages)]
@@ -92,7 +123,7 @@ async def _raw(sink: Sink, *, messages: int, connections: int) -> dict[str, Any]
     per_connection = await asyncio.gather(*(one_connection() for _ in range(connections)))
     elapsed = time.perf_counter() - t0
     cpu = time.process_time() - c0
-    received = await _wait_sink(sink, messages, 10)
+    received = await wait_sink(sink, messages, 10)
     return {
         "messages": messages,
         "seconds": round(elapsed, 3),
@@ -103,6 +134,32 @@ async def _raw(sink: Sink, *, messages: int, connections: int) -> dict[str, Any]
         "sink_received": received,
         "message_bytes_median": sizes[len(sizes) // 2],
     }
+
+
+async def prefill(ct: Any, messages: int, *, tasks: int = 64) -> tuple[str, float]:
+    """Accept ``messages`` benchmark emails through ``ct.email.send`` from ``tasks`` tasks.
+
+    ``ct`` is a started ``Commtunnel`` whose organization has the payload's
+    sender domain. Returns the first message's id and the seconds it took.
+    """
+    t0 = time.perf_counter()
+    per_task, extra = divmod(messages, tasks)
+    first_ids: list[str] = []
+
+    async def fill(k: int) -> None:
+        for _ in range(per_task + (1 if k < extra else 0)):
+            result = await ct.email.send(
+                from_=payload.FROM,
+                to=payload.TO,
+                subject=payload.SUBJECT,
+                html=payload.HTML,
+                text=payload.TEXT,
+            )
+            if not first_ids:
+                first_ids.append(result.message.id)
+
+    await asyncio.gather(*(fill(k) for k in range(tasks)))
+    return first_ids[0], time.perf_counter() - t0
 
 
 async def _commtunnel(
@@ -129,25 +186,8 @@ async def _commtunnel(
     try:
         await ct.admin.add_sender(ct.org.id, payload.SENDER_DOMAIN)
         email = ct.email
-        # Prefill (not timed): `messages` QUEUED emails, 64 concurrent senders.
-        t_fill = time.perf_counter()
-        per_task, extra = divmod(messages, 64)
-        first_ids: list[str] = []
-
-        async def fill(k: int) -> None:
-            for _ in range(per_task + (1 if k < extra else 0)):
-                result = await email.send(
-                    from_=payload.FROM,
-                    to=payload.TO,
-                    subject=payload.SUBJECT,
-                    html=payload.HTML,
-                    text=payload.TEXT,
-                )
-                if not first_ids:
-                    first_ids.append(result.message.id)
-
-        await asyncio.gather(*(fill(k) for k in range(64)))
-        fill_seconds = time.perf_counter() - t_fill
+        # Prefill (not timed): `messages` QUEUED emails.
+        first_id, fill_seconds = await prefill(ct, messages)
         pending = await ct.backend.pending_job_count()
         assert pending == messages, (pending, messages)
         sink.reset()
@@ -203,7 +243,7 @@ async def _commtunnel(
             backend._flush = original_flush  # type: ignore[method-assign]
         commits = [n for n in batches if n]
         nonempty_claims = [n for n in claims if n]
-        received = await _wait_sink(sink, messages, 10)
+        received = await wait_sink(sink, messages, 10)
         conn = ct.backend.conn
         statuses = dict(conn.execute("SELECT status, COUNT(*) FROM messages GROUP BY status"))
         events = dict(conn.execute("SELECT type, COUNT(*) FROM events GROUP BY type"))
@@ -211,7 +251,7 @@ async def _commtunnel(
         durations = sorted(
             r[0] for r in conn.execute("SELECT duration_ms FROM attempts WHERE number = 1")
         )
-        timeline = await email.timeline(first_ids[0])
+        timeline = await email.timeline(first_id)
         return {
             "messages": messages,
             "seconds": round(elapsed, 3),
@@ -256,25 +296,14 @@ def run(
 ) -> dict[str, Any]:
     """Start the sink, run the baseline then Commtunnel against it, stop the sink."""
     messages = 2_000 if quick else 5_000
-    port = free_port()
-    with (
-        tempfile.TemporaryDirectory(prefix="ct-bench-delivery-") as tmp,
-        managed_process(
-            [sys.executable, "-m", "benchmarks.sink", "--port", str(port), "--loop", "uvloop"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        ) as proc,
-    ):
-        assert proc.stdout is not None
-        ready = proc.stdout.readline().split()
-        if not ready or ready[0] != "ready":
-            raise RuntimeError(f"SMTP sink did not start: {ready!r}")
-        sink = Sink(proc, port, ready[2])
-        log(f"delivery: sink on port {port} ({sink.loop}); raw aiosmtplib, {messages} messages")
+    with tempfile.TemporaryDirectory(prefix="ct-bench-delivery-") as tmp, sink_process() as sink:
+        log(
+            f"delivery: sink on port {sink.port} ({sink.loop}); raw aiosmtplib, {messages} messages"
+        )
         with asyncio.Runner(loop_factory=_event_loop(loop)) as runner:
-            runner.run(_raw(sink, messages=min(500, messages), connections=pool_size))  # warm-up
-            raw = runner.run(_raw(sink, messages=messages, connections=pool_size))
+            # warm-up
+            runner.run(raw_send(sink, messages=min(500, messages), connections=pool_size))
+            raw = runner.run(raw_send(sink, messages=messages, connections=pool_size))
         log(f"delivery: raw aiosmtplib {raw['rps']:.0f} msg/s")
         log(f"delivery: commtunnel worker, concurrency {concurrency}, pool {pool_size}")
         with asyncio.Runner(loop_factory=_event_loop(loop)) as runner:
@@ -291,10 +320,8 @@ def run(
         # The baseline again after Commtunnel: their mean is the reference, so drift
         # in the machine's load during the run skews the ratio less.
         with asyncio.Runner(loop_factory=_event_loop(loop)) as runner:
-            raw_after = runner.run(_raw(sink, messages=messages, connections=pool_size))
+            raw_after = runner.run(raw_send(sink, messages=messages, connections=pool_size))
         log(f"delivery: raw aiosmtplib again {raw_after['rps']:.0f} msg/s")
-        proc.stdin.write("quit\n")  # type: ignore[union-attr]
-        proc.stdin.flush()  # type: ignore[union-attr]
     raw_rps = round((raw["rps"] + raw_after["rps"]) / 2, 1)
     ok = (
         ct["sink_received"] == messages

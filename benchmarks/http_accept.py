@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,14 +69,20 @@ def ensure_wrk() -> tuple[str | None, str]:
     return None, "wrk not installed and could not be installed"
 
 
-async def _prepare_db(db: Path) -> str:
-    """An organization with a verified domain and a send key; returns the key."""
+async def prepare_db(db: str, outbox: Path) -> str:
+    """Migrate ``db`` and add an organization with a verified domain and a send key.
+
+    Args:
+        db: a SQLite path or a PostgreSQL URL (anything ``COMMTUNNEL_DB`` takes).
+        outbox: directory for the outbox provider (nothing is delivered).
+
+    Returns:
+        The send key's bearer secret, rate-limited at 1,000,000 requests/s.
+    """
     from commtunnel.client import Commtunnel
     from commtunnel.config import Settings
 
-    ct = Commtunnel.open(
-        db=db, email_provider=f"outbox://{db.parent / 'outbox'}", settings=Settings(db=str(db))
-    )
+    ct = Commtunnel.open(email_provider=f"outbox://{outbox}", settings=Settings(db=db))
     await ct.start()
     try:
         await ct.admin.add_sender(ct.org.id, payload.SENDER_DOMAIN)
@@ -91,19 +97,24 @@ async def _prepare_db(db: Path) -> str:
 
 
 @contextlib.contextmanager
-def commtunnel_server(root: Path) -> Iterator[tuple[subprocess.Popen[Any], int, str, Path]]:
-    """``commtunnel serve --no-worker`` on a prepared database: (process, port, key, db)."""
-    db = root / "http.db"
-    token = asyncio.run(_prepare_db(db))
+def serve_process(
+    db: str, root: Path, *, name: str = "serve", env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[Any], int]]:
+    """``commtunnel serve --no-worker --db DB`` on a free port, listening: (process, port).
+
+    Its output goes to ``root / f"{name}.log"``, whose tail is in the error when
+    it does not start (RuntimeError). ``env`` replaces the environment.
+    """
     port = free_port()
-    logfile = (root / "serve.log").open("wb")
+    log_path = root / f"{name}.log"
+    logfile = log_path.open("wb")
     args = [
         sys.executable,
         "-m",
         "commtunnel",
         "serve",
         "--db",
-        str(db),
+        db,
         "--port",
         str(port),
         "--no-worker",
@@ -111,16 +122,25 @@ def commtunnel_server(root: Path) -> Iterator[tuple[subprocess.Popen[Any], int, 
         f"outbox://{root / 'outbox'}",
     ]
     try:
-        with managed_process(args, stdout=logfile, stderr=subprocess.STDOUT) as proc:
+        with managed_process(args, stdout=logfile, stderr=subprocess.STDOUT, env=env) as proc:
             try:
                 wait_port(port, proc)
             except RuntimeError as exc:
                 logfile.flush()
-                tail = (root / "serve.log").read_text(errors="replace")[-2000:]
+                tail = log_path.read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"commtunnel serve did not start: {exc}\n{tail}") from None
-            yield proc, port, token, db
+            yield proc, port
     finally:
         logfile.close()
+
+
+@contextlib.contextmanager
+def commtunnel_server(root: Path) -> Iterator[tuple[subprocess.Popen[Any], int, str, Path]]:
+    """``commtunnel serve --no-worker`` on a prepared SQLite file: (process, port, key, db)."""
+    db = root / "http.db"
+    token = asyncio.run(prepare_db(str(db), root / "outbox"))
+    with serve_process(str(db), root) as (proc, port):
+        yield proc, port, token, db
 
 
 @contextlib.contextmanager
@@ -155,7 +175,7 @@ def probe(port: int, token: str, body: bytes) -> dict[str, Any]:
 def load(
     *,
     wrk: str | None,
-    port: int,
+    port: int | Sequence[int],
     seconds: float,
     connections: int,
     threads: int,
@@ -163,7 +183,21 @@ def load(
     token: str,
     body_file: Path,
 ) -> dict[str, Any]:
-    """One load run; the parsed ``WRKJSON`` line plus req/s."""
+    """One load run; the parsed ``WRKJSON`` line plus req/s.
+
+    ``port`` may be several ports (servers): wrk then runs ``threads`` threads per
+    server, each thread connected to one of them (``WRK_PORTS`` in
+    ``wrk_send.lua``), the ``connections`` shared evenly, and reports one
+    latency histogram over all of them. That needs wrk (RuntimeError without).
+    """
+    ports = [port] if isinstance(port, int) else list(port)
+    env = None
+    if len(ports) > 1:
+        if not wrk:
+            raise RuntimeError("load on several servers needs wrk (not the Python fallback)")
+        threads *= len(ports)
+        env = dict(os.environ, WRK_PORTS=",".join(map(str, ports)))
+    port = ports[0]
     if wrk:
         args = [
             wrk,
@@ -200,7 +234,7 @@ def load(
             str(body_file),
         ]
     done = subprocess.run(
-        args, capture_output=True, text=True, timeout=seconds + 60, cwd=REPO, check=False
+        args, capture_output=True, text=True, timeout=seconds + 60, cwd=REPO, check=False, env=env
     )
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("WRKJSON ")), None)
     if line is None:
@@ -213,7 +247,7 @@ def load(
 def measure(
     *,
     wrk: str | None,
-    port: int,
+    port: int | Sequence[int],
     token: str,
     body_file: Path,
     seconds: float,
@@ -238,7 +272,8 @@ def measure(
     return run
 
 
-def _summary(run: dict[str, Any]) -> dict[str, Any]:
+def summary(run: dict[str, Any]) -> dict[str, Any]:
+    """The figures of one measured run (``measure``): req/s, latency in ms, errors."""
     lat = run["latency_us"]
     return {
         "rps": run["rps"],
@@ -330,7 +365,7 @@ def run(
         bare_after = bare_run()
 
     accepted = ct["requests"] + ct["warmup_requests"] + 1 - ct["non202"] - ct["warmup_non202"]
-    c, b, b2 = _summary(ct), _summary(bare), _summary(bare_after)
+    c, b, b2 = summary(ct), summary(bare), summary(bare_after)
     base_rps = round((b["rps"] + b2["rps"]) / 2, 1)
     return {
         "commtunnel_rps": c["rps"],

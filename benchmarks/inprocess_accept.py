@@ -113,14 +113,14 @@ async def _commtunnel(
 
 
 def _baseline(db: Path, *, total: int, batch: int) -> dict[str, Any]:
-    from commtunnel.backends import sqlite_schema
+    from commtunnel.backends import schema
     from commtunnel.ids import new_id
 
     conn = sqlite3.connect(db, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
     now_text = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    sqlite_schema.migrate(conn, now_text)
+    schema.migrate(conn, now_text)
     org_id = new_id()
     messages, events, jobs = [], [], []
     b0 = time.perf_counter()

@@ -5,12 +5,24 @@
 -- NONCE makes keys unique across wrk runs (warm-up, measurement); each thread
 -- numbers its own requests. Every status other than 202 is counted; done()
 -- prints one line "WRKJSON {...}" that the harness parses.
+--
+-- Several servers: with WRK_PORTS=8001,8002 in the environment, thread k
+-- connects to 127.0.0.1 on the k-th port (round-robin), so one wrk spreads
+-- its connections evenly over the servers and reports one latency histogram.
 
 local threads = {}
+local ports = {}
+for p in string.gmatch(os.getenv("WRK_PORTS") or "", "%d+") do
+  table.insert(ports, p)
+end
 
 function setup(thread)
   table.insert(threads, thread)
   thread:set("tid", #threads)
+  if #ports > 0 then
+    local port = ports[(#threads - 1) % #ports + 1]
+    thread.addr = wrk.lookup("127.0.0.1", port)[1]
+  end
 end
 
 function init(args)

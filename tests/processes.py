@@ -87,13 +87,13 @@ def wait_until_answering(url: str, proc: Spawned, what: str) -> None:
 
 
 def serve(
-    spawn: Callable[..., Spawned], db: Path, *args: str, **kwargs: str
+    spawn: Callable[..., Spawned], db: Path | str, *args: str, **kwargs: str
 ) -> tuple[Spawned, str]:
     """Start ``commtunnel serve --db DB`` on a free port and wait for ``/healthz``.
 
     Args:
         spawn: the ``spawn`` fixture.
-        db: the database file.
+        db: the database file, or a ``COMMTUNNEL_DB`` URL (``postgresql://...``).
         *args: more ``serve`` flags.
         **kwargs: passed to ``spawn`` (``env=``).
 
@@ -114,8 +114,11 @@ def stop_cleanly(proc: Spawned) -> None:
     assert "Traceback" not in proc.stderr_text()
 
 
-def cli(db: Path, *args: str) -> str:
-    """Run ``python -m commtunnel ARGS --db DB`` to completion (exit 0); return its stdout."""
+def cli(db: Path | str, *args: str) -> str:
+    """Run ``python -m commtunnel ARGS --db DB`` to completion (exit 0); return its stdout.
+
+    ``db`` is a database file or a ``COMMTUNNEL_DB`` URL (``postgresql://...``).
+    """
     done = subprocess.run(
         [sys.executable, "-m", "commtunnel", *args, "--db", str(db)],
         capture_output=True,
@@ -128,7 +131,9 @@ def cli(db: Path, *args: str) -> str:
     return done.stdout
 
 
-def org_with_key(db: Path, scopes: str, *, org: str = "acme", sender: str | None = None) -> str:
+def org_with_key(
+    db: Path | str, scopes: str, *, org: str = "acme", sender: str | None = None
+) -> str:
     """Create organization ``org`` with the CLI and an API key with ``scopes``; return the key.
 
     Args:

@@ -13,7 +13,7 @@ from typing import Any
 import attrs
 import pytest
 
-from commtunnel.backends import sqlite_schema
+from commtunnel.backends import schema
 from commtunnel.backends.sqlite import SqliteBackend, parse_ts, ts
 from commtunnel.backends.sqlite_sms import SqliteSmsStore
 from commtunnel.backends.sqlite_whatsapp import SqliteWhatsAppStore
@@ -130,7 +130,7 @@ def test_timestamps_round_trip_and_sort() -> None:
 
 async def test_fresh_file_is_at_latest_version_and_in_wal(backend: SqliteBackend) -> None:
     """A new file is migrated to the latest schema version, in WAL mode."""
-    assert backend.schema_version() == sqlite_schema.LATEST_VERSION
+    assert backend.schema_version() == schema.LATEST_VERSION
     assert backend.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
@@ -144,7 +144,7 @@ async def test_reopening_does_not_reapply_migrations(tmp_path: Path, clock: Manu
     second = SqliteBackend(path, clock=clock)
     await second.open()
     rows = second.conn.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0]
-    assert rows == len(sqlite_schema.MIGRATIONS)
+    assert rows == len(schema.MIGRATIONS)
     assert (await second.get_org(name="acme")) is not None
     await second.aclose()
 
@@ -158,7 +158,7 @@ def old_schema_file(path: Path, clock: ManualClock, version: int, *rows: str) ->
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         now = ts(clock.now())
-        sqlite_schema.migrate(conn, now, target=version)
+        schema.migrate(conn, now, target=version)
         for sql in rows:
             conn.execute(sql, (now,) * sql.count("?"))
     finally:
@@ -179,13 +179,13 @@ async def test_older_file_is_upgraded(
         "VALUES ('e1', 'o1', 'm1', 'email_queued', 'QUEUED', ?, '{}')",
         "INSERT INTO jobs (id, message_id, run_at, created_at) VALUES ('m1', 'm1', ?, ?)",
     )
-    future = sqlite_schema.LATEST_VERSION + 1
+    future = schema.LATEST_VERSION + 1
     newer = [
-        *sqlite_schema.MIGRATIONS,
+        *schema.MIGRATIONS,
         (future, "CREATE TABLE future_feature (id TEXT PRIMARY KEY)"),
     ]
-    monkeypatch.setattr(sqlite_schema, "MIGRATIONS", newer)
-    monkeypatch.setattr(sqlite_schema, "LATEST_VERSION", future)
+    monkeypatch.setattr(schema, "MIGRATIONS", newer)
+    monkeypatch.setattr(schema, "LATEST_VERSION", future)
     b = SqliteBackend(path, clock=clock)
     await b.open()
     assert b.schema_version() == future
@@ -208,7 +208,7 @@ async def test_newer_file_is_refused(
     """A file from a newer library is refused instead of being guessed at, and left closed."""
     path = tmp_path / "new.db"
     conn = sqlite3.connect(path, isolation_level=None)
-    sqlite_schema.migrate(conn, ts(clock.now()))
+    schema.migrate(conn, ts(clock.now()))
     conn.execute("INSERT INTO schema_version VALUES (99, 'x')")
     conn.close()
     opened: list[sqlite3.Connection] = []
@@ -220,7 +220,7 @@ async def test_newer_file_is_refused(
 
     monkeypatch.setattr(sqlite3, "connect", recording_connect)
     b = SqliteBackend(path, clock=clock)
-    with pytest.raises(sqlite_schema.SchemaTooNewError, match="99"):
+    with pytest.raises(schema.SchemaTooNewError, match="99"):
         await b.open()
     assert len(opened) == 1
     with pytest.raises(sqlite3.ProgrammingError, match="closed"):

@@ -12,7 +12,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-from commtunnel.backends import sqlite_schema
+from commtunnel.backends import schema
 from commtunnel.backends.sqlite import SqliteBackend, ts
 from commtunnel.backends.sqlite_webhooks import SqliteWebhookStore
 from commtunnel.domain.events import TimelineEvent
@@ -662,7 +662,7 @@ async def test_a_v4_file_gains_the_webhook_tables_and_keeps_its_rows(
     backend = SqliteBackend(path, clock=clock)
     await backend.open()
     try:
-        assert backend.schema_version() == sqlite_schema.LATEST_VERSION
+        assert backend.schema_version() == schema.LATEST_VERSION
         store = SqliteWebhookStore(backend)
         assert await deliveries(store) == []  # no fan-out of events older than the endpoints
         endpoint = await add_endpoint(store, clock)

@@ -28,6 +28,7 @@ from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from commtunnel.backends import make_backend
 from commtunnel.backends.sqlite import SqliteBackend
 from commtunnel.backends.sqlite_access import SqliteAccessStore
 from commtunnel.backends.sqlite_listing import SqliteListingStore
@@ -601,7 +602,7 @@ class Commtunnel:
         """Build a facade from settings (environment by default), not yet started.
 
         Args:
-            db: SQLite path; overrides ``settings.db``.
+            db: a SQLite path or a ``postgresql://`` URL; overrides ``settings.db``.
             email_provider: a provider URL or an instance; overrides the settings'
                 list (``COMMTUNNEL_EMAIL_PROVIDERS``, else ``COMMTUNNEL_EMAIL_PROVIDER``).
             sms_provider: a provider URL or an instance; overrides the settings' list.
@@ -621,7 +622,7 @@ class Commtunnel:
         """
         settings = settings or Settings.from_env()
         clock = clock or SystemClock()
-        path = str(db) if db is not None else settings.db_path
+        location = str(db) if db is not None else settings.db
         email: EmailProvider | ProviderRoute[EmailProvider]
         if email_provider is None or isinstance(email_provider, str):
             urls = settings.email_provider_urls if email_provider is None else [email_provider]
@@ -641,7 +642,7 @@ class Commtunnel:
         else:
             sms = sms_provider
         return cls(
-            backend=SqliteBackend(path, clock=clock),
+            backend=make_backend(location, clock=clock, pool_size=settings.db_pool_size),
             email_provider=email,
             clock=clock,
             settings=settings,

@@ -4,7 +4,8 @@ Read only when asked (``Settings.from_env()``), never at import time.
 
 | variable | default | meaning |
 | --- | --- | --- |
-| COMMTUNNEL_DB | ./commtunnel.db | SQLite file path (or ``sqlite:///path``) |
+| COMMTUNNEL_DB | ./commtunnel.db | SQLite file path (or ``sqlite:///path``), or ``postgresql://...`` |
+| COMMTUNNEL_DB_POOL_SIZE | 10 | PostgreSQL connections one process may open |
 | COMMTUNNEL_EMAIL_PROVIDER | outbox://./outbox | provider URL for email |
 | COMMTUNNEL_EMAIL_PROVIDERS | (none) | email provider URLs in failover order, comma-separated |
 | COMMTUNNEL_HOST / COMMTUNNEL_PORT | 127.0.0.1 / 8025 | where ``serve`` listens |
@@ -74,6 +75,11 @@ DEFAULT_SMS_STOP_TEXT = (
 DEFAULT_SMS_START_TEXT = "You are subscribed again. Reply STOP to unsubscribe, HELP for help."
 
 
+def is_postgres_url(db: str) -> bool:
+    """Whether ``COMMTUNNEL_DB`` names a PostgreSQL database (else it is a SQLite path)."""
+    return db.startswith(("postgresql://", "postgres://"))
+
+
 def _bool(value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
@@ -100,6 +106,7 @@ class Settings:
     """Everything configurable, with units in the names' docs (see module table)."""
 
     db: str = DEFAULT_DB
+    db_pool_size: int = 10
     email_provider: str = attrs.field(default=DEFAULT_EMAIL_PROVIDER, repr=False)
     host: str = "127.0.0.1"
     port: int = 8025
@@ -148,6 +155,7 @@ class Settings:
 
     _ENV: ClassVar[dict[str, tuple[str, Any]]] = {
         "COMMTUNNEL_DB": ("db", str),
+        "COMMTUNNEL_DB_POOL_SIZE": ("db_pool_size", int),
         "COMMTUNNEL_EMAIL_PROVIDER": ("email_provider", str),
         "COMMTUNNEL_HOST": ("host", str),
         "COMMTUNNEL_PORT": ("port", int),
@@ -217,6 +225,15 @@ class Settings:
     def db_path(self) -> str:
         """The SQLite path (accepts ``sqlite:///relative`` and ``sqlite:////absolute``)."""
         return self.db.removeprefix("sqlite:///")
+
+    @property
+    def db_display(self) -> str:
+        """The database for logs: the SQLite path, or the PostgreSQL URL without its password."""
+        if is_postgres_url(self.db):
+            from commtunnel.providers import redact_url
+
+            return redact_url(self.db)
+        return self.db_path
 
     @property
     def base_url(self) -> str:

@@ -39,9 +39,10 @@ from pathlib import Path
 from typing import Any, Generic, NamedTuple, TypeVar
 
 import attrs
+import psycopg
 import sqlite_utils
 
-from commtunnel.backends import sqlite_schema
+from commtunnel.backends import schema
 from commtunnel.domain.errors import ConflictError
 from commtunnel.domain.events import TimelineEvent
 from commtunnel.domain.keys import ApiKey, Organization
@@ -354,12 +355,46 @@ _IDEMPOTENCY_KEYS = record_rows(
 
 
 def get_message(
-    conn: sqlite3.Connection, message_id: str, org_id: str | None = None
+    conn: sqlite3.Connection, message_id: str, org_id: str | None = None, *, lock: bool = False
 ) -> Message | None:
-    """A message by id, of the organization ``org_id`` when given, else of any."""
+    """A message by id, of the organization ``org_id`` when given, else of any.
+
+    Args:
+        lock: inside a write that decides on the message's status, hold its
+            row until COMMIT (``FOR UPDATE`` on PostgreSQL; SQLite's single
+            writer already excludes every other write).
+    """
+    suffix = " FOR UPDATE" if lock and not isinstance(conn, sqlite3.Connection) else ""
     if org_id is None:
-        return MESSAGES.one(conn, "WHERE id = ?", (message_id,))
-    return MESSAGES.one(conn, "WHERE id = ? AND org_id = ?", (message_id, org_id))
+        return MESSAGES.one(conn, f"WHERE id = ?{suffix}", (message_id,))
+    return MESSAGES.one(conn, f"WHERE id = ? AND org_id = ?{suffix}", (message_id, org_id))
+
+
+#: What a uniqueness constraint's violation raises, from either database.
+INTEGRITY_ERRORS: tuple[type[Exception], ...] = (sqlite3.IntegrityError, psycopg.IntegrityError)
+
+
+def skip_locked(conn: sqlite3.Connection, *tables: str) -> str:
+    """The suffix that makes a claim's SELECT lock its rows and pass over locked ones.
+
+    `` FOR UPDATE OF t SKIP LOCKED`` on PostgreSQL, so that workers in many
+    processes claim different rows without waiting for each other; nothing
+    on SQLite, whose write transaction (BEGIN IMMEDIATE) excludes every other.
+    """
+    if isinstance(conn, sqlite3.Connection):
+        return ""
+    return f" FOR UPDATE OF {', '.join(tables)} SKIP LOCKED"
+
+
+def serialize(conn: sqlite3.Connection, *key: str) -> None:
+    """Hold ``key`` until COMMIT, so two writes that read then decide on it run one after the other.
+
+    A transaction-scoped advisory lock (``pg_advisory_xact_lock``) on
+    PostgreSQL, where READ COMMITTED lets concurrent transactions read the
+    same "nothing there yet"; nothing on SQLite (one writer at a time).
+    """
+    if not isinstance(conn, sqlite3.Connection):
+        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", ("\x1f".join(key),))
 
 
 def insert_event(conn: sqlite3.Connection, event: TimelineEvent) -> None:
@@ -589,6 +624,7 @@ def _claim_cooldown(
     conn: sqlite3.Connection, claim: CooldownClaim, message_id: str
 ) -> datetime | None:
     """Record ``claim`` unless a running one blocks it; returns the blocking claim's end."""
+    serialize(conn, "otp_cooldowns", claim.org_id, claim.recipient, claim.purpose)
     row = conn.execute(
         "SELECT until FROM otp_cooldowns WHERE org_id = ? AND recipient = ? AND purpose = ?",
         (claim.org_id, claim.recipient, claim.purpose),
@@ -774,7 +810,7 @@ class SqliteBackend:
             # Durable at the next checkpoint; WAL keeps every commit atomic.
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
-            sqlite_schema.migrate(conn, ts(self._clock.now()))
+            schema.migrate(conn, ts(self._clock.now()))
         except BaseException:
             conn.close()
             raise
@@ -838,7 +874,7 @@ class SqliteBackend:
 
     def schema_version(self) -> int:
         """The schema version of the open file."""
-        return sqlite_schema.current_version(self.conn)
+        return schema.current_version(self.conn)
 
     # ------------------------------------------------------------------ group commit
 
@@ -982,7 +1018,7 @@ class SqliteBackend:
                     (org.id, org.name, ts(org.created_at)),
                 )
             )
-        except sqlite3.IntegrityError:
+        except INTEGRITY_ERRORS:
             raise ConflictError(
                 f"An organization named '{org.name}' already exists", details={"name": org.name}
             ) from None
@@ -1048,7 +1084,8 @@ class SqliteBackend:
         """Add a verified sender; an existing value is returned unchanged."""
         await self.transaction(
             lambda c: c.execute(
-                "INSERT OR IGNORE INTO senders (id, org_id, value, created_at) VALUES (?, ?, ?, ?)",
+                "INSERT INTO senders (id, org_id, value, created_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
                 (sender.id, sender.org_id, sender.value, ts(sender.created_at)),
             )
         )
@@ -1094,7 +1131,7 @@ class SqliteBackend:
                     ),
                 )
             )
-        except sqlite3.IntegrityError:
+        except INTEGRITY_ERRORS:
             raise ConflictError(
                 f"A template named '{template.name}' already exists",
                 details={"name": template.name},
@@ -1213,14 +1250,12 @@ class SqliteBackend:
             )
         )
         by_event = dict(
-
-                await self.read(
-                    fetch_all,
-                    "SELECT type, COUNT(*) FROM events WHERE org_id = ? AND substr(type, 1, ?) = ? "
-                    "AND created_at >= ? AND created_at < ? GROUP BY type",
-                    (org_id, len(channel) + 1, f"{channel}_", ts(start), ts(end)),
-                )
-
+            await self.read(
+                fetch_all,
+                "SELECT type, COUNT(*) FROM events WHERE org_id = ? AND substr(type, 1, ?) = ? "
+                "AND created_at >= ? AND created_at < ? GROUP BY type",
+                (org_id, len(channel) + 1, f"{channel}_", ts(start), ts(end)),
+            )
         )
         # details.isBot is JSON true/false (1/0 for json_extract); absent counts as human.
         opened, clicked = f"{channel}_opened", f"{channel}_clicked"
@@ -1257,6 +1292,7 @@ class SqliteBackend:
         is_bot = event.details.get("isBot") is True
 
         def op(conn: sqlite3.Connection) -> TimelineEvent:
+            serialize(conn, "first", event.message_id or "", event.type)
             earlier = conn.execute(
                 "SELECT 1 FROM events WHERE message_id = ? AND type = ? "
                 "AND json_extract(details, '$.isBot') IS NOT 1 LIMIT 1",
@@ -1326,7 +1362,8 @@ class SqliteBackend:
             rows = conn.execute(
                 f"SELECT j.id, j.attempts_before, {_CLAIM_MESSAGE_COLUMNS} FROM jobs j "  # noqa: S608
                 f"JOIN messages m ON m.id = j.message_id WHERE {due} "
-                "AND (j.lease_until IS NULL OR j.lease_until <= ?) ORDER BY j.run_at LIMIT ?",
+                "AND (j.lease_until IS NULL OR j.lease_until <= ?) ORDER BY j.run_at LIMIT ?"
+                + skip_locked(conn, "j", "m"),
                 (due_args, now_text, limit),
             ).fetchall()
             claimed: list[ClaimedJob] = []
@@ -1392,9 +1429,13 @@ class SqliteBackend:
             if job_write.rowcount == 0:
                 return False
             conn.execute(
-                "INSERT OR REPLACE INTO attempts (message_id, number, provider, outcome, "
+                "INSERT INTO attempts (message_id, number, provider, outcome, "
                 "error_category, error_message, duration_ms, started_at, status) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (message_id, number) DO UPDATE "
+                "SET provider = excluded.provider, outcome = excluded.outcome, "
+                "error_category = excluded.error_category, error_message = excluded.error_message, "
+                "duration_ms = excluded.duration_ms, started_at = excluded.started_at, "
+                "status = excluded.status",
                 (
                     attempt.message_id,
                     attempt.number,

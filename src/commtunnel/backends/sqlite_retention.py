@@ -146,7 +146,7 @@ class SqliteRetentionStore(BackendStore):
                     break  # this batch is full; the next one goes on from here
             deliveries, webhook_attempts = _delete_deliveries(conn, delivery_ids)
             keys = conn.execute(
-                "DELETE FROM idempotency_keys WHERE rowid IN (SELECT rowid FROM "
+                "DELETE FROM idempotency_keys WHERE (org_id, key) IN (SELECT org_id, key FROM "
                 "idempotency_keys WHERE expires_at <= ? LIMIT ?)",
                 (ts(cutoffs.now), limit),
             ).rowcount

@@ -93,7 +93,7 @@ class SqliteSchedulingStore(BackendStore):
         allowed = sorted(str(s) for s in cancelable)
 
         def op(conn: sqlite3.Connection) -> tuple[Message, bool] | None:
-            message = get_message(conn, message_id, org_id)
+            message = get_message(conn, message_id, org_id, lock=True)
             if message is None:
                 return None
             if message.status not in cancelable:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import attrs
 
 from commtunnel.backends.sqlite import (
+    INTEGRITY_ERRORS,
     MESSAGES,
     BackendStore,
     SqliteBackend,
@@ -68,8 +69,8 @@ async def insert_opt_out(
 
     def op(conn: sqlite3.Connection) -> bool:
         cursor = conn.execute(
-            f"INSERT OR IGNORE INTO {table} (org_id, phone, source, created_at) "  # noqa: S608 - fixed names
-            "VALUES (?, ?, ?, ?)",
+            f"INSERT INTO {table} (org_id, phone, source, created_at) "  # noqa: S608 - fixed names
+            "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (opt_out.org_id, opt_out.phone, opt_out.source, ts(opt_out.created_at)),
         )
         if not cursor.rowcount:
@@ -158,7 +159,7 @@ class SqliteSmsStore(BackendStore):
                     ),
                 )
             )
-        except sqlite3.IntegrityError:
+        except INTEGRITY_ERRORS:
             raise ConflictError(
                 f"'{request.sender_id}' is already requested or approved for the "
                 f"{request.flow} flow",
@@ -207,7 +208,7 @@ class SqliteSmsStore(BackendStore):
         row = await self._backend.read(
             fetch_one,
             "SELECT 1 FROM sms_sender_ids WHERE org_id = ? AND flow = ? AND status = 'APPROVED' "
-            "AND sender_id = ? COLLATE NOCASE LIMIT 1",
+            "AND lower(sender_id) = lower(?) LIMIT 1",
             (org_id, flow, sender_id),
         )
         return row is not None
@@ -293,8 +294,9 @@ class SqliteSmsStore(BackendStore):
         """
         cursor = await self._backend.submit(
             lambda c: c.execute(
-                "INSERT OR IGNORE INTO inbound_messages (id, org_id, channel, sender, recipient, "
-                "body, keyword, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO inbound_messages (id, org_id, channel, sender, recipient, "
+                "body, keyword, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
                 (
                     message.id,
                     message.org_id,
@@ -388,7 +390,7 @@ class SqliteSmsStore(BackendStore):
         """
 
         def op(conn: sqlite3.Connection) -> ReceiptOutcome | None:
-            message = get_message(conn, message_id)
+            message = get_message(conn, message_id, lock=True)
             if message is None:
                 return None
             if message.status not in allowed_from:
@@ -410,7 +412,7 @@ class SqliteSmsStore(BackendStore):
         """
 
         def op(conn: sqlite3.Connection) -> tuple[Message, bool] | None:
-            message = get_message(conn, message_id, org_id)
+            message = get_message(conn, message_id, org_id, lock=True)
             if message is None:
                 return None
             if message.status != Status.FAILED:

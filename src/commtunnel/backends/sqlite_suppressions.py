@@ -14,7 +14,14 @@ from __future__ import annotations
 import sqlite3
 from datetime import datetime
 
-from commtunnel.backends.sqlite import BackendStore, fetch_one, insert_event, record_rows, ts
+from commtunnel.backends.sqlite import (
+    BackendStore,
+    fetch_one,
+    insert_event,
+    record_rows,
+    serialize,
+    ts,
+)
 from commtunnel.domain.events import TimelineEvent
 from commtunnel.domain.suppressions import Suppression, SuppressionReason, supersedes
 
@@ -43,6 +50,7 @@ class SqliteSuppressionStore(BackendStore):
         s = suppression
 
         def op(conn: sqlite3.Connection) -> tuple[Suppression, bool]:
+            serialize(conn, "email_suppressions", s.org_id, s.address)
             old = _SUPPRESSIONS.one(conn, "WHERE org_id = ? AND address = ?", (s.org_id, s.address))
             if old is not None and not supersedes(s, old, s.created_at):
                 return old, False

@@ -25,6 +25,7 @@ from commtunnel.backends.sqlite import (
     insert_event,
     parse_ts,
     record_rows,
+    skip_locked,
     ts,
 )
 from commtunnel.domain.webhooks import (
@@ -344,7 +345,9 @@ class SqliteWebhookStore(BackendStore):
         lease_until = ts(now + timedelta(seconds=lease_seconds))
 
         def op(conn: sqlite3.Connection) -> list[ClaimedDelivery]:
-            rows = conn.execute(_CLAIM, (now_text, now_text, limit)).fetchall()
+            rows = conn.execute(
+                _CLAIM + skip_locked(conn, "d"), (now_text, now_text, limit)
+            ).fetchall()
             claimed = [_claimed(row, secrets.token_hex(8)) for row in rows]
             conn.executemany(
                 "UPDATE webhook_deliveries SET lease_token = ?, lease_until = ? WHERE id = ?",
@@ -391,8 +394,11 @@ class SqliteWebhookStore(BackendStore):
             if not fenced.rowcount:
                 return False
             conn.execute(
-                f"INSERT OR REPLACE INTO webhook_attempts ({_ATTEMPTS.columns}) "  # noqa: S608
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO webhook_attempts ({_ATTEMPTS.columns}) "  # noqa: S608
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (delivery_id, number) DO UPDATE SET "
+                "started_at = excluded.started_at, duration_ms = excluded.duration_ms, "
+                "status_code = excluded.status_code, succeeded = excluded.succeeded, "
+                "error = excluded.error, response_body = excluded.response_body",
                 (
                     attempt.delivery_id,
                     attempt.number,

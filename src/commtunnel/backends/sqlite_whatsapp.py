@@ -11,7 +11,14 @@ from __future__ import annotations
 import sqlite3
 from datetime import datetime
 
-from commtunnel.backends.sqlite import BackendStore, fetch_one, insert_event, record_rows, ts
+from commtunnel.backends.sqlite import (
+    INTEGRITY_ERRORS,
+    BackendStore,
+    fetch_one,
+    insert_event,
+    record_rows,
+    ts,
+)
 from commtunnel.backends.sqlite_sms import insert_opt_out, is_listed
 from commtunnel.domain.errors import WhatsAppLineInUseError
 from commtunnel.domain.events import TimelineEvent
@@ -70,7 +77,7 @@ class SqliteWhatsAppStore(BackendStore):
                     (org_id, new_pnid, new_token, ts(at), keep_pnid, keep_token),
                 )
             )
-        except sqlite3.IntegrityError:
+        except INTEGRITY_ERRORS:
             raise WhatsAppLineInUseError(
                 "Another organization already uses this WhatsApp phone number id",
                 details={"whatsappPhoneNumberId": new_pnid},

@@ -85,7 +85,7 @@ def serve(
         # rewrite would trust any peer on 127.0.0.1 and bypass that setting.
         proxy_headers=False,
     )
-    where = f"db {settings.db_path}, email {_providers(settings)}, " + (
+    where = f"db {settings.db_display}, email {_providers(settings)}, " + (
         "embedded worker" if settings.embedded_worker else "no worker"
     )
 
@@ -143,7 +143,7 @@ def worker(db: str | None, email_provider: str | None, log_level: str) -> None:
             loop.add_signal_handler(sig, on_signal)
         async with ct:
             click.echo(
-                f"commtunnel worker running (db {settings.db_path}, email {_providers(settings)})"
+                f"commtunnel worker running (db {settings.db_display}, email {_providers(settings)})"
             )
             try:
                 await ct.run_worker(stop)

@@ -32,6 +32,7 @@
     ├── RateLimitedError                  429 RATE_LIMITED
     │   └── OtpCooldownError              429 OTP_COOLDOWN
     ├── ProviderConfigError               500 PROVIDER_CONFIG_ERROR (bad provider URL)
+    ├── StorageUnavailableError           503 STORAGE_UNAVAILABLE (database unreachable; retry)
     └── InternalError                     500 INTERNAL_ERROR
 
 The codes are part of the public contract (``../shared/DESIGN.md``, "Errors"):
@@ -77,6 +78,7 @@ WHATSAPP_PROVIDER_ERROR = "WHATSAPP_PROVIDER_ERROR"
 SECRET_KEY_NOT_CONFIGURED = "SECRET_KEY_NOT_CONFIGURED"  # noqa: S105 - an error code
 PROVIDER_CONFIG_ERROR = "PROVIDER_CONFIG_ERROR"
 INTERNAL_ERROR = "INTERNAL_ERROR"
+STORAGE_UNAVAILABLE = "STORAGE_UNAVAILABLE"
 
 
 class CommtunnelError(Exception):
@@ -371,3 +373,14 @@ class InternalError(CommtunnelError):
 
     code = INTERNAL_ERROR
     http_status = 500
+
+
+class StorageUnavailableError(CommtunnelError):
+    """The database could not be reached, even after retries on new connections.
+
+    Nothing of the failed operation is stored, so the request may be retried
+    as it was (with its idempotency key, a send is still made once).
+    """
+
+    code = STORAGE_UNAVAILABLE
+    http_status = 503
