@@ -8,6 +8,7 @@ knowing who used them. Linux only (``/proc``); elsewhere every figure is None.
 from __future__ import annotations
 
 import os
+import resource
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -56,12 +57,19 @@ class CpuWindow:
         groups: name -> pids, e.g. ``{"servers": [1234, 1235]}``. PostgreSQL's
             processes are found by name and reported as ``postgres`` (backends
             that start during the window count from their start).
+        reaped_as: also report, under this name, the CPU of this process's
+            children that exited and were waited for during the window (e.g.
+            the load generator run with ``subprocess.run``).
     """
 
-    def __init__(self, groups: Mapping[str, Iterable[int]]) -> None:
+    def __init__(
+        self, groups: Mapping[str, Iterable[int]], *, reaped_as: str | None = None
+    ) -> None:
         self.groups = {name: list(pids) for name, pids in groups.items()}
+        self.reaped_as = reaped_as
         self._before: dict[int, float] = {}
         self._machine: tuple[float, float] | None = None
+        self._children = 0.0
 
     def _sample(self) -> dict[int, float]:
         pids = [pid for pids in self.groups.values() for pid in pids] + _postgres_pids()
@@ -71,6 +79,7 @@ class CpuWindow:
         """Take the first sample."""
         self._machine = _machine()
         self._before = self._sample()
+        self._children = _reaped_seconds()
 
     def stop(self, wall_seconds: float) -> dict[str, Any]:
         """Cores used by each group over ``wall_seconds`` (CPU seconds / wall seconds).
@@ -89,12 +98,19 @@ class CpuWindow:
 
         result: dict[str, Any] = {name: cores(pids) for name, pids in self.groups.items()}
         result["postgres"] = cores(p for p in after if p not in _all(self.groups))
+        if self.reaped_as and wall_seconds > 0:
+            result[self.reaped_as] = round((_reaped_seconds() - self._children) / wall_seconds, 2)
         busy = None
         if machine and self._machine and machine[1] > self._machine[1]:
             busy = round((machine[0] - self._machine[0]) / (machine[1] - self._machine[1]), 3)
         result["machine_busy"] = busy
         result["cores"] = os.cpu_count()
         return result
+
+
+def _reaped_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _all(groups: Mapping[str, list[int]]) -> set[int]:

@@ -119,7 +119,7 @@ def _bare_run(n: int, load: dict[str, Any]) -> dict[str, Any]:
     """``n`` bare Starlette processes under the load: ``http_accept.summary`` + cpu."""
     with contextlib.ExitStack() as stack:
         servers = [stack.enter_context(http_accept.bare_server()) for _ in range(n)]
-        cpu = CpuWindow({"servers": [proc.pid for proc, _port in servers]})
+        cpu = CpuWindow({"servers": [proc.pid for proc, _port in servers]}, reaped_as="wrk")
         cpu.start()
         t0 = time.perf_counter()
         run = http_accept.measure(
@@ -146,7 +146,7 @@ def _commtunnel_run(
             probes = [http_accept.probe(port, token, body) for _proc, port in servers]
             if any(p["status"] != 202 for p in probes):
                 raise RuntimeError(f"commtunnel serve refused the probe request: {probes}")
-            cpu = CpuWindow({"servers": [proc.pid for proc, _port in servers]})
+            cpu = CpuWindow({"servers": [proc.pid for proc, _port in servers]}, reaped_as="wrk")
             cpu.start()
             t0 = time.perf_counter()
             run = http_accept.measure(
@@ -231,7 +231,8 @@ def accept(
     figures[f"scaling_{last}_over_{first}"] = {
         "commtunnel": ratio(ct[last]["rps"], ct[first]["rps"]),
         "baseline": ratio(
-            bare[last]["rps"] + bare_after[last]["rps"], bare[first]["rps"] + bare_after[first]["rps"]
+            bare[last]["rps"] + bare_after[last]["rps"],
+            bare[first]["rps"] + bare_after[first]["rps"],
         ),
     }
     return {
@@ -318,12 +319,13 @@ def _workers_run(
             _wait_for_line(proc, log_path, "commtunnel worker running", 60)
         # Idle workers, stopped while the queue fills, continued together: only
         # delivery is timed, not start-up, and no worker gets a head start.
+        stack.callback(_continue, [proc for proc, _ in workers])  # runs before they are stopped
         for proc, _ in workers:
             os.kill(proc.pid, signal.SIGSTOP)
-        stack.callback(_continue, [proc for proc, _ in workers])  # before they are stopped
-        fill_seconds = _fill_stopped(db, root, messages)
+        fill_seconds = asyncio.run(_fill(db, root, messages))
+        log(f"scaleout: {messages} emails queued in {fill_seconds:.2f} s; {n} worker(s) go")
         sink.reset()
-        cpu = CpuWindow({"workers": [proc.pid for proc, _ in workers]})
+        cpu = CpuWindow({"workers": [proc.pid for proc, _ in workers], "sink": [sink.proc.pid]})
         cpu.start()
         t0 = time.perf_counter()
         _continue([proc for proc, _ in workers])
@@ -381,12 +383,6 @@ def _continue(procs: Sequence[subprocess.Popen[Any]]) -> None:
     for proc in procs:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGCONT)
-
-
-def _fill_stopped(db: str, root: Path, messages: int) -> float:
-    seconds = asyncio.run(_fill(db, root, messages))
-    log(f"scaleout: {messages} emails queued in {seconds:.2f} s")
-    return seconds
 
 
 def delivery(

@@ -1,7 +1,13 @@
-"""Shared fixtures: an in-process Commtunnel on a real SQLite file with a manual clock."""
+"""Shared fixtures: an in-process Commtunnel on a real database with a manual clock.
+
+``pytest --backend postgresql`` (or ``COMMTUNNEL_TEST_BACKEND=postgresql``)
+runs every test that takes its database from :func:`pg.fresh_db` on a new
+PostgreSQL schema instead of a SQLite file; ``./dev test`` runs both.
+"""
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -9,9 +15,48 @@ from pathlib import Path
 
 import pytest
 
+import pg
 from commtunnel import Commtunnel, Settings
 from commtunnel.testing import ManualClock, MockProvider, MockSmsProvider
 from processes import Spawned
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--backend",
+        choices=("sqlite", "postgresql"),
+        default=os.environ.get("COMMTUNNEL_TEST_BACKEND", "sqlite"),
+        help="the database the tests' Commtunnel runs on (default: sqlite)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    pg.BACKEND = config.getoption("--backend")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave the tests of PostgreSQL alone (``postgresql_only``) to the PostgreSQL pass."""
+    if config.getoption("--backend") == "postgresql":
+        return
+    kept = [item for item in items if item.get_closest_marker("postgresql_only") is None]
+    if len(kept) < len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in kept])
+        items[:] = kept
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    pg.drop_spare()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"commtunnel backend: {config.getoption('--backend')}"
+
+
+@pytest.fixture(autouse=True)
+def _drop_schemas() -> Iterator[None]:
+    """Release the PostgreSQL schemas a test used (after its processes are gone)."""
+    yield
+    pg.release_created()
 
 
 @pytest.fixture
@@ -48,7 +93,7 @@ async def ct(
     settings: Settings,
 ) -> AsyncIterator[Commtunnel]:
     async with Commtunnel.open(
-        db=tmp_path / "ct.db",
+        db=pg.fresh_db(tmp_path / "ct.db"),
         email_provider=provider,
         sms_provider=sms_provider,
         clock=clock,

@@ -14,6 +14,7 @@ from typing import Any
 import attrs
 import pytest
 
+import pg
 from app_client import ApiEnv, app_client, assert_error
 from commtunnel import Commtunnel, Settings
 from commtunnel.domain.errors import (
@@ -93,17 +94,13 @@ async def test_partial_failure_answers_each_item_and_stores_only_the_valid(
 
 async def test_a_storage_failure_leaves_nothing_of_the_batch(ct: Commtunnel) -> None:
     """When one write fails, no message, event, job, batch or key of the batch remains."""
-    ct.backend.conn.execute(
-        "CREATE TRIGGER refuse_boom BEFORE INSERT ON messages "
-        "WHEN json_extract(NEW.content, '$.subject') = 'boom' "
-        "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
-    )
+    pg.refuse_inserts(ct.backend.conn, "refuse_boom", "disk full", subject="boom")
     batch = [item(), item(subject="boom"), item()]
     with pytest.raises(Exception, match="disk full"):
         await ct.email.send_batch(batch, idempotency_key="all-or-nothing")
     for table in ("messages", "events", "jobs", "email_batches", "idempotency_keys"):
         assert count(ct, table) == 0, table
-    ct.backend.conn.execute("DROP TRIGGER refuse_boom")
+    pg.allow_inserts(ct.backend.conn, "refuse_boom")
     retried = await ct.email.send_batch(batch, idempotency_key="all-or-nothing")
     assert (retried.accepted, retried.duplicate) == (3, False)
 
@@ -275,7 +272,7 @@ class Env(ApiEnv):
 async def env(tmp_path: Path, anyio_backend: str) -> AsyncIterator[Env]:
     clock = ManualClock()
     async with Commtunnel.open(
-        db=tmp_path / "ct.db",
+        db=pg.fresh_db(tmp_path / "ct.db"),
         email_provider=MockProvider(),
         clock=clock,
         settings=Settings(embedded_worker=False, batch_max_messages=3),
@@ -379,9 +376,7 @@ async def test_http_auth_and_body_refusals(env: Env) -> None:
 
 async def test_http_storage_failure_is_a_500_and_stores_nothing(env: Env) -> None:
     """A failing write answers the 500 envelope; no item of the batch is stored."""
-    env.ct.backend.conn.execute(
-        "CREATE TRIGGER refuse_all BEFORE INSERT ON messages BEGIN SELECT RAISE(ABORT, 'x'); END"
-    )
+    pg.refuse_inserts(env.ct.backend.conn, "refuse_all", "x")
     r = await env.post(BATCH, {"messages": [item(), item()]})
     assert_error(r, 500, "INTERNAL_ERROR")
     assert count(env.ct, "email_batches") == count(env.ct, "events") == 0

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import pytest
 from click.testing import CliRunner, Result
 
+import pg
 from commtunnel.cli import main
 from commtunnel.client import Commtunnel
 from commtunnel.domain.errors import (
@@ -34,7 +35,7 @@ ISO_MS_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
     """A database path in a fresh directory (the file does not exist yet)."""
-    return tmp_path / "ct.db"
+    return pg.fresh_db(tmp_path / "ct.db")
 
 
 @pytest.fixture
@@ -134,7 +135,8 @@ def test_db_defaults_to_commtunnel_db_env(
     monkeypatch.setenv("COMMTUNNEL_DB", str(db))
     result = runner.invoke(main, ["orgs", "create", "acme"], catch_exceptions=False)
     assert result.exit_code == 0
-    assert db.exists()
+    listed = runner.invoke(main, ["orgs", "list"], catch_exceptions=False)
+    assert "acme" in listed.stdout
 
 
 def test_admin_commands_never_load_the_email_provider(
@@ -448,9 +450,10 @@ def test_unopenable_database_is_an_error(runner: CliRunner, tmp_path: Path) -> N
 
 
 def test_serve_without_http_extra_says_what_to_install(
-    runner: CliRunner, db: Path, monkeypatch: pytest.MonkeyPatch
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Without uvicorn installed, ``serve`` exits 1 with the pip command to run."""
+    """Without uvicorn installed, ``serve`` exits 1 with the pip command to run (no file made)."""
+    db = tmp_path / "never.db"
     monkeypatch.setitem(sys.modules, "uvicorn", None)  # makes `import uvicorn` fail
     result = run(runner, db, "serve")
     assert result.exit_code == 1

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
+import pg
 from commtunnel.cli import main
 
 
@@ -18,7 +19,7 @@ def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for var in ("COMMTUNNEL_DB", "COMMTUNNEL_RATE_LIMIT", "COMMTUNNEL_REDIS_URL"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.chdir(tmp_path)
-    return tmp_path / "ct.db"
+    return pg.fresh_db(tmp_path / "ct.db")
 
 
 def run(db: Path, *args: str) -> Result:

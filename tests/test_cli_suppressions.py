@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
+import pg
 from commtunnel.cli import main
 from commtunnel.client import Commtunnel
 from commtunnel.domain.errors import EmailRecipientSuppressedError
@@ -20,7 +21,7 @@ BOB = "bob@example.net"
 
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
-    return tmp_path / "ct.db"
+    return pg.fresh_db(tmp_path / "ct.db")
 
 
 @pytest.fixture

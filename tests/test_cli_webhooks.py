@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
+import pg
 from commtunnel.cli import main
 from commtunnel.client import Commtunnel
 from commtunnel.testing import MockProvider
@@ -38,7 +39,7 @@ ENDPOINT_KEYS = {
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
     """A database path in a fresh directory (the file does not exist yet)."""
-    return tmp_path / "ct.db"
+    return pg.fresh_db(tmp_path / "ct.db")
 
 
 @pytest.fixture

@@ -9,11 +9,13 @@ from datetime import datetime, timedelta
 
 import pytest
 
+import pg
 from commtunnel import Commtunnel
 from commtunnel.domain.delivery import ErrorCategory, ProviderResult, RetryPolicy
+from commtunnel.domain.errors import StorageUnavailableError
 from commtunnel.domain.keys import ALL_SCOPES, Principal
 from commtunnel.domain.messages import Status
-from commtunnel.ports import OutgoingEmail
+from commtunnel.ports import Completion, OutgoingEmail
 from commtunnel.services.dispatch import Dispatcher
 from commtunnel.testing import ManualClock, MockProvider
 
@@ -98,7 +100,7 @@ async def test_retries_stop_at_max_attempts(tmp_path, clock: ManualClock) -> Non
     failing = MockProvider(lambda e: ProviderResult.transient(ErrorCategory.TIMEOUT, "slow"))
     settings = Settings(max_attempts=3, retry_base_delay=1, retry_max_delay=4, send_timeout=5)
     async with Commtunnel.open(
-        db=tmp_path / "r.db",
+        db=pg.fresh_db(tmp_path / "r.db"),
         email_provider=failing,
         clock=clock,
         settings=settings,
@@ -162,7 +164,10 @@ async def test_hanging_provider_times_out(tmp_path, clock: ManualClock) -> None:
 
     settings = Settings(send_timeout=0.05, lease_seconds=60)
     async with Commtunnel.open(
-        db=tmp_path / "h.db", email_provider=MockProvider(hang), clock=clock, settings=settings
+        db=pg.fresh_db(tmp_path / "h.db"),
+        email_provider=MockProvider(hang),
+        clock=clock,
+        settings=settings,
     ) as ct:
         await ct.admin.add_sender(ct.org.id, "example.com")
         sent = await ct.email.send(**BASE)
@@ -232,3 +237,40 @@ def test_retry_policy_from_settings() -> None:
     assert Settings(
         max_attempts=2, retry_base_delay=3, retry_max_delay=9
     ).retry_policy == RetryPolicy(max_attempts=2, base_delay=3, max_delay=9)
+
+
+async def test_a_result_is_recorded_once_the_database_is_back(
+    ct: Commtunnel, provider: MockProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The provider accepted: an unavailable database is waited out while the lease lasts."""
+    sent = await ct.email.send(from_="a@example.com", to="b@example.org", subject="s", text="t")
+    [job] = await ct.dispatcher.claim(1)
+    real_complete = ct.backend.complete
+    failures = [StorageUnavailableError("down"), StorageUnavailableError("still down")]
+
+    async def flaky(completion: Completion) -> bool:
+        if failures:
+            raise failures.pop(0)
+        return await real_complete(completion)
+
+    monkeypatch.setattr(ct.backend, "complete", flaky)
+    assert await ct.dispatcher.process(job)
+    assert failures == []
+    assert (await ct.email.get(sent.message.id)).message.status == Status.SENT
+    assert len(provider.sent) == 1
+
+
+async def test_a_result_is_given_up_when_the_lease_is_ending(
+    ct: Commtunnel, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the lease another worker may hold the job: the error goes up instead."""
+    await ct.email.send(from_="a@example.com", to="b@example.org", subject="s", text="t")
+    [job] = await ct.dispatcher.claim(1)
+    clock.advance(59.5)  # the lease is 60 s
+
+    async def down(_completion: Completion) -> bool:
+        raise StorageUnavailableError("down")
+
+    monkeypatch.setattr(ct.backend, "complete", down)
+    with pytest.raises(StorageUnavailableError):
+        await ct.dispatcher.process(job)

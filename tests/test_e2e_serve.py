@@ -24,6 +24,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+import pg
 from commtunnel import Commtunnel, Settings
 from commtunnel.domain.messages import Status
 from commtunnel.testing import ManualClock, MockProvider
@@ -130,7 +131,7 @@ def test_serve_sends_over_http_to_smtp_and_stops_on_sigterm(
     ``messageId``; the timeline is queued -> processing -> sent; SIGTERM ends
     the server with status 0.
     """
-    db = tmp_path / "ct.db"
+    db = pg.fresh_db(tmp_path / "ct.db")
     sink = RecordingHandler()
     smtp_port = smtp_server(sink)
     cli(db, "orgs", "create", "acme")
@@ -253,7 +254,7 @@ def test_worker_killed_mid_send_is_recovered_after_its_lease(
     claims it again (email_processing with leaseExpired), delivers it to a
     working SMTP server with the same Message-ID, and releases the job.
     """
-    db = tmp_path / "ct.db"
+    db = pg.fresh_db(tmp_path / "ct.db")
     message_id = asyncio.run(accept_one_email(db))
 
     worker = stalled_worker(spawn, db, smtp_server, send_timeout="20")
@@ -289,7 +290,7 @@ def test_worker_delivers_and_stops_on_sigterm(
     spawn: Callable[..., Spawned],
 ) -> None:
     """`commtunnel worker` delivers what another process accepted, and SIGTERM ends it with 0."""
-    db = tmp_path / "ct.db"
+    db = pg.fresh_db(tmp_path / "ct.db")
     message_id = asyncio.run(accept_one_email(db))
     sink = RecordingHandler()
     port = smtp_server(sink)
@@ -309,7 +310,7 @@ def test_worker_sigterm_lets_the_attempt_in_flight_finish(
     spawn: Callable[..., Spawned],
 ) -> None:
     """SIGTERM mid-send waits for the attempt (here: its send timeout) and records it."""
-    db = tmp_path / "ct.db"
+    db = pg.fresh_db(tmp_path / "ct.db")
     message_id = asyncio.run(accept_one_email(db))
     worker = stalled_worker(spawn, db, smtp_server, send_timeout="1.5")
     stop_cleanly(worker)
@@ -325,7 +326,7 @@ def test_worker_second_sigterm_stops_at_once(
     spawn: Callable[..., Spawned],
 ) -> None:
     """A second SIGTERM abandons the attempt in flight: exit 1, said on stderr, job still leased."""
-    db = tmp_path / "ct.db"
+    db = pg.fresh_db(tmp_path / "ct.db")
     message_id = asyncio.run(accept_one_email(db))
     worker = stalled_worker(spawn, db, smtp_server, send_timeout="20")
 

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+import pg
 from processes import Spawned, clean_env, cli, org_with_key, serve, stop_cleanly, wait_until
 
 pytestmark = pytest.mark.slow
@@ -24,7 +25,7 @@ TO = "+14155552671"
 
 def test_sms_walkthrough_against_serve(tmp_path: Path, spawn: Callable[..., Spawned]) -> None:
     """Sender ID approved, SMS sent to the outbox, DLR applied once, STOP then refuses sends."""
-    db = tmp_path / "ct.db"
+    db = pg.fresh_db(tmp_path / "ct.db")
     outbox = tmp_path / "outbox"
     key = org_with_key(db, "send:sms,read:sms,sender_ids:request")
     admin_key = json.loads(

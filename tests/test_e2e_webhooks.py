@@ -20,6 +20,7 @@ import httpx
 import pytest
 from selectolax.lexbor import LexborHTMLParser
 
+import pg
 from processes import (
     Spawned,
     clean_env,
@@ -44,7 +45,7 @@ def test_walkthrough_endpoint_tracked_email_open_click_signed_events(
 ) -> None:
     """Create an endpoint, send a tracked email, open and click it: the receiver verifies
     email_sent, email_opened and email_clicked, and the click lands on the original link."""
-    db = tmp_path / "ct.db"
+    db = pg.fresh_db(tmp_path / "ct.db")
     outbox = tmp_path / "outbox"
     key = org_with_key(db, "send:email,read:email,webhooks:manage", sender="example.com")
     env = clean_env(COMMTUNNEL_WEBHOOKS_ALLOW_PRIVATE="true")
@@ -163,7 +164,7 @@ def test_a_server_killed_after_the_202_loses_no_webhook(
 ) -> None:
     """SIGKILL `serve --no-worker` right after a 202: a `commtunnel worker` started later
     delivers the email and all three of its events to the receiver."""
-    db = tmp_path / "ct.db"
+    db = pg.fresh_db(tmp_path / "ct.db")
     outbox = tmp_path / "outbox"
     key = org_with_key(db, "send:email,webhooks:manage", sender="example.com")
     env = clean_env(COMMTUNNEL_WEBHOOKS_ALLOW_PRIVATE="true")

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+import pg
 from processes import (
     Spawned,
     clean_env,
@@ -89,7 +90,7 @@ def test_whatsapp_send_and_status_webhook_round_trip(
     tmp_path: Path, fake_graph: str, spawn: Callable[..., Spawned]
 ) -> None:
     """A send reaches the fake Graph; signed statuses move it to READ; a forged one is 401."""
-    db = tmp_path / "ct.db"
+    db = pg.fresh_db(tmp_path / "ct.db")
     key = org_with_key(db, "send:whatsapp,read:whatsapp")
     env = clean_env(
         COMMTUNNEL_EMAIL_PROVIDER=f"outbox://{tmp_path / 'outbox'}",

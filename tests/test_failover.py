@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+import pg
 from app_client import app_client, assert_error
 from commtunnel import Commtunnel, Settings
 from commtunnel.domain.circuit import CircuitBreaker, CircuitState
@@ -281,7 +282,7 @@ def test_an_sms_provider_url_naming_an_email_only_provider_is_refused(tmp_path: 
     """``sms_provider`` must name a provider that sends SMS; the refusal hides the password."""
     with pytest.raises(ProviderConfigError) as caught:
         Commtunnel.open(
-            db=tmp_path / "ct.db",
+            db=pg.fresh_db(tmp_path / "ct.db"),
             sms_provider="smtp://user:secret@127.0.0.1:25#mail",
             clock=ManualClock(),
             settings=Settings(),
@@ -296,7 +297,10 @@ def test_a_provider_assigned_later_gets_the_settings_breaker(tmp_path: Path) -> 
     cool-down, as the providers given to ``open`` do."""
     settings = Settings(breaker_failures=2, breaker_cooldown=7)
     ct = Commtunnel.open(
-        db=tmp_path / "ct.db", email_provider=MockProvider(), clock=ManualClock(), settings=settings
+        db=pg.fresh_db(tmp_path / "ct.db"),
+        email_provider=MockProvider(),
+        clock=ManualClock(),
+        settings=settings,
     )
     ct.email_provider = MockProvider(name="other")
     ct.sms_provider = MockSmsProvider()
@@ -353,7 +357,7 @@ async def facade(
         **settings,
     }
     async with Commtunnel.open(
-        db=tmp_path / "ct.db",
+        db=pg.fresh_db(tmp_path / "ct.db"),
         settings=Settings(**options),
         sms_provider=MockSmsProvider(),
         clock=clock,
@@ -575,7 +579,7 @@ async def test_with_the_fallback_open_a_rate_limited_primary_waits_for_its_retry
     route.routes[0].breaker.failure_threshold = 5
     route.record("fallback", clock.now(), OUTAGE)  # the fallback's circuit is open
     async with Commtunnel.open(
-        db=tmp_path / "ct.db",
+        db=pg.fresh_db(tmp_path / "ct.db"),
         email_provider=route,
         settings=Settings(embedded_worker=False),
         clock=clock,
@@ -596,7 +600,7 @@ async def test_email_and_sms_providers_of_one_name_keep_their_own_health(
     tmp_path: Path, clock: ManualClock
 ) -> None:
     async with Commtunnel.open(
-        db=tmp_path / "ct.db",
+        db=pg.fresh_db(tmp_path / "ct.db"),
         email_provider=MockProvider(lambda e: OUTAGE, name="main"),
         sms_provider=MockSmsProvider(name="main"),
         settings=Settings(embedded_worker=False, breaker_failures=1),
@@ -625,7 +629,7 @@ async def test_health_shows_no_recipient_data_to_another_organization(
         ErrorCategory.PROVIDER_OUTAGE, "421 try later (recipient secret.customer@tenant-a.example)"
     )
     async with Commtunnel.open(
-        db=tmp_path / "ct.db",
+        db=pg.fresh_db(tmp_path / "ct.db"),
         email_provider=MockProvider(lambda e: fault),
         settings=Settings(embedded_worker=False),
         clock=clock,
@@ -648,7 +652,7 @@ async def test_health_shows_no_recipient_data_to_another_organization(
 async def test_sandbox_sends_touch_no_breaker(tmp_path: Path, clock: ManualClock) -> None:
     provider = MockProvider(lambda e: OUTAGE)
     async with Commtunnel.open(
-        db=tmp_path / "ct.db",
+        db=pg.fresh_db(tmp_path / "ct.db"),
         email_provider=provider,
         settings=Settings(embedded_worker=False),
         clock=clock,
@@ -731,7 +735,7 @@ def test_serve_fails_over_between_two_smtp_servers_and_reports_health(
 ) -> None:
     """`commtunnel serve` with COMMTUNNEL_EMAIL_PROVIDERS: the primary refuses connections."""
     fallback = smtpd()
-    db = tmp_path / "ct.db"
+    db = pg.fresh_db(tmp_path / "ct.db")
     key = org_with_key(db, "send:email,read:email", sender="example.com")
     providers = f"{smtp_url(free_port(), 'primary')},{smtp_url(fallback.port, 'fallback')}"
     server, base = serve(

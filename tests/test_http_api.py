@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import pg
 from app_client import ApiEnv, app_client
 from commtunnel import Commtunnel, Settings
 from commtunnel.domain.delivery import ProviderResult
@@ -48,7 +49,7 @@ async def open_env(tmp_path: Path, settings: Settings | None = None) -> AsyncIte
     """Build an :class:`Env` (the app's lifespan is not run: the facade is started here)."""
     clock, provider = ManualClock(), MockProvider()
     async with Commtunnel.open(
-        db=tmp_path / "ct.db",
+        db=pg.fresh_db(tmp_path / "ct.db"),
         email_provider=provider,
         clock=clock,
         settings=settings or Settings(embedded_worker=False),
@@ -297,7 +298,10 @@ async def test_lifespan_starts_worker_and_closes_facade(tmp_path: Path, anyio_ba
 
     provider = MockProvider(accept)
     ct = Commtunnel.open(
-        db=tmp_path / "ct.db", email_provider=provider, clock=ManualClock(), settings=Settings()
+        db=pg.fresh_db(tmp_path / "ct.db"),
+        email_provider=provider,
+        clock=ManualClock(),
+        settings=Settings(),
     )
     app = create_app(ct)
     async with app.router.lifespan_context(app):

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
+import pg
 from app_client import ApiEnv, app_client, assert_error
 from commtunnel import Commtunnel, Settings
 from commtunnel.domain.errors import ProviderConfigError, RateLimitedError
@@ -48,7 +49,7 @@ class Env(ApiEnv):
 @asynccontextmanager
 async def open_env(tmp_path: Path) -> AsyncIterator[Env]:
     async with Commtunnel.open(
-        db=tmp_path / "ct.db",
+        db=pg.fresh_db(tmp_path / "ct.db"),
         email_provider=MockProvider(),
         clock=ManualClock(),
         settings=Settings(embedded_worker=False, max_body_bytes=LIMIT),

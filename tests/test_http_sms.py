@@ -20,6 +20,7 @@ import attrs
 import httpx
 import pytest
 
+import pg
 from app_client import ApiEnv, app_client, assert_error
 from commtunnel import Commtunnel, Settings
 from commtunnel.config import DEFAULT_SMS_HELP_TEXT, DEFAULT_SMS_STOP_TEXT
@@ -106,7 +107,7 @@ async def open_env(
     """Build an :class:`Env` with :data:`SENDER` and the OTP brand :data:`BRAND` approved."""
     clock = ManualClock()
     async with Commtunnel.open(
-        db=tmp_path / "ct.db",
+        db=pg.fresh_db(tmp_path / "ct.db"),
         email_provider=MockProvider(),
         sms_provider=sms_provider if sms_provider is not None else MockSmsProvider(),
         clock=clock,

@@ -17,6 +17,7 @@ import attrs
 import httpx
 import pytest
 
+import pg
 from app_client import ApiEnv, app_client, assert_error
 from commtunnel import Commtunnel, Settings
 from commtunnel.domain.tracking import OpenToken
@@ -85,7 +86,7 @@ async def env(tmp_path: Path, anyio_backend: str) -> AsyncIterator[Env]:
     provider = MockProvider()
     settings = Settings(embedded_worker=False, public_url="https://mail.example.com")
     async with Commtunnel.open(
-        db=tmp_path / "ct.db", email_provider=provider, clock=clock, settings=settings
+        db=pg.fresh_db(tmp_path / "ct.db"), email_provider=provider, clock=clock, settings=settings
     ) as ct:
         await ct.admin.add_sender(ct.org.id, "example.com")
         keys = {}

@@ -17,6 +17,7 @@ import attrs
 import httpx
 import pytest
 
+import pg
 from app_client import ApiEnv, app_client, assert_error
 from commtunnel import Commtunnel, Settings
 from commtunnel.testing import ManualClock, MockProvider
@@ -123,7 +124,10 @@ async def open_env(tmp_path: Path, settings: Settings = ALLOW_PRIVATE) -> AsyncI
     """Build an :class:`Env` (the app's lifespan is not run: the facade is started here)."""
     clock = ManualClock()
     async with Commtunnel.open(
-        db=tmp_path / "ct.db", email_provider=MockProvider(), clock=clock, settings=settings
+        db=pg.fresh_db(tmp_path / "ct.db"),
+        email_provider=MockProvider(),
+        clock=clock,
+        settings=settings,
     ) as ct:
         await ct.admin.add_sender(ct.org.id, "example.com")
         _, key = await ct.keys.create(ct.org.id, scopes=SCOPES)

@@ -21,6 +21,7 @@ import attrs
 import httpx
 import pytest
 
+import pg
 from app_client import ApiEnv, app_client, assert_error
 from commtunnel import Commtunnel, Settings
 from commtunnel.domain.messages import Channel
@@ -114,7 +115,7 @@ async def open_env(tmp_path: Path, *, settings: Settings | None = None) -> Async
         transport=httpx.MockTransport(graph.handle),
     )
     async with Commtunnel.open(
-        db=tmp_path / "ct.db",
+        db=pg.fresh_db(tmp_path / "ct.db"),
         email_provider=MockProvider(),
         sms_provider=MockSmsProvider(),
         whatsapp_provider=provider,

@@ -12,6 +12,7 @@ from openapi_spec_validator import validate
 from starlette.applications import Starlette
 from starlette.routing import Route
 
+import pg
 from app_client import app_client
 from commtunnel import Commtunnel, Settings
 from commtunnel.testing import ManualClock, MockProvider
@@ -24,7 +25,7 @@ HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "tra
 @pytest.fixture
 def ct(tmp_path: Path) -> Commtunnel:
     return Commtunnel.open(
-        db=tmp_path / "ct.db",
+        db=pg.fresh_db(tmp_path / "ct.db"),
         email_provider=MockProvider(),
         clock=ManualClock(),
         settings=Settings(embedded_worker=False),

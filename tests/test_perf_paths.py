@@ -20,7 +20,7 @@ from commtunnel.domain.delivery import ProviderResult
 from commtunnel.ports import ClaimedJob, OutgoingEmail
 from commtunnel.services.dispatch import Dispatcher
 from commtunnel.testing import ManualClock, MockProvider
-from test_storage_sqlite import queued_email, sent_completion
+from test_storage import queued_email, sent_completion
 
 pytestmark = pytest.mark.anyio
 

@@ -24,6 +24,7 @@ import httpx
 import pytest
 import redis.asyncio
 
+import pg
 from app_client import app_client, assert_error
 from commtunnel import Commtunnel, Settings
 from commtunnel.domain.errors import (
@@ -361,7 +362,7 @@ def test_bad_settings_stop_the_facade_naming_the_variable(
     """COMMTUNNEL_RATE_LIMIT and COMMTUNNEL_TRUSTED_PROXIES are checked when the facade is built."""
     with pytest.raises(ValueError, match=f"COMMTUNNEL_{setting.upper()}"):
         Commtunnel.open(
-            db=tmp_path / "ct.db",
+            db=pg.fresh_db(tmp_path / "ct.db"),
             email_provider=MockProvider(),
             settings=Settings(**{setting: value}),  # type: ignore[arg-type]
         )
@@ -399,7 +400,7 @@ async def two_servers_statuses(
     tmp_path: Path, one: RateLimiter, two: RateLimiter, count: int
 ) -> list[int]:
     """Two apps over two facades on one SQLite file; a key limited to 3/day; statuses."""
-    db = tmp_path / "shared.db"
+    db = pg.fresh_db(tmp_path / "shared.db")
     first, second = await open_server(db, one), await open_server(db, two)
     try:
         record, key = await first.keys.create(first.org.id, scopes=READ_SCOPES)
@@ -433,7 +434,7 @@ def test_two_serve_processes_share_the_limit_through_redis(
     tmp_path: Path, spawn: Callable[..., Spawned]
 ) -> None:
     """Two ``commtunnel serve`` with COMMTUNNEL_REDIS_URL on one database: one limit, one list."""
-    db = tmp_path / "ct.db"
+    db = pg.fresh_db(tmp_path / "ct.db")
     key = org_with_key(db, "read:email")
     (record,) = json.loads(cli(db, "keys", "list", "--org", "acme", "--json"))
     cli(db, "orgs", "set", "--org", "acme", "--rate-limit", "3/day")

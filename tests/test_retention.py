@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+import pg
 from commtunnel import Commtunnel, Settings
 from commtunnel.backends.sqlite_retention import SqliteRetentionStore
 from commtunnel.cli import main
@@ -46,7 +47,7 @@ def settings() -> Settings:
     )
 
 
-def rows(ct: Commtunnel, table: str, where: str = "1", *params: object) -> int:
+def rows(ct: Commtunnel, table: str, where: str = "1 = 1", *params: object) -> int:
     sql = f"SELECT COUNT(*) FROM {table} WHERE {where}"
     return int(ct.backend.conn.execute(sql, params).fetchone()[0])
 
@@ -311,7 +312,7 @@ def test_cutoffs_follow_the_settings() -> None:
 @pytest.fixture
 def old_db(tmp_path: Path) -> Path:
     """A database with one email delivered 100 days ago (by the real calendar)."""
-    db = tmp_path / "ct.db"
+    db = pg.fresh_db(tmp_path / "ct.db")
 
     async def build() -> None:
         async with Commtunnel.open(

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import pg
 from commtunnel import Commtunnel, Settings
 from commtunnel.domain.delivery import ErrorCategory, ProviderResult
 from commtunnel.domain.errors import (
@@ -176,7 +177,9 @@ async def test_platform_default_sender_id(
     tmp_path: Path, clock: ManualClock, sms_provider: MockSmsProvider
 ) -> None:
     """The platform default sender ID needs no approval; others still do."""
-    async with open_sms(tmp_path / "d.db", clock, sms_provider, sms_default_sender_id="INFO") as ct:
+    async with open_sms(
+        pg.fresh_db(tmp_path / "d.db"), clock, sms_provider, sms_default_sender_id="INFO"
+    ) as ct:
         result = await ct.sms.send(to=TO, sender_id="INFO", body="hi")
         assert result.message.sms is not None and result.message.sms.sender_id == "INFO"
         with pytest.raises(SmsSenderIdNotApprovedError):
@@ -233,7 +236,7 @@ async def test_outage_leaves_message_retrying_then_failed(
         lambda sms: ProviderResult.transient(ErrorCategory.PROVIDER_OUTAGE, "connection refused")
     )
     async with open_sms(
-        tmp_path / "o.db", clock, provider, max_attempts=2, retry_base_delay=10
+        pg.fresh_db(tmp_path / "o.db"), clock, provider, max_attempts=2, retry_base_delay=10
     ) as ct:
         await approve(ct, "ACME")
         message = (await ct.sms.send(to=TO, sender_id="ACME", body="hi")).message
@@ -655,7 +658,7 @@ async def test_sync_facade_sends_sms(tmp_path: Path) -> None:
 
     sms_provider = MockSmsProvider()
     with SyncCommtunnel(
-        db=tmp_path / "s.db",
+        db=pg.fresh_db(tmp_path / "s.db"),
         email_provider=MockProvider(),
         sms_provider=sms_provider,
         settings=Settings(embedded_worker=False, sms_default_sender_id="INFO"),
@@ -673,7 +676,7 @@ async def test_provider_opt_out_answer_feeds_the_opt_out_list(
     provider = MockSmsProvider(
         lambda sms: ProviderResult.permanent(ErrorCategory.RECIPIENT_OPTED_OUT, "21610")
     )
-    async with open_sms(tmp_path / "p.db", clock, provider) as ct:
+    async with open_sms(pg.fresh_db(tmp_path / "p.db"), clock, provider) as ct:
         await approve(ct, "ACME")
         message = (await ct.sms.send(to=TO, sender_id="ACME", body="hi")).message
         await ct.run_worker_until_idle()
@@ -728,7 +731,9 @@ async def test_help_text_is_configurable(
 ) -> None:
     """The HELP reply is the configured help text."""
     help_text = "Acme: call 0800 123 456"
-    async with open_sms(tmp_path / "h.db", clock, sms_provider, sms_help_text=help_text) as ct:
+    async with open_sms(
+        pg.fresh_db(tmp_path / "h.db"), clock, sms_provider, sms_help_text=help_text
+    ) as ct:
         token = await ct.sms_service.token(ct.org.id)
         helped = await ct.sms_service.receive_inbound(
             token, {"sms_from": TO, "sms_to": "1", "sms_message": "HELP"}

@@ -4,7 +4,6 @@ retries, automatic disabling, the delivery log, tenancy and the v5 migration."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -12,8 +11,9 @@ from pathlib import Path
 import attrs
 import pytest
 
-from commtunnel.backends import schema
-from commtunnel.backends.sqlite import SqliteBackend, ts
+import pg
+from commtunnel.backends import make_backend, schema
+from commtunnel.backends.sqlite import INTEGRITY_ERRORS, SqliteBackend, ts
 from commtunnel.backends.sqlite_webhooks import SqliteWebhookStore
 from commtunnel.domain.events import TimelineEvent
 from commtunnel.domain.keys import Organization
@@ -28,7 +28,7 @@ from commtunnel.domain.webhooks import (
 from commtunnel.ids import new_id
 from commtunnel.ports import ClaimedDelivery, DeliveryCompletion
 from commtunnel.testing import ManualClock
-from test_storage_sqlite import old_schema_file, queued_email
+from test_storage import old_schema_file, queued_email
 
 pytestmark = pytest.mark.anyio
 
@@ -37,7 +37,7 @@ LEASE = 30.0  # seconds
 
 @pytest.fixture
 async def backend(tmp_path: Path, clock: ManualClock) -> AsyncIterator[SqliteBackend]:
-    b = SqliteBackend(tmp_path / "w.db", clock=clock)
+    b = make_backend(pg.fresh_db(tmp_path / "w.db"), clock=clock)
     await b.open()
     for org_id in ("org-1", "org-2"):
         await b.create_org(Organization(id=org_id, name=org_id, created_at=clock.now()))
@@ -280,7 +280,7 @@ async def test_the_fan_out_is_undone_with_the_accept_that_wrote_it(
         backend.accept(bad, bad_event, run_at=clock.now(), idempotency=None),
         return_exceptions=True,
     )
-    assert isinstance(results[1], sqlite3.IntegrityError)
+    assert isinstance(results[1], INTEGRITY_ERRORS)
     assert await backend.get_message("org-1", bad.id) is None
     assert [d.event_id for d in await deliveries(store)] == [good_event.id]
 
@@ -319,7 +319,7 @@ async def test_instance_secret_keeps_the_first_value_stored(
     """Later candidates, from this process or another on the same file, get the first value."""
     assert await backend.instance_secret("tracking", "first", clock.now()) == "first"
     assert await backend.instance_secret("tracking", "second", clock.now()) == "first"
-    other = SqliteBackend(tmp_path / "w.db", clock=clock)
+    other = make_backend(pg.fresh_db(tmp_path / "w.db"), clock=clock)
     await other.open()
     try:
         assert await other.instance_secret("tracking", "third", clock.now()) == "first"

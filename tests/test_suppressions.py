@@ -20,6 +20,7 @@ import attrs
 import pytest
 from aiosmtpd.controller import Controller
 
+import pg
 from commtunnel import Commtunnel, Settings
 from commtunnel.domain.delivery import ErrorCategory, ProviderResult
 from commtunnel.domain.errors import (
@@ -536,7 +537,7 @@ async def test_a_550_from_a_real_smtp_server_suppresses_and_the_next_send_is_ref
     url = f"smtp://127.0.0.1:{controller.port}?local_hostname=localhost"
     settings = Settings(embedded_worker=False, lease_seconds=60, send_timeout=5)
     async with Commtunnel.open(
-        db=tmp_path / "ct.db",
+        db=pg.fresh_db(tmp_path / "ct.db"),
         email_provider=url,
         clock=clock,
         settings=settings,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import pg
 from commtunnel import Settings, SyncCommtunnel
 from commtunnel.client import EmailClient, SmsClient
 from commtunnel.domain.errors import SenderNotVerifiedError
@@ -20,7 +21,9 @@ def test_sync_send_deliver_and_read(tmp_path: Path) -> None:
     """Send, deliver and read back with plain blocking calls."""
     provider = MockProvider()
     with SyncCommtunnel(
-        db=tmp_path / "s.db", email_provider=provider, settings=Settings(embedded_worker=False)
+        db=pg.fresh_db(tmp_path / "s.db"),
+        email_provider=provider,
+        settings=Settings(embedded_worker=False),
     ) as ct:
         ct.call(ct.ct.admin.add_sender, ct.ct.org.id, "example.com")
         sent = ct.email.send(from_="a@example.com", to="b@example.org", subject="Hi", text="x")
@@ -38,7 +41,7 @@ def test_sync_background_worker_delivers(tmp_path: Path) -> None:
     provider = MockProvider()
     with SyncCommtunnel(
         background_worker=True,
-        db=tmp_path / "b.db",
+        db=pg.fresh_db(tmp_path / "b.db"),
         email_provider=provider,
         settings=Settings(embedded_worker=False),
     ) as ct:
@@ -58,7 +61,7 @@ def public_methods(cls: type) -> set[str]:
 
 def test_sync_clients_have_every_method_of_the_async_ones(tmp_path: Path) -> None:
     """``sc.email`` and ``sc.sms`` offer each method of EmailClient and SmsClient, same docs."""
-    with SyncCommtunnel(db=tmp_path / "m.db", email_provider=MockProvider()) as sc:
+    with SyncCommtunnel(db=pg.fresh_db(tmp_path / "m.db"), email_provider=MockProvider()) as sc:
         pairs = [(type(sc.email), EmailClient), (type(sc.sms), SmsClient)]
     for sync_cls, async_cls in pairs:
         assert public_methods(sync_cls) == public_methods(async_cls)
@@ -70,7 +73,7 @@ def test_sync_clients_block_for_each_result(tmp_path: Path) -> None:
     """Preview, stats and the SMS reads answer what the async clients answer, synchronously."""
     sms_provider = MockSmsProvider(name="sms")
     with SyncCommtunnel(
-        db=tmp_path / "r.db",
+        db=pg.fresh_db(tmp_path / "r.db"),
         email_provider=MockProvider(),
         sms_provider=sms_provider,
         clock=ManualClock(),

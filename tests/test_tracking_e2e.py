@@ -23,6 +23,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from selectolax.lexbor import LexborHTMLParser
 from starlette.types import ASGIApp
 
+import pg
 from app_client import assert_error
 from commtunnel import Commtunnel, Settings
 from commtunnel.domain.tracking import ClickToken, OpenToken, TokenSigner
@@ -126,7 +127,7 @@ class Env:
 async def env(tmp_path: Path, smtp: tuple[RecordingHandler, int]) -> AsyncIterator[Env]:
     handler, port = smtp
     async with Commtunnel.open(
-        db=tmp_path / "ct.db",
+        db=pg.fresh_db(tmp_path / "ct.db"),
         email_provider=f"smtp://127.0.0.1:{port}?local_hostname=localhost&timeout=5",
         clock=ManualClock(),
         settings=Settings(embedded_worker=False, public_url=PUBLIC_URL),

@@ -10,6 +10,7 @@ import attrs
 import pytest
 from selectolax.lexbor import LexborHTMLParser
 
+import pg
 from commtunnel import Commtunnel, Settings
 from commtunnel.domain.delivery import ErrorCategory, ProviderResult
 from commtunnel.domain.errors import InvalidTrackingTokenError
@@ -119,7 +120,9 @@ async def test_the_configured_secret_key_signs_and_another_refuses(
     """With a secret key, tokens verify wherever the key is set and nowhere else."""
     secret = "a configured secret key of 32+ chars"
     settings = Settings(embedded_worker=False, secret_key=secret)
-    async with Commtunnel.open(db=tmp_path / "a.db", clock=clock, settings=settings) as a:
+    async with Commtunnel.open(
+        db=pg.fresh_db(tmp_path / "a.db"), clock=clock, settings=settings
+    ) as a:
         token = ClickToken(org_id="o", message_id="m", link_index=0, url="https://x.example/")
         signed = (await a.tracking.signer()).sign_click(token)
         same_key = TrackingService(a.backend, clock, base_url="", secret_key=secret)

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+import pg
 from commtunnel import Commtunnel, Settings
 from commtunnel.domain.errors import (
     ConflictError,
@@ -319,7 +320,10 @@ async def test_repeated_failure_over_the_window_disables_the_endpoint(
         webhook_disable_after=1000,
     )
     async with Commtunnel.open(
-        db=tmp_path / "d.db", email_provider=MockProvider(), clock=clock, settings=settings
+        db=pg.fresh_db(tmp_path / "d.db"),
+        email_provider=MockProvider(),
+        clock=clock,
+        settings=settings,
     ) as ct:
         await ct.admin.add_sender(ct.org.id, "example.com")
         endpoint_id = await endpoint_for(ct, receiver, events=["email_queued"])
@@ -438,7 +442,10 @@ async def test_secrets_are_stored_encrypted_when_the_server_has_a_key(
     """With COMMTUNNEL_SECRET_KEY the stored secret is not the whsec_ text, yet it signs."""
     settings = Settings(embedded_worker=False, webhooks_allow_private=True, secret_key="k" * 32)
     async with Commtunnel.open(
-        db=tmp_path / "k.db", email_provider=MockProvider(), clock=clock, settings=settings
+        db=pg.fresh_db(tmp_path / "k.db"),
+        email_provider=MockProvider(),
+        clock=clock,
+        settings=settings,
     ) as ct:
         await ct.admin.add_sender(ct.org.id, "example.com")
         await endpoint_for(ct, receiver, events=["email_queued"])
@@ -464,7 +471,7 @@ async def test_deliveries_committed_with_their_events_are_sent_by_a_later_facade
 
     (The SIGKILL version, with real processes, is in test_e2e_webhooks.py.)
     """
-    db = tmp_path / "crash.db"
+    db = pg.fresh_db(tmp_path / "crash.db")
     async with Commtunnel.open(
         db=db, email_provider=MockProvider(), clock=clock, settings=settings
     ) as first:

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+import pg
 from commtunnel import Commtunnel, Settings
 from commtunnel.domain.errors import (
     IdempotencyKeyReusedError,
@@ -86,7 +87,7 @@ def open_wa(db: Path, clock: ManualClock, graph: FakeGraph, **settings: Any) -> 
 
 @pytest.fixture
 async def wa(tmp_path: Path, clock: ManualClock, graph: FakeGraph) -> AsyncIterator[Commtunnel]:
-    async with open_wa(tmp_path / "wa.db", clock, graph) as ct:
+    async with open_wa(pg.fresh_db(tmp_path / "wa.db"), clock, graph) as ct:
         yield ct
 
 
@@ -399,7 +400,7 @@ async def test_tenant_line_override_and_conflicts(
 async def test_storing_a_token_needs_a_secret_key(tmp_path: Path, clock: ManualClock) -> None:
     """Without COMMTUNNEL_SECRET_KEY a token is refused and nothing is stored."""
     async with Commtunnel.open(
-        db=tmp_path / "nokey.db",
+        db=pg.fresh_db(tmp_path / "nokey.db"),
         email_provider=MockProvider(),
         sms_provider=MockSmsProvider(),
         clock=clock,
@@ -511,7 +512,7 @@ async def test_the_platform_line_and_mapped_lines_cannot_be_claimed(
 ) -> None:
     """The platform line and another organization's mapped line cannot be claimed."""
     async with open_wa(
-        tmp_path / "claim.db", clock, graph, whatsapp_line_map="400000000000004=beta"
+        pg.fresh_db(tmp_path / "claim.db"), clock, graph, whatsapp_line_map="400000000000004=beta"
     ) as ct:
         beta = await ct.admin.ensure_org("beta")
         for pnid in ("106540352242922", "400000000000004"):
@@ -543,7 +544,7 @@ async def test_a_paused_line_holds_messages_without_spending_their_retries(
     tmp_path: Path, clock: ManualClock, graph: FakeGraph
 ) -> None:
     """While the token is expired, messages wait (no Graph calls) instead of ending FAILED."""
-    async with open_wa(tmp_path / "hold.db", clock, graph, max_attempts=2) as ct:
+    async with open_wa(pg.fresh_db(tmp_path / "hold.db"), clock, graph, max_attempts=2) as ct:
         graph.error(190, http_status=401, message="Error validating access token")
         with pytest.raises(WhatsAppProviderError) as caught:
             await send(ct, to=TO, body="one")

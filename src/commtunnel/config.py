@@ -4,7 +4,7 @@ Read only when asked (``Settings.from_env()``), never at import time.
 
 | variable | default | meaning |
 | --- | --- | --- |
-| COMMTUNNEL_DB | ./commtunnel.db | SQLite file path (or ``sqlite:///path``), or ``postgresql://...`` |
+| COMMTUNNEL_DB | ./commtunnel.db | SQLite path (or ``sqlite:///path``) or ``postgresql://...`` |
 | COMMTUNNEL_DB_POOL_SIZE | 10 | PostgreSQL connections one process may open |
 | COMMTUNNEL_EMAIL_PROVIDER | outbox://./outbox | provider URL for email |
 | COMMTUNNEL_EMAIL_PROVIDERS | (none) | email provider URLs in failover order, comma-separated |

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
+from commtunnel.backends import schema
 from commtunnel.backends.sqlite import SqliteBackend
 from commtunnel.config import is_postgres_url
 from commtunnel.ports import Clock
@@ -28,3 +30,28 @@ def make_backend(db: str | Path, *, clock: Clock, pool_size: int = 10) -> Sqlite
 
         return PostgresBackend(text, clock=clock, pool_size=pool_size)
     return SqliteBackend(text.removeprefix("sqlite:///"), clock=clock)
+
+
+def stored_schema_version(db: str | Path) -> int:
+    """The schema version ``db`` is at, read without migrating it (0: no Commtunnel tables yet).
+
+    Args:
+        db: as for :func:`make_backend`.
+
+    Raises:
+        sqlite3.Error / psycopg.Error: the database cannot be read.
+    """
+    text = str(db)
+    if is_postgres_url(text):
+        import psycopg
+
+        with psycopg.connect(text, autocommit=True) as server:
+            return schema.postgres_version(server)
+    path = Path(text.removeprefix("sqlite:///"))
+    if not path.exists():
+        return 0
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return schema.current_version(conn)
+    finally:
+        conn.close()

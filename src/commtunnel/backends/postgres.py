@@ -144,6 +144,10 @@ class PgConnection:
             cursor.executemany(translate(sql), batch)
         return cursor
 
+    def commit(self) -> None:
+        """Commit the open transaction (nothing to do in autocommit mode)."""
+        self.raw.commit()
+
     @property
     def in_transaction(self) -> bool:
         """Whether a transaction is open on the connection."""
@@ -176,6 +180,7 @@ class PostgresBackend(SqliteBackend):
             again (on a new connection) before the caller gets
             :class:`StorageUnavailableError`.
         retry_delay: seconds before the first retry; doubled for each next one.
+        open_timeout: seconds :meth:`open` waits for a first connection.
     """
 
     def __init__(
@@ -185,14 +190,16 @@ class PostgresBackend(SqliteBackend):
         clock: Clock,
         pool_size: int = 10,
         commit_window: float = 0.002,
-        retries: int = 4,
+        retries: int = 5,
         retry_delay: float = 0.05,
+        open_timeout: float = 10.0,
     ) -> None:
         super().__init__(url, clock=clock, commit_window=commit_window, checkpoint_interval=None)
         self.url = url
         self._pool_size = pool_size
         self._retries = retries
         self._retry_delay = retry_delay
+        self._open_timeout = open_timeout
         self._pool: psycopg_pool.ConnectionPool[Any] | None = None
         self._admin: PgConnection | None = None
         self._admin_lock = threading.Lock()
@@ -202,6 +209,9 @@ class PostgresBackend(SqliteBackend):
     # ------------------------------------------------------------------ lifecycle
 
     def _connect_kwargs(self) -> dict[str, Any]:
+        """Connection parameters added to the URL's: an ``application_name`` unless it has one."""
+        if "application_name" in psycopg.conninfo.conninfo_to_dict(self.url):
+            return {}
         return {"application_name": APPLICATION_NAME}
 
     async def open(self) -> None:
@@ -225,7 +235,7 @@ class PostgresBackend(SqliteBackend):
 
         def start() -> None:
             try:
-                pool.open(wait=True, timeout=10)
+                pool.open(wait=True, timeout=self._open_timeout)
             except psycopg_pool.PoolTimeout as exc:
                 pool.close()
                 raise StorageUnavailableError(f"PostgreSQL is unreachable: {exc}") from exc
@@ -289,7 +299,11 @@ class PostgresBackend(SqliteBackend):
     # ------------------------------------------------------------------ running operations
 
     def _with_retries(self, attempt: Callable[[], T]) -> T:
-        """``attempt()`` in this thread, again on connection failures, then StorageUnavailableError."""
+        """``attempt()`` in this thread; again after a connection failure, up to ``retries`` times.
+
+        Raises:
+            StorageUnavailableError: the last try failed too.
+        """
         delay = self._retry_delay
         for number in range(self._retries + 1):
             try:
@@ -298,6 +312,11 @@ class PostgresBackend(SqliteBackend):
                 if number == self._retries:
                     raise StorageUnavailableError(f"PostgreSQL is unavailable: {exc}") from exc
                 log.warning("PostgreSQL connection failed (%s); retrying", exc)
+                # The other idle connections may be dead too (a server restart, an
+                # operator's pg_terminate_backend): test them all now, so that the
+                # next try does not pick another dead one.
+                with contextlib.suppress(Exception):
+                    self.pool.check()
                 time.sleep(delay)
                 delay *= 2
         raise AssertionError("unreachable")
@@ -331,7 +350,10 @@ class PostgresBackend(SqliteBackend):
         return self._with_retries(attempt)
 
     def _xact_status(self, xid: str) -> str | None:
-        """``pg_xact_status`` of a transaction, asked on a new connection; waits while in progress."""
+        """``pg_xact_status`` of a transaction, asked on a new connection.
+
+        Waits (up to 5 s) while the transaction is still in progress.
+        """
         with psycopg.connect(self.url, autocommit=True, **self._connect_kwargs()) as raw:
             for _ in range(100):
                 row = raw.execute("SELECT pg_xact_status(%s::xid8)", (xid,)).fetchone()
@@ -351,7 +373,7 @@ class PostgresBackend(SqliteBackend):
         the transaction is rolled back and replayed with one SAVEPOINT per op,
         so the failing op is undone alone.
         """
-        conn = PgConnection(raw)
+        conn: Any = PgConnection(raw)  # the ops are typed for sqlite3's connection
         xid = _xact_id(raw)
         try:
             return xid, [(True, op(conn)) for op in ops]
@@ -406,7 +428,7 @@ class PostgresBackend(SqliteBackend):
             else:
                 future.set_exception(value)
 
-    async def transaction(self, op: Callable[[Any], T]) -> T:  # type: ignore[override]
+    async def transaction(self, op: Callable[[Any], T]) -> T:
         """Run ``op`` in its own transaction on a pooled connection (administrative writes).
 
         Raises:

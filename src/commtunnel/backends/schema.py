@@ -6,7 +6,8 @@ was written (1-6); PostgreSQL arrived at version 6, so its first migration
 creates the whole version-6 schema at once, and from 7 on every change is
 written twice, once per dialect, under one number. A newer library opens an
 older database by applying the migrations it lacks; a database written by a
-*newer* library than this one is refused rather than guessed at. Timestamps are stored as ISO 8601 UTC text with microseconds
+*newer* library than this one is refused rather than guessed at.
+Timestamps are stored as ISO 8601 UTC text with microseconds
 (``2026-01-01T12:00:00.000000Z``): one fixed width, so text order is time order.
 """
 
@@ -764,6 +765,10 @@ def migrate_postgres(
         psycopg.Error: a statement failed; nothing was changed.
     """
     target = LATEST_VERSION if target is None else target
+    with conn.transaction():
+        version = postgres_version(conn)
+        if version == target:  # the usual start: nothing to do, no lock taken
+            return version
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (POSTGRES_MIGRATION_LOCK,))
         conn.execute(

@@ -179,13 +179,13 @@ class SqliteRetentionStore(BackendStore):
             "OR (message_id IS NULL AND created_at < :records)"
         )
         queries = {
-            "messages": f"SELECT COUNT(*) FROM ({purgeable})",  # noqa: S608
+            "messages": f"SELECT COUNT(*) FROM ({purgeable}) AS purgeable",  # noqa: S608
             "events": (
                 f"SELECT COUNT(*) FROM events WHERE message_id IN ({purgeable}) "  # noqa: S608
                 "OR (message_id IS NULL AND created_at < :records)"
             ),
             "attempts": f"SELECT COUNT(*) FROM attempts WHERE message_id IN ({purgeable})",  # noqa: S608
-            "webhook_deliveries": f"SELECT COUNT(*) FROM ({deliveries})",  # noqa: S608
+            "webhook_deliveries": f"SELECT COUNT(*) FROM ({deliveries}) AS deliveries",  # noqa: S608
             "webhook_attempts": (
                 f"SELECT COUNT(*) FROM webhook_attempts WHERE delivery_id IN ({deliveries})"  # noqa: S608
             ),

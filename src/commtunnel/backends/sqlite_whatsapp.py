@@ -69,9 +69,9 @@ class SqliteWhatsAppStore(BackendStore):
                 lambda c: c.execute(
                     "INSERT INTO whatsapp_lines (org_id, phone_number_id, access_token_enc, "
                     "updated_at) VALUES (?, ?, ?, ?) ON CONFLICT (org_id) DO UPDATE SET "
-                    "phone_number_id = CASE WHEN ? THEN phone_number_id "
+                    "phone_number_id = CASE WHEN ? THEN whatsapp_lines.phone_number_id "
                     "ELSE excluded.phone_number_id END, "
-                    "access_token_enc = CASE WHEN ? THEN access_token_enc "
+                    "access_token_enc = CASE WHEN ? THEN whatsapp_lines.access_token_enc "
                     "ELSE excluded.access_token_enc END, "
                     "updated_at = excluded.updated_at",
                     (org_id, new_pnid, new_token, ts(at), keep_pnid, keep_token),
@@ -127,8 +127,8 @@ class SqliteWhatsAppStore(BackendStore):
                 "ON CONFLICT (phone_number_id) DO UPDATE SET state = excluded.state, "
                 "reason = excluded.reason, token_fingerprint = excluded.token_fingerprint, "
                 "updated_at = excluded.updated_at "
-                "WHERE state IS NOT excluded.state "
-                "OR token_fingerprint IS NOT excluded.token_fingerprint",
+                "WHERE whatsapp_line_states.state IS NOT excluded.state "
+                "OR whatsapp_line_states.token_fingerprint IS NOT excluded.token_fingerprint",
                 (phone_number_id, state, reason, token_fingerprint, ts(event.created_at)),
             ).rowcount
             if not written:

@@ -24,6 +24,7 @@
                       | delete ID | rotate-secret ID | test ID | replay DELIVERY_ID
                       | deliveries [--endpoint ID] [--message ID] [--limit N]
     commtunnel purge [--dry-run] [--json]
+    commtunnel migrate [--check] [--json]
     commtunnel providers health [--json]
     commtunnel whatsapp line --org NAME [--phone-number-id ID | --clear-phone-number-id]
                                         [--access-token TOKEN | --clear-access-token]
@@ -31,7 +32,8 @@
 One module a part: :mod:`~commtunnel.cli.server` (serve, worker),
 :mod:`~commtunnel.cli.admin` (orgs, keys, senders, templates),
 :mod:`~commtunnel.cli.sms`, :mod:`~commtunnel.cli.suppressions`, :mod:`~commtunnel.cli.whatsapp`,
-:mod:`~commtunnel.cli.webhooks`, :mod:`~commtunnel.cli.retention` (purge); what they share
+:mod:`~commtunnel.cli.webhooks`, :mod:`~commtunnel.cli.retention` (purge),
+:mod:`~commtunnel.cli.database` (migrate); what they share
 is in :mod:`~commtunnel.cli._support`.
 
 Settings come from :meth:`Settings.from_env <commtunnel.config.Settings.from_env>`
@@ -61,6 +63,7 @@ from __future__ import annotations
 import click
 
 from commtunnel.cli.admin import keys, orgs, senders, templates
+from commtunnel.cli.database import migrate
 from commtunnel.cli.providers import providers
 from commtunnel.cli.retention import purge
 from commtunnel.cli.server import serve, worker
@@ -81,4 +84,5 @@ def main() -> None:
 for _command in (serve, worker, orgs, keys, senders, templates, sms, whatsapp, webhooks, providers):
     main.add_command(_command)
 main.add_command(purge)
+main.add_command(migrate)
 main.add_command(suppressions)

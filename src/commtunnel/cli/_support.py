@@ -21,6 +21,7 @@ from urllib.parse import quote
 
 import cattrs
 import click
+import psycopg
 
 from commtunnel.client import Commtunnel
 from commtunnel.config import Settings
@@ -56,13 +57,14 @@ def run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run one command's coroutine on a fresh event loop, turning known errors into exit 1.
 
     A :class:`CommtunnelError` prints its message, code and details; a SQLite
-    error (an unreadable database file) and an ``OSError`` print their text.
+    or PostgreSQL error (an unreadable file, a server that refuses) and an
+    ``OSError`` print their text.
     """
     try:
         return asyncio.run(main())
     except CommtunnelError as exc:
         fail(exc.message, exc.code, exc.details)
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, psycopg.Error) as exc:
         fail(f"database: {exc}")
     except OSError as exc:
         fail(str(exc))

@@ -142,9 +142,8 @@ def worker(db: str | None, email_provider: str | None, log_level: str) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
         async with ct:
-            click.echo(
-                f"commtunnel worker running (db {settings.db_display}, email {_providers(settings)})"
-            )
+            where = f"db {settings.db_display}, email {_providers(settings)}"
+            click.echo(f"commtunnel worker running ({where})")
             try:
                 await ct.run_worker(stop)
             except asyncio.CancelledError:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from commtunnel.domain.email import parse_mailbox
-from commtunnel.domain.errors import NotFoundError, ValidationError
+from commtunnel.domain.errors import ConflictError, NotFoundError, ValidationError
 from commtunnel.domain.keys import Organization
 from commtunnel.ids import new_id
 from commtunnel.ports import Clock, Sender, Storage, Template
@@ -54,7 +54,15 @@ class AdminService:
     async def ensure_org(self, name: str) -> Organization:
         """The organization named ``name``, created if missing."""
         existing = await self._storage.get_org(name=name)
-        return existing if existing is not None else await self.create_org(name)
+        if existing is not None:
+            return existing
+        try:
+            return await self.create_org(name)
+        except ConflictError:  # another process created it since the read
+            created = await self._storage.get_org(name=name)
+            if created is None:
+                raise
+            return created
 
     async def add_sender(self, org_id: str, address_or_domain: str) -> Sender:
         """Verify a sender: a full address (``a@b.com``) or a whole domain (``b.com``).

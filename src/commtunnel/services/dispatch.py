@@ -37,6 +37,7 @@ from typing import Any
 import attrs
 
 from commtunnel.domain.delivery import ErrorCategory, Outcome, ProviderResult, RetryPolicy
+from commtunnel.domain.errors import StorageUnavailableError
 from commtunnel.domain.events import TimelineEvent, format_timestamp
 from commtunnel.domain.messages import Attempt, EmailContent, Message, Status
 from commtunnel.ports import (
@@ -414,7 +415,7 @@ class Dispatcher:
             status=new_status,
         )
         event = status_event(message, new_status, at=self._clock.now(), details=details)
-        recorded = await self._queue.complete(
+        recorded = await self._record(
             Completion(
                 job=job,
                 attempt=attempt,
@@ -432,6 +433,29 @@ class Dispatcher:
             except Exception:  # the attempt is recorded; the follow-up is best effort
                 log.exception("after-attempt handling for %s failed", message.id)
         return recorded
+
+    async def _record(self, completion: Completion) -> bool:
+        """``queue.complete``, tried again while the database is unavailable and the lease lasts.
+
+        The provider has answered: losing this write would let the lease run
+        out and another worker send the message again. The write is fenced by
+        the lease token, so trying it again is safe; it is given up (raising
+        StorageUnavailableError) only when the lease is about to end anyway.
+        """
+        delay = 0.1
+        while True:
+            try:
+                return await self._queue.complete(completion)
+            except StorageUnavailableError:
+                left = (completion.job.lease_until - self._clock.now()).total_seconds()
+                if left <= delay + 1.0:
+                    raise
+                log.warning(
+                    "recording the attempt on %s failed: database unavailable; trying again",
+                    completion.job.message.id,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     # ------------------------------------------------------------------ loops
 

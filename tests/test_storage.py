@@ -1,5 +1,7 @@
-"""The SQLite backend and its sibling stores: schema migrations, group commit,
-tenancy, idempotency keys, queue leases, and the records read back."""
+"""The storage contract: the backend and its sibling stores, on SQLite or PostgreSQL
+(``--backend``): group commit, tenancy, idempotency keys, queue leases, and the
+records read back; and SQLite's own schema migrations and WAL (PostgreSQL's
+are in ``test_storage_postgres.py``)."""
 
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ from typing import Any
 import attrs
 import pytest
 
-from commtunnel.backends import schema
-from commtunnel.backends.sqlite import SqliteBackend, parse_ts, ts
+import pg
+from commtunnel.backends import make_backend, schema
+from commtunnel.backends.sqlite import INTEGRITY_ERRORS, SqliteBackend, parse_ts, ts
 from commtunnel.backends.sqlite_sms import SqliteSmsStore
 from commtunnel.backends.sqlite_whatsapp import SqliteWhatsAppStore
 from commtunnel.domain.errors import ConflictError
@@ -71,7 +74,8 @@ def queued_email(clock: ManualClock, org_id: str = "org-1") -> tuple[Message, Ti
 
 @pytest.fixture
 async def backend(tmp_path: Path, clock: ManualClock) -> AsyncIterator[SqliteBackend]:
-    b = SqliteBackend(tmp_path / "s.db", clock=clock)
+    """The backend under test (``--backend``), opened on an empty database."""
+    b = make_backend(pg.fresh_db(tmp_path / "s.db"), clock=clock)
     await b.open()
     yield b
     await b.aclose()
@@ -129,9 +133,10 @@ def test_timestamps_round_trip_and_sort() -> None:
 
 
 async def test_fresh_file_is_at_latest_version_and_in_wal(backend: SqliteBackend) -> None:
-    """A new file is migrated to the latest schema version, in WAL mode."""
+    """A new database is migrated to the latest schema version (a SQLite file in WAL mode)."""
     assert backend.schema_version() == schema.LATEST_VERSION
-    assert backend.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    if pg.BACKEND == "sqlite":
+        assert backend.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 async def test_reopening_does_not_reapply_migrations(tmp_path: Path, clock: ManualClock) -> None:
@@ -284,7 +289,7 @@ async def test_group_commit_isolates_a_failing_write(
         backend.accept(m3, e3, run_at=clock.now(), idempotency=None),
         return_exceptions=True,
     )
-    assert isinstance(results[1], sqlite3.IntegrityError)
+    assert isinstance(results[1], INTEGRITY_ERRORS)
     assert await backend.get_message("org-1", m1.id) == m1
     assert await backend.get_message("org-1", m2.id) is None  # rolled back to its savepoint
     assert await backend.get_message("org-1", m3.id) == m3
