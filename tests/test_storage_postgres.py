@@ -296,3 +296,19 @@ async def test_servers_starting_together_share_the_default_organization(
     finally:
         for ct in facades:
             await ct.aclose()
+
+
+def test_postgresql_without_redis_warns_that_limits_are_per_process(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    Commtunnel.open(
+        db="postgresql://127.0.0.1:5432/test", email_provider=MockProvider(), settings=Settings()
+    )
+    assert any("COMMTUNNEL_REDIS_URL is not set" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    Commtunnel.open(
+        db="postgresql://127.0.0.1:5432/test",
+        email_provider=MockProvider(),
+        settings=Settings(redis_url="redis://127.0.0.1:6379/0"),
+    )
+    assert not any("REDIS" in r.getMessage() for r in caplog.records)
