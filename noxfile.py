@@ -17,10 +17,16 @@ PYTHON = "3.11"
 
 
 @nox.session(python=PYTHON)
-def tests(session: nox.Session) -> None:
-    """Run the whole test suite (slow subprocess tests included)."""
+@nox.parametrize("backend", ["sqlite", "postgresql"])
+def tests(session: nox.Session, backend: str) -> None:
+    """Run the whole test suite (slow subprocess tests included) on one backend.
+
+    ``nox -s tests`` runs both; ``nox -s "tests(backend='postgresql')"`` one.
+    PostgreSQL is the server at ``COMMTUNNEL_TEST_PG`` (default
+    ``postgresql://127.0.0.1:5432/test``).
+    """
     session.install("-e", ".[test]")
-    session.run("pytest", *session.posargs)
+    session.run("pytest", "--backend", backend, *session.posargs)
 
 
 @nox.session(python=PYTHON)

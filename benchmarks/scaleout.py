@@ -471,7 +471,7 @@ def run(
     if db not in ("postgresql", "sqlite"):
         raise ValueError(f"db must be postgresql or sqlite, got {db!r}")
     seconds, warmup = (3.0, 1.0) if quick else (8.0, 2.0)
-    messages = 2_000 if quick else 5_000
+    messages = 1_000 if quick else 3_000
     database = pg_info(pg_url) if db == "postgresql" else {"sqlite": sqlite3.sqlite_version}
     log(f"scaleout: on {db} {database.get('server_version', database.get('sqlite'))}")
     with tempfile.TemporaryDirectory(prefix="ct-bench-scaleout-") as tmp:

@@ -8,6 +8,7 @@ collected in the PostgreSQL pass only (marker ``postgresql_only``).
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 
 import pg
 from commtunnel import Commtunnel, Settings
-from commtunnel.backends import make_backend, stored_schema_version
+from commtunnel.backends import make_backend, schema, stored_schema_version
 from commtunnel.backends.postgres import APPLICATION_NAME, PostgresBackend, translate
 from commtunnel.backends.schema import LATEST_VERSION, SchemaTooNewError, migrate_postgres
 from commtunnel.domain.errors import StorageUnavailableError
@@ -312,3 +313,47 @@ def test_postgresql_without_redis_warns_that_limits_are_per_process(
         settings=Settings(redis_url="redis://127.0.0.1:6379/0"),
     )
     assert not any("REDIS" in r.getMessage() for r in caplog.records)
+
+
+def test_both_dialects_define_the_same_tables_columns_and_indexes(schema_url: str) -> None:
+    """One version, one schema: the tables, columns and index names match across dialects."""
+    lite = sqlite3.connect(":memory:", isolation_level=None)
+    schema.migrate(lite, "t")
+    lite_tables = {
+        name
+        for (name,) in lite.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        )
+    }
+    lite_columns = {
+        (table, row[1])
+        for table in lite_tables
+        for row in lite.execute(f"PRAGMA table_info({table})")
+    }
+    lite_indexes = {
+        name
+        for (name,) in lite.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+        )
+    }
+    with psycopg.connect(schema_url) as conn:
+        migrate_postgres(conn, "t")
+        current = conn.execute("SELECT current_schema()").fetchone()
+        assert current is not None
+        pg_columns = set(
+            conn.execute(
+                "SELECT table_name, column_name FROM information_schema.columns "
+                "WHERE table_schema = %s",
+                current,
+            ).fetchall()
+        )
+        pg_indexes = {
+            name
+            for (name,) in conn.execute(
+                "SELECT indexname FROM pg_indexes WHERE schemaname = %s "
+                "AND indexname NOT LIKE '%%_pkey' AND indexname NOT LIKE '%%_key'",
+                current,
+            )
+        }
+    assert pg_columns == lite_columns
+    assert pg_indexes == lite_indexes

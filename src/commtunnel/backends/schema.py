@@ -387,7 +387,10 @@ POSTGRES_MIGRATIONS: list[tuple[int, str]] = [
             id TEXT PRIMARY KEY,
             name TEXT NOT NULL UNIQUE,
             created_at TEXT NOT NULL,
-            otp_ignores_opt_out BIGINT NOT NULL DEFAULT 0, ip_allowlist TEXT, rate_limit TEXT);
+            otp_ignores_opt_out BIGINT NOT NULL DEFAULT 0,
+            ip_allowlist TEXT,
+            rate_limit TEXT
+        );
         CREATE TABLE api_keys (
             id TEXT PRIMARY KEY,
             org_id TEXT NOT NULL REFERENCES orgs(id),
@@ -398,7 +401,8 @@ POSTGRES_MIGRATIONS: list[tuple[int, str]] = [
             test BIGINT NOT NULL,
             created_at TEXT NOT NULL,
             revoked_at TEXT,
-            rate_limit TEXT);
+            rate_limit TEXT
+        );
         CREATE INDEX api_keys_org ON api_keys(org_id);
         CREATE TABLE senders (
             id TEXT PRIMARY KEY,
@@ -432,7 +436,8 @@ POSTGRES_MIGRATIONS: list[tuple[int, str]] = [
             last_error TEXT,
             created_at TEXT NOT NULL,
             updated_at TEXT NOT NULL,
-            scheduled_at TEXT);
+            scheduled_at TEXT
+        );
         CREATE TABLE attempts (
             message_id TEXT NOT NULL,
             number BIGINT NOT NULL,
@@ -441,7 +446,8 @@ POSTGRES_MIGRATIONS: list[tuple[int, str]] = [
             error_category TEXT,
             error_message TEXT,
             duration_ms DOUBLE PRECISION NOT NULL,
-            started_at TEXT NOT NULL, status TEXT,
+            started_at TEXT NOT NULL,
+            status TEXT,
             PRIMARY KEY (message_id, number)
         );
         CREATE TABLE jobs (
@@ -452,7 +458,8 @@ POSTGRES_MIGRATIONS: list[tuple[int, str]] = [
             lease_token TEXT,
             lease_until TEXT,
             created_at TEXT NOT NULL,
-            attempts_before BIGINT NOT NULL DEFAULT 0);
+            attempts_before BIGINT NOT NULL DEFAULT 0
+        );
         CREATE INDEX jobs_due ON jobs(run_at);
         CREATE TABLE idempotency_keys (
             org_id TEXT NOT NULL,
