@@ -50,7 +50,7 @@ import psycopg
 import psycopg_pool
 
 from commtunnel.backends import schema
-from commtunnel.backends.sqlite import Op, SqliteBackend, ts
+from commtunnel.backends.sqlite import Op, SqliteBackend, settle, ts
 from commtunnel.domain.errors import StorageUnavailableError
 from commtunnel.ports import Clock
 
@@ -414,19 +414,9 @@ class PostgresBackend(SqliteBackend):
                 raise RuntimeError("PostgresBackend is closed")
             results = await anyio.to_thread.run_sync(self._run_batch_now, ops)
         except BaseException as exc:
-            for _op, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
+            settle(batch, exc)
             return
-        for (_op, future), (ok, value) in zip(batch, results, strict=True):
-            if future.done():  # the caller was cancelled; the write stands
-                continue
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
+        settle(batch, results)
 
     async def transaction(self, op: Callable[[Any], T]) -> T:
         """Run ``op`` in its own transaction on a pooled connection (administrative writes).

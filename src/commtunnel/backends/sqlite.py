@@ -927,19 +927,9 @@ class SqliteBackend:
         except BaseException as exc:
             if conn is not None and conn.in_transaction:
                 conn.execute("ROLLBACK")
-            for _op, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
+            settle(batch, exc)
             return
-        for (_op, future), (ok, value) in zip(batch, results, strict=True):
-            if future.done():  # the caller was cancelled; the write stands
-                continue
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
+        settle(batch, results)
 
     @staticmethod
     def _run_batch(conn: sqlite3.Connection, ops: list[Op]) -> list[tuple[bool, Any]]:
@@ -1491,6 +1481,32 @@ class SqliteBackend:
     def notify_work(self) -> None:
         """Wake a worker waiting in :meth:`wait_for_work` (new work was written)."""
         self._work.set()
+
+
+def settle(
+    batch: list[tuple[Op, asyncio.Future[Any]]], outcome: list[tuple[bool, Any]] | BaseException
+) -> None:
+    """Answer each caller of a committed batch with its op's value or exception.
+
+    ``outcome`` is (ok, value or exception) per op, or one exception for all
+    (the batch did not commit); a non-``Exception`` one (a cancellation, an
+    interrupt) is raised again once every caller has it. A caller that was
+    cancelled meanwhile is skipped: its write stands.
+    """
+    if isinstance(outcome, BaseException):
+        for _op, future in batch:
+            if not future.done():
+                future.set_exception(outcome)
+        if not isinstance(outcome, Exception):
+            raise outcome
+        return
+    for (_op, future), (ok, value) in zip(batch, outcome, strict=True):
+        if future.done():
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
 
 
 def fetch_one(conn: sqlite3.Connection, sql: str, params: Any = ()) -> Any:
