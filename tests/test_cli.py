@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
+import sqlite3
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psycopg
 import pytest
 from click.testing import CliRunner, Result
 
 import pg
+from commtunnel.backends import schema
 from commtunnel.cli import main
 from commtunnel.client import Commtunnel
 from commtunnel.domain.errors import (
@@ -1044,3 +1048,47 @@ def test_short_secret_key_is_a_configuration_error(
     result = line(runner, db, "--json")
     assert result.exit_code == 2
     assert "invalid configuration: COMMTUNNEL_SECRET_KEY" in result.stderr
+
+
+@contextlib.contextmanager
+def empty_database(tmp_path: Path) -> Iterator[str]:
+    """A database with no Commtunnel tables: a new file, or a new PostgreSQL schema."""
+    if pg.BACKEND == "sqlite":
+        yield str(tmp_path / "empty.db")
+    else:
+        with pg.pg_schema("migrate") as url:
+            yield url
+
+
+def test_migrate_check_reports_pending_then_migrate_applies_them(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    with empty_database(tmp_path) as db:
+        before = run(runner, db, "migrate", "--check", "--json")
+        assert before.exit_code == 1
+        expected = 7 if pg.BACKEND == "sqlite" else 2  # PostgreSQL starts at version 6
+        assert json.loads(before.stdout) == {
+            "version": 0,
+            "latest": schema.LATEST_VERSION,
+            "pending": expected,
+        }
+        applied = run(runner, db, "migrate")
+        assert applied.exit_code == 0
+        assert applied.stdout == f"schema version {schema.LATEST_VERSION} of 7 (up to date)\n"
+        after = run(runner, db, "migrate", "--check")
+        assert after.exit_code == 0
+
+
+def test_migrate_refuses_a_database_of_a_newer_commtunnel(runner: CliRunner, db: Path) -> None:
+    assert run(runner, db, "migrate").exit_code == 0
+    newer = "INSERT INTO schema_version (version, applied_at) VALUES (99, 't')"
+    if pg.BACKEND == "sqlite":
+        with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+            conn.execute(newer)
+    else:
+        with psycopg.connect(str(db)) as server:
+            server.execute(newer)
+    for args in (("migrate",), ("migrate", "--check")):
+        refused = run(runner, db, *args)
+        assert refused.exit_code == 1
+        assert "(SCHEMA_TOO_NEW)" in refused.stderr

@@ -299,20 +299,13 @@ async def test_servers_starting_together_share_the_default_organization(
             await ct.aclose()
 
 
-def test_postgresql_without_redis_warns_that_limits_are_per_process(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    Commtunnel.open(
-        db="postgresql://127.0.0.1:5432/test", email_provider=MockProvider(), settings=Settings()
-    )
-    assert any("COMMTUNNEL_REDIS_URL is not set" in r.getMessage() for r in caplog.records)
-    caplog.clear()
-    Commtunnel.open(
-        db="postgresql://127.0.0.1:5432/test",
-        email_provider=MockProvider(),
-        settings=Settings(redis_url="redis://127.0.0.1:6379/0"),
-    )
-    assert not any("REDIS" in r.getMessage() for r in caplog.records)
+def test_postgresql_without_redis_warns_that_limits_are_per_process() -> None:
+    alone = Settings(db="postgresql://127.0.0.1:5432/test")
+    assert alone.unshared_state_warning is not None
+    assert "COMMTUNNEL_REDIS_URL is not set" in alone.unshared_state_warning
+    shared = Settings(db="postgresql://127.0.0.1:5432/test", redis_url="redis://127.0.0.1:6379/0")
+    assert shared.unshared_state_warning is None
+    assert Settings(db="app.db").unshared_state_warning is None  # one process: nothing to share
 
 
 def test_both_dialects_define_the_same_tables_columns_and_indexes(schema_url: str) -> None:

@@ -40,7 +40,7 @@ from commtunnel.backends.sqlite_suppressions import SqliteSuppressionStore
 from commtunnel.backends.sqlite_webhooks import SqliteWebhookStore
 from commtunnel.backends.sqlite_whatsapp import SqliteWhatsAppStore
 from commtunnel.clock import SystemClock
-from commtunnel.config import Settings, is_postgres_url
+from commtunnel.config import Settings
 from commtunnel.crypto import SecretBox
 from commtunnel.domain.circuit import ProviderHealth
 from commtunnel.domain.delivery import ProviderResult
@@ -622,13 +622,6 @@ class Commtunnel:
         """
         settings = settings or Settings.from_env()
         clock = clock or SystemClock()
-        if is_postgres_url(str(db or settings.db)) and settings.redis_url is None:
-            # Several processes on one database is what PostgreSQL is for; each
-            # would count API-key requests alone.
-            log.warning(
-                "COMMTUNNEL_DB is PostgreSQL but COMMTUNNEL_REDIS_URL is not set: each process "
-                "enforces the rate limits alone (N processes allow N times the limit)"
-            )
         location = str(db) if db is not None else settings.db
         email: EmailProvider | ProviderRoute[EmailProvider]
         if email_provider is None or isinstance(email_provider, str):

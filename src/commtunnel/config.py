@@ -227,6 +227,20 @@ class Settings:
         return self.db.removeprefix("sqlite:///")
 
     @property
+    def unshared_state_warning(self) -> str | None:
+        """What a server or worker should warn about when it will not share state it should.
+
+        Several processes on one database is what PostgreSQL is for; without
+        Redis each would count API-key requests alone. None when all is shared.
+        """
+        if is_postgres_url(self.db) and self.redis_url is None:
+            return (
+                "COMMTUNNEL_DB is PostgreSQL but COMMTUNNEL_REDIS_URL is not set: each process "
+                "enforces the rate limits alone (N processes allow N times the limit)"
+            )
+        return None
+
+    @property
     def db_display(self) -> str:
         """The database for logs: the SQLite path, or the PostgreSQL URL without its password."""
         if is_postgres_url(self.db):

@@ -135,12 +135,16 @@ class EmailRoutes(Handlers):
         return Response(self._openapi, media_type="application/json")
 
     async def healthz(self, request: Request) -> Response:
-        """``GET /healthz`` (no auth) -> 200 ``{status: "ok", schemaVersion, pendingJobs}``."""
+        """``GET /healthz`` (no auth) -> 200 ``{status: "ok", schemaVersion, pendingJobs}``.
+
+        Both are read from the database, so a database that cannot be reached
+        answers 503 ``STORAGE_UNAVAILABLE``.
+        """
         backend = self.ct.backend
         return JSONResponse(
             {
                 "status": "ok",
-                "schemaVersion": backend.schema_version(),
+                "schemaVersion": await backend.read_schema_version(),
                 "pendingJobs": await backend.pending_job_count(),
             }
         )

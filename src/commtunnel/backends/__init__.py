@@ -32,6 +32,16 @@ def make_backend(db: str | Path, *, clock: Clock, pool_size: int = 10) -> Sqlite
     return SqliteBackend(text.removeprefix("sqlite:///"), clock=clock)
 
 
+def pending_migrations(db: str | Path, version: int) -> list[int]:
+    """The migrations (their versions) that would bring ``db`` from ``version`` to the latest.
+
+    PostgreSQL's list starts at version 6 (the whole schema at once), so a new
+    PostgreSQL database has two to apply where a new SQLite file has seven.
+    """
+    migrations = schema.POSTGRES_MIGRATIONS if is_postgres_url(str(db)) else schema.MIGRATIONS
+    return [number for number, _script in migrations if number > version]
+
+
 def stored_schema_version(db: str | Path) -> int:
     """The schema version ``db`` is at, read without migrating it (0: no Commtunnel tables yet).
 

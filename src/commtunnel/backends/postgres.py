@@ -181,6 +181,10 @@ class PostgresBackend(SqliteBackend):
             :class:`StorageUnavailableError`.
         retry_delay: seconds before the first retry; doubled for each next one.
         open_timeout: seconds :meth:`open` waits for a first connection.
+        checkout_timeout: seconds one try waits for a pooled connection (all
+            busy, or the server unreachable) before it counts as failed; with
+            ``retries`` and ``retry_delay`` it bounds how long a request waits
+            for a database that is gone (~13 s by default) before its 503.
     """
 
     def __init__(
@@ -193,6 +197,7 @@ class PostgresBackend(SqliteBackend):
         retries: int = 5,
         retry_delay: float = 0.05,
         open_timeout: float = 10.0,
+        checkout_timeout: float = 2.0,
     ) -> None:
         super().__init__(url, clock=clock, commit_window=commit_window, checkpoint_interval=None)
         self.url = url
@@ -200,6 +205,7 @@ class PostgresBackend(SqliteBackend):
         self._retries = retries
         self._retry_delay = retry_delay
         self._open_timeout = open_timeout
+        self._checkout_timeout = checkout_timeout
         self._pool: psycopg_pool.ConnectionPool[Any] | None = None
         self._admin: PgConnection | None = None
         self._admin_lock = threading.Lock()
@@ -296,6 +302,10 @@ class PostgresBackend(SqliteBackend):
         """The schema version of the database (blocks: for administration and tests)."""
         return schema.postgres_version(self.conn.raw)
 
+    async def read_schema_version(self) -> int:
+        """The schema version stored in the database, read on a pooled connection."""
+        return await self.read(lambda conn: schema.postgres_version(conn.raw))
+
     # ------------------------------------------------------------------ running operations
 
     def _with_retries(self, attempt: Callable[[], T]) -> T:
@@ -338,7 +348,7 @@ class PostgresBackend(SqliteBackend):
                 xid, results = interrupted.pop()
                 if self._xact_status(xid) == "committed":
                     return results
-            with self.pool.connection() as raw:
+            with self.pool.connection(timeout=self._checkout_timeout) as raw:
                 xid, results = self._transact(raw, ops)
                 try:
                     raw.commit()
@@ -440,7 +450,7 @@ class PostgresBackend(SqliteBackend):
         """
 
         def attempt() -> T:
-            with self.pool.connection() as raw:
+            with self.pool.connection(timeout=self._checkout_timeout) as raw:
                 raw.autocommit = True
                 try:
                     return op(PgConnection(raw), *args, **kwargs)

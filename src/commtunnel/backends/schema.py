@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 
-from commtunnel.domain.errors import CommtunnelError
+from commtunnel.domain.errors import SCHEMA_TOO_NEW, CommtunnelError
 
 MIGRATIONS: list[tuple[int, str]] = [
     (
@@ -670,7 +670,10 @@ LATEST_VERSION = MIGRATIONS[-1][0]
 
 
 class SchemaTooNewError(CommtunnelError):
-    """The database file was written by a newer Commtunnel than this one."""
+    """The database was written by a newer Commtunnel than this one (upgrade this one)."""
+
+    code = SCHEMA_TOO_NEW
+    http_status = 500
 
 
 def current_version(conn: sqlite3.Connection) -> int:

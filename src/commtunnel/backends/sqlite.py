@@ -876,6 +876,10 @@ class SqliteBackend:
         """The schema version of the open file."""
         return schema.current_version(self.conn)
 
+    async def read_schema_version(self) -> int:
+        """The schema version stored in the database, read like any other read."""
+        return await self.read(schema.current_version)
+
     # ------------------------------------------------------------------ group commit
 
     def submit(

@@ -291,7 +291,7 @@ db_option = click.option(
     "--db",
     metavar="PATH",
     default=None,
-    help="SQLite database file.  [default: $COMMTUNNEL_DB or ./commtunnel.db]",
+    help="SQLite file or postgresql:// URL.  [default: $COMMTUNNEL_DB or ./commtunnel.db]",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 org_option = click.option(

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from commtunnel.backends import stored_schema_version
+from commtunnel.backends import pending_migrations, stored_schema_version
 from commtunnel.backends.schema import LATEST_VERSION, SchemaTooNewError
 from commtunnel.cli._support import db_option, report, run, run_admin, settings_from
 from commtunnel.client import Commtunnel
@@ -47,7 +47,7 @@ def migrate(db: str | None, check: bool, as_json: bool) -> None:
             return stored_schema_version(settings.db)  # open() has migrated it
 
         version = run_admin(db, action)
-    pending = max(0, LATEST_VERSION - version)
+    pending = len(pending_migrations(settings.db, version))
     report(
         as_json,
         {"version": version, "latest": LATEST_VERSION, "pending": pending},

@@ -70,6 +70,7 @@ def serve(
     )
     configure_logging(log_level)
     ct = open_facade(settings)
+    _warn_unshared(settings)
     app = create_app(ct, run_worker=settings.embedded_worker)
     config = uvicorn.Config(
         app,
@@ -109,6 +110,13 @@ def _providers(settings: Settings) -> str:
     return ", ".join(redact_url(url) for url in settings.email_provider_urls)
 
 
+def _warn_unshared(settings: Settings) -> None:
+    """Print :attr:`Settings.unshared_state_warning` on stderr, if there is one."""
+    warning = settings.unshared_state_warning
+    if warning is not None:
+        click.echo(f"warning: {warning}", err=True)
+
+
 def _ignore_signal(_signum: int, _frame: FrameType | None) -> None:
     """Signal handler that does nothing (uvicorn has already shut down)."""
 
@@ -130,6 +138,7 @@ def worker(db: str | None, email_provider: str | None, log_level: str) -> None:
 
     async def main() -> None:
         ct = open_facade(settings)
+        _warn_unshared(settings)
         stop = asyncio.Event()
         task = asyncio.current_task()
         loop = asyncio.get_running_loop()

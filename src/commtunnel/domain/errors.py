@@ -33,6 +33,7 @@
     │   └── OtpCooldownError              429 OTP_COOLDOWN
     ├── ProviderConfigError               500 PROVIDER_CONFIG_ERROR (bad provider URL)
     ├── StorageUnavailableError           503 STORAGE_UNAVAILABLE (database unreachable; retry)
+    ├── SchemaTooNewError                 500 SCHEMA_TOO_NEW (database of a newer Commtunnel)
     └── InternalError                     500 INTERNAL_ERROR
 
 The codes are part of the public contract (``../shared/DESIGN.md``, "Errors"):
@@ -79,6 +80,7 @@ SECRET_KEY_NOT_CONFIGURED = "SECRET_KEY_NOT_CONFIGURED"  # noqa: S105 - an error
 PROVIDER_CONFIG_ERROR = "PROVIDER_CONFIG_ERROR"
 INTERNAL_ERROR = "INTERNAL_ERROR"
 STORAGE_UNAVAILABLE = "STORAGE_UNAVAILABLE"
+SCHEMA_TOO_NEW = "SCHEMA_TOO_NEW"
 
 
 class CommtunnelError(Exception):
