@@ -86,8 +86,8 @@ class CpuWindow:
 
         Returns:
             ``{"<group>": cores, "postgres": cores, "machine_busy": share of all
-            cores (0..1), "cores": os.cpu_count()}``; a group is None when none
-            of its processes could be read.
+            cores (0..1), "cores": os.cpu_count(), "seconds": wall_seconds}``;
+            a group is None when none of its processes could be read.
         """
         after = self._sample()
         machine = _machine()
@@ -105,6 +105,7 @@ class CpuWindow:
             busy = round((machine[0] - self._machine[0]) / (machine[1] - self._machine[1]), 3)
         result["machine_busy"] = busy
         result["cores"] = os.cpu_count()
+        result["seconds"] = round(wall_seconds, 3)
         return result
 
 
