@@ -313,7 +313,9 @@ async def test_invalid_unsubscribe_tokens_are_refused(env: Env) -> None:
     tracking = (await env.ct.tracking.signer()).sign_open(
         OpenToken(org_id=env.ct.org.id, message_id="m")
     )
-    flipped = path[:-1] + ("A" if path[-1] != "A" else "B")
+    # A character inside the signature, changed in its high bits: the last one
+    # may carry only padding bits, which base64 decoding ignores.
+    flipped = path[:-6] + ("A" if path[-6] != "A" else "g") + path[-5:]
     for bad in (flipped, path[:-4], f"/v1/unsubscribe/{tracking}"):
         assert_error(await env.client.get(bad), 400, "INVALID_UNSUBSCRIBE_TOKEN")
         assert_error(await env.client.post(bad, data=ONE_CLICK), 400, "INVALID_UNSUBSCRIBE_TOKEN")
