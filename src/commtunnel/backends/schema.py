@@ -676,6 +676,21 @@ class SchemaTooNewError(CommtunnelError):
     http_status = 500
 
 
+def refuse_newer(version: int) -> int:
+    """``version``, unless a newer Commtunnel than this one wrote it.
+
+    Raises:
+        SchemaTooNewError: ``version`` is above :data:`LATEST_VERSION`; the
+            database is left as it is, never guessed at.
+    """
+    if version > LATEST_VERSION:
+        raise SchemaTooNewError(
+            f"Database schema version {version} is newer than this Commtunnel "
+            f"supports ({LATEST_VERSION}); upgrade Commtunnel."
+        )
+    return version
+
+
 def current_version(conn: sqlite3.Connection) -> int:
     """The schema version recorded in the file (0 for an empty file)."""
     exists = conn.execute(
@@ -701,20 +716,14 @@ def migrate(conn: sqlite3.Connection, applied_at: str, *, target: int | None = N
     Raises:
         SchemaTooNewError: the file's version is above :data:`LATEST_VERSION`.
     """
-    latest = MIGRATIONS[-1][0]
-    target = latest if target is None else target
+    target = LATEST_VERSION if target is None else target
     conn.execute("BEGIN IMMEDIATE")
     try:
         conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_version "
             "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
         )
-        version = current_version(conn)
-        if version > latest:
-            raise SchemaTooNewError(
-                f"Database schema version {version} is newer than this Commtunnel "
-                f"supports ({latest}); upgrade Commtunnel."
-            )
+        version = refuse_newer(current_version(conn))
         for number, script in MIGRATIONS:
             if version < number <= target:  # an empty script changes nothing but the version
                 # One statement at a time: executescript() would COMMIT the open
@@ -785,12 +794,7 @@ def migrate_postgres(
             "CREATE TABLE IF NOT EXISTS schema_version "
             "(version BIGINT PRIMARY KEY, applied_at TEXT NOT NULL)"
         )
-        version = postgres_version(conn)
-        if version > LATEST_VERSION:
-            raise SchemaTooNewError(
-                f"Database schema version {version} is newer than this Commtunnel "
-                f"supports ({LATEST_VERSION}); upgrade Commtunnel."
-            )
+        version = refuse_newer(postgres_version(conn))
         for number, script in POSTGRES_MIGRATIONS:
             if version < number <= target:
                 conn.execute(script)  # several statements in one: no parameters allowed

@@ -7,7 +7,7 @@ import sys
 import click
 
 from commtunnel.backends import pending_migrations, stored_schema_version
-from commtunnel.backends.schema import LATEST_VERSION, SchemaTooNewError
+from commtunnel.backends.schema import LATEST_VERSION, refuse_newer
 from commtunnel.cli._support import db_option, report, run, run_admin, settings_from
 from commtunnel.client import Commtunnel
 
@@ -32,19 +32,13 @@ def migrate(db: str | None, check: bool, as_json: bool) -> None:
     if check:
 
         async def read() -> int:
-            stored = stored_schema_version(settings.db)
-            if stored > LATEST_VERSION:
-                raise SchemaTooNewError(
-                    f"Database schema version {stored} is newer than this Commtunnel "
-                    f"supports ({LATEST_VERSION}); upgrade Commtunnel."
-                )
-            return stored
+            return refuse_newer(stored_schema_version(settings.db))
 
         version = run(read)
     else:
 
         async def action(ct: Commtunnel) -> int:
-            return stored_schema_version(settings.db)  # open() has migrated it
+            return await ct.backend.read_schema_version()  # open() has migrated it
 
         version = run_admin(db, action)
     pending = len(pending_migrations(settings.db, version))
