@@ -80,6 +80,12 @@ def is_postgres_url(db: str) -> bool:
     return db.startswith(("postgresql://", "postgres://"))
 
 
+def sqlite_path(db: str) -> str:
+    """The file a SQLite ``COMMTUNNEL_DB`` names (``sqlite:///relative``, ``sqlite:////absolute``
+    or a plain path)."""
+    return db.removeprefix("sqlite:///")
+
+
 def _bool(value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
@@ -224,7 +230,7 @@ class Settings:
     @property
     def db_path(self) -> str:
         """The SQLite path (accepts ``sqlite:///relative`` and ``sqlite:////absolute``)."""
-        return self.db.removeprefix("sqlite:///")
+        return sqlite_path(self.db)
 
     @property
     def unshared_state_warning(self) -> str | None:

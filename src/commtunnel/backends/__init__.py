@@ -7,7 +7,7 @@ from pathlib import Path
 
 from commtunnel.backends import schema
 from commtunnel.backends.sqlite import SqliteBackend
-from commtunnel.config import is_postgres_url
+from commtunnel.config import is_postgres_url, sqlite_path
 from commtunnel.ports import Clock
 
 
@@ -29,7 +29,7 @@ def make_backend(db: str | Path, *, clock: Clock, pool_size: int = 10) -> Sqlite
         from commtunnel.backends.postgres import PostgresBackend
 
         return PostgresBackend(text, clock=clock, pool_size=pool_size)
-    return SqliteBackend(text.removeprefix("sqlite:///"), clock=clock)
+    return SqliteBackend(sqlite_path(text), clock=clock)
 
 
 def pending_migrations(db: str | Path, version: int) -> list[int]:
@@ -57,7 +57,7 @@ def stored_schema_version(db: str | Path) -> int:
 
         with psycopg.connect(text, autocommit=True) as server:
             return schema.postgres_version(server)
-    path = Path(text.removeprefix("sqlite:///"))
+    path = Path(sqlite_path(text))
     if not path.exists():
         return 0
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)

@@ -348,11 +348,13 @@ class PostgresBackend(SqliteBackend):
             StorageUnavailableError: every try lost its connection before the
                 COMMIT was known to have landed; nothing was committed.
         """
-        interrupted: list[tuple[str, list[tuple[bool, Any]]]] = []  # a COMMIT cut off
+        cut_off: tuple[str, list[tuple[bool, Any]]] | None = None  # a COMMIT with no answer
 
         def attempt() -> list[tuple[bool, Any]]:
-            if interrupted:
-                xid, results = interrupted.pop()
+            nonlocal cut_off
+            if cut_off is not None:
+                xid, results = cut_off
+                cut_off = None
                 if self._xact_status(xid) == "committed":
                     return results
             with self.pool.connection(timeout=self._checkout_timeout) as raw:
@@ -360,7 +362,7 @@ class PostgresBackend(SqliteBackend):
                 try:
                     raw.commit()
                 except psycopg.OperationalError:
-                    interrupted.append((xid, results))
+                    cut_off = (xid, results)
                     raise
                 return results
 
@@ -369,7 +371,16 @@ class PostgresBackend(SqliteBackend):
     def _xact_status(self, xid: str) -> str | None:
         """``pg_xact_status`` of a transaction, asked on a new connection.
 
-        Waits (up to 5 s) while the transaction is still in progress.
+        Args:
+            xid: the transaction id (``pg_current_xact_id()`` as text).
+
+        Returns:
+            ``"committed"``, ``"aborted"``, or ``"in progress"`` when it still is
+            after 5 s (polled every 50 ms); None when the server no longer knows it.
+
+        Raises:
+            psycopg.OperationalError: the server cannot be reached (the caller's
+                retry loop tries again).
         """
         with psycopg.connect(self.url, autocommit=True, **self._connect_kwargs()) as raw:
             for _ in range(100):
@@ -412,28 +423,30 @@ class PostgresBackend(SqliteBackend):
                 results.append((True, value))
         return xid, results
 
-    def _flush(self) -> None:
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
-        self._flush_soon = False
-        batch, self._pending = self._pending, []
-        if not batch:
-            return
-        task = asyncio.get_running_loop().create_task(self._commit(batch))
+    def _commit_batch(self, batch: list[tuple[Op, asyncio.Future[Any]]]) -> None:
+        """Commit ``batch`` on a pooled connection off the loop (several may be in flight)."""
+        self._hand_off(batch, self._run_batch_now)
+
+    def _hand_off(
+        self,
+        batch: list[tuple[Op, asyncio.Future[Any]]],
+        run: Callable[[list[Op]], list[tuple[bool, Any]]],
+    ) -> None:
+        """Run ``run(ops)`` in a worker thread and answer the batch's callers (a tracked task)."""
+
+        async def in_thread() -> None:
+            try:
+                if self._pool is None:  # closed meanwhile: the callers get the error
+                    raise RuntimeError("PostgresBackend is closed")
+                results = await anyio.to_thread.run_sync(run, [op for op, _future in batch])
+            except BaseException as exc:
+                settle(batch, exc)
+                return
+            settle(batch, results)
+
+        task = asyncio.get_running_loop().create_task(in_thread())
         self._batches.add(task)
         task.add_done_callback(self._batches.discard)
-
-    async def _commit(self, batch: list[tuple[Op, asyncio.Future[Any]]]) -> None:
-        ops = [op for op, _future in batch]
-        try:
-            if self._pool is None:
-                raise RuntimeError("PostgresBackend is closed")
-            results = await anyio.to_thread.run_sync(self._run_batch_now, ops)
-        except BaseException as exc:
-            settle(batch, exc)
-            return
-        settle(batch, results)
 
     async def transaction(self, op: Callable[[Any], T]) -> T:
         """Run ``op`` in its own transaction on a pooled connection (administrative writes).
@@ -475,21 +488,8 @@ class PostgresBackend(SqliteBackend):
     def _flush_reads(self) -> None:
         self._reads_soon = False
         pending, self._reads = self._reads, []
-        loop = asyncio.get_running_loop()
         for start in range(0, len(pending), READ_BATCH):
-            task = loop.create_task(self._run_reads(pending[start : start + READ_BATCH]))
-            self._batches.add(task)
-            task.add_done_callback(self._batches.discard)
-
-    async def _run_reads(self, batch: list[tuple[Op, asyncio.Future[Any]]]) -> None:
-        try:
-            if self._pool is None:
-                raise RuntimeError("PostgresBackend is closed")
-            results = await anyio.to_thread.run_sync(self._read_now, [op for op, _f in batch])
-        except BaseException as exc:
-            settle(batch, exc)
-            return
-        settle(batch, results)
+            self._hand_off(pending[start : start + READ_BATCH], self._read_now)
 
     def _read_now(self, ops: list[Op]) -> list[tuple[bool, Any]]:
         """Run read ops one after the other on one pooled connection (a worker thread)."""

@@ -916,13 +916,17 @@ class SqliteBackend:
         return future
 
     def _flush(self) -> None:
+        """Take the pending writes (cancelling the scheduled flush) and commit them."""
         if self._flush_handle is not None:
             self._flush_handle.cancel()  # when called directly, not by the handle
             self._flush_handle = None
         self._flush_soon = False
         batch, self._pending = self._pending, []
-        if not batch:
-            return
+        if batch:
+            self._commit_batch(batch)
+
+    def _commit_batch(self, batch: list[tuple[Op, asyncio.Future[Any]]]) -> None:
+        """Run ``batch`` in one transaction on the loop's connection and answer its callers."""
         conn = self._conn
         try:
             if conn is None:  # closed meanwhile: the callers get the error, not a hang
