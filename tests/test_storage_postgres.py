@@ -184,10 +184,12 @@ async def test_an_idle_worker_wakes_on_a_job_written_elsewhere(
 ) -> None:
     """LISTEN/NOTIFY: a wait of a minute ends as soon as the other backend commits a job."""
     a, b = two
-    await b.backend.wait_for_work(0)  # starts listening
+    # The first wait starts the listener, which wakes it once when LISTEN is in
+    # place (to look for work written meanwhile): only then is a wake a NOTIFY.
+    await asyncio.wait_for(b.backend.wait_for_work(60), 10)
     waiting = asyncio.ensure_future(b.backend.wait_for_work(60))
-    await asyncio.sleep(0)
-    assert not waiting.done()
+    await asyncio.sleep(0.2)
+    assert not waiting.done()  # nothing wakes an idle worker but new work
     await a.email.send(**SEND)
     await asyncio.wait_for(waiting, 10)  # long before the minute
 
