@@ -23,6 +23,8 @@ from commtunnel.backends import make_backend, schema, stored_schema_version
 from commtunnel.backends.postgres import APPLICATION_NAME, PostgresBackend, translate
 from commtunnel.backends.schema import LATEST_VERSION, SchemaTooNewError, migrate_postgres
 from commtunnel.domain.errors import StorageUnavailableError
+from commtunnel.domain.events import TimelineEvent
+from commtunnel.ids import new_id
 from commtunnel.testing import ManualClock, MockProvider
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgresql_only]
@@ -352,3 +354,31 @@ def test_both_dialects_define_the_same_tables_columns_and_indexes(schema_url: st
         }
     assert pg_columns == lite_columns
     assert pg_indexes == lite_indexes
+
+
+async def test_two_servers_recording_the_same_first_open_mark_one_first(
+    two: tuple[Commtunnel, Commtunnel], clock: ManualClock
+) -> None:
+    """'first' is decided inside the write under an advisory lock: never twice per message."""
+    a, b = two
+    sent = [await a.email.send(**SEND) for _ in range(10)]
+
+    def opened(message_id: str) -> TimelineEvent:
+        return TimelineEvent(
+            id=new_id(),
+            message_id=message_id,
+            org_id=a.org.id,
+            type="email_opened",
+            status=None,
+            created_at=clock.now(),
+            details={},
+        )
+
+    written = await asyncio.gather(
+        *(ct.backend.append_event(opened(s.message.id)) for s in sent for ct in (a, b, a, b))
+    )
+    firsts: dict[str, int] = {}
+    for event in written:
+        assert event.message_id is not None
+        firsts[event.message_id] = firsts.get(event.message_id, 0) + bool(event.details["first"])
+    assert firsts == {s.message.id: 1 for s in sent}
