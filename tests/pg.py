@@ -73,14 +73,15 @@ def fresh_db(path: Path) -> Path | str:
     return schema_url(_created[key])
 
 
-_connection: list[psycopg.Connection[Any]] = []
+_connection: psycopg.Connection[Any] | None = None
 
 
 def _server() -> psycopg.Connection[Any]:
     """One autocommit connection to the test server, kept for the whole run."""
-    if not _connection or _connection[0].closed:
-        _connection[:] = [psycopg.connect(PG_URL, autocommit=True)]
-    return _connection[0]
+    global _connection
+    if _connection is None or _connection.closed:
+        _connection = psycopg.connect(PG_URL, autocommit=True)
+    return _connection
 
 
 def _empty(conn: psycopg.Connection[Any], schema: str) -> None:
@@ -141,8 +142,8 @@ def drop_spare() -> None:
         for schema in _spare:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         _spare.clear()
-    for conn in _connection:
-        conn.close()
+    if _connection is not None:
+        _connection.close()
 
 
 def refuse_inserts(conn: Any, name: str, message: str, *, subject: str | None = None) -> None:
